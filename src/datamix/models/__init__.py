@@ -1,0 +1,123 @@
+"""Generation backends behind one small interface.
+
+A model is declared once under `models:` in the YAML and referenced by name
+from steps. Every backend takes the same `SamplingParams` and returns, per
+prompt, `n` `Completion`s. Backends never know about steps or the store.
+
+A prompt is either raw (`Prompt(text=...)` or `Prompt(token_ids=[...])`, sent
+as is: needed for pre-query sampling, where the exact template prefix matters)
+or a chat (`Prompt(messages=[...])`, rendered with the model's chat template
+and the generation prompt appended).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    """The same sampling semantics for every backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(default=1, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, description="0 = disabled")
+    max_tokens: int = Field(default=256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class Prompt:
+    text: str | None = None
+    token_ids: list[int] | None = None
+    messages: list[dict] | None = None
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of turn / stop string) or "length"
+    tokens_in: int
+    tokens_out: int
+    latency_s: float = 0.0
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt, `params.n` completions, in order."""
+        ...
+
+    def tokenizer(self):
+        """The model's Hugging Face tokenizer, or None when the backend has none (hosted API)."""
+        ...
+
+
+class _ModelBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="local folder, hub id, or the served model name")
+    # A chat template file to use instead of the tokenizer's own (optional).
+    chat_template: str | None = None
+
+
+class TransformersModel(_ModelBase):
+    backend: Literal["transformers"]
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"
+    batch_size: int = Field(default=16, ge=1)
+
+
+class VLLMModel(_ModelBase):
+    backend: Literal["vllm"]
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = None
+    seed: int = 0
+
+
+class OpenAIModel(_ModelBase):
+    backend: Literal["openai"]
+    base_url: str = "http://localhost:8000/v1"
+    # The NAME of an environment variable holding the key; the key itself never
+    # enters the YAML, the store, the fingerprint or the logs.
+    api_key_env: str | None = None
+    max_concurrency: int = Field(default=16, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    # Hosted models have no tokenizer here; name a local tokenizer folder when a
+    # step needs one (e.g. pre-query templates through /v1/completions).
+    tokenizer: str | None = None
+
+
+ModelSpec = Annotated[TransformersModel | VLLMModel | OpenAIModel, Field(discriminator="backend")]
+
+
+def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, base_dir: str = ".") -> Backend:
+    """Instantiate the backend for a declared model (heavy imports happen here)."""
+    import os
+
+    path = spec.path
+    if not os.path.isabs(path) and os.path.exists(os.path.join(base_dir, path)):
+        path = os.path.join(base_dir, path)
+    spec = spec.model_copy(update={"path": path})
+    if spec.backend == "transformers":
+        from datamix.models.transformers import TransformersBackend
+
+        return TransformersBackend(name, spec)
+    if spec.backend == "vllm":
+        from datamix.models.vllm import VLLMBackend
+
+        return VLLMBackend(name, spec)
+    from datamix.models.openai import OpenAIBackend
+
+    return OpenAIBackend(name, spec)

@@ -1,0 +1,162 @@
+"""The contract between the runner and a step kind.
+
+A step kind is a pydantic config model plus a `run` function registered under
+its YAML `kind` (module name = kind = registry key, e.g. steps/mix.py registers
+"mix"). The runner owns everything around it: reading inputs from the store,
+writing outputs, chunking commits, lineage edges, decisions, counts, progress
+and the response cache. A step never opens the store and never reads YAML.
+
+Output rows are Arrow/Polars frames with these conventions:
+
+- `sample_id` (str): stable id, minted with `datamix.ids.mint` from the step
+  name and the row's parents (plus a sub-key when one parent has many
+  children), so the same inputs and config give the same ids on a rerun.
+- `messages` (list of struct{role, content}): the chat, OpenAI style.
+- `parent_ids` (list of str): lineage. The runner moves it into the store's
+  edges table and drops it from the step's table. A source row (load) has no
+  parents and carries `origin_file` and `origin_line` instead.
+- anything else the step wants to add (model, score, params, tokens, ...).
+
+Decisions (filters, dedup, select, mix) are a frame with `sample_id` (the
+*input* sample decided on), `kept` (bool), `reason` (str or null), `score`
+(float or null) and `related_id` (str or null: the sample it duplicates, the
+reference it matched, the winner it lost to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # heavy imports stay out of start-up
+    import polars as pl
+    import pyarrow as pa
+
+
+class StepConfig(BaseModel):
+    """Fields every step has; a kind subclasses this and adds its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: str
+    input: str | None = None
+    inputs: dict[str, str] | None = None
+    chunk_size: int = Field(default=10_000, ge=1, description="rows per committed chunk")
+
+    # Step kinds that read files set this to the config fields holding paths, so
+    # `validate` can check they exist (relative paths resolve beside the YAML).
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    def parent_steps(self) -> dict[str, str]:
+        """label -> upstream step name. A single `input` gets the label 'input'."""
+        if self.inputs:
+            return dict(self.inputs)
+        return {"input": self.input} if self.input else {}
+
+    def model_calls(self, rows_in: int | None) -> int | None:
+        """Estimated model calls for `datamix plan`; None when the kind calls no model."""
+        return None
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One unit of work the runner commits atomically with its completion marker.
+
+    `key` must be stable across reruns (e.g. "rows-0-10000" or a file path plus
+    batch index): on resume the runner passes the keys already committed in
+    `Context.done_keys` and the step must not yield them again.
+    """
+
+    key: str
+    rows: pa.Table | pl.DataFrame | None = None
+    decisions: pl.DataFrame | None = None
+    quarantine: pl.DataFrame | None = None  # columns: file, line, reason, raw
+    rows_in: int = 0
+    # Files a sink step wrote for this chunk (export, train); recorded in dm.chunks.
+    files: list[str] = dataclasses.field(default_factory=list)
+
+
+class InputTable:
+    """A read-only handle on an upstream step's output, given by the runner."""
+
+    def __init__(self, name: str, reader: Callable[[str | None], pa.Table], count: int):
+        self.name = name  # the upstream step's name (= its table)
+        self._reader = reader
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def arrow(self, columns: str | None = None) -> pa.Table:
+        """All rows in a stable order (by sample_id), optionally a column list 'a, b'."""
+        return self._reader(columns)
+
+    def polars(self, columns: str | None = None) -> pl.DataFrame:
+        import polars as pl
+
+        return pl.from_arrow(self.arrow(columns))
+
+    def slices(self, size: int) -> Iterator[tuple[int, pa.Table]]:
+        """(offset, table) pairs of `size` rows, in the stable order."""
+        table = self.arrow()
+        for start in range(0, table.num_rows, size):
+            yield start, table.slice(start, size)
+
+
+@dataclasses.dataclass
+class Context:
+    """What the runner gives a step besides its config and inputs."""
+
+    step: str  # this step's name
+    pipeline_dir: str  # relative paths in the config resolve against this folder
+    output_dir: str  # where sink steps write files (exports, shards, checkpoints)
+    seed: int
+    done_keys: frozenset[str] = frozenset()
+    # name -> resolved model declaration (spec.ModelSpec) from the YAML `models:` section
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # progress(rows, tokens=0): advance the progress bar; the runner shows rows/s and tokens/s
+    progress: Callable[..., None] = lambda rows, tokens=0: None
+    # The response cache in the store: get(keys) -> {key: value}, put({key: value}).
+    cache_get: Callable[[list[str]], dict[str, Any]] = lambda keys: {}
+    cache_put: Callable[[dict[str, Any]], None] = lambda items: None
+    log: Callable[[str], None] = lambda msg: None
+
+    def resolve(self, path: str) -> str:
+        import os
+
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.pipeline_dir, path))
+
+
+@dataclasses.dataclass
+class StepKind:
+    kind: str
+    config: type[StepConfig]
+    run: Callable[[StepConfig, dict[str, InputTable], Context], Iterator[Chunk]]
+    # Bump when the step's behaviour changes: it is part of the fingerprint, so
+    # stores built by the old code are recomputed.
+    version: str = "1"
+
+
+REGISTRY: dict[str, StepKind] = {}
+
+
+def register(kind: str, config: type[StepConfig], version: str = "1"):
+    """Decorator: register `run` as the step kind `kind` with its config model."""
+
+    def wrap(run):
+        REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version)
+        return run
+
+    return wrap
+
+
+class StepError(Exception):
+    """A step failed for a reason the user can act on (exit status 1)."""
+
+
+class BadInput(Exception):
+    """The input or spec is wrong (exit status 2). Say what, where, and what to do."""
