@@ -31,7 +31,7 @@ def mint(step: str, *parts: "pl.Series | list") -> "pl.Series":
     con.register("frame", frame.to_arrow())
     out = con.execute(
         f"SELECT substr(md5(? || chr(30) || {expr}), 1, 16) AS sample_id FROM frame", [step]
-    ).fetch_arrow_table()
+    ).to_arrow_table()
     con.close()
     return pl.Series("sample_id", out.column("sample_id").combine_chunks()) if out.num_rows else pl.Series("sample_id", [], dtype=pl.Utf8)
 
