@@ -192,3 +192,23 @@ def derive_pre_query_template(
 def pre_query_token_ids(tokenizer, text: str) -> list[int]:
     """Token ids of a pre-query template, with no special tokens added: the template already holds its BOS."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def next_user_turn_prefix(
+    messages: list[dict],
+    tokenizer=None,
+    *,
+    chat_template: str | dict | None = None,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+) -> str:
+    """The conversation so far plus the opening of the next user turn (Magpie's multi-turn append).
+
+    Fed this, the model writes the user's follow-up message, conditioned on the whole
+    exchange, exactly as it would see it in a real multi-turn chat.
+    """
+    template = _template_of(tokenizer, chat_template)
+    bos = bos_token if bos_token is not None else getattr(tokenizer, "bos_token", None)
+    eos = eos_token if eos_token is not None else getattr(tokenizer, "eos_token", None)
+    rendered = render_chat_template(template, [*messages, {"role": "user", "content": SENTINEL}], bos_token=bos, eos_token=eos)
+    return _cut_before(rendered, SENTINEL)

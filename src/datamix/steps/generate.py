@@ -1,0 +1,340 @@
+"""generate: n answers to every instruction from each listed model.
+
+Also home of what every model-calling step shares (reconstruct, generate,
+judge): sampling options, backends loaded once per process, and generation
+through the response cache, so a rerun after a change elsewhere costs no model
+calls for requests already answered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from datamix.models import Prompt, SamplingParams
+
+
+class Sampling(BaseModel):
+    """Sampling options of a step (the backend's SamplingParams without n and seed, which the step owns)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+
+    def params(self, **update) -> SamplingParams:
+        from datamix.models import SamplingParams
+
+        return SamplingParams(**{**self.model_dump(), **update})
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from any parts: chunk seeds depend only on (seed, chunk index), so resume is exact."""
+    digest = hashlib.md5("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------- backends, once per process
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    name: str
+    spec: Any  # datamix.models.TransformersModel | VLLMModel | OpenAIModel
+    backend: Any
+
+    @property
+    def cache_id(self) -> str:
+        """Identity in cache keys: name and path (a different checkpoint under the same name misses)."""
+        return f"{self.name}\x1f{self.spec.path}"
+
+
+_BACKENDS: dict[tuple[str, str, str], Any] = {}
+
+
+def get_model(ctx: Context, name: str, where: str) -> LoadedModel:
+    """The declared model `name`, its backend loaded once per process and reused by every step."""
+    from datamix import models
+
+    if name not in ctx.models:
+        declared = ", ".join(sorted(ctx.models)) or "none"
+        raise BadInput(f"{where}: model {name!r} is not declared under `models:` (declared: {declared}).")
+    spec = ctx.models[name]
+    key = (name, spec.model_dump_json(), ctx.pipeline_dir)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = models.load_backend(name, spec, ctx.pipeline_dir)
+    return LoadedModel(name=name, spec=spec, backend=_BACKENDS[key])
+
+
+def clear_backends() -> None:
+    """Forget loaded backends (tests; a long-lived process switching pipelines)."""
+    _BACKENDS.clear()
+
+
+def chat_template_source(ctx: Context, model: LoadedModel) -> tuple[Any, str | None, str | None]:
+    """(tokenizer or None, template text or None, bos token or None) for deriving pre-query prefixes.
+
+    A `chat_template:` on the model declaration wins over the tokenizer's own.
+    """
+    import os
+
+    from datamix.chat_templates import bos_token_for, load_chat_template
+
+    tokenizer = model.backend.tokenizer()
+    declared = model.spec.chat_template
+    template = bos = None
+    if declared:
+        resolved = ctx.resolve(declared)
+        template = load_chat_template(resolved if os.path.isfile(resolved) else declared)
+        bos = getattr(tokenizer, "bos_token", None) if tokenizer is not None else bos_token_for(declared)
+    if tokenizer is None and template is None:
+        raise BadInput(
+            f"model {model.name!r} has no tokenizer here (hosted API) and no `chat_template:`: the pre-query "
+            "template cannot be derived. Set `tokenizer:` (a local tokenizer folder) or `chat_template:` on the model, "
+            "or give the step an explicit `pre_query_template:`."
+        )
+    return tokenizer, template, bos
+
+
+def raw_prompt(tokenizer, text: str) -> Prompt:
+    """A raw prompt sent exactly: token ids when we have the tokenizer (no second BOS), else text."""
+    from datamix.models import Prompt
+    from datamix.templates import pre_query_token_ids
+
+    if tokenizer is None:
+        return Prompt(text=text)
+    return Prompt(token_ids=pre_query_token_ids(tokenizer, text))
+
+
+def end_of_turn_stops(tokenizer, end_of_turn: str | None) -> tuple[list[str], list[int]]:
+    """Stop strings and ids that end a sampled user turn (its end-of-turn marker)."""
+    if not end_of_turn:
+        return [], []
+    ids: list[int] = []
+    if tokenizer is not None:
+        token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        if isinstance(token_id, int) and token_id != getattr(tokenizer, "unk_token_id", None):
+            ids = [token_id]
+    return [end_of_turn], ids
+
+
+# ---------------------------------------------------------------- the response cache
+
+
+def _prompt_repr(prompt: Prompt) -> list:
+    if prompt.token_ids is not None:
+        return ["ids", list(prompt.token_ids)]
+    if prompt.text is not None:
+        return ["text", prompt.text]
+    return ["messages", prompt.messages]
+
+
+def prompt_hash(prompt: Prompt) -> str:
+    return hashlib.md5(json.dumps(_prompt_repr(prompt), ensure_ascii=False).encode()).hexdigest()
+
+
+def cache_key(model: LoadedModel, prompt: Prompt, params: SamplingParams, seed: int, index: int) -> str:
+    """md5 of (model name + path, prompt, sampling params without n/seed, step seed, sample index)."""
+    sampling = params.model_dump(exclude={"n", "seed"})
+    payload = json.dumps([model.cache_id, _prompt_repr(prompt), sampling, seed, index], sort_keys=True, ensure_ascii=False)
+    return hashlib.md5(payload.encode()).hexdigest()
+
+
+def generate_cached(
+    ctx: Context,
+    model: LoadedModel,
+    prompts: list[Prompt],
+    indices: list[list[int]],
+    params: SamplingParams,
+    *,
+    seed: int,
+    call_seed: int,
+) -> list[list[dict]]:
+    """For each prompt, one completion per sample index in `indices[p]`, from the cache where present.
+
+    Returns dicts {text, finish_reason, tokens_in, tokens_out, latency_s}. The
+    missing ones are generated in as few backend calls as possible (prompts
+    missing the same indices share a call with n = that many), seeded with
+    `call_seed` (derived by the caller from the chunk, so a resumed chunk samples
+    exactly as the first attempt did) and put in the cache together.
+    """
+    keys = [[cache_key(model, prompt, params, seed, i) for i in idx] for prompt, idx in zip(prompts, indices)]
+    found = ctx.cache_get([k for row in keys for k in row]) if prompts else {}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for p, row in enumerate(keys):
+        missing = tuple(j for j, k in enumerate(row) if k not in found)
+        if missing:
+            groups.setdefault(missing, []).append(p)
+    fresh: dict[str, dict] = {}
+    for missing, members in sorted(groups.items()):
+        call = params.model_copy(update={"n": len(missing), "seed": derive_seed(call_seed, *missing)})
+        started = time.perf_counter()
+        outputs = model.backend.generate([prompts[p] for p in members], call)
+        per_prompt = (time.perf_counter() - started) / max(len(members), 1)
+        if len(outputs) != len(members) or any(len(o) != len(missing) for o in outputs):
+            raise StepError(f"model {model.name!r} returned {len(outputs)} results for {len(members)} prompts (n={len(missing)}): backend bug")
+        tokens = 0
+        for p, completions in zip(members, outputs):
+            for j, c in zip(missing, completions):
+                fresh[keys[p][j]] = {
+                    "text": c.text,
+                    "finish_reason": c.finish_reason,
+                    "tokens_in": int(c.tokens_in),
+                    "tokens_out": int(c.tokens_out),
+                    "latency_s": float(c.latency_s or per_prompt / len(missing)),
+                }
+                tokens += int(c.tokens_out)
+        ctx.progress(0, tokens=tokens)
+    if fresh:
+        ctx.cache_put(fresh)
+    return [[found.get(k) or fresh[k] for k in row] for row in keys]
+
+
+# ---------------------------------------------------------------- the generate step
+
+
+class GenerateConfig(StepConfig):
+    kind: Literal["generate"]
+    models: list[str] = Field(min_length=1, description="declared model names; each answers every instruction")
+    n: int = Field(default=1, ge=1, description="answers per instruction per model")
+    system_prompt: str | None = None
+    turns: int = Field(default=1, ge=1, description="user turns per conversation; >1 appends Magpie follow-ups")
+    sampling: Sampling = Field(default_factory=Sampling)
+    seed: int | None = None  # default: the pipeline seed
+    chunk_size: int = Field(default=256, ge=1, description="instructions per committed chunk")
+
+    def model_calls(self, rows_in: int | None) -> int | None:
+        # each turn: one answer; each extra turn also one follow-up question
+        return None if rows_in is None else rows_in * self.n * len(self.models) * (2 * self.turns - 1)
+
+
+def _conversation(messages: list[dict] | None, system_prompt: str | None, where: str) -> list[dict]:
+    chat = [{"role": m["role"], "content": m["content"]} for m in (messages or [])]
+    if not chat or chat[-1]["role"] != "user":
+        raise BadInput(f"{where}: the input's messages must end with a user message (got {[m['role'] for m in chat]}).")
+    if system_prompt is not None and chat[0]["role"] != "system":
+        chat = [{"role": "system", "content": system_prompt}, *chat]
+    return chat
+
+
+def _clean_followup(text: str, end_of_turn: str | None) -> str:
+    text = text.strip()
+    if end_of_turn and end_of_turn in text:
+        text = text.split(end_of_turn, 1)[0].strip()
+    return text
+
+
+def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_index: int) -> pl.DataFrame:
+    """All answers (every model, every sample index, every turn) for one chunk of instructions."""
+    import polars as pl
+
+    from datamix.models import Prompt
+    from datamix.templates import derive_pre_query_template, next_user_turn_prefix
+
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    where = f"step {ctx.step!r}"
+    chats = [_conversation(m, cfg.system_prompt, f"{where}, sample {sid}") for sid, m in zip(batch["sample_id"], batch["messages"].to_list())]
+    params = cfg.sampling.params()
+    records: list[dict] = []
+    for model_name in cfg.models:
+        model = get_model(ctx, model_name, f"{where}.models")
+        # state per (instruction, sample index): the conversation so far and its costs
+        convs = [[list(chat) for _ in range(cfg.n)] for chat in chats]
+        stats = [[{"tokens_in": 0, "tokens_out": 0, "latency_s": 0.0, "finish_reason": None, "prompt_hash": None} for _ in range(cfg.n)] for _ in chats]
+        live = [(i, k) for i in range(len(chats)) for k in range(cfg.n)]
+        for turn in range(cfg.turns):
+            if turn > 0:
+                live = _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn, derive_pre_query_template, next_user_turn_prefix)
+            if turn == 0:  # one prompt per instruction, n samples of it (backends share the prefix)
+                prompts = [Prompt(messages=chat) for chat in chats]
+                indices = [list(range(cfg.n)) for _ in chats]
+            else:  # conversations have diverged: one prompt per (instruction, sample index)
+                prompts = [Prompt(messages=convs[i][k]) for i, k in live]
+                indices = [[k] for _, k in live]
+            results = generate_cached(
+                ctx, model, prompts, indices, params,
+                seed=derive_seed(seed, "answer", turn) if turn else seed,
+                call_seed=derive_seed(seed, chunk_index, model_name, "answer", turn),
+            )
+            if turn == 0:
+                prompts = [prompts[i] for i, _ in live]
+                results = [[results[i][k]] for i, k in live]
+            for (i, k), prompt, (res,) in zip(live, prompts, results):
+                convs[i][k].append({"role": "assistant", "content": res["text"].strip()})
+                s = stats[i][k]
+                s["prompt_hash"] = s["prompt_hash"] or prompt_hash(prompt)
+                s["tokens_in"] += res["tokens_in"]
+                s["tokens_out"] += res["tokens_out"]
+                s["latency_s"] += res["latency_s"]
+                s["finish_reason"] = res["finish_reason"]
+        params_json = json.dumps({**params.model_dump(exclude={"n", "seed"}), "n": cfg.n, "seed": seed, "turns": cfg.turns}, sort_keys=True)
+        for i, instruction_id in enumerate(batch["sample_id"]):
+            for k in range(cfg.n):
+                records.append(
+                    {"instruction_id": instruction_id, "model": model_name, "sample_index": k, "messages": convs[i][k],
+                     "params": params_json, "turns": sum(m["role"] == "user" for m in convs[i][k]), **stats[i][k]}
+                )
+    from datamix.ids import mint
+
+    frame = pl.DataFrame(records, schema_overrides={"messages": pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))})
+    frame = frame.with_columns(
+        mint(ctx.step, frame["instruction_id"], frame["model"], frame["sample_index"]).alias("sample_id"),
+        pl.col("instruction_id").map_elements(lambda x: [x], return_dtype=pl.List(pl.Utf8)).alias("parent_ids"),
+    )
+    first = ["sample_id", "parent_ids", "messages", "instruction_id", "model", "sample_index"]
+    return frame.select(first + [c for c in frame.columns if c not in first])
+
+
+def _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn, derive_pre_query_template, next_user_turn_prefix):
+    """Sample the user's next message from the model itself; conversations whose follow-up fails stop here."""
+    tokenizer, template, bos = chat_template_source(ctx, model)
+    end_of_turn = derive_pre_query_template(tokenizer, chat_template=template, bos_token=bos).end_of_turn
+    stop, stop_ids = end_of_turn_stops(tokenizer, end_of_turn)
+    params = cfg.sampling.params(stop=[*cfg.sampling.stop, *stop], stop_token_ids=[*cfg.sampling.stop_token_ids, *stop_ids])
+    prompts = [raw_prompt(tokenizer, next_user_turn_prefix(convs[i][k], tokenizer, chat_template=template, bos_token=bos)) for i, k in live]
+    results = generate_cached(
+        ctx, model, prompts, [[k] for _, k in live], params,
+        seed=derive_seed(seed, "followup", turn), call_seed=derive_seed(seed, chunk_index, model.name, "followup", turn),
+    )
+    still = []
+    for (i, k), (res,) in zip(live, results):
+        text = _clean_followup(res["text"], end_of_turn)
+        stats[i][k]["tokens_in"] += res["tokens_in"]
+        stats[i][k]["tokens_out"] += res["tokens_out"]
+        stats[i][k]["latency_s"] += res["latency_s"]
+        if text and res["finish_reason"] == "stop":
+            convs[i][k].append({"role": "user", "content": text})
+            still.append((i, k))
+    return still
+
+
+@register("generate", GenerateConfig)
+def run(cfg: GenerateConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+    import polars as pl
+
+    if "input" not in inputs:
+        raise BadInput(f"step {ctx.step!r}: generate needs `input:` (the step whose rows hold the instructions).")
+    table = inputs["input"]
+    for chunk_index, (offset, batch) in enumerate(table.slices(cfg.chunk_size)):
+        key = f"rows-{offset}-{offset + batch.num_rows}"
+        if key in ctx.done_keys:
+            continue
+        frame = pl.from_arrow(batch.select(["sample_id", "messages"]))
+        rows = _answer_chunk(cfg, ctx, frame, chunk_index)
+        ctx.progress(rows.height, tokens=0)
+        yield Chunk(key=key, rows=rows, rows_in=frame.height)

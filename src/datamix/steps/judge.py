@@ -1,0 +1,329 @@
+"""judge: score every candidate answer.
+
+`scorer: judges` (default): every judge model rates every candidate with a
+scoring prompt (a 1-5 rubric, or a user template file); the score is parsed
+robustly and aggregated over judges. `scorer: reward_model`: a sequence-
+classification model's logit. `scorer: loglik`: the mean token log-likelihood of
+the answer under a reference causal LM. Each candidate gets `score` (the
+aggregate), `scores` (one struct per judge: judge, score, reason) and
+`judge_raw` (one struct per judge: judge, text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
+from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model
+
+DEFAULT_RUBRIC = """Please act as an impartial judge and evaluate the quality of the response to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Rate the response on a scale of 1 to 5: 1 = very poor, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent.
+
+[Instruction]
+{instruction}
+
+[Response]
+{response}
+
+Give a one-sentence justification, then the final rating on its own line as "Score: N" where N is 1, 2, 3, 4 or 5."""
+
+
+class JudgeConfig(StepConfig):
+    kind: Literal["judge"]
+    judges: list[str] = Field(min_length=1, description="declared model names")
+    scorer: Literal["judges", "reward_model", "loglik"] = "judges"
+    prompt_file: str | None = None  # a user-message template with {instruction} and {response}
+    scale: tuple[float, float] = (1.0, 5.0)  # parsed scores outside it are NULL (reason out_of_range)
+    aggregate: Literal["mean", "median", "min"] = "mean"
+    on_missing: Literal["skip", "zero", "fail"] = "skip"
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=256))
+    batch_size: int = Field(default=8, ge=1, description="candidates per forward pass (reward_model, loglik)")
+    seed: int | None = None
+    chunk_size: int = Field(default=512, ge=1, description="candidates per committed chunk")
+
+    path_fields: ClassVar[tuple[str, ...]] = ("prompt_file",)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.scale[0] >= self.scale[1]:
+            raise ValueError(f"scale must be [low, high] with low < high, got {list(self.scale)}")
+        if self.prompt_file and self.scorer != "judges":
+            raise ValueError("prompt_file applies to scorer: judges only")
+        return self
+
+    def model_calls(self, rows_in: int | None) -> int | None:
+        return None if rows_in is None else rows_in * len(self.judges)
+
+
+# ---------------------------------------------------------------- score parsing
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_JSON_SCORE = re.compile(r'"score"\s*:\s*"?' + _NUM)
+_LABELLED = re.compile(r"(?:score|rating)\**\s*(?:is|:|=)?\s*\**\s*" + _NUM + r"(?:\s*/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_FRACTION = re.compile(_NUM + r"\s*/\s*(\d+(?:\.\d+)?)")
+_BOLD = re.compile(r"\*\*\s*" + _NUM + r"\s*\*\*")
+_BARE = re.compile(r"^\s*" + _NUM + r"\s*\.?\s*$")
+
+
+def parse_score(text: str, low: float = 1.0, high: float = 5.0) -> tuple[float | None, str | None]:
+    """(score, None) or (None, reason). Finds the judge's final rating in its free text.
+
+    Accepts 'Score: 4', 'Rating: 4.5', '4/5', '**4**', JSON {"score": 4} and a bare
+    number. The last labelled rating wins (judges reason first, conclude last). A
+    fraction over another scale ('8/10' on 1-5) is not rescaled: NULL, scale_mismatch.
+    """
+    if text is None or not text.strip():
+        return None, "empty"
+    found: tuple[str, str | None] | None = None
+    for pattern in (_JSON_SCORE, _LABELLED, _FRACTION, _BOLD, _BARE):
+        matches = list(pattern.finditer(text))
+        if matches:
+            last = matches[-1]
+            found = (last.group(1), last.group(2) if last.re.groups > 1 else None)
+            break
+    if found is None:
+        return None, "unparsable"
+    value, denominator = float(found[0]), found[1]
+    if denominator is not None and float(denominator) != high:
+        return None, f"scale_mismatch:{found[0]}/{denominator}"
+    if not (low <= value <= high):
+        return None, f"out_of_range:{found[0]}"
+    return value, None
+
+
+def aggregate_scores(scores: list[float | None], how: str, on_missing: str) -> tuple[float | None, str | None]:
+    """One score from the judges' scores, NULLs handled as `on_missing` says: (score, note)."""
+    missing = sum(s is None for s in scores)
+    if missing and on_missing == "fail":
+        raise ValueError(f"{missing} of {len(scores)} judge scores are missing")
+    values = [0.0 if s is None else s for s in scores] if on_missing == "zero" else [s for s in scores if s is not None]
+    if not values:
+        return None, "no_judge_score"
+    note = f"missing:{missing}" if missing else None
+    if how == "mean":
+        return statistics.fmean(values), note
+    if how == "median":
+        return float(statistics.median(values)), note
+    return min(values), note
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def _instruction_and_response(messages: list[dict]) -> tuple[list[dict], str, str]:
+    """(conversation before the last answer, the last user message, the last answer)."""
+    last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last_answer is None:
+        raise ValueError("no assistant message to score")
+    before = messages[:last_answer]
+    user = next((m["content"] for m in reversed(before) if m["role"] == "user"), "")
+    return before, user, messages[last_answer]["content"]
+
+
+def _load_rubric(cfg: JudgeConfig, ctx: Context) -> str:
+    if not cfg.prompt_file:
+        return DEFAULT_RUBRIC
+    path = Path(ctx.resolve(cfg.prompt_file))
+    if not path.is_file():
+        raise BadInput(f"step {ctx.step!r}.prompt_file: no file at {path}.")
+    text = path.read_text(encoding="utf-8")
+    missing = [p for p in ("{instruction}", "{response}") if p not in text]
+    if missing:
+        raise BadInput(f"step {ctx.step!r}.prompt_file {path}: the template lacks {', '.join(missing)}; put both placeholders where the texts go.")
+    return text
+
+
+def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[dict], str, str]], chunk_index: int) -> list[list[dict]]:
+    """Per candidate, per judge: {judge, score, reason, text}."""
+    from datamix.models import Prompt
+
+    rubric = _load_rubric(cfg, ctx)
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    # str.replace, not format: user rubrics often show JSON examples with braces
+    prompts = [Prompt(messages=[{"role": "user", "content": rubric.replace("{instruction}", u).replace("{response}", r)}]) for _, u, r in convs]
+    per_candidate: list[list[dict]] = [[] for _ in convs]
+    for judge in cfg.judges:
+        model = get_model(ctx, judge, f"step {ctx.step!r}.judges")
+        results = generate_cached(ctx, model, prompts, [[0] for _ in prompts], cfg.sampling.params(), seed=seed,
+                                  call_seed=derive_seed(seed, chunk_index, judge))
+        for out, (res,) in zip(per_candidate, results):
+            score, reason = parse_score(res["text"], *cfg.scale)
+            out.append({"judge": judge, "score": score, "reason": reason, "text": res["text"]})
+    return per_candidate
+
+
+# ---------------------------------------------------------------- reward model and log-likelihood scorers
+
+_HF_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def _hf_model(ctx: Context, name: str, head: str):
+    """(tokenizer, model, device) loaded with transformers directly, once per process."""
+    import os
+
+    spec = ctx.models.get(name)
+    if spec is None:
+        raise BadInput(f"step {ctx.step!r}.judges: model {name!r} is not declared under `models:`.")
+    path = spec.path if os.path.isabs(spec.path) or not os.path.exists(ctx.resolve(spec.path)) else ctx.resolve(spec.path)
+    key = (path, head)
+    if key not in _HF_MODELS:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        device = getattr(spec, "device", "auto")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        cls = AutoModelForSequenceClassification if head == "reward_model" else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if spec.chat_template:
+            from datamix.chat_templates import load_chat_template
+
+            tokenizer.chat_template = load_chat_template(ctx.resolve(spec.chat_template) if os.path.isfile(ctx.resolve(spec.chat_template)) else spec.chat_template)
+        _HF_MODELS[key] = (tokenizer, cls.from_pretrained(path).to(device).eval(), device)
+    return _HF_MODELS[key]
+
+
+def _chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
+
+
+def _reward_scores(tokenizer, model, device, convs, batch_size: int) -> list[float]:
+    import torch
+
+    texts = [_chat_text(tokenizer, [*before, {"role": "assistant", "content": r}], False) for before, _, r in convs]
+    tokenizer.padding_side = "right"  # the classification head reads the last non-pad token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out += model(**batch).logits[:, 0].float().tolist()
+    return out
+
+
+def _loglik_scores(tokenizer, model, device, convs, batch_size: int) -> list[float | None]:
+    """Mean log p(answer token | everything before it), answer tokens only."""
+    import torch
+
+    pairs = []
+    for before, _, response in convs:
+        prompt_ids = tokenizer(_chat_text(tokenizer, before, True), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        pairs.append((prompt_ids, answer_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float | None] = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            width = max(len(p) + len(a) for p, a in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            answer = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, (p, a) in enumerate(batch):  # right padding: positions stay 0..len-1
+                ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+                mask[row, : len(p) + len(a)] = 1
+                answer[row, len(p) : len(p) + len(a)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            # token t is predicted from position t-1
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            target = answer[:, 1:].to(device)
+            sums = (logp * target).sum(-1)
+            counts = target.sum(-1)
+            out += [None if int(c) == 0 else float(s) / int(c) for s, c in zip(sums.tolist(), counts.tolist())]
+    return out
+
+
+def _score_with_hf(cfg: JudgeConfig, ctx: Context, convs) -> list[list[dict]]:
+    """reward_model / loglik scores through the response cache (key: scorer, model, conversation)."""
+    per_candidate: list[list[dict]] = [[] for _ in convs]
+    for name in cfg.judges:
+        spec = ctx.models.get(name)
+        ident = f"{cfg.scorer}\x1f{name}\x1f{getattr(spec, 'path', '')}"
+        keys = [hashlib.md5(json.dumps([ident, before, r], ensure_ascii=False).encode()).hexdigest() for before, _, r in convs]
+        found = ctx.cache_get(keys) if keys else {}
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        if todo:
+            tokenizer, model, device = _hf_model(ctx, name, cfg.scorer)
+            fn = _reward_scores if cfg.scorer == "reward_model" else _loglik_scores
+            values = fn(tokenizer, model, device, [convs[i] for i in todo], cfg.batch_size)
+            fresh = {keys[i]: {"score": v} for i, v in zip(todo, values)}
+            ctx.cache_put(fresh)
+            found = {**found, **fresh}
+        for out, k in zip(per_candidate, keys):
+            value = found[k]["score"]
+            ok = value is not None and math.isfinite(value)
+            out.append({"judge": name, "score": value if ok else None, "reason": None if ok else "no_answer_tokens", "text": None})
+    return per_candidate
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _score_chunk(cfg: JudgeConfig, ctx: Context, frame, chunk_index: int):
+    import polars as pl
+
+    from datamix.ids import mint
+
+    convs = []
+    for sid, messages in zip(frame["sample_id"], frame["messages"].to_list()):
+        try:
+            convs.append(_instruction_and_response(messages))
+        except ValueError as exc:
+            raise BadInput(f"step {ctx.step!r}, sample {sid}: {exc}; judge expects answers (the output of generate).") from exc
+    if cfg.scorer == "judges":
+        per_candidate = _judge_with_models(cfg, ctx, convs, chunk_index)
+    else:
+        per_candidate = _score_with_hf(cfg, ctx, convs)
+    aggregated, notes = [], []
+    for sid, judged in zip(frame["sample_id"], per_candidate):
+        try:
+            score, note = aggregate_scores([j["score"] for j in judged], cfg.aggregate, cfg.on_missing)
+        except ValueError as exc:
+            raw = "; ".join(f"{j['judge']}: {j['reason']} {str(j['text'])[:200]!r}" for j in judged if j["score"] is None)
+            raise StepError(f"step {ctx.step!r}, sample {sid}: {exc} (on_missing: fail). {raw}. "
+                            "Use on_missing: skip or zero to keep going.") from exc
+        aggregated.append(score)
+        notes.append(note)
+    score_struct = pl.List(pl.Struct({"judge": pl.Utf8, "score": pl.Float64, "reason": pl.Utf8}))
+    raw_struct = pl.List(pl.Struct({"judge": pl.Utf8, "text": pl.Utf8}))
+    extra = pl.DataFrame(
+        {
+            "score": aggregated,
+            "score_note": notes,
+            "scores": [[{k: j[k] for k in ("judge", "score", "reason")} for j in judged] for judged in per_candidate],
+            "judge_raw": [[{"judge": j["judge"], "text": j["text"]} for j in judged] for judged in per_candidate],
+        },
+        schema={"score": pl.Float64, "score_note": pl.Utf8, "scores": score_struct, "judge_raw": raw_struct},
+    )
+    carried = frame.drop([c for c in ("parent_ids", "score", "score_note", "scores", "judge_raw") if c in frame.columns])
+    out = pl.concat([carried, extra], how="horizontal")
+    return out.with_columns(
+        mint(ctx.step, frame["sample_id"]).alias("sample_id"),
+        frame["sample_id"].map_elements(lambda x: [x], return_dtype=pl.List(pl.Utf8)).alias("parent_ids"),
+        frame["sample_id"].alias("candidate_id"),
+    )
+
+
+@register("judge", JudgeConfig)
+def run(cfg: JudgeConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+    import polars as pl
+
+    if "input" not in inputs:
+        raise BadInput(f"step {ctx.step!r}: judge needs `input:` (the step whose rows hold the candidate answers).")
+    for chunk_index, (offset, batch) in enumerate(inputs["input"].slices(cfg.chunk_size)):
+        key = f"rows-{offset}-{offset + batch.num_rows}"
+        if key in ctx.done_keys:
+            continue
+        rows = _score_chunk(cfg, ctx, pl.from_arrow(batch), chunk_index)
+        ctx.progress(rows.height)
+        yield Chunk(key=key, rows=rows, rows_in=batch.num_rows)
