@@ -1,0 +1,457 @@
+"""Supervised fine-tuning on datamix shards with native PyTorch FSDP2. One file, top to bottom.
+
+    python -m datamix.train.recipe CONFIG.yaml [KEY=VALUE ...]              # one process (CPU or one GPU)
+    torchrun --nproc-per-node 8 -m datamix.train.recipe CONFIG.yaml ...    # many GPUs / nodes
+    datamix train CONFIG.yaml [KEY=VALUE ...] [--nproc-per-node N]         # the same, through the CLI
+
+It imports only torch, transformers, numpy and the standard library, so it runs
+on a GPU machine that has nothing else installed (copy this file and go).
+
+Data: the shards written by datamix.export.shards -- [sequences, seq_len] arrays
+of input_ids, labels (-100 = no loss) and position_ids that restart at 0 at every
+packed document. With attention_mask=None, transformers (5.x, masking_utils.
+find_packed_sequence_indices) turns position-id restarts into a block-diagonal
+causal mask for sdpa/eager/flex, and flash_attention_2 turns them into varlen
+cu_seqlens, so attention never crosses documents (tests/train checks it).
+
+Units: `batch_tokens` is the global batch per optimizer step, in tokens
+(= world_size * grad_accum * micro_batch sequences * seq_len). The loss of a step
+is sum(token losses) / (label tokens in that step across all ranks and
+micro-batches), so every label token weighs the same however the documents
+were packed or sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = ""  # HF model folder (weights + tokenizer), or a config-only folder with init=random
+    shards: str = ""  # folder with manifest.json from the export step
+    output_dir: str = "train-out"
+    init: str = "pretrained"  # "pretrained" | "random" (random weights from the folder's config.json: benchmarks)
+    batch_tokens: int = 65536  # global tokens per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int = -1  # -1: epochs * steps per epoch
+    stop_after_steps: int = -1  # stop (with a checkpoint) after this step; the schedule still follows max_steps
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    resume: str = "auto"  # "auto" (latest checkpoint in output_dir if any) | "never" | a checkpoint folder
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (GPU only)
+    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
+    dtype: str = "auto"  # compute dtype: auto = bf16 on GPU, fp32 on CPU
+    peak_flops: float = 790e12  # per device, for MFU (H200 dense bf16 as measured)
+    log_every: int = 1
+    save_model: bool = True  # write the final HF model to output_dir/model
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """Config from a YAML (if pyyaml is importable) or JSON file, then KEY=VALUE overrides."""
+    raw: dict = {}
+    if path:
+        text = open(path).read()
+        if path.endswith(".json"):
+            raw = json.loads(text)
+        else:
+            try:
+                import yaml
+
+                raw = yaml.safe_load(text) or {}
+            except ImportError:
+                raw = json.loads(text)  # pyyaml absent: the file must be JSON
+        raw = raw.get("train", raw)  # a pipeline-style file may nest the keys under `train:`
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"override {item!r}: expected KEY=VALUE (keys: {', '.join(fields)})")
+        key, value = item.split("=", 1)
+        raw[key.strip()] = value
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise SystemExit(f"unknown config keys {unknown} in {path or 'overrides'}; valid keys: {', '.join(fields)}")
+    cfg = Config()
+    for key, value in raw.items():
+        setattr(cfg, key, _coerce(value, type(getattr(cfg, key)), key))
+    if not cfg.model or not cfg.shards:
+        raise SystemExit("config needs `model` (HF model folder) and `shards` (export folder with manifest.json)")
+    return cfg
+
+
+def _coerce(value, kind, key):
+    """Config values from YAML/JSON or command-line strings, typed like the dataclass default."""
+    if isinstance(value, str) and kind is not str:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise SystemExit(f"config {key}={value!r}: expected true or false")
+            return value.lower() in ("true", "1", "yes")
+        if kind is tuple:
+            return tuple(float(v) for v in value.strip("()[] ").split(","))
+        try:
+            return kind(float(value)) if kind is int else kind(value)
+        except ValueError:
+            raise SystemExit(f"config {key}={value!r}: expected {kind.__name__}") from None
+    if kind is tuple:
+        return tuple(value)
+    if kind is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class PackedShards:
+    """All shards of an export, memory-mapped; row i of the concatenation is packed sequence i."""
+
+    def __init__(self, folder: str):
+        path = os.path.join(folder, "manifest.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"no manifest.json in {folder!r}: point `shards` at the export step's shards folder")
+        self.manifest = json.load(open(path))
+        self.seq_len = int(self.manifest["seq_len"])
+        self.arrays = []
+        for shard in self.manifest["shards"]:
+            load = lambda key: np.load(os.path.join(folder, shard["files"][key]["file"]), mmap_mode="r")  # noqa: E731
+            self.arrays.append((load("input_ids"), load("labels"), load("position_ids")))
+        self.starts = np.cumsum([0] + [a[0].shape[0] for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def batch(self, indices) -> dict[str, torch.Tensor]:
+        rows = []
+        for i in indices:
+            s = int(np.searchsorted(self.starts, i, side="right") - 1)
+            r = int(i - self.starts[s])
+            rows.append([a[r] for a in self.arrays[s]])
+        ids, labels, pos = (np.stack([row[k] for row in rows]) for k in range(3))
+        return {
+            "input_ids": torch.from_numpy(ids.astype(np.int64)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "position_ids": torch.from_numpy(pos.astype(np.int64)),
+        }
+
+
+class Sampler:
+    """Which sequences each rank reads: a seeded permutation per epoch, consumed in global batches.
+
+    The whole state is one integer (`consumed`, sequences handed out so far), so a
+    checkpoint stores it and a resume continues with exactly the same batches.
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int):
+        if n < global_batch:
+            raise SystemExit(f"only {n} packed sequences but one step needs {global_batch}: lower batch_tokens or grad_accum")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.per_epoch = n // global_batch  # steps; the incomplete tail of an epoch is skipped
+        self.consumed = 0
+
+    def next_step(self, rank: int, world: int, grad_accum: int) -> list[list[int]]:
+        """This rank's micro-batches for the next optimizer step (lists of global sequence indices)."""
+        step = self.consumed // self.global_batch
+        epoch, k = divmod(step, self.per_epoch)
+        order = np.random.default_rng(self.seed + epoch).permutation(self.n)
+        chunk = order[k * self.global_batch : (k + 1) * self.global_batch]
+        micro = self.global_batch // (world * grad_accum)
+        self.consumed += self.global_batch
+        return [chunk[(m * world + rank) * micro : (m * world + rank + 1) * micro].tolist() for m in range(grad_accum)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def lr_at(step: int, cfg: Config, total: int) -> float:
+    """Linear warmup to cfg.lr, then cosine down to lr * min_lr_ratio at `total` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def transformer_blocks(model) -> list[torch.nn.Module]:
+    """The repeated decoder layers (Llama, Qwen2, Mistral, Gemma, ... all keep them in model.model.layers)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        mod = model
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, torch.nn.ModuleList):
+            return list(mod)
+    raise SystemExit(f"cannot find the transformer blocks of {type(model).__name__} to shard")
+
+
+def flops_per_token_and_attention(model_config, n_params_dense: int):
+    """6*N per token (fwd+bwd matmuls), plus causal attention 6*L*d*len^2 per document (fwd+bwd, halved by the mask)."""
+    layers = model_config.num_hidden_layers
+    width = model_config.num_attention_heads * (getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads)
+    return 6 * n_params_dense, 6 * layers * width
+
+
+def document_lengths(batch: dict, pad_id: int) -> torch.Tensor:
+    """Lengths of the real documents in a micro-batch (the padding tail of a sequence is left out).
+
+    Positions restart at 0 at every document and at the padding tail; a tail is the
+    segment made only of pad tokens with no labels.
+    """
+    pos, ids, labels = (batch[k].flatten() for k in ("position_ids", "input_ids", "labels"))
+    starts = (pos == 0).nonzero().flatten()
+    ends = torch.cat([starts[1:], torch.tensor([pos.numel()])])
+    segment = torch.repeat_interleave(torch.arange(len(starts)), ends - starts)
+    is_pad = (ids == pad_id) & (labels == IGNORE)
+    pad_segment = torch.zeros(len(starts), dtype=torch.long).index_add_(0, segment, (~is_pad).long()) == 0
+    return (ends - starts)[~pad_segment]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = argv.pop(0) if argv and "=" not in argv[0] else None
+    cfg = load_config(config_path, argv)
+
+    # ------------------------------------------------------------------ distributed setup
+    # Under torchrun the env has RANK/WORLD_SIZE; alone we make a 1-rank group in memory
+    # (FSDP2 needs a process group even for one rank). NCCL on GPUs, gloo on CPU.
+    on_gpu = torch.cuda.is_available()
+    backend = "nccl" if on_gpu else "gloo"
+    if "RANK" in os.environ:
+        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+        if on_gpu:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+    else:
+        rank, world, local_rank = 0, 1, 0
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    main_rank = rank == 0
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    # ------------------------------------------------------------------ data
+    data = PackedShards(cfg.shards)
+    seq_len, pad_id = data.seq_len, int(data.manifest["pad_token_id"])
+    per_micro_tokens = world * cfg.grad_accum * seq_len
+    if cfg.batch_tokens % per_micro_tokens:
+        raise SystemExit(
+            f"batch_tokens={cfg.batch_tokens} must be a multiple of world_size*grad_accum*seq_len = "
+            f"{world}*{cfg.grad_accum}*{seq_len} = {per_micro_tokens}"
+        )
+    global_batch = cfg.batch_tokens // seq_len  # sequences per optimizer step
+    sampler = Sampler(len(data), global_batch, cfg.seed)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * sampler.per_epoch
+
+    # ------------------------------------------------------------------ model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    compute_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
+    attn = cfg.attn_implementation
+    if attn == "auto":
+        import importlib.util
+
+        attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    # Master weights stay fp32; FSDP2's MixedPrecisionPolicy casts to bf16 for compute.
+    if cfg.init == "random":
+        model_config = AutoConfig.from_pretrained(cfg.model)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, attn_implementation=attn)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation=attn)
+        model_config = model.config
+    model.config.use_cache = False
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embed = model.get_input_embeddings().weight
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token, attn_flops_per_len2 = flops_per_token_and_attention(model_config, n_params - embed.numel() * (not model_config.tie_word_embeddings))
+
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype != torch.float32 else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy() if (cfg.cpu_offload and on_gpu) else OffloadPolicy()
+    mesh = dist.device_mesh.init_device_mesh(device.type, (world,))
+    # One FSDP unit per block (its params are gathered just before it runs and freed
+    # after), then the root for embeddings, final norm and head.
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    if not cfg.cpu_offload:
+        model.to(device)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms and biases
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=tuple(cfg.betas), fused=on_gpu,
+    )
+
+    # ------------------------------------------------------------------ resume
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+
+    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+    step = 0
+    resume_dir = None
+    if cfg.resume == "auto" and os.path.isfile(os.path.join(ckpt_root, "latest")):
+        resume_dir = os.path.join(ckpt_root, open(os.path.join(ckpt_root, "latest")).read().strip())
+    elif cfg.resume not in ("auto", "never"):
+        resume_dir = cfg.resume
+    if resume_dir:
+        model_sd, optim_sd = get_state_dict(model, optimizer)  # sharded (DTensor) views to load into
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=resume_dir)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(os.path.join(resume_dir, f"extra-rank{rank}.pt"), weights_only=False)
+        step, sampler.consumed = extra["step"], extra["consumed"]
+        set_rng_state(extra["rng"])
+        if main_rank:
+            print(f"resumed from {resume_dir} at step {step}", flush=True)
+
+    def save_checkpoint(step: int) -> None:
+        path = os.path.join(ckpt_root, f"step-{step:07d}")
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # each rank writes its shards
+        # What DCP does not hold: the loop position, the sampler, every RNG (per rank).
+        torch.save({"step": step, "consumed": sampler.consumed, "rng": rng_state(), "config": dataclasses.asdict(cfg)},
+                   os.path.join(path, f"extra-rank{rank}.pt"))
+        dist.barrier()
+        if main_rank:  # written last: a checkpoint is complete once `latest` names it
+            with open(os.path.join(ckpt_root, "latest.tmp"), "w") as f:
+                f.write(os.path.basename(path))
+            os.replace(os.path.join(ckpt_root, "latest.tmp"), os.path.join(ckpt_root, "latest"))
+
+    # ------------------------------------------------------------------ train
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    metrics = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") if main_rank else None
+    tty = sys.stderr.isatty()
+    stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
+    model.train()
+    while step < stop_at:
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = [data.batch(idx) for idx in sampler.next_step(rank, world, cfg.grad_accum)]
+        # A label at a document start is never predicted from inside its document.
+        for b in micro_batches:
+            b["targets"] = torch.where(b["position_ids"][:, 1:] == 0, IGNORE, b["labels"][:, 1:])
+        # Sync point: the loss is normalised by the label tokens of the whole step on all ranks.
+        counts = torch.tensor(float(sum(int((b["targets"] != IGNORE).sum()) for b in micro_batches)), device=device)
+        dist.all_reduce(counts)
+        label_tokens = max(counts.item(), 1.0)
+        loss_sum = torch.zeros((), device=device)
+        real_tokens = attn_len2 = 0
+        for m, b in enumerate(micro_batches):
+            last = m == len(micro_batches) - 1
+            model.set_requires_gradient_sync(last)  # reduce-scatter grads once per step, not per micro-batch
+            ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
+            logits = model(input_ids=ids, position_ids=pos).logits[:, :-1]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), b["targets"].to(device).flatten(), ignore_index=IGNORE, reduction="sum")
+            # FSDP averages gradients over ranks; * world undoes that so the result is sum / global label tokens.
+            (loss * world / label_tokens).backward()
+            loss_sum += loss.detach()
+            docs = document_lengths(b, pad_id)
+            real_tokens += int(docs.sum())
+            attn_len2 += int((docs**2).sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dist.all_reduce(loss_sum)
+        step += 1
+
+        # ------------------------------------------------------------ metrics
+        if on_gpu:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        stats = torch.tensor([float(real_tokens), float(attn_len2)], device=device)
+        dist.all_reduce(stats)
+        row = {"step": step, "loss": loss_sum.item() / label_tokens, "lr": lr, "grad_norm": float(grad_norm),
+               "label_tokens": int(label_tokens), "tokens": int(stats[0]), "tokens_per_s": stats[0].item() / dt, "step_s": dt}
+        if on_gpu:
+            flops = flops_per_token * stats[0].item() + attn_flops_per_len2 * stats[1].item()
+            row["mfu"] = flops / (dt * cfg.peak_flops * world)
+        if main_rank:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            if step % cfg.log_every == 0 or step == stop_at:
+                line = (f"step {step}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} gnorm {row['grad_norm']:.3f} "
+                        f"tok/s {row['tokens_per_s']:,.0f}" + (f" mfu {row['mfu']:.1%}" if "mfu" in row else ""))
+                print(line, end="\r" if tty else "\n", file=sys.stderr, flush=True)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop_at:
+            save_checkpoint(step)
+    if main_rank and tty:
+        print(file=sys.stderr)
+
+    # ------------------------------------------------------------------ final HF model
+    if cfg.save_model and step >= total_steps:
+        # Every rank takes part in gathering the full (unsharded) weights; rank 0 writes them.
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if main_rank:
+            save_hf_model(full, model_config, cfg.model, os.path.join(cfg.output_dir, "model"))
+        dist.barrier()
+    if metrics:
+        metrics.close()
+    dist.destroy_process_group()
+    return 0
+
+
+def save_hf_model(state_dict: dict, model_config, source: str, out: str) -> None:
+    """Write a plain transformers folder (weights, config, tokenizer, chat template) that from_pretrained and vLLM load."""
+    from transformers import AutoModelForCausalLM
+
+    # A fresh, un-wrapped model so config.architectures names the real class (not FSDP's subclass).
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    plain.load_state_dict(state_dict, assign=True, strict=False)
+    plain.tie_weights()
+    plain.config.use_cache = True
+    plain.save_pretrained(out)
+    keep = ("tokenizer", "special_tokens_map", "chat_template", "vocab", "merges", "added_tokens", "generation_config")
+    for name in os.listdir(source):
+        if name.startswith(keep) and not os.path.exists(os.path.join(out, name)):
+            shutil.copy(os.path.join(source, name), os.path.join(out, name))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
