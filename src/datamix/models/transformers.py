@@ -56,6 +56,28 @@ def cut_at_stop_strings(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def encode_prompt(tok, prompt: Prompt, model_name: str) -> list[int]:
+    """A prompt's token ids: raw text/ids as is (no special tokens added), chats through the chat template.
+
+    Shared by the backends that tokenize locally (transformers, vllm).
+    """
+    if prompt.token_ids is not None:
+        return list(prompt.token_ids)
+    if prompt.text is not None:
+        return tok(prompt.text, add_special_tokens=False)["input_ids"]
+    if prompt.messages is not None:
+        if not tok.chat_template:
+            raise ValueError(
+                f"model {model_name!r} has no chat template for chat prompts; "
+                "set `chat_template:` on the model (a bundled name or a .jinja file)"
+            )
+        # Render to text, then encode without special tokens: the template writes
+        # the BOS itself where the family has one, so it is never doubled.
+        text = tok.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    raise ValueError("a Prompt needs text, token_ids or messages")
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -122,21 +144,7 @@ class TransformersBackend:
 
     def prompt_token_ids(self, prompt: Prompt) -> list[int]:
         """Token ids exactly as the model will see them."""
-        tok = self.tokenizer()
-        if prompt.token_ids is not None:
-            return list(prompt.token_ids)
-        if prompt.text is not None:
-            return tok(prompt.text, add_special_tokens=False)["input_ids"]
-        if prompt.messages is not None:
-            if not tok.chat_template:
-                raise ValueError(
-                    f"model {self.name!r} has no chat template for chat prompts; "
-                    "set `chat_template:` on the model (a bundled name or a .jinja file)"
-                )
-            # The template writes the BOS itself where the family has one.
-            text = tok.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-            return tok(text, add_special_tokens=False)["input_ids"]
-        raise ValueError("a Prompt needs text, token_ids or messages")
+        return encode_prompt(self.tokenizer(), prompt, self.name)
 
     def stop_ids(self, params: SamplingParams) -> list[int]:
         """Token ids that end generation: the request's, the tokenizer's eos and the model's end-of-turn ids."""
