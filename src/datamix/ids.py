@@ -29,8 +29,8 @@ def mint(step: str, *parts: "pl.Series | list") -> "pl.Series":
     expr = " || chr(31) || ".join(f"coalesce(p{i}, chr(0))" for i in range(len(cols)))
     con = duckdb.connect()
     con.register("frame", frame.to_arrow())
-    out = con.execute(
-        f"SELECT substr(md5(? || chr(30) || {expr}), 1, 16) AS sample_id FROM frame", [step]
+    out = con.sql(
+        f"SELECT substr(md5($step || chr(30) || {expr}), 1, 16) AS sample_id FROM frame", params={"step": step}
     ).to_arrow_table()
     con.close()
     return pl.Series("sample_id", out.column("sample_id").combine_chunks()) if out.num_rows else pl.Series("sample_id", [], dtype=pl.Utf8)

@@ -92,7 +92,9 @@ class InputTable:
         return self._count
 
     def arrow(self, columns: str | None = None) -> pa.Table:
-        """All rows in a stable order (by sample_id), optionally a column list 'a, b'."""
+        """All rows, in the order the upstream step wrote them (stable across reruns).
+
+        `columns` is an optional SQL select list, e.g. "sample_id, messages"."""
         return self._reader(columns)
 
     def polars(self, columns: str | None = None) -> pl.DataFrame:
@@ -139,16 +141,20 @@ class StepKind:
     # Bump when the step's behaviour changes: it is part of the fingerprint, so
     # stores built by the old code are recomputed.
     version: str = "1"
+    # A pass-through step (filter, dedup) only decides: its output is its input's
+    # rows minus the ones it dropped, with the same sample ids. It yields chunks
+    # with decisions and no rows; the runner exposes its output as a view.
+    passthrough: bool = False
 
 
 REGISTRY: dict[str, StepKind] = {}
 
 
-def register(kind: str, config: type[StepConfig], version: str = "1"):
+def register(kind: str, config: type[StepConfig], version: str = "1", passthrough: bool = False):
     """Decorator: register `run` as the step kind `kind` with its config model."""
 
     def wrap(run):
-        REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version)
+        REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version, passthrough=passthrough)
         return run
 
     return wrap

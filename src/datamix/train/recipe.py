@@ -263,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rank, world, local_rank = 0, 1, 0
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    try:
+        return train(cfg, rank, world, torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"))
+    finally:  # also on errors, so a caller in the same process can start again
+        dist.destroy_process_group()
+
+
+def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
+    on_gpu = device.type == "cuda"
     main_rank = rank == 0
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -385,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             last = m == len(micro_batches) - 1
             model.set_requires_gradient_sync(last)  # reduce-scatter grads once per step, not per micro-batch
             ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
-            logits = model(input_ids=ids, position_ids=pos).logits[:, :-1]
+            # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask.
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1]
             loss = F.cross_entropy(logits.float().flatten(0, 1), b["targets"].to(device).flatten(), ignore_index=IGNORE, reduction="sum")
             # FSDP averages gradients over ranks; * world undoes that so the result is sum / global label tokens.
             (loss * world / label_tokens).backward()
@@ -432,7 +440,6 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
     if metrics:
         metrics.close()
-    dist.destroy_process_group()
     return 0
 
 

@@ -1,0 +1,408 @@
+"""The `datamix` command: parses arguments, delegates, prints. No logic here.
+
+Exit status: 0 success, 1 a step or run failed, 2 bad spec or bad input.
+Heavy modules are imported inside the commands so `datamix --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def _load_pipeline(path: str, overrides=(), check_files: bool = True):
+    from datamix.spec import SpecError, load
+
+    try:
+        return load(path, list(overrides), check_files=check_files)
+    except SpecError as e:
+        click.echo(f"{path}: {len(e.problems)} problem(s):", err=True)
+        for p in e.problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _store_path(pipeline_path: str | None, store: str | None) -> str:
+    """--store wins; else the pipeline's store; else the only store under ./.datamix."""
+    if store:
+        return store
+    if pipeline_path:
+        return _load_pipeline(pipeline_path, check_files=False).store_path()
+    found = sorted(f for f in os.listdir(".datamix") if f.endswith(".duckdb")) if os.path.isdir(".datamix") else []
+    if len(found) == 1:
+        return os.path.join(".datamix", found[0])
+    _fail("name the store: give PIPELINE.yaml or --store PATH" + (f" (found {', '.join(found)})" if found else ""))
+
+
+def _open_read_only(path: str):
+    from datamix.store import StoreError, connect
+
+    try:
+        return connect(path, read_only=True)
+    except StoreError as e:
+        _fail(str(e), EXIT_FAILED if "being written" in str(e) else EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="datamix")
+def main():
+    """datamix: rebuild an instruct model's general SFT data from the model itself and mix it
+    with your domain data, so fine-tuning does not make it forget.
+
+    Pipelines are YAML; the store is one DuckDB file you can query with `datamix sql`."""
+
+
+# ---- pipelines -----------------------------------------------------------------
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--store", help="DuckDB file to use instead of the pipeline's store")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def run(pipeline, overrides, store, quiet):
+    """Run PIPELINE's steps in dependency order, skipping those up to date.
+
+    OVERRIDES are KEY=VALUE: a var (n=100) or a step option (steps.mix.ratio.general=0.8)."""
+    from datamix import runner
+    from datamix.store import StoreError
+
+    spec = _load_pipeline(pipeline, overrides)
+    path = spec.store_path(store)
+    try:
+        result = runner.run(spec, path, progress=not quiet and sys.stderr.isatty(),
+                            log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    except StoreError as e:
+        _fail(str(e), EXIT_FAILED)
+    if not result.ok:
+        click.echo(f"step {result.failed_step} failed: {result.error}", err=True)
+        click.echo(f"committed work is kept; fix the cause and rerun `datamix run {pipeline}` to resume.", err=True)
+        sys.exit(EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED)
+    _print_status(result.steps, path, "table")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def validate(pipeline, overrides):
+    """Check PIPELINE without running it: kinds, options, inputs, cycles, files, models."""
+    spec = _load_pipeline(pipeline, overrides)
+    click.echo(f"{pipeline}: ok ({len(spec.steps)} steps, {len(spec.models)} models)")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--store", help="DuckDB file to compare against")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def plan(pipeline, overrides, store, fmt):
+    """Which steps would run and which are up to date, and why."""
+    from datamix import runner
+    from datamix.store import Store, StoreError
+
+    spec = _load_pipeline(pipeline, overrides)
+    path = spec.store_path(store)
+    st = None
+    if os.path.exists(path):
+        try:
+            st = Store(path, read_only=True)
+        except StoreError as e:
+            _fail(str(e), EXIT_FAILED)
+    entries = runner.plan(spec, st)
+    if st:
+        st.close()
+    if fmt == "json":
+        click.echo(json.dumps([e.__dict__ for e in entries], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("step", "kind", "action", "why", "model calls")
+    for e in entries:
+        table.add_row(e.name, e.kind, e.action, e.reason, "" if e.model_calls is None else f"{e.model_calls:,}")
+    Console().print(table)
+
+
+@main.command()
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
+@click.option("--store", help="DuckDB file (default: the pipeline's store)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def status(pipeline, store, fmt):
+    """Per step: state, rows in and out, rows dropped per reason, seconds."""
+    path = _store_path(pipeline, store)
+    rows = []
+    if os.path.exists(path):
+        con = _open_read_only(path)
+        rows = _step_rows(con)
+        con.close()
+    elif not pipeline:
+        _fail(f"no store at {path}: run the pipeline first")
+    if pipeline:  # steps of the pipeline not in the store yet are pending
+        known = {r["name"] for r in rows}
+        spec = _load_pipeline(pipeline, check_files=False)
+        rows += [dict(name=s.name, kind=s.kind, state="pending", rows_in=0, rows_out=0, seconds=0.0, dropped={},
+                      quarantined=0) for s in spec.steps if s.name not in known]
+    _print_status(rows, path, fmt)
+
+
+def _step_rows(con) -> list[dict]:
+    from datamix.store import SQL_FILES  # noqa: F401  (schema names)
+
+    try:
+        steps = con.execute(
+            "SELECT name, kind, state, rows_in, rows_out, round(seconds, 2), error FROM dm.steps "
+            "ORDER BY started_at NULLS LAST, name"
+        ).fetchall()
+    except Exception:
+        return []
+    dropped: dict[str, dict[str, int]] = {}
+    for step, reason, n in con.execute(
+        "SELECT step, coalesce(reason, 'dropped'), count(*) FROM dm.decisions WHERE NOT kept GROUP BY ALL ORDER BY 3 DESC"
+    ).fetchall():
+        dropped.setdefault(step, {})[reason] = n
+    quarantined = dict(con.execute("SELECT step, count(*) FROM dm.quarantine GROUP BY step").fetchall())
+    return [
+        dict(name=n, kind=k, state=s, rows_in=ri, rows_out=ro, seconds=sec, dropped=dropped.get(n, {}),
+             quarantined=quarantined.get(n, 0), error=err)
+        for n, k, s, ri, ro, sec, err in steps
+    ]
+
+
+def _print_status(rows: list[dict], path: str, fmt: str) -> None:
+    if rows and "dropped" not in rows[0]:  # rows straight from Store.steps()
+        con = _open_read_only(path)
+        rows = _step_rows(con)
+        con.close()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("step", "kind", "state", "rows in", "rows out", "dropped (reason: rows)", "seconds",
+                  title=f"store {path}")
+    for r in rows:
+        drops = ", ".join(f"{k}: {v:,}" for k, v in r["dropped"].items())
+        if r.get("quarantined"):
+            drops = ", ".join(x for x in (drops, f"quarantined: {r['quarantined']:,}") if x)
+        table.add_row(r["name"], r["kind"], r["state"], f"{r['rows_in']:,}", f"{r['rows_out']:,}", drops,
+                      f"{r['seconds'] or 0:.2f}")
+    Console(width=max(120, Console().width)).print(table)
+
+
+# ---- looking at the store -------------------------------------------------------
+
+
+
+
+@main.command()
+@click.argument("query")
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
+@click.option("--store", help="DuckDB file (default: the pipeline's store)")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the result to FILE instead of the terminal")
+def sql(query, pipeline, store, fmt, out):
+    """Run a read-only SQL QUERY on the store, e.g. "SELECT * FROM dm.funnel"."""
+    import duckdb
+
+    path = _store_path(pipeline, store)
+    con = _open_read_only(path)
+    try:
+        kinds = {s.type.name for s in con.extract_statements(query)}
+    except duckdb.Error as e:
+        _fail(f"the query does not parse: {str(e).splitlines()[0]}")
+    writes = {k.replace("_STATEMENT", "") for k in kinds} - {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
+    if writes:
+        _fail(f"datamix sql is read-only: {', '.join(sorted(writes))} "
+              "statements are refused. Change data through a pipeline step; query with SELECT.")
+    try:
+        rel = con.sql(query)
+        if rel is None:
+            _fail("the query returned no result")
+        columns, rows = rel.columns, rel.fetchall()
+    except duckdb.Error as e:
+        msg = str(e).splitlines()[0]
+        if "read-only" in msg.lower():
+            _fail(f"datamix sql is read-only: {msg}")
+        _fail(f"query failed: {msg}")
+    con.close()
+    text = _render(columns, rows, fmt)
+    if out:
+        with open(out, "w") as f:
+            f.write(text if isinstance(text, str) else "")
+        click.echo(f"{len(rows)} rows written to {out}", err=True)
+    elif isinstance(text, str):
+        click.echo(text)
+    else:
+        from rich.console import Console
+
+        Console(width=max(120, Console().width)).print(text)
+
+
+def _render(columns, rows, fmt):
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str, ensure_ascii=False)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in r] for r in rows])
+        return buf.getvalue().rstrip("\n")
+    from rich.table import Table
+
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*[_cell(v) for v in r])
+    return table
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    s = json.dumps(v, default=str, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+@main.command()
+@click.argument("step")
+@click.option("--store", help="DuckDB file")
+@click.option("--pipeline", "-p", type=click.Path(dir_okay=False), help="take the store from this pipeline")
+@click.option("--limit", default=5, show_default=True)
+@click.option("--where", "where", help="SQL predicate, e.g. \"source = 'domain'\"")
+def show(step, store, pipeline, limit, where):
+    """Pretty-print samples of STEP as chats."""
+    import duckdb
+    from rich.console import Console
+    from rich.panel import Panel
+
+    from datamix.store import quote
+
+    con = _open_read_only(_store_path(pipeline, store))
+    try:
+        rel = con.sql(f"SELECT * FROM {quote(step)}" + (f" WHERE {where}" if where else "") + f" LIMIT {int(limit)}")
+        columns, rows = rel.columns, rel.fetchall()
+    except duckdb.Error as e:
+        _fail(f"cannot show {step}: {str(e).splitlines()[0]}")
+    console = Console()
+    for r in rows:
+        rec = dict(zip(columns, r))
+        body = []
+        for m in rec.pop("messages", None) or []:
+            body.append(f"[bold]{m['role']}[/bold]: {m['content']}")
+        extras = ", ".join(f"{k}={_cell(v)}" for k, v in rec.items() if k != "sample_id" and v is not None)
+        console.print(Panel("\n\n".join(body) or "(no messages)", title=f"{step} {rec.get('sample_id')}",
+                            subtitle=extras[:200] or None))
+
+
+@main.command()
+@click.argument("sample_id")
+@click.option("--store", help="DuckDB file")
+@click.option("--pipeline", "-p", type=click.Path(dir_okay=False), help="take the store from this pipeline")
+@click.option("--format", "fmt", type=click.Choice(["tree", "json"]), default="tree")
+def lineage(sample_id, store, pipeline, fmt):
+    """Every ancestor of SAMPLE_ID back to its source rows, with the decisions that kept it."""
+    from datamix.lineage import walk
+
+    con = _open_read_only(_store_path(pipeline, store))
+    records = walk(con, sample_id)
+    con.close()
+    if not records:
+        _fail(f"no sample {sample_id} in any step of this store")
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2, default=str, ensure_ascii=False))
+        return
+    for r in records:
+        pad = "  " * r["depth"]
+        where = f"  <- {_origin_text(r['origin'])}" if r.get("origin") else ""
+        click.echo(f"{pad}{r['sample_id']}  [{r['step']} ({r['kind']})]{where}")
+        if r.get("summary"):
+            click.echo(f"{pad}    {r['summary']}")
+        for d in r.get("decisions", []):
+            score = f" score={d['score']:.3g}" if d.get("score") is not None else ""
+            reason = f" ({d['reason']})" if d.get("reason") else ""
+            click.echo(f"{pad}    {d['step']}: {'kept' if d['kept'] else 'dropped'}{reason}{score}")
+
+
+def _origin_text(o: dict) -> str:
+    if "line" in o:
+        return f"{o['file']}:{o['line']}"
+    if "row" in o:
+        return f"{o['file']} row {o['row']}"
+    return f"{o.get('shard')} sequence {o.get('sequence')}"
+
+
+# ---- models and training --------------------------------------------------------
+
+
+@main.group()
+def models():
+    """Model helpers (tiny offline models for tests and the quickstart)."""
+
+
+@models.command("tiny")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
+@click.option("--chat-template", default="chatml", show_default=True, help="a bundled name or a .jinja file")
+@click.option("--reward", is_flag=True, help="a reward model (sequence classification, 1 label)")
+@click.option("--seed", default=0, show_default=True)
+def models_tiny(path, arch, chat_template, reward, seed):
+    """Write a tiny random model with a tokenizer trained on the spot to PATH."""
+    from datamix.models.tiny import build_tiny_model
+
+    try:
+        out = build_tiny_model(path, arch=arch, chat_template=chat_template, reward=reward, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    click.echo(out)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--system-prompt", default=None, help="include this system prompt where the template allows one")
+def template(model_path, fmt, system_prompt):
+    """Print the pre-query template derived from MODEL_PATH's chat template."""
+    from transformers import AutoTokenizer
+
+    from datamix.templates import derive_pre_query_template
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+        pq = derive_pre_query_template(tok, system_prompt=system_prompt)
+    except (OSError, ValueError) as e:
+        _fail(f"{model_path}: {e}")
+    if fmt == "json":
+        click.echo(json.dumps({"pre_query_template": pq.text}))
+    else:
+        click.echo(pq.text, nl=False)
+        if sys.stdout.isatty():
+            click.echo()
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--nproc-per-node", default=1, show_default=True, help="processes on this node (torchrun)")
+def train(config, overrides, nproc_per_node):
+    """Train with the FSDP2 recipe on exported shards: CONFIG.yaml [KEY=VALUE ...]."""
+    from datamix.train.launch import train_command
+
+    sys.exit(train_command(config, list(overrides), nproc_per_node=nproc_per_node))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Named text fields of a chat, as Polars expressions over the `messages` column.
+
+Filters and dedup address text by field name: `instruction` (the first user
+turn), `response` (the last assistant turn), `system`, `conversation` (every
+turn's content joined), `user` / `assistant` (all turns of that role joined),
+or any other column of the table.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+CHAT_FIELDS = ("instruction", "response", "system", "conversation", "user", "assistant")
+
+
+def _contents(role: str | None) -> pl.Expr:
+    msgs = pl.col("messages")
+    if role is None:
+        return msgs.list.eval(pl.element().struct.field("content"))
+    return msgs.list.eval(
+        pl.element().filter(pl.element().struct.field("role") == role).struct.field("content")
+    )
+
+
+def field_expr(field: str) -> pl.Expr:
+    """The text of `field` for every row (empty string when the chat has none)."""
+    if field == "instruction":
+        expr = _contents("user").list.first()
+    elif field == "response":
+        expr = _contents("assistant").list.last()
+    elif field == "system":
+        expr = _contents("system").list.first()
+    elif field == "conversation":
+        expr = _contents(None).list.join("\n")
+    elif field in ("user", "assistant"):
+        expr = _contents(field).list.join("\n")
+    else:
+        expr = pl.col(field).cast(pl.Utf8)
+    return expr.fill_null("").alias(field)
+
+
+def text_of(df: pl.DataFrame, fields: list[str]) -> pl.Series:
+    """The named fields joined with a blank line, one string per row."""
+    if len(fields) == 1:
+        return df.select(field_expr(fields[0])).to_series()
+    return df.select(pl.concat_str([field_expr(f) for f in fields], separator="\n\n").alias("text")).to_series()
+
+
+def check_field(field: str, columns: list[str]) -> str | None:
+    """An error message when `field` is neither a chat field nor a column."""
+    if field in CHAT_FIELDS or field in columns:
+        return None
+    return f"unknown field {field!r}: use one of {', '.join(CHAT_FIELDS)} or a column ({', '.join(columns)})"

@@ -1,0 +1,97 @@
+"""`datamix lineage`: a sample's ancestors, the steps that linked them, the decisions that kept them.
+
+The walk itself is SQL (sql/lineage.sql, the `dm.lineage` macro); this module
+picks where to start and decorates each ancestor with its origin and decisions.
+"""
+
+from __future__ import annotations
+
+import json
+
+from datamix.store import first, quote
+
+
+def _step_depths(steps: dict[str, dict]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def d(name: str) -> int:
+        if name not in depth:
+            parents = steps.get(name, {}).get("parents", {})
+            depth[name] = 1 + max((d(p) for p in parents.values() if p in steps), default=-1)
+        return depth[name]
+
+    for name in steps:
+        d(name)
+    return depth
+
+
+def _columns(con, step: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ?", [step]).fetchall()}
+
+
+def walk(con, sample_id: str) -> list[dict]:
+    """Lineage records, depth 0 first; empty when no step holds the sample."""
+    steps = {
+        name: {"kind": kind, "parents": json.loads(parents or "{}"), "passthrough": bool(pt)}
+        for name, kind, parents, pt in con.execute("SELECT name, kind, parents, passthrough FROM dm.steps").fetchall()
+    }
+    holders = []
+    for name in steps:
+        if "sample_id" in _columns(con, name) and first(con.execute(
+            f"SELECT 1 FROM {quote(name)} WHERE sample_id = ? LIMIT 1", [sample_id]
+        )):
+            holders.append(name)
+    if not holders:
+        return []
+    depths = _step_depths(steps)
+    start = max(holders, key=lambda s: (depths.get(s, 0), s))  # the most downstream step holding it
+    nodes = con.execute(
+        "SELECT step, sample_id, depth, via_step FROM dm.lineage(?, ?)", [start, sample_id]
+    ).fetchall()
+    records = []
+    for step, sid, depth, via in nodes:
+        info = steps.get(step, {})
+        rec = {"sample_id": sid, "step": step, "kind": info.get("kind"), "depth": depth, "via_step": via}
+        cols = _columns(con, step)
+        wanted = [c for c in ("origin_file", "origin_line", "file", "row", "shard", "sequence", "source", "model",
+                              "score") if c in cols]
+        if wanted:
+            row = first(con.execute(
+                f"SELECT {', '.join(quote(c) for c in wanted)} FROM {quote(step)} WHERE sample_id = ? LIMIT 1", [sid]
+            ))
+            values = dict(zip(wanted, row)) if row else {}
+            if values.get("origin_file") is not None and not steps.get(step, {}).get("parents"):
+                rec["origin"] = {"file": values["origin_file"], "line": values["origin_line"]}
+            elif values.get("file") is not None:
+                rec["origin"] = {"file": values["file"], "row": values["row"]}
+            elif values.get("shard") is not None:
+                rec["origin"] = {"shard": values["shard"], "sequence": values["sequence"]}
+            for k in ("source", "model", "score"):
+                if values.get(k) is not None:
+                    rec[k] = values[k]
+        if "messages" in cols:
+            user = first(con.execute(
+                f"SELECT list_filter(messages, lambda m: m.role = 'user')[1].content FROM {quote(step)} "
+                "WHERE sample_id = ? LIMIT 1", [sid]
+            ))
+            if user and user[0]:
+                text = " ".join(user[0].split())
+                rec["summary"] = "user: " + (text if len(text) <= 80 else text[:77] + "...")
+        rec["decisions"] = _decisions(con, sid, via, steps)
+        records.append(rec)
+    return records
+
+
+def _decisions(con, sample_id: str, via: str | None, steps: dict) -> list[dict]:
+    """What the step one level down decided about this sample (passing a filter records nothing: say so)."""
+    if via is None:
+        return []
+    rows = con.execute(
+        "SELECT step, kept, reason, score, related_id FROM dm.decisions WHERE sample_id = ? AND step = ?",
+        [sample_id, via],
+    ).fetchall()
+    out = [dict(step=s, kept=k, reason=r, score=sc, related_id=rel) for s, k, r, sc, rel in rows]
+    if not out and steps.get(via, {}).get("passthrough"):
+        out.append(dict(step=via, kept=True, reason="passed", score=None, related_id=None))
+    return out

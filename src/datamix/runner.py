@@ -1,0 +1,313 @@
+"""Runs a pipeline: DAG order, fingerprints, skip/resume, progress, stats.
+
+The runner owns all I/O and bookkeeping. For each step it reads the inputs
+from the store, hands them to the step's `run` function with its config, and
+commits every chunk the step yields (rows, lineage edges, decisions,
+quarantine, completion marker) in one transaction. A crash therefore loses
+nothing committed, and a resumed run skips the committed chunk keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from datamix.spec import Pipeline, models_used
+from datamix.steps.base import REGISTRY, BadInput, Context, InputTable, StepConfig, StepError
+from datamix.store import Store
+
+
+@dataclasses.dataclass
+class PlanEntry:
+    name: str
+    kind: str
+    fingerprint: str
+    action: str  # run | resume | skip
+    reason: str
+    model_calls: int | None = None
+
+
+def _code_version(kind: str) -> str:
+    """The step kind's declared version plus a hash of its module's source."""
+    entry = REGISTRY[kind]
+    try:
+        source = inspect.getsource(inspect.getmodule(entry.run))
+    except (OSError, TypeError):
+        source = ""
+    return entry.version + ":" + hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
+    """Size and mtime of the files a step reads, so editing a data file reruns it."""
+    import glob
+
+    out = []
+    for field in type(step).path_fields:
+        value = getattr(step, field, None)
+        if not value or value in {s.name for s in pipeline.steps}:
+            continue
+        full = value if os.path.isabs(value) else os.path.join(pipeline.base_dir, value)
+        paths = sorted(glob.glob(full)) if not os.path.isdir(full) else sorted(
+            os.path.join(root, f) for root, _, files in os.walk(full) for f in files
+        )
+        for p in paths:
+            st = os.stat(p)
+            out.append([os.path.relpath(p, pipeline.base_dir), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def fingerprints(pipeline: Pipeline) -> dict[str, str]:
+    """hash(kind, resolved config, parents' fingerprints, code version, models used, input files)."""
+    fps: dict[str, str] = {}
+    for step in pipeline.order():
+        payload = {
+            "kind": step.kind,
+            "config": step.model_dump(mode="json"),
+            "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
+            "code": _code_version(step.kind),
+            "models": {m: pipeline.models[m].model_dump(mode="json") for m in models_used(step) if m in pipeline.models},
+            "files": _file_identity(pipeline, step),
+            "seed": pipeline.seed,
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str)
+        fps[step.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fps
+
+
+def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
+    fps = fingerprints(pipeline)
+    entries = []
+    counts: dict[str, int | None] = {}
+    for step in pipeline.order():
+        row = store.step_row(step.name) if store else None
+        fp = fps[step.name]
+        if row is None:
+            action, reason = "run", "never run"
+        elif row["fingerprint"] != fp:
+            changed = _what_changed(row, step, fps)
+            action, reason = "run", f"changed: {changed}"
+        elif row["state"] == "done":
+            action, reason = "skip", "up to date"
+        else:
+            action, reason = "resume", f"{row['state']}: resumes after its committed chunks"
+        rows_in = None
+        parents = list(step.parent_steps().values())
+        if parents and all(counts.get(p) is not None for p in parents):
+            rows_in = sum(counts[p] for p in parents)
+        calls = step.model_calls(rows_in)
+        counts[step.name] = row["rows_out"] if row and action == "skip" else _estimate_rows_out(step, rows_in)
+        entries.append(PlanEntry(step.name, step.kind, fp, action, reason, calls))
+    return entries
+
+
+def _estimate_rows_out(step: StepConfig, rows_in: int | None) -> int | None:
+    for field in ("num_samples", "total"):
+        value = getattr(step, field, None)
+        if isinstance(value, int):
+            return value
+    n = getattr(step, "n", None)
+    models = getattr(step, "models", None)
+    if rows_in is not None and isinstance(n, int) and isinstance(models, list):
+        return rows_in * n * len(models)
+    return rows_in
+
+
+def _what_changed(row: dict, step: StepConfig, fps: dict[str, str]) -> str:
+    old = json.loads(row["config"]) if row["config"] else {}
+    new = step.model_dump(mode="json")
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if keys:
+        return "config (" + ", ".join(keys) + ")"
+    parents = list(step.parent_steps().values())
+    return "an upstream step (" + ", ".join(parents) + ")" if parents else "code, model or input files"
+
+
+class Progress:
+    """Rich progress bars with rows/s and tokens/s; silent when not a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self._bar = RichProgress(
+                TextColumn("{task.description:<18}"),
+                BarColumn(),
+                TextColumn("{task.completed:>9,.0f} rows"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar:
+            self._bar.__exit__(*exc)
+
+    def task(self, name: str, total: int | None):
+        state = {"rows": 0, "tokens": 0, "t0": time.perf_counter()}
+        task_id = self._bar.add_task(name, total=total, rate="") if self._bar else None
+
+        def advance(rows: int, tokens: int = 0) -> None:
+            state["rows"] += rows
+            state["tokens"] += tokens
+            if self._bar is None:
+                return
+            dt = max(time.perf_counter() - state["t0"], 1e-9)
+            rate = f"{state['rows'] / dt:,.0f} rows/s"
+            if state["tokens"]:
+                rate += f"  {state['tokens'] / dt:,.0f} tok/s"
+            self._bar.update(task_id, advance=rows, rate=rate)
+
+        return advance
+
+
+@dataclasses.dataclass
+class RunResult:
+    ok: bool
+    steps: list[dict[str, Any]]
+    failed_step: str | None = None
+    error: str | None = None
+    bad_input: bool = False
+
+
+def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print) -> RunResult:
+    """Run every step that is not up to date, in dependency order."""
+    store = Store(store_path)
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id, pipeline.name, pipeline.spec_path)
+    fps = fingerprints(pipeline)
+    result = RunResult(ok=True, steps=[])
+    try:
+        with Progress(progress) as bars:
+            for step in pipeline.order():
+                entry = REGISTRY[step.kind]
+                row = store.step_row(step.name)
+                fp = fps[step.name]
+                if row is not None and row["state"] == "done" and row["fingerprint"] == fp:
+                    log(f"skip   {step.name} ({step.kind}): up to date")
+                    continue
+                try:
+                    if row is not None and row["fingerprint"] != fp:
+                        store.reset_step(step.name)  # config, code, inputs or upstream changed
+                        row = None
+                    log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
+                    _run_step(pipeline, store, step, entry, fp, run_id, bars)
+                except (StepError, BadInput) as e:
+                    result.ok, result.failed_step, result.error = False, step.name, str(e)
+                    result.bad_input = isinstance(e, BadInput)
+                    break
+                except Exception as e:  # a bug or an environment problem: keep the step's committed chunks
+                    import traceback
+
+                    result.ok, result.failed_step = False, step.name
+                    result.error = f"{type(e).__name__}: {e}"
+                    if os.environ.get("DATAMIX_DEBUG"):
+                        traceback.print_exc()
+                    store.finish_step(step.name, "failed", 0.0, traceback.format_exc(limit=8))
+                    break
+    finally:
+        store.finish_run(run_id, "done" if result.ok else "failed")
+        result.steps = store.steps()
+        store.close()
+    return result
+
+
+def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars) -> None:
+    parents = step.parent_steps()
+    store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id)
+    if entry.passthrough:
+        store.create_passthrough_view(step.name, parents["input"])
+    inputs = {label: _input_table(store, p) for label, p in parents.items()}
+    output_dir = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs", step.name)
+    total = sum(len(t) for t in inputs.values()) or getattr(step, "num_samples", None)
+    ctx = Context(
+        step=step.name,
+        pipeline_dir=pipeline.base_dir,
+        output_dir=output_dir,
+        seed=pipeline.seed,
+        done_keys=store.done_keys(step.name),
+        models={m: pipeline.models[m] for m in models_used(step) if m in pipeline.models} or dict(pipeline.models),
+        progress=bars.task(step.name, total),
+        cache_get=store.cache_get,
+        cache_put=store.cache_put,
+    )
+    if len(parents) == 1:
+        parent_step_of: Any = next(iter(parents.values()))
+    elif parents:
+        parent_step_of = parents
+    else:
+        parent_step_of = None
+    t0 = time.perf_counter()
+    try:
+        for chunk in entry.run(step, inputs, ctx):
+            if chunk.key in ctx.done_keys:
+                continue  # a step that re-yields a committed key is tolerated, not duplicated
+            store.commit_chunk(
+                step.name,
+                chunk.key,
+                _arrow(chunk.rows),
+                _arrow(chunk.decisions),
+                _arrow(chunk.quarantine),
+                chunk.rows_in,
+                chunk.files,
+                parent_step_of,
+            )
+    except (StepError, BadInput) as e:
+        store.finish_step(step.name, "failed", time.perf_counter() - t0, str(e))
+        raise
+    if entry.passthrough:
+        store.set_rows_out(step.name, store.count(step.name))
+    elif not store.output_exists(step.name):
+        # a step that produced nothing still gets its (empty) table, so SQL on it works
+        store.con.execute(f'CREATE TABLE "{step.name}" (sample_id VARCHAR)')
+    store.finish_step(step.name, "done", time.perf_counter() - t0)
+
+
+def _arrow(frame):
+    if frame is None:
+        return None
+    if hasattr(frame, "to_arrow"):  # polars
+        return frame.to_arrow()
+    return frame
+
+
+def read_output(store: Store, name: str, columns: str | None = None):
+    """A step's output rows in a stable order.
+
+    A pass-through step's rows are its parent's rows minus those it dropped; they
+    are filtered in Arrow, which keeps the parent's order (a SQL anti join would not).
+    """
+    import pyarrow.compute as pc
+
+    row = store.step_row(name)
+    if row is None or not row["passthrough"]:
+        return store.read(name, columns)
+    parent = json.loads(row["parents"])["input"]
+    cols = columns
+    if columns and "sample_id" not in [c.strip() for c in columns.split(",")]:
+        cols = "sample_id, " + columns
+    table = read_output(store, parent, cols)
+    dropped = store.con.sql(
+        "SELECT sample_id FROM dm.decisions WHERE step = $step AND NOT kept", params={"step": name}
+    ).to_arrow_table().column(0)
+    if len(dropped):
+        table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
+    if cols is not columns:
+        table = table.drop_columns(["sample_id"])
+    return table
+
+
+def _input_table(store: Store, name: str) -> InputTable:
+    count = store.step_row(name)["rows_out"]
+    return InputTable(name, lambda columns=None: read_output(store, name, columns), count)

@@ -1,0 +1,192 @@
+"""dedup: remove duplicates (exact), near-duplicates (minhash) or paraphrases (semantic).
+
+The step chooses the text (`fields`), the keep policy and the reference set;
+the method module (datamix/dedup/<method>.py) finds the duplicates. Every
+removed sample records the kept sample it duplicates (or the reference row it
+matched) and the similarity. Pass-through: kept rows keep their sample ids.
+
+    - name: dedup
+      kind: dedup
+      input: clean
+      method: minhash          # exact | minhash | semantic
+      fields: [instruction]
+      threshold: 0.8           # method options sit beside the common ones
+      keep: highest            # first | longest | highest
+      keep_column: score
+      reference: benchmarks/gsm8k_test.jsonl   # or a step name: decontamination
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from datamix.dedup.exact import ExactConfig
+from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+
+_METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact")}
+try:  # the near-duplicate methods (issue 4) live in their own modules
+    from datamix.dedup.minhash import MinHashConfig
+
+    _METHODS["minhash"] = (MinHashConfig, "datamix.dedup.minhash")
+except ImportError:  # pragma: no cover - only while the module is absent
+    MinHashConfig = None
+try:
+    from datamix.dedup.semantic import SemanticConfig
+
+    _METHODS["semantic"] = (SemanticConfig, "datamix.dedup.semantic")
+except ImportError:  # pragma: no cover
+    SemanticConfig = None
+
+MethodConfig = Annotated[Union[tuple(c for c, _ in _METHODS.values())], Field(discriminator="method")]  # noqa: UP007
+
+REASONS = {"exact": "duplicate", "minhash": "near_duplicate", "semantic": "semantic_duplicate"}
+COMMON = {"name", "kind", "input", "inputs", "chunk_size", "fields", "keep", "keep_column", "reference",
+          "reference_field", "options"}
+
+
+class DedupConfig(StepConfig):
+    kind: Literal["dedup"]
+    fields: list[str] = Field(default_factory=lambda: ["conversation"], min_length=1)
+    keep: Literal["first", "longest", "highest"] = "first"
+    keep_column: str | None = Field(default=None, description="with keep: highest, the column to maximise")
+    # decontamination: a step name, or a file (JSONL/JSON/Parquet/CSV) of reference records
+    reference: str | None = None
+    reference_field: str = Field(default="conversation", description="the text of a reference row")
+    options: MethodConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_options(cls, data: Any):
+        """Method options sit flat in the YAML; gather them under `options`."""
+        if isinstance(data, dict) and "options" not in data:
+            data = dict(data)
+            method = data.pop("method", "exact")
+            opts = {k: data.pop(k) for k in list(data) if k not in COMMON}
+            data["options"] = {"method": method, **opts}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.keep == "highest" and not self.keep_column:
+            raise ValueError("keep: highest needs keep_column (e.g. score)")
+        if not self.input:
+            raise ValueError("dedup needs `input: <step>`")
+        return self
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    def parent_steps(self) -> dict[str, str]:
+        parents = super().parent_steps()
+        if self.reference and not _looks_like_file(self.reference):
+            parents["reference"] = self.reference
+        return parents
+
+
+def _looks_like_file(ref: str) -> bool:
+    return "/" in ref or "." in ref or "*" in ref
+
+
+DedupConfig.path_fields = ("reference",)
+
+
+def _priority(df, cfg: DedupConfig, texts):
+    """Lower is kept first."""
+    import numpy as np
+    import polars as pl
+
+    if cfg.keep == "first":
+        return np.arange(len(df), dtype=np.float64)
+    if cfg.keep == "longest":
+        return -texts.str.len_chars().cast(pl.Float64).to_numpy()
+    if cfg.keep_column not in df.columns:
+        raise BadInput(f"step {cfg.name}: keep_column {cfg.keep_column!r} is not a column ({', '.join(df.columns)})")
+    values = df[cfg.keep_column].cast(pl.Float64).fill_null(float("-inf")).to_numpy()
+    return -values
+
+
+def _reference(cfg: DedupConfig, inputs, ctx: Context):
+    """(texts, ids) of the reference rows: a step's samples, or file records as 'file:line'."""
+    import polars as pl
+
+    from datamix.fields import text_of
+
+    if cfg.reference is None:
+        return None, None
+    if "reference" in inputs:
+        ref = inputs["reference"].polars()
+        return text_of(ref, [cfg.reference_field]), ref["sample_id"]
+    from datamix.steps.load import LoadConfig, list_files, normalize, read_raw_records, _format_of
+    import duckdb
+
+    files = list_files(ctx.resolve(cfg.reference))
+    if not files:
+        raise BadInput(f"step {cfg.name}: reference {cfg.reference} matches no file")
+    con = duckdb.connect()
+    load_cfg = LoadConfig(name=cfg.name, kind="load", path=cfg.reference, prompt_field="question",
+                          response_field="answer")
+    frames = []
+    for path in files:
+        origin = _relpath(path, ctx)
+        good, _bad = normalize(con, read_raw_records(path, _format_of(path, "auto")), origin, load_cfg)
+        frames.append(pl.from_arrow(good))
+    ref = pl.concat(frames)
+    ids = ref.select(pl.concat_str([pl.col("origin_file"), pl.col("origin_line").cast(pl.Utf8)], separator=":"))
+    return text_of(ref, [cfg.reference_field]), ids.to_series()
+
+
+def _relpath(path: str, ctx: Context) -> str:
+    import os
+
+    return os.path.relpath(path, ctx.pipeline_dir)
+
+
+class _StoreCache:
+    """The store's response cache, offered to methods that keep signatures."""
+
+    def __init__(self, ctx: Context):
+        self.get, self.put = ctx.cache_get, ctx.cache_put
+
+
+@register("dedup", DedupConfig, passthrough=True)
+def run(cfg: DedupConfig, inputs, ctx: Context):
+    import importlib
+
+    import polars as pl
+
+    from datamix.fields import check_field, text_of
+
+    if "all" in ctx.done_keys:
+        return
+    df = inputs["input"].polars()
+    for f in cfg.fields:
+        if problem := check_field(f, df.columns):
+            raise BadInput(f"step {cfg.name}.fields: {problem}")
+    texts = text_of(df, cfg.fields)
+    ref_texts, ref_ids = _reference(cfg, inputs, ctx)
+    module = importlib.import_module(_METHODS[cfg.method][1])
+    found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts,
+                                   cache=_StoreCache(ctx))
+    ids = df["sample_id"]
+    dup_ids = ids.gather(found["dup_of"].fill_null(0)).to_list()
+    ref_match = ref_ids.gather(found["ref_index"].fill_null(0)).to_list() if ref_ids is not None else None
+    related, reasons = [], []
+    for i, (dup, ref) in enumerate(zip(found["dup_of"].to_list(), found["ref_index"].to_list())):
+        if ref is not None:
+            related.append(ref_match[i])
+            reasons.append("contamination")
+        else:
+            related.append(dup_ids[i] if dup is not None else None)
+            reasons.append(REASONS[cfg.method])
+    decisions = pl.DataFrame({
+        "sample_id": ids.gather(found["index"]),
+        "kept": pl.Series([False] * len(found), dtype=pl.Boolean),
+        "reason": pl.Series(reasons, dtype=pl.Utf8),
+        "score": found["similarity"].cast(pl.Float64),
+        "related_id": pl.Series(related, dtype=pl.Utf8),
+    })
+    ctx.progress(len(df))
+    yield Chunk(key="all", decisions=decisions, rows_in=len(df))

@@ -1,0 +1,113 @@
+"""export: write the samples as JSONL or Parquet files (or packed training shards).
+
+JSONL and Parquet files are read directly by
+`datasets.load_dataset("json" | "parquet", data_files=...)`: one record per
+sample with `sample_id`, `messages`, `source` and any `fields` asked for.
+A `manifest.json` beside them gives counts per source and where the sample ids
+are. The step's table records, for every exported sample, the file and row
+(or shard and sequence) it went to, so lineage continues into the files.
+
+    - name: export
+      kind: export
+      input: mix
+      format: jsonl            # jsonl | parquet | shards
+      path: out/mix            # default: beside the store, outputs/<step>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+
+
+class ExportConfig(StepConfig):
+    kind: Literal["export"]
+    format: Literal["jsonl", "parquet", "shards"] = "jsonl"
+    path: str | None = Field(default=None, description="output folder (relative to the YAML)")
+    fields: list[str] = Field(default_factory=list, description="extra columns to write beside messages")
+    # format: shards -> the options of datamix.export.shards.ShardsConfig (tokenizer, seq_len, ...)
+    shards: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.input:
+            raise ValueError("export needs `input: <step>`")
+        if self.format == "shards":
+            if not self.shards:
+                raise ValueError("format: shards needs `shards:` options (at least tokenizer and seq_len)")
+            from datamix.export.shards import ShardsConfig
+
+            ShardsConfig.model_validate(self.shards)  # errors surface at validate time
+        return self
+
+
+def _out_dir(cfg: ExportConfig, ctx: Context) -> str:
+    return ctx.resolve(cfg.path) if cfg.path else ctx.output_dir
+
+
+def _write_manifest(out: str, manifest: dict) -> None:
+    tmp = os.path.join(out, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, os.path.join(out, "manifest.json"))  # readers never see half a manifest
+
+
+@register("export", ExportConfig)
+def run(cfg: ExportConfig, inputs, ctx: Context):
+    import duckdb
+    import polars as pl
+
+    if "all" in ctx.done_keys:
+        return
+    df = inputs["input"].polars()
+    missing = [f for f in cfg.fields if f not in df.columns]
+    if missing:
+        raise BadInput(f"step {cfg.name}.fields: no column {', '.join(missing)} in {inputs['input'].name} "
+                       f"(columns: {', '.join(df.columns)})")
+    if "source" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Utf8).alias("source"))
+    out = _out_dir(cfg, ctx)
+    os.makedirs(out, exist_ok=True)
+    counts = df.group_by("source").len().sort("source")
+    manifest = {
+        "step": cfg.name,
+        "input": inputs["input"].name,
+        "format": cfg.format,
+        "samples": len(df),
+        "samples_per_source": {str(r["source"]): r["len"] for r in counts.iter_rows(named=True)},
+        "sample_ids_file": "sample_ids.txt",
+    }
+    if cfg.format == "shards":
+        from datamix.export.shards import ShardsConfig, write_shards
+
+        shard_manifest, placement = write_shards(df, out, ShardsConfig.model_validate(cfg.shards), progress=ctx.progress)
+        manifest.update({"shards": shard_manifest})
+        rows = placement.with_columns(pl.concat_list("sample_id").alias("parent_ids"))
+        files = sorted(set(placement["shard"].drop_nulls().to_list()))
+    else:
+        columns = ["sample_id", "messages", "source", *cfg.fields]
+        name = "data.jsonl" if cfg.format == "jsonl" else "data.parquet"
+        target = os.path.join(out, name)
+        con = duckdb.connect()
+        con.register("samples", df.select(columns).to_arrow())
+        fmt = "(FORMAT JSON)" if cfg.format == "jsonl" else "(FORMAT PARQUET, COMPRESSION ZSTD)"
+        con.execute(f"COPY (SELECT * FROM samples) TO '{target.replace(chr(39), chr(39) * 2)}' {fmt}")
+        con.close()
+        rows = df.select(
+            "sample_id",
+            pl.lit(name).alias("file"),
+            pl.int_range(1, len(df) + 1, dtype=pl.Int64).alias("row"),
+            pl.concat_list("sample_id").alias("parent_ids"),
+        )
+        files = [name]
+        manifest["files"] = files
+    with open(os.path.join(out, "sample_ids.txt"), "w") as f:
+        f.write("\n".join(df["sample_id"].to_list()) + ("\n" if len(df) else ""))
+    _write_manifest(out, manifest)
+    ctx.progress(len(df))
+    yield Chunk(key="all", rows=rows, rows_in=len(df), files=[os.path.join(out, f) for f in files])

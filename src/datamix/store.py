@@ -1,0 +1,300 @@
+"""The DuckDB store: open and lock, write committed chunks, read step outputs, lineage.
+
+One DuckDB file. A step's output is a table (or, for pass-through steps, a view)
+named after the step; bookkeeping lives in schema `dm` (see sql/schema.sql).
+Only the runner writes; CLI queries open the file read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# Order matters: views and macros refer to the tables.
+SQL_FILES = ("schema.sql", "funnel.sql", "lineage.sql", "composition.sql", "clusters.sql")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says why and what to do."""
+
+
+def sql_text(name: str) -> str:
+    path = SQL_DIR / name
+    if not path.exists():
+        raise StoreError(f"missing SQL file {path}: is datamix installed from its source tree (pip install -e .)?")
+    return path.read_text()
+
+
+def first(cursor):
+    """The first row of a result, or None. DuckDB 2 keeps an execute() result open
+    until every row is fetched, so fetch them all (callers use LIMIT 1)."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _holder_of_lock(message: str) -> str:
+    """Turn DuckDB's lock-conflict message into 'PID n (command line)'."""
+    m = re.search(r"PID (\d+)", message)
+    if not m:
+        return "another process"
+    pid = m.group(1)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return f"process {pid}" + (f" ({cmd})" if cmd else "")
+
+
+def connect(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
+    import duckdb
+
+    if read_only and not os.path.exists(path):
+        raise StoreError(f"no store at {path}: run the pipeline first (datamix run PIPELINE.yaml)")
+    if not read_only:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            holder = _holder_of_lock(str(e))
+            if read_only:
+                raise StoreError(
+                    f"the store {path} is being written by {holder}. DuckDB lets no other process open a file "
+                    "while one writes it, so it cannot be read right now; wait for that run to finish "
+                    "(its progress: the terminal running it) and query again."
+                ) from None
+            raise StoreError(
+                f"the store {path} is in use by {holder}; only one `datamix run` can write a store at a time. "
+                "Wait for it to finish, stop it, or pass --store to use another file."
+            ) from None
+        raise StoreError(f"cannot open the store {path}: {e}") from None
+
+
+class Store:
+    """Read-write handle used by the runner. Every write of a chunk is one transaction."""
+
+    def __init__(self, path: str, read_only: bool = False):
+        self.path = path
+        self.read_only = read_only
+        self.con = connect(path, read_only=read_only)
+        if not read_only:
+            for name in SQL_FILES:
+                self.con.execute(sql_text(name))
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ---- bookkeeping -------------------------------------------------------
+
+    def step_row(self, name: str) -> dict[str, Any] | None:
+        if not self.has_table("dm", "steps"):
+            return None
+        cur = self.con.execute("SELECT * FROM dm.steps WHERE name = ?", [name])
+        row = first(cur)
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.description], row))
+
+    def steps(self) -> list[dict[str, Any]]:
+        if not self.has_table("dm", "steps"):
+            return []
+        cur = self.con.execute("SELECT * FROM dm.steps ORDER BY started_at NULLS LAST, name")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def has_table(self, schema: str, name: str) -> bool:
+        """True when schema.name exists as a table or a view."""
+        return self.con.execute(
+            "SELECT (SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?)"
+            " + (SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ?)",
+            [schema, name, schema, name],
+        ).fetchall()[0][0] > 0
+
+    def output_exists(self, name: str) -> bool:
+        return self.has_table("main", name)
+
+    def done_keys(self, step: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self.con.execute("SELECT key FROM dm.chunks WHERE step = ?", [step]).fetchall())
+
+    def reset_step(self, name: str) -> None:
+        """Forget everything a step wrote (its fingerprint changed)."""
+        kind = first(self.con.execute(
+            "SELECT 'VIEW' FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ? "
+            "UNION ALL SELECT 'TABLE' FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
+            [name, name]))
+        with self.transaction():
+            if kind:
+                self.con.execute(f"DROP {kind[0]} {quote(name)}")
+            for table in ("chunks", "edges", "decisions", "quarantine"):
+                self.con.execute(f"DELETE FROM dm.{table} WHERE step = ?", [name])
+            self.con.execute("DELETE FROM dm.steps WHERE name = ?", [name])
+
+    def begin_step(self, name: str, kind: str, fingerprint: str, config: dict, parents: dict,
+                   passthrough: bool, run_id: str) -> None:
+        row = self.step_row(name)
+        if row is None:
+            self.con.execute(
+                "INSERT INTO dm.steps (name, kind, fingerprint, config, parents, passthrough, state, "
+                "started_at, run_id) VALUES (?, ?, ?, ?, ?, ?, 'partial', now(), ?)",
+                [name, kind, fingerprint, json.dumps(config, default=str), json.dumps(parents), passthrough, run_id],
+            )
+        else:
+            self.con.execute(
+                "UPDATE dm.steps SET state = 'partial', error = NULL, run_id = ?, started_at = coalesce(started_at, now()) "
+                "WHERE name = ?",
+                [run_id, name],
+            )
+
+    def finish_step(self, name: str, state: str, seconds: float, error: str | None = None) -> None:
+        self.con.execute(
+            "UPDATE dm.steps SET state = ?, seconds = seconds + ?, finished_at = now(), error = ? WHERE name = ?",
+            [state, seconds, error, name],
+        )
+
+    def start_run(self, run_id: str, pipeline: str, spec_path: str) -> None:
+        self.con.execute(
+            "INSERT INTO dm.runs VALUES (?, ?, ?, now(), NULL, 'running', ?)", [run_id, pipeline, spec_path, os.getpid()]
+        )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.con.execute("UPDATE dm.runs SET finished_at = now(), status = ? WHERE run_id = ?", [status, run_id])
+
+    # ---- writing -----------------------------------------------------------
+
+    def transaction(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store.con.execute("BEGIN TRANSACTION")
+
+            def __exit__(self, exc_type, exc, tb):
+                store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+
+        return _Tx()
+
+    def create_passthrough_view(self, name: str, parent: str) -> None:
+        """A pass-through step's output: its parent's rows minus the ones it dropped."""
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {quote(name)} AS SELECT p.* FROM {quote(parent)} p "
+            f"ANTI JOIN (SELECT sample_id FROM dm.decisions WHERE step = '{name.replace(chr(39), chr(39) * 2)}' "
+            "AND NOT kept) d USING (sample_id)"
+        )
+
+    def commit_chunk(self, step: str, key: str, rows: "pa.Table | None", decisions: "pa.Table | None",
+                     quarantine: "pa.Table | None", rows_in: int, files: list[str],
+                     parent_step_of: dict[str, str] | str | None) -> int:
+        """Write one chunk's rows, edges, decisions and quarantine plus its marker, atomically.
+
+        parent_step_of: the parent step of every row (single input), or a map from the
+        rows' `source` label to the step (several inputs), or None (a source step).
+        Returns the number of output rows written.
+        """
+        con = self.con
+        n_out = 0
+        with self.transaction():
+            if rows is not None:
+                n_out = rows.num_rows
+                con.register("_chunk_rows", rows)
+                has_parents = "parent_ids" in rows.schema.names
+                select = "SELECT * EXCLUDE (parent_ids) FROM _chunk_rows" if has_parents else "SELECT * FROM _chunk_rows"
+                if not self.output_exists(step):
+                    con.execute(f"CREATE TABLE {quote(step)} AS {select}")
+                else:
+                    con.execute(f"INSERT INTO {quote(step)} BY NAME {select}")
+                if has_parents and parent_step_of is not None:
+                    if isinstance(parent_step_of, str):
+                        parent_expr, params = "?", [step, parent_step_of]
+                    else:
+                        cases = " ".join(f"WHEN source = '{lbl}' THEN '{st}'" for lbl, st in parent_step_of.items())
+                        parent_expr, params = f"CASE {cases} END", [step]
+                    con.execute(
+                        f"INSERT INTO dm.edges SELECT ?, sample_id, {parent_expr}, unnest(parent_ids) FROM _chunk_rows",
+                        params,
+                    )
+                con.unregister("_chunk_rows")
+            if decisions is not None and decisions.num_rows:
+                con.register("_chunk_decisions", decisions)
+                con.execute(
+                    "INSERT INTO dm.decisions SELECT ?, sample_id, kept, reason, score, related_id FROM _chunk_decisions",
+                    [step],
+                )
+                con.unregister("_chunk_decisions")
+            if quarantine is not None and quarantine.num_rows:
+                con.register("_chunk_quarantine", quarantine)
+                con.execute("INSERT INTO dm.quarantine SELECT ?, file, line, reason, raw FROM _chunk_quarantine", [step])
+                con.unregister("_chunk_quarantine")
+            con.execute(
+                "INSERT INTO dm.chunks VALUES (?, ?, ?, ?, ?, now())", [step, key, rows_in, n_out, json.dumps(files)]
+            )
+            con.execute(
+                "UPDATE dm.steps SET rows_in = rows_in + ?, rows_out = rows_out + ? WHERE name = ?",
+                [rows_in, n_out, step],
+            )
+        return n_out
+
+    def set_rows_out(self, step: str, n: int) -> None:
+        self.con.execute("UPDATE dm.steps SET rows_out = ? WHERE name = ?", [n, step])
+
+    # ---- the response cache --------------------------------------------------
+
+    def cache_get(self, keys: list[str]) -> dict[str, Any]:
+        if not keys:
+            return {}
+        import pyarrow as pa
+
+        self.con.register("_cache_keys", pa.table({"key": keys}))
+        rows = self.con.execute("SELECT c.key, c.value, c.blob FROM dm.cache c JOIN _cache_keys USING (key)").fetchall()
+        self.con.unregister("_cache_keys")
+        return {k: (bytes(b) if b is not None else json.loads(v)) for k, v, b in rows}
+
+    def cache_put(self, items: dict[str, Any]) -> None:
+        if not items:
+            return
+        import pyarrow as pa
+
+        binary = [isinstance(v, (bytes, bytearray)) for v in items.values()]
+        table = pa.table({
+            "key": list(items),
+            "value": pa.array([None if b else json.dumps(v) for v, b in zip(items.values(), binary)], pa.string()),
+            "blob": pa.array([bytes(v) if b else None for v, b in zip(items.values(), binary)], pa.binary()),
+        })
+        self.con.register("_cache_new", table)
+        self.con.execute(
+            "INSERT INTO dm.cache (key, value, blob) SELECT key, value, blob FROM _cache_new ON CONFLICT DO NOTHING"
+        )
+        self.con.unregister("_cache_new")
+
+    # ---- reading -----------------------------------------------------------
+
+    def read(self, step: str, columns: str | None = None) -> "pa.Table":
+        return self.con.sql(f"SELECT {columns or '*'} FROM {quote(step)}").to_arrow_table()
+
+    def count(self, step: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {quote(step)}").fetchall()[0][0]
+
+
+def output_steps_holding(con: "duckdb.DuckDBPyConnection", sample_id: str) -> list[str]:
+    """Names of the step outputs that hold `sample_id`, most downstream first."""
+    steps = con.execute(
+        "SELECT s.name FROM dm.steps s JOIN duckdb_columns() c ON c.table_name = s.name "
+        "AND c.schema_name = 'main' AND c.column_name = 'sample_id' ORDER BY s.started_at DESC, s.name"
+    ).fetchall()
+    found = []
+    for (name,) in steps:
+        if first(con.execute(f"SELECT 1 FROM {quote(name)} WHERE sample_id = ? LIMIT 1", [sample_id])):
+            found.append(name)
+    return found
