@@ -182,8 +182,8 @@ def _friendly(err: dict) -> str:
     ctx = err.get("ctx") or {}
     if err["type"] == "extra_forbidden":
         return "unknown option (check the spelling, or see `datamix validate --help` for the kind's options)"
-    if err["type"] in ("greater_than_equal", "greater_than") and "le" in ctx:
-        return f"must be between {ctx['ge']} and {ctx['le']}"
+    if err["type"] == "value_error" and msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
     if err["type"] == "union_tag_invalid":
         return f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     return msg[0].lower() + msg[1:] if msg else msg
@@ -276,7 +276,10 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     return pipeline
 
 
-_UNION_TAGS = {"transformers", "vllm", "openai", "exact", "minhash", "semantic"}
+# Parts of a pydantic error location that are not in the YAML: union tags, and
+# `options`, where the dedup step gathers its method's flat options.
+_UNION_TAGS = {"transformers", "vllm", "openai", "exact", "minhash", "semantic", "options",
+               "length", "regex", "repetition", "phrases", "shape", "sql"}
 
 
 def _check_graph(p: Pipeline, raw_steps: list, at) -> list[str]:

@@ -69,8 +69,19 @@ class _ModelBase(BaseModel):
     chat_template: str | None = None
 
 
+class TinyModel(BaseModel):
+    """Build a tiny random model at `path` when it is missing (offline demos and tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+    arch: Literal["llama", "qwen2"] = "llama"
+    chat_template: str = "chatml"
+    reward: bool = False
+    seed: int = 0
+
+
 class TransformersModel(_ModelBase):
     backend: Literal["transformers"]
+    tiny: TinyModel | None = None
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"
     batch_size: int = Field(default=16, ge=1)
@@ -109,6 +120,12 @@ def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, b
     path = spec.path
     if not os.path.isabs(path) and os.path.exists(os.path.join(base_dir, path)):
         path = os.path.join(base_dir, path)
+    if spec.backend == "transformers" and spec.tiny is not None:
+        path = os.path.join(base_dir, spec.path) if not os.path.isabs(spec.path) else spec.path
+        if not os.path.exists(os.path.join(path, "config.json")):
+            from datamix.models.tiny import build_tiny_model
+
+            build_tiny_model(path, **spec.tiny.model_dump())
     spec = spec.model_copy(update={"path": path})
     if spec.backend == "transformers":
         from datamix.models.transformers import TransformersBackend
