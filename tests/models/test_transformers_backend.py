@@ -108,3 +108,18 @@ def test_cut_at_stop_strings():
     assert cut_at_stop_strings("abc###def", ["#", "c"]) == ("ab", True)
     assert cut_at_stop_strings("abc", ["x"]) == ("abc", False)
     assert cut_at_stop_strings("abc", [""]) == ("abc", False)
+
+
+def test_checkpoint_sampling_defaults_do_not_leak(tiny_chatml, tmp_path):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_chatml, leaky)
+    config = GenerationConfig.from_pretrained(leaky)
+    config.repetition_penalty, config.do_sample, config.top_k = 50.0, True, 1
+    config.save_pretrained(leaky)
+    params = SamplingParams(temperature=0, max_tokens=12)
+    reference = backend(tiny_chatml).generate([PROMPTS[3]], params)
+    assert texts(backend(str(leaky)).generate([PROMPTS[3]], params)) == texts(reference)

@@ -137,6 +137,7 @@ class TransformersBackend:
 
             self._device = resolve_device(self.spec.device)
             model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=_torch_dtype(self.spec.dtype))
+            model.generation_config = _neutral_generation_config(model.generation_config)
             self._model = model.to(self._device).eval()
         return self._model
 
@@ -228,6 +229,22 @@ class TransformersBackend:
             _to_completion(tok, toks, len(r.token_ids), params, set(stop_ids), pad_id, latency)
             for r, toks in zip(batch, new_tokens)
         ]
+
+
+def _neutral_generation_config(checkpoint_config):
+    """Only the checkpoint's special-token ids, none of its sampling defaults.
+
+    generate() fills fields left unset in the config we pass from the model's own
+    generation_config, so a checkpoint's repetition_penalty or top_p would leak
+    into every request; the other backends do not apply them either.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=checkpoint_config.bos_token_id,
+        eos_token_id=checkpoint_config.eos_token_id,
+        pad_token_id=checkpoint_config.pad_token_id,
+    )
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device: str):
