@@ -113,20 +113,23 @@ class OpenAIModel(_ModelBase):
 ModelSpec = Annotated[TransformersModel | VLLMModel | OpenAIModel, Field(discriminator="backend")]
 
 
-def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, base_dir: str = ".") -> Backend:
-    """Instantiate the backend for a declared model (heavy imports happen here)."""
+def resolve_model_path(spec, base_dir: str = ".") -> str:
+    """The model's folder (relative paths resolve beside the YAML) or its hub id / served name.
+
+    A transformers model declared with `tiny:` is built there first when missing."""
     import os
 
-    path = spec.path
-    if not os.path.isabs(path) and os.path.exists(os.path.join(base_dir, path)):
-        path = os.path.join(base_dir, path)
-    if spec.backend == "transformers" and spec.tiny is not None:
-        path = os.path.join(base_dir, spec.path) if not os.path.isabs(spec.path) else spec.path
-        if not os.path.exists(os.path.join(path, "config.json")):
-            from datamix.models.tiny import build_tiny_model
+    local = spec.path if os.path.isabs(spec.path) else os.path.join(base_dir, spec.path)
+    if getattr(spec, "tiny", None) is not None and not os.path.exists(os.path.join(local, "config.json")):
+        from datamix.models.tiny import build_tiny_model
 
-            build_tiny_model(path, **spec.tiny.model_dump())
-    spec = spec.model_copy(update={"path": path})
+        build_tiny_model(local, **spec.tiny.model_dump())
+    return local if os.path.exists(local) else spec.path
+
+
+def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, base_dir: str = ".") -> Backend:
+    """Instantiate the backend for a declared model (heavy imports happen here)."""
+    spec = spec.model_copy(update={"path": resolve_model_path(spec, base_dir)})
     if spec.backend == "transformers":
         from datamix.models.transformers import TransformersBackend
 

@@ -172,7 +172,9 @@ def _hf_model(ctx: Context, name: str, head: str):
     spec = ctx.models.get(name)
     if spec is None:
         raise BadInput(f"step {ctx.step!r}.judges: model {name!r} is not declared under `models:`.")
-    path = spec.path if os.path.isabs(spec.path) or not os.path.exists(ctx.resolve(spec.path)) else ctx.resolve(spec.path)
+    from datamix.models import resolve_model_path
+
+    path = resolve_model_path(spec, ctx.pipeline_dir)
     key = (path, head)
     if key not in _HF_MODELS:
         import torch
