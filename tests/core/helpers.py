@@ -1,0 +1,103 @@
+"""Helpers for the core tests: tiny data files and pipeline YAMLs written into tmp_path.
+
+Nothing here reads pipelines/data or /work/shared: every test builds its own data,
+so the suite runs on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import yaml
+from click.testing import CliRunner
+
+
+def chat(user: str, assistant: str, system: str | None = None) -> dict:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return {"messages": msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """Records are dicts (dumped as JSON) or str (written verbatim, for malformed lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+def general_records(n: int = 12) -> list[dict]:
+    """Distinct, clean general chats whose responses pass the default filters."""
+    topics = ["rivers", "volcanoes", "bridges", "violins", "comets", "glaciers", "deserts", "forests",
+              "harbours", "castles", "lighthouses", "orchards", "meadows", "canyons", "islands", "tundras"]
+    return [
+        chat(f"Tell me one fact about {t} number {i}.",
+             f"Here is a fact about {t}: they have been studied by many people for a long time, item {i}.")
+        for i, t in enumerate(topics[:n])
+    ]
+
+
+def domain_records(n: int = 8) -> list[dict]:
+    return [{"question": f"What is {i} plus {i + 1}?", "answer": f"The sum of {i} and {i + 1} is {2 * i + 1}."}
+            for i in range(n)]
+
+
+def write_pipeline(folder: Path, steps: list[dict], name: str = "t", **top) -> Path:
+    """A pipeline YAML in `folder` whose store lives in folder/.datamix/<name>.duckdb."""
+    spec = {"name": name, **top, "steps": steps}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def store_of(pipeline: Path) -> Path:
+    spec = yaml.safe_load(pipeline.read_text())
+    return pipeline.parent / ".datamix" / f"{spec['name']}.duckdb"
+
+
+def run_pipeline(pipeline: Path, overrides: list[str] | None = None, store: Path | None = None):
+    """Run in-process (no CLI); returns runner.RunResult."""
+    from datamix import runner, spec
+
+    p = spec.load(str(pipeline), overrides or [])
+    return runner.run(p, str(store or p.store_path()), log=lambda m: None)
+
+
+def query(store: Path, sql: str, params=None) -> list[tuple]:
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def cli(*args: str, cwd: Path | None = None):
+    """Invoke `datamix ARGS` through click's runner; returns click's Result (exit_code, stdout, stderr)."""
+    from datamix.cli import main
+
+    old = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+CORE_STEPS = [
+    {"name": "general", "kind": "load", "path": "data/general.jsonl"},
+    {"name": "domain", "kind": "load", "path": "data/domain.jsonl",
+     "prompt_field": "question", "response_field": "answer"},
+    {"name": "clean", "kind": "filter", "input": "general",
+     "rules": [{"rule": "length", "field": "response", "min": 3, "unit": "words"},
+               {"rule": "phrases", "field": "response", "preset": "refusals"}]},
+    {"name": "dedup", "kind": "dedup", "input": "clean", "method": "exact", "fields": ["instruction"]},
+    {"name": "mix", "kind": "mix", "inputs": {"general": "dedup", "domain": "domain"},
+     "ratio": {"general": "${general_share}", "domain": 0.4}, "seed": 0},
+    {"name": "export", "kind": "export", "input": "mix", "format": "jsonl", "path": "out"},
+]
+
+

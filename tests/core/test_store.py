@@ -1,0 +1,318 @@
+"""The store: crash and resume, idempotent reruns, fingerprint invalidation, one writer at a time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import (CORE_STEPS, chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline)
+
+N_FILES, PER_FILE, CHUNK = 6, 4, 2  # 12 load chunks of 2 rows
+
+
+def crash_pipeline(folder: Path) -> Path:
+    """A load over a folder of many small files, committed 2 rows at a time, and steps after it."""
+    for f in range(N_FILES):
+        write_jsonl(folder / "data" / f"part-{f}.jsonl",
+                    [chat(f"Question {f}-{i} about the topic of file {f}?",
+                          f"A complete and useful answer number {i} from file {f}, with several words.")
+                     for i in range(PER_FILE)])
+    steps = [
+        {"name": "src", "kind": "load", "path": "data", "chunk_size": CHUNK},
+        {"name": "clean", "kind": "filter", "input": "src", "chunk_size": 5,
+         "rules": [{"rule": "regex", "field": "instruction", "exclude": "Question 3-"}]},
+        {"name": "mix", "kind": "mix", "inputs": {"a": "clean"}, "ratio": {"a": 1.0}, "seed": 3},
+        {"name": "export", "kind": "export", "input": "mix", "format": "jsonl", "path": "out"},
+    ]
+    return write_pipeline(folder, steps, name="crash")
+
+
+# Kills its own process with SIGKILL inside the transaction of the KILL_AT-th chunk, before COMMIT:
+# chunks 1..KILL_AT-1 are committed, the KILL_AT-th is half-written.
+KILL_INSIDE_CHUNK = textwrap.dedent("""
+    import os, signal, sys
+    from datamix import runner, spec
+    from datamix.store import Store
+
+    KILL_AT = int(sys.argv[2])
+    state = {"n": 0}
+    orig_commit, orig_tx = Store.commit_chunk, Store.transaction
+
+    def commit_chunk(self, *a, **k):
+        state["n"] += 1
+        return orig_commit(self, *a, **k)
+
+    def transaction(self):
+        tx = orig_tx(self)
+
+        class KillBeforeCommit:
+            def __enter__(s):
+                return tx.__enter__()
+
+            def __exit__(s, *exc):
+                if state["n"] == KILL_AT and exc[0] is None:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return tx.__exit__(*exc)
+
+        return KillBeforeCommit()
+
+    Store.commit_chunk, Store.transaction = commit_chunk, transaction
+    p = spec.load(sys.argv[1])
+    runner.run(p, p.store_path(), log=lambda m: None)
+""")
+
+# Announces every committed chunk and dawdles after it, so the test can kill it from outside.
+SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    from datamix import runner, spec
+    from datamix.store import Store
+
+    orig_commit = Store.commit_chunk
+
+    def commit_chunk(self, step, key, *a, **k):
+        n = orig_commit(self, step, key, *a, **k)
+        print("committed", step, key, flush=True)
+        time.sleep(0.3)
+        return n
+
+    Store.commit_chunk = commit_chunk
+    p = spec.load(sys.argv[1])
+    runner.run(p, p.store_path(), log=lambda m: None)
+""")
+
+
+def snapshot(store: Path) -> dict:
+    """Everything a resumed run must reproduce: step tables and bookkeeping, in a stable order."""
+    out = {}
+    for step in ("src", "clean", "mix", "export"):
+        out[step] = query(store, f"SELECT * EXCLUDE (origin_file) FROM {step} ORDER BY sample_id"
+                          if step == "src" else f"SELECT * FROM {step} ORDER BY sample_id")
+    out["edges"] = query(store, "SELECT * FROM dm.edges ORDER BY ALL")
+    out["decisions"] = query(store, "SELECT * FROM dm.decisions ORDER BY ALL")
+    out["steps"] = query(store, "SELECT name, state, rows_in, rows_out FROM dm.steps ORDER BY name")
+    out["chunks"] = query(store, "SELECT step, key, rows_in, rows_out FROM dm.chunks ORDER BY step, key")
+    return out
+
+
+def uninterrupted(tmp_path: Path) -> tuple[dict, str]:
+    ref = crash_pipeline(tmp_path / "ref")
+    assert run_pipeline(ref).ok
+    return snapshot(store_of(ref)), (tmp_path / "ref" / "out" / "data.jsonl").read_text()
+
+
+def assert_resumed_equals_reference(tmp_path: Path, pipeline: Path, before: list) -> None:
+    store = store_of(pipeline)
+    result = cli("run", pipeline)
+    assert result.exit_code == 0, result.output
+    assert "resume src" in result.stderr
+    got = snapshot(store)
+    ref, ref_export = uninterrupted(tmp_path)
+    assert got == ref  # same rows, same ids, same decisions and edges, and no duplicates
+    assert (pipeline.parent / "out" / "data.jsonl").read_text() == ref_export
+    keys = query(store, "SELECT key, count(*) FROM dm.chunks WHERE step = 'src' GROUP BY key HAVING count(*) > 1")
+    assert keys == []
+    assert query(store, "SELECT count(*), count(DISTINCT sample_id) FROM src")[0] == (N_FILES * PER_FILE,) * 2
+    # chunks committed before the crash were not redone: same rows, same commit time
+    after = query(store, "SELECT key, rows_out, committed_at FROM dm.chunks WHERE step = 'src' ORDER BY key")
+    assert set(before) <= set(after)
+
+
+def test_resume_after_sigkill_inside_a_chunk_transaction(tmp_path):
+    pipeline = crash_pipeline(tmp_path / "crash")
+    kill_at = 5
+    script = tmp_path / "kill_inside.py"
+    script.write_text(KILL_INSIDE_CHUNK)
+    proc = subprocess.run([sys.executable, str(script), str(pipeline), str(kill_at)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = store_of(pipeline)
+    before = query(store, "SELECT key, rows_out, committed_at FROM dm.chunks WHERE step = 'src' ORDER BY key")
+    assert len(before) == kill_at - 1  # the half-written chunk left no marker...
+    assert query(store, "SELECT count(*) FROM src")[0][0] == (kill_at - 1) * CHUNK  # ...and no rows
+    assert query(store, "SELECT state FROM dm.steps WHERE name = 'src'") == [("partial",)]
+    plan = cli("plan", pipeline, "--format", "json")
+    assert plan.exit_code == 0, plan.output
+    actions = {e["name"]: e["action"] for e in __import__("json").loads(plan.stdout)}
+    assert actions == {"src": "resume", "clean": "run", "mix": "run", "export": "run"}
+    assert_resumed_equals_reference(tmp_path, pipeline, before)
+
+
+def test_resume_after_external_sigkill(tmp_path):
+    pipeline = crash_pipeline(tmp_path / "crash")
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), str(pipeline)], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = [proc.stdout.readline() for _ in range(2)]
+        assert all(line.startswith("committed src") for line in seen), seen
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    store = store_of(pipeline)
+    before = query(store, "SELECT key, rows_out, committed_at FROM dm.chunks WHERE step = 'src' ORDER BY key")
+    assert 2 <= len(before) < N_FILES * PER_FILE // CHUNK
+    assert query(store, "SELECT count(*) FROM src")[0][0] == sum(r[1] for r in before)
+    assert_resumed_equals_reference(tmp_path, pipeline, before)
+
+
+def test_step_failing_midway_in_process_keeps_committed_chunks_and_resumes(tmp_path, monkeypatch):
+    """The 4th chunk's write raises: the run fails (exit 1), the rerun picks up where it stopped.
+
+    (The failure is injected in the store, not the step: patching the step would change
+    its code version and so its fingerprint.)"""
+    from datamix.store import Store
+
+    pipeline = crash_pipeline(tmp_path / "crash")
+    real = Store.commit_chunk
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("disk on fire")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Store, "commit_chunk", flaky)
+    result = cli("run", pipeline)
+    assert result.exit_code == 1
+    assert "step src failed" in result.stderr and "disk on fire" in result.stderr
+    store = store_of(pipeline)
+    before = query(store, "SELECT key, rows_out, committed_at FROM dm.chunks WHERE step = 'src' ORDER BY key")
+    assert len(before) == 3
+    assert query(store, "SELECT state FROM dm.steps WHERE name = 'src'") == [("failed",)]
+    status = cli("status", pipeline, "--format", "json")
+    assert [r["state"] for r in __import__("json").loads(status.stdout)] == ["failed", "pending", "pending", "pending"]
+    monkeypatch.setattr(Store, "commit_chunk", real)
+    assert_resumed_equals_reference(tmp_path, pipeline, before)
+
+
+# ---- idempotence and fingerprints -----------------------------------------------------
+
+
+def step_runs(store: Path) -> dict[str, str]:
+    return dict(query(store, "SELECT name, run_id FROM dm.steps"))
+
+
+def test_second_run_skips_every_step_and_keeps_ids(core_pipeline):
+    first = cli("run", core_pipeline)
+    assert first.exit_code == 0, first.output
+    store = store_of(core_pipeline)
+    runs_before = step_runs(store)
+    ids_before = query(store, "SELECT sample_id FROM export ORDER BY sample_id")
+    second = cli("run", core_pipeline)
+    assert second.exit_code == 0, second.output
+    for step in runs_before:
+        assert f"skip   {step}" in second.stderr
+    assert step_runs(store) == runs_before
+    assert query(store, "SELECT sample_id FROM export ORDER BY sample_id") == ids_before
+    assert query(store, "SELECT count(*) FROM dm.runs") == [(2,)]
+    assert query(store, "SELECT count(*) FROM dm.chunks WHERE step = 'general'") == [(1,)]
+
+
+def test_sample_ids_are_stable_across_stores(core_pipeline, tmp_path):
+    """Same inputs and config in a fresh store: the same ids at every step."""
+    assert run_pipeline(core_pipeline).ok
+    other = tmp_path / "elsewhere.duckdb"
+    assert run_pipeline(core_pipeline, store=other).ok
+    for step in ("general", "domain", "clean", "dedup", "mix", "export"):
+        sql = f"SELECT sample_id FROM {step} ORDER BY sample_id"
+        assert query(store_of(core_pipeline), sql) == query(other, sql), step
+
+
+def rewrite_step(pipeline: Path, name: str, **changes) -> None:
+    import yaml
+
+    spec = yaml.safe_load(pipeline.read_text())
+    for s in spec["steps"]:
+        if s["name"] == name:
+            s.update(changes)
+    pipeline.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def test_changed_config_reruns_that_step_and_downstream_only(core_pipeline):
+    assert run_pipeline(core_pipeline).ok
+    store = store_of(core_pipeline)
+    before = step_runs(store)
+    ids_before = dict(query(store, "SELECT step, count(*) FROM dm.decisions GROUP BY step"))
+    rewrite_step(core_pipeline, "clean", rules=[{"rule": "length", "field": "response", "min": 5, "unit": "words"}])
+    plan = cli("plan", core_pipeline)
+    assert plan.exit_code == 0
+    assert "changed: config (rules)" in plan.stdout
+    assert run_pipeline(core_pipeline).ok
+    after = step_runs(store)
+    rerun = {s for s in before if after[s] != before[s]}
+    assert rerun == {"clean", "dedup", "mix", "export"}
+    # the old filter's decisions are gone, not doubled: the refusal now passes, only "Hi." is dropped
+    reasons = query(store, "SELECT reason, count(*) FROM dm.decisions WHERE step = 'clean' GROUP BY reason")
+    assert reasons == [("length(response)", 1)]
+    assert ids_before["clean"] == 2
+
+
+def test_changed_upstream_data_file_reruns_downstream_not_siblings(core_pipeline):
+    assert run_pipeline(core_pipeline).ok
+    store = store_of(core_pipeline)
+    before = step_runs(store)
+    domain = core_pipeline.parent / "data" / "domain.jsonl"
+    domain.write_text(domain.read_text() + '{"question": "And 9 plus 10?", "answer": "Nine plus ten is 19."}\n')
+    assert run_pipeline(core_pipeline).ok
+    after = step_runs(store)
+    assert {s for s in before if after[s] != before[s]} == {"domain", "mix", "export"}
+    assert query(store, "SELECT count(*) FROM domain") == [(9,)]
+
+
+def test_changed_upstream_config_invalidates_downstream(core_pipeline):
+    assert run_pipeline(core_pipeline).ok
+    store = store_of(core_pipeline)
+    before = step_runs(store)
+    rewrite_step(core_pipeline, "domain", limit=4)
+    plan = cli("plan", core_pipeline, "--format", "json")
+    reasons = {e["name"]: (e["action"], e["reason"]) for e in __import__("json").loads(plan.stdout)}
+    assert reasons["general"] == ("skip", "up to date")
+    assert reasons["domain"][0] == "run" and "limit" in reasons["domain"][1]
+    assert reasons["mix"][0] == "run" and "upstream" in reasons["mix"][1]
+    # the mix needs 0.4 domain; with 4 domain rows the total shrinks to 10 samples
+    assert run_pipeline(core_pipeline).ok
+    after = step_runs(store)
+    assert {s for s in before if after[s] != before[s]} == {"domain", "mix", "export"}
+    assert query(store, "SELECT source, count(*) FROM mix GROUP BY source ORDER BY source") == [
+        ("domain", 4), ("general", 6)]
+
+
+# ---- one writer at a time ---------------------------------------------------------------
+
+
+@pytest.fixture
+def held_store(core_pipeline):
+    """Another process holding the pipeline's store open for writing."""
+    assert run_pipeline(core_pipeline).ok
+    store = store_of(core_pipeline)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+         " time.sleep(60)", str(store)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield core_pipeline, holder.pid
+    holder.kill()
+    holder.wait()
+
+
+def test_concurrent_run_is_refused_naming_the_holder(held_store):
+    pipeline, pid = held_store
+    result = cli("run", pipeline)
+    assert result.exit_code == 1
+    assert f"in use by process {pid}" in result.stderr
+    assert "only one `datamix run`" in result.stderr
+
+
+def test_sql_while_a_writer_holds_the_store_says_why(held_store):
+    pipeline, pid = held_store
+    result = cli("sql", "SELECT count(*) FROM export", pipeline)
+    assert result.exit_code == 1
+    assert f"being written by process {pid}" in result.stderr
