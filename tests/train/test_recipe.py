@@ -79,10 +79,16 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tiny_model, sh
 
 def test_two_process_fsdp_on_cpu_matches_one_process(tmp_path, tiny_model, shards, reference_run):
     out = str(tmp_path / "ddp2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "datamix.train.recipe", *common(tiny_model, shards, out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # Own session so that a hang kills torchrun's workers too, not only torchrun.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     # The loss is normalised by the global label-token count, so 2 ranks follow the 1-rank curve.
     assert losses(out) == pytest.approx(losses(reference_run), rel=1e-4)
     assert os.path.isfile(os.path.join(out, "model", "model.safetensors"))
@@ -100,3 +106,16 @@ def test_config_file_and_overrides(tmp_path):
     path.write_text(json.dumps({"model": "m", "shards": "s", "lr": 1e-4, "betas": [0.9, 0.99]}))
     cfg = recipe.load_config(str(path), ["lr=5e-5", "activation_checkpointing=true", "max_steps=3"])
     assert (cfg.lr, cfg.betas, cfg.activation_checkpointing, cfg.max_steps) == (5e-5, (0.9, 0.99), True, 3)
+
+
+def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
+    from datamix.steps.base import BadInput, Context
+    from datamix.steps.train import TrainStepConfig, run
+
+    cfg = TrainStepConfig(name="sft", model=tiny_model, shards=shards, options={"batch_tokens": 512, "max_steps": 2, "lr": 1e-3})
+    ctx = Context(step="sft", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "sft"), seed=0)
+    chunks = list(run(cfg, {}, ctx))
+    assert [c.files for c in chunks] == [[str(tmp_path / "sft" / "model")]] and chunks[0].rows is None
+    assert len(losses(str(tmp_path / "sft"))) == 2
+    with pytest.raises(BadInput, match="unknown train options"):
+        list(run(cfg.model_copy(update={"options": {"learning_rate": 1}}), {}, ctx))
