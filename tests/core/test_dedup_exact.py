@@ -1,0 +1,132 @@
+"""dedup method exact: normalisation, keep policies, related_id, decontamination from a file or a step."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+
+
+def run_dedup(tmp_path, records, extra_steps=(), **dedup):
+    write_jsonl(tmp_path / "in.jsonl", records)
+    steps = [{"name": "src", "kind": "load", "path": "in.jsonl", "keep_fields": ["score"]}, *extra_steps,
+             {"name": "dd", "kind": "dedup", "input": "src", "method": "exact", **dedup}]
+    pipeline = write_pipeline(tmp_path, steps)
+    result = run_pipeline(pipeline)
+    assert result.ok, result.error
+    store = store_of(pipeline)
+    line = dict(query(store, "SELECT sample_id, origin_line FROM src"))
+    removed = {line[s]: (reason, line.get(rel, rel), score) for s, reason, rel, score in query(
+        store, "SELECT sample_id, reason, related_id, score FROM dm.decisions WHERE step = 'dd' AND NOT kept")}
+    kept = [r[0] for r in query(store, "SELECT origin_line FROM dd ORDER BY origin_line")]
+    return removed, kept, store
+
+
+def rec(user, assistant, score=None):
+    r = chat(user, assistant)
+    if score is not None:
+        r["score"] = score
+    return r
+
+
+def test_normalised_text_matches_case_punctuation_and_whitespace(tmp_path):
+    records = [rec("Hello, World!", "a"), rec("hello   world", "b"), rec("HELLO WORLD?!", "c"), rec("Hello there", "d")]
+    removed, kept, _ = run_dedup(tmp_path, records, fields=["instruction"])
+    assert kept == [1, 4]
+    assert removed == {2: ("duplicate", 1, 1.0), 3: ("duplicate", 1, 1.0)}  # related_id = the kept sample
+
+
+def test_normalize_false_compares_raw_text(tmp_path):
+    records = [rec("Hello, World!", "a"), rec("hello world", "b"), rec("Hello, World!", "c")]
+    removed, kept, _ = run_dedup(tmp_path, records, fields=["instruction"], normalize=False)
+    assert kept == [1, 2] and removed == {3: ("duplicate", 1, 1.0)}
+
+
+def test_fields_choose_the_text(tmp_path):
+    records = [rec("Same question?", "answer one"), rec("Same question?", "answer two"),
+               rec("Same question?", "answer one")]
+    removed, kept, _ = run_dedup(tmp_path / "conv", records)  # default: the whole conversation
+    assert kept == [1, 2] and removed == {3: ("duplicate", 1, 1.0)}
+    removed, kept, _ = run_dedup(tmp_path / "instr", records, fields=["instruction"])
+    assert kept == [1]
+    removed, kept, _ = run_dedup(tmp_path / "resp", records, fields=["response"])
+    assert kept == [1, 2]
+
+
+def test_keep_longest_and_highest(tmp_path):
+    records = [rec("Q?", "short", 0.9), rec("Q?", "a much longer answer", 0.1), rec("Q?", "medium one", 0.5),
+               rec("Other?", "x", 0.2)]
+    removed, kept, _ = run_dedup(tmp_path / "first", records, fields=["instruction"], keep="first")
+    assert kept == [1, 4]
+    removed, kept, _ = run_dedup(tmp_path / "longest", records, fields=["instruction", "response"], keep="longest")
+    assert kept == [1, 2, 3, 4]  # with the response in the text nothing is equal
+    removed, kept, _ = run_dedup(tmp_path / "longest2", records, fields=["instruction"], keep="longest")
+    assert kept == [1, 4]  # the instruction texts are equal in length: first wins the tie
+    # keep_column: the kept sample is the one with the highest value, and the others point to it
+    records_t = [{**r, "score": str(r["score"])} for r in records]
+    removed, kept, _ = run_dedup(tmp_path / "highest", records_t, fields=["instruction"], keep="highest",
+                                 keep_column="score")
+    assert kept == [1, 4]
+    assert removed == {2: ("duplicate", 1, 1.0), 3: ("duplicate", 1, 1.0)}
+    records_t[1]["score"] = "0.95"
+    removed, kept, _ = run_dedup(tmp_path / "highest2", records_t, fields=["instruction"], keep="highest",
+                                 keep_column="score")
+    assert kept == [2, 4] and removed == {1: ("duplicate", 2, 1.0), 3: ("duplicate", 2, 1.0)}
+
+
+def test_keep_longest_prefers_the_longest_text(tmp_path):
+    records = [rec("Tell me about cats", "a"), rec("tell me about cats!!!", "b")]
+    # punctuation makes the raw text longer but normalises away
+    removed, kept, _ = run_dedup(tmp_path, records, fields=["instruction"], keep="longest")
+    assert kept == [2] and removed == {1: ("duplicate", 2, 1.0)}
+
+
+def test_decontamination_against_a_reference_file(tmp_path):
+    write_jsonl(tmp_path / "bench" / "test.jsonl", [
+        {"question": "What is 2 + 2?", "answer": "4"}, {"question": "Name the capital of Peru.", "answer": "Lima"}])
+    records = [rec("what is 3+3", "six"), rec("What is 2 + 2?", "4"), rec("Unrelated question?", "ok"),
+               rec("What is 2 + 2?", "4")]
+    removed, kept, _ = run_dedup(tmp_path, records, fields=["instruction"], reference="bench/test.jsonl",
+                                 reference_field="instruction")
+    assert kept == [1, 3]
+    # a contaminated row records the reference row it matched as file:line, even inside a duplicate cluster
+    assert removed == {2: ("contamination", "bench/test.jsonl:1", 1.0), 4: ("contamination", "bench/test.jsonl:1", 1.0)}
+
+
+def test_decontamination_against_a_step(tmp_path):
+    write_jsonl(tmp_path / "eval.jsonl", [chat("Secret eval question?", "x")])
+    records = [rec("Secret eval question?", "y"), rec("Public question?", "z")]
+    removed, kept, store = run_dedup(
+        tmp_path, records, extra_steps=[{"name": "evalset", "kind": "load", "path": "eval.jsonl"}],
+        fields=["instruction"], reference="evalset", reference_field="instruction")
+    eval_id = query(store, "SELECT sample_id FROM evalset")[0][0]
+    assert kept == [2] and removed == {1: ("contamination", eval_id, 1.0)}
+    assert json.loads(query(store, "SELECT parents FROM dm.steps WHERE name = 'dd'")[0][0]) == {
+        "input": "src", "reference": "evalset"}
+
+
+def test_clusters_view_and_status_count_duplicates(tmp_path):
+    records = [rec("A?", "1"), rec("a", "2"), rec("A!", "3"), rec("B?", "4"), rec("b.", "5")]
+    removed, kept, store = run_dedup(tmp_path, records, fields=["instruction"])
+    line = {v: k for k, v in query(store, "SELECT origin_line, sample_id FROM src")}
+    clusters = [(line[k], n) for _, k, n, _ in query(store, "SELECT * FROM dm.clusters")]
+    assert clusters == [(1, 3), (4, 2)]
+    status = json.loads(cli("status", "--store", store, "--format", "json").stdout)
+    assert {r["name"]: r["dropped"] for r in status}["dd"] == {"duplicate": 3}
+
+
+def test_find_duplicates_directly():
+    """The method's own contract: one row per removed text, pointing at the kept one."""
+    import numpy as np
+
+    from datamix.dedup.exact import ExactConfig, find_duplicates
+
+    texts = pl.Series(["x y", "X, Y", "z", "x   y!"])
+    out = find_duplicates(texts, np.arange(4, dtype=float), ExactConfig(), reference=pl.Series(["Z"]))
+    assert out.to_dicts() == [
+        {"index": 1, "dup_of": 0, "ref_index": None, "similarity": 1.0},
+        {"index": 2, "dup_of": None, "ref_index": 0, "similarity": 1.0},
+        {"index": 3, "dup_of": 0, "ref_index": None, "similarity": 1.0},
+    ]
