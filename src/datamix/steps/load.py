@@ -56,6 +56,50 @@ def _format_of(path: str, declared: str) -> str:
     return FORMATS[ext]
 
 
+def _jsonl_lines(path: str, limit: int | None):
+    """Every line of a JSONL file as a string column, without a Python object per line.
+
+    The file's bytes become the data buffer of an Arrow string array whose offsets
+    are the newline positions. Only when the file is not valid UTF-8 does it fall
+    back to decoding line by line, to say which lines are bad.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        data = f.read()
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    if len(data) and data[-1:] != b"\n":
+        ends = np.append(ends, len(data))  # last line without a newline
+    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, dtype=np.int64)
+    n = len(ends) if limit is None else min(len(ends), limit)
+    line_numbers = pa.array(np.arange(1, n + 1, dtype=np.int64))
+    stop = int(ends[n - 1]) if n else 0
+    keep = np.ones(stop, dtype=bool)
+    keep[ends[: n - 1]] = False  # drop the newline bytes between lines: one C-level copy
+    body = raw[:stop][keep]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(ends[:n] - starts[:n], out=offsets[1:])
+    texts = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body.tobytes()))
+    errors = pa.nulls(n, pa.string())
+    try:
+        texts.validate(full=True)  # checks UTF-8
+        texts = texts.cast(pa.string())
+    except pa.ArrowInvalid:
+        decoded, bad = [], []
+        for s, e in zip(starts[:n], ends[:n]):
+            chunk = data[s:e]
+            try:
+                decoded.append(chunk.decode("utf-8"))
+                bad.append(None)
+            except UnicodeDecodeError as err:
+                decoded.append(chunk.decode("utf-8", errors="replace"))
+                bad.append(f"undecodable bytes (not UTF-8) at byte {err.start}")
+        texts, errors = pa.array(decoded, pa.string()), pa.array(bad, pa.string())
+    return pa.table({"origin_line": line_numbers, "raw": texts, "decode_error": errors})
+
+
 def read_raw_records(path: str, fmt: str, limit: int | None = None):
     """(origin_line, raw JSON text, decode_error) as an Arrow table, in file order."""
     import duckdb
@@ -64,31 +108,7 @@ def read_raw_records(path: str, fmt: str, limit: int | None = None):
     import pyarrow.compute as pc
 
     if fmt == "jsonl":
-        with open(path, "rb") as f:
-            data = f.read()
-        raw_lines = data.split(b"\n")
-        if raw_lines and raw_lines[-1] == b"":
-            raw_lines.pop()
-        if limit is not None:
-            raw_lines = raw_lines[:limit]
-        errors: list[str | None] = [None] * len(raw_lines)
-        try:  # the fast path: the whole file is UTF-8
-            texts = data[: sum(len(x) + 1 for x in raw_lines)].decode("utf-8").split("\n")[: len(raw_lines)]
-        except UnicodeDecodeError:
-            texts = []
-            for i, b in enumerate(raw_lines):
-                try:
-                    texts.append(b.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    texts.append(b.decode("utf-8", errors="replace"))
-                    errors[i] = f"undecodable bytes (not UTF-8) at byte {e.start}"
-        table = pa.table({
-            "origin_line": pa.array(np.arange(1, len(texts) + 1, dtype=np.int64)),
-            "raw": pa.array(texts, pa.string()),
-            "decode_error": pa.array(errors, pa.string()),
-        })
-        blank = pc.equal(pc.utf8_trim_whitespace(table.column("raw")), "")
-        return table.filter(pc.invert(blank))  # blank lines are not records
+        return _jsonl_lines(path, limit)
     if fmt == "json":
         try:
             with open(path, encoding="utf-8") as f:
@@ -125,31 +145,41 @@ def read_raw_records(path: str, fmt: str, limit: int | None = None):
     })
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def normalize_sql(cfg: LoadConfig) -> str:
+    """sql/normalize_records.sql with this config's field names filled in."""
+    from datamix.store import sql_text
+
+    message = [{"role": "VARCHAR", "content": "VARCHAR"}]
+    structure = {"messages": message, "conversations": [{"from": "VARCHAR", "value": "VARCHAR"}],
+                 "instruction": "VARCHAR", "input": "VARCHAR", "output": "VARCHAR"}
+    system = cfg.system_field or "__no_system_field__"  # a key that never matches
+    for name in (cfg.prompt_field, cfg.response_field, system, *cfg.keep_fields):
+        structure.setdefault(name, "VARCHAR")
+    literal = "'" + json.dumps(structure).replace("'", "''") + "'"
+    keep = "".join(f", f.{_ident(k)} AS {_ident(k)}" for k in cfg.keep_fields)
+    sql = sql_text("normalize_records.sql")
+    for key, value in (("structure", literal), ("prompt", _ident(cfg.prompt_field)),
+                       ("response", _ident(cfg.response_field)), ("system", _ident(system)), ("keep", keep)):
+        sql = sql.replace(f"@{key}@", value)
+    return sql
+
+
 def normalize(con, records, origin_file: str, cfg: LoadConfig):
     """Run sql/normalize_records.sql over raw records; returns (good rows, quarantine) as Arrow."""
     import pyarrow as pa
-
-    from datamix.store import sql_text
+    import pyarrow.compute as pc
 
     records = records.append_column("origin_file", pa.array([origin_file] * records.num_rows, pa.string()))
     con.register("_records", records)
-    params = {
-        "prompt_field": cfg.prompt_field,
-        "response_field": cfg.response_field,
-        "system_field": cfg.system_field or "__no_system_field__",  # a path that never matches
-        "shape": cfg.shape,
-    }
-    keep = "".join(
-        f", json_extract_string(raw, '$.\"' || ${'k%d' % i} || '\"') AS \"{name}\"" for i, name in enumerate(cfg.keep_fields)
-    )
-    params.update({f"k{i}": name for i, name in enumerate(cfg.keep_fields)})
     out = con.sql(
-        f"SELECT origin_file, origin_line, messages, reason, raw{keep} FROM ({sql_text('normalize_records.sql')})",
-        params=params,
+        normalize_sql(cfg),
+        params={"shape": cfg.shape, "prompt_name": cfg.prompt_field, "response_name": cfg.response_field},
     ).to_arrow_table()
     con.unregister("_records")
-    import pyarrow.compute as pc
-
     bad_mask = pc.is_valid(out.column("reason"))
     bad = out.filter(bad_mask)
     good = out.filter(pc.invert(bad_mask)).drop_columns(["reason", "raw"])

@@ -105,9 +105,11 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     frames = {label: inputs[label].polars() for label in cfg.inputs}
     weights = {}
     for label, df in frames.items():
-        tokens = _tokens(df, cfg) if len(df) else pl.Series([], dtype=pl.Int64)
-        frames[label] = df.with_columns(tokens.alias("est_tokens"))
-        weights[label] = tokens.to_numpy().astype(np.float64) if cfg.unit == "tokens" else np.ones(len(df))
+        if cfg.unit == "tokens":  # every row's size matters for the draw
+            frames[label] = df.with_columns(_tokens(df, cfg).alias("est_tokens"))
+            weights[label] = frames[label]["est_tokens"].to_numpy().astype(np.float64)
+        else:
+            weights[label] = np.ones(len(df))
     share = {k: v / sum(cfg.ratio.values()) for k, v in cfg.ratio.items()}
     if cfg.total is not None:
         total = float(cfg.total)
@@ -121,6 +123,9 @@ def run(cfg: MixConfig, inputs, ctx: Context):
         picks = draw(len(frames[label]), weights[label], need, cfg, label, rng)
         df = frames[label]
         chosen = df[picks] if picks else df.clear()
+        if "est_tokens" not in chosen.columns:  # sizes of the chosen rows only, for the composition view
+            chosen = chosen.with_columns(
+                (_tokens(chosen, cfg) if len(chosen) else pl.Series([], dtype=pl.Int64)).alias("est_tokens"))
         draw_index = pl.int_range(0, len(chosen), eager=True).alias("draw")
         chosen = chosen.with_columns(  # expressions see the parent's sample_id
             mint(cfg.name, chosen["sample_id"], pl.Series([label] * len(chosen)), draw_index).alias("sample_id"),
@@ -131,8 +136,8 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     # sources may carry different columns (scores, origins): keep them all, null where absent
     mixed = pl.concat(parts, how="diagonal_relaxed")
     front = ["sample_id", "messages", "source", "est_tokens", "parent_ids"]
+    # Rows stay grouped by source, each source in random draw order: shuffling the whole
+    # frame would copy every row once more, and the trainer's sampler shuffles anyway.
     mixed = mixed.select(front + [c for c in mixed.columns if c not in front])
-    # interleave the sources so that a prefix of the mix has the same composition
-    mixed = mixed.sample(fraction=1.0, shuffle=True, seed=cfg.seed)
     ctx.progress(rows_in)
     yield Chunk(key="all", rows=mixed, rows_in=rows_in)

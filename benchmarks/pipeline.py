@@ -1,0 +1,163 @@
+"""datamix's core path against the same work as one hand-written DuckDB query.
+
+Pushes N synthetic chat samples (default 1M) plus a domain set through
+load -> filter -> exact dedup -> mix -> export with `datamix run`, then does the
+same work as a single DuckDB query (read JSONL, the same two filter rules, exact
+dedup on normalised instructions, the same mix sizes, write JSONL). Prints rows/s
+for both and the ratio. Target: datamix <= 1.5x the query's time while it also
+keeps lineage, decisions, quarantine and resumable chunks.
+
+    python benchmarks/pipeline.py                # 1M samples
+    python benchmarks/pipeline.py --rows 200000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import duckdb
+
+PIPELINE = """
+name: bench
+store: store.duckdb
+steps:
+  - {name: general, kind: load, path: general.jsonl}
+  - {name: domain, kind: load, path: domain.jsonl}
+  - name: clean
+    kind: filter
+    input: general
+    chunk_size: 250000
+    rules:
+      - {rule: length, field: response, min: 3, unit: words}
+      - {rule: phrases, field: response, phrases: ["as an ai language model", "i cannot assist"]}
+  - {name: dedup, kind: dedup, input: clean, method: exact, fields: [instruction]}
+  - name: mix
+    kind: mix
+    inputs: {general: dedup, domain: domain}
+    ratio: {general: 0.8, domain: 0.2}
+  - {name: export, kind: export, input: mix, format: jsonl, path: out}
+"""
+
+# The same work in one query. Filters: response has >= 3 words and no listed phrase;
+# dedup: first row per normalised instruction; mix: the sizes datamix's ratio gives.
+QUERY = r"""
+COPY (
+  WITH general AS (
+    SELECT row_number() OVER () AS line, messages FROM read_json('{dir}/general.jsonl', format = 'newline_delimited')
+  ), clean AS (
+    SELECT * FROM general
+    WHERE len(list_filter(string_split(messages[-1].content, ' '), lambda w: w <> '')) >= 3
+      AND NOT contains(lower(messages[-1].content), 'as an ai language model')
+      AND NOT contains(lower(messages[-1].content), 'i cannot assist')
+  ), dedup AS (
+    SELECT * FROM clean
+    QUALIFY row_number() OVER (
+      PARTITION BY md5(trim(regexp_replace(regexp_replace(lower(messages[1].content), '[[:punct:]]', ' ', 'g'), '\s+', ' ', 'g')))
+      ORDER BY line) = 1
+  ), sizes AS (
+    SELECT least((SELECT count(*) FROM dedup) / 0.8, (SELECT count(*) FROM read_json('{dir}/domain.jsonl', format = 'newline_delimited')) / 0.2) AS total
+  ), mixed AS (
+    (SELECT md5(line::VARCHAR) AS sample_id, messages, 'general' AS source FROM dedup
+     ORDER BY hash(line) LIMIT (SELECT CAST(round(total * 0.8) AS BIGINT) FROM sizes))
+    UNION ALL
+    (SELECT md5(line::VARCHAR), messages, 'domain' FROM (SELECT row_number() OVER () AS line,
+        [{{'role': 'user', 'content': prompt}}, {{'role': 'assistant', 'content': response}}] AS messages
+        FROM read_json('{dir}/domain.jsonl', format = 'newline_delimited'))
+     ORDER BY hash(line) LIMIT (SELECT CAST(round(total * 0.2) AS BIGINT) FROM sizes))
+  )
+  SELECT * FROM mixed
+) TO '{dir}/query_out.jsonl' (FORMAT JSON)
+"""
+
+
+def make_data(folder: str, rows: int, domain_rows: int) -> None:
+    """Synthetic chats: ~3% exact-duplicate instructions (after normalisation), ~2% refusals, ~2% too short."""
+    con = duckdb.connect()
+    con.execute(f"""
+        COPY (
+          SELECT [
+            {{'role': 'user', 'content': CASE WHEN i % 33 = 0 THEN 'Question number ' || (i - 33) || '!  Explain topic ' || ((i - 33) % 997) || '?'
+                                             ELSE 'question number ' || i || ': explain topic ' || (i % 997) || '.' END}},
+            {{'role': 'assistant', 'content': CASE
+                WHEN i % 50 = 1 THEN 'As an AI language model, I cannot help.'
+                WHEN i % 50 = 2 THEN 'ok'
+                ELSE 'Here is an answer about topic ' || (i % 997) || ' with some detail, ' || repeat('more words here ', 3 + i % 20) || 'done.' END}}
+          ] AS messages
+          FROM range({rows}) t(i)
+        ) TO '{folder}/general.jsonl' (FORMAT JSON)
+    """)
+    con.execute(f"""
+        COPY (
+          SELECT 'Domain problem ' || i || ': what is ' || i || ' plus ' || (i * 7 % 13) || '?' AS prompt,
+                 'The answer is ' || (i + i * 7 % 13) || '.' AS response
+          FROM range({domain_rows}) t(i)
+        ) TO '{folder}/domain.jsonl' (FORMAT JSON)
+    """)
+    con.close()
+
+
+def peak_rss_mb(who=resource.RUSAGE_CHILDREN) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--domain-rows", type=int, default=200_000)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+
+    folder = tempfile.mkdtemp(prefix="datamix-bench-")
+    try:
+        t0 = time.perf_counter()
+        make_data(folder, args.rows, args.domain_rows)
+        print(f"data: {args.rows:,} general + {args.domain_rows:,} domain samples "
+              f"({os.path.getsize(os.path.join(folder, 'general.jsonl')) / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
+        with open(os.path.join(folder, "bench.yaml"), "w") as f:
+            f.write(PIPELINE)
+        total_in = args.rows + args.domain_rows
+
+        t0 = time.perf_counter()
+        con = duckdb.connect()
+        con.execute(QUERY.format(dir=folder))
+        con.close()
+        t_query = time.perf_counter() - t0
+        q_rows = sum(1 for _ in open(os.path.join(folder, "query_out.jsonl")))
+
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "datamix.cli", "run", "bench.yaml", "-q"], cwd=folder,
+                              capture_output=True, text=True)
+        t_datamix = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(proc.stdout, proc.stderr)
+            raise SystemExit("datamix run failed")
+        d_rows = sum(1 for _ in open(os.path.join(folder, "out", "data.jsonl")))
+        rss = peak_rss_mb()
+
+        con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
+        funnel = con.execute("SELECT name, rows_in, rows_out, round(seconds, 2) FROM dm.steps ORDER BY started_at").fetchall()
+        con.close()
+        print("\ndatamix steps (name, rows in, rows out, seconds):")
+        for r in funnel:
+            print("  ", *r)
+        print(f"\n{'':<26}{'seconds':>9}{'rows/s':>12}{'rows out':>10}")
+        print(f"{'hand-written DuckDB query':<26}{t_query:>9.2f}{total_in / t_query:>12,.0f}{q_rows:>10,}")
+        print(f"{'datamix run':<26}{t_datamix:>9.2f}{total_in / t_datamix:>12,.0f}{d_rows:>10,}")
+        print(f"\nratio datamix / query time: {t_datamix / t_query:.2f}x (target <= 1.5x); "
+              f"datamix peak RSS {rss:,.0f} MB")
+    finally:
+        if args.keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
