@@ -71,7 +71,8 @@ def main():
 @click.argument("overrides", nargs=-1)
 @click.option("--store", help="DuckDB file to use instead of the pipeline's store")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def run(pipeline, overrides, store, quiet):
+@click.option("--verbose", "-v", is_flag=True, help="log every committed chunk")
+def run(pipeline, overrides, store, quiet, verbose):
     """Run PIPELINE's steps in dependency order, skipping those up to date.
 
     OVERRIDES are KEY=VALUE: a var (n=100) or a step option (steps.mix.ratio.general=0.8)."""
@@ -82,7 +83,7 @@ def run(pipeline, overrides, store, quiet):
     path = spec.store_path(store)
     try:
         result = runner.run(spec, path, progress=not quiet and sys.stderr.isatty(),
-                            log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+                            log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)), verbose=verbose)
     except StoreError as e:
         _fail(str(e), EXIT_FAILED)
     if not result.ok:

@@ -181,8 +181,10 @@ class RunResult:
     bad_input: bool = False
 
 
-def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print) -> RunResult:
-    """Run every step that is not up to date, in dependency order."""
+def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, verbose: bool = False) -> RunResult:
+    """Run every step that is not up to date, in dependency order.
+
+    verbose: also log every committed chunk (step, key, rows), as it commits."""
     store = Store(store_path)
     run_id = uuid.uuid4().hex[:12]
     store.start_run(run_id, pipeline.name, pipeline.spec_path)
@@ -202,7 +204,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print) 
                         store.reset_step(step.name)  # config, code, inputs or upstream changed
                         row = None
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
-                    _run_step(pipeline, store, step, entry, fp, run_id, bars)
+                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None)
                 except (StepError, BadInput) as e:
                     result.ok, result.failed_step, result.error = False, step.name, str(e)
                     result.bad_input = isinstance(e, BadInput)
@@ -223,7 +225,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print) 
     return result
 
 
-def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars) -> None:
+def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
+              log_chunk=None) -> None:
     parents = step.parent_steps()
     store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id)
     if entry.passthrough:
@@ -253,7 +256,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         for chunk in entry.run(step, inputs, ctx):
             if chunk.key in ctx.done_keys:
                 continue  # a step that re-yields a committed key is tolerated, not duplicated
-            store.commit_chunk(
+            n_out = store.commit_chunk(
                 step.name,
                 chunk.key,
                 _arrow(chunk.rows),
@@ -263,6 +266,8 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
                 chunk.files,
                 parent_step_of,
             )
+            if log_chunk:
+                log_chunk(f"  committed {step.name} chunk {chunk.key}: {chunk.rows_in} rows in, {n_out} out")
     except (StepError, BadInput) as e:
         store.finish_step(step.name, "failed", time.perf_counter() - t0, str(e))
         raise
