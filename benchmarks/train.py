@@ -1,0 +1,140 @@
+"""Packed vs padded training throughput, and the exporter's tokenize+pack rate, in one run on the same data.
+
+    python benchmarks/train.py                 # CPU: tiny model; GPU: random Qwen2-style ~0.5B, seq_len 4096, bf16
+    python benchmarks/train.py --rows 3000 --seq-len 2048 --steps 6
+
+Data: GSM8K train (domain) + alpaca_eval answers (general) from /work/shared/datasets
+when present, else synthetic chats with a log-normal length spread. The same rows
+are exported twice: packed (best-fit-decreasing, pack=ffd) and padded (one sample
+per sequence, pack=none); the recipe trains a few steps on each and we compare real
+(non-padding) tokens/s: the median step rate of a run, best of --repeats runs per
+variant, run alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+DATASETS = "/work/shared/datasets"
+
+
+def load_rows(n: int, seed: int = 0) -> tuple[list[dict], str]:
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    gsm = os.path.join(DATASETS, "gsm8k", "train.jsonl")
+    alpaca = os.path.join(DATASETS, "alpaca_eval")
+    if os.path.isfile(gsm) and os.path.isdir(alpaca):
+        for i, line in enumerate(open(gsm)):
+            r = json.loads(line)
+            rows.append({"sample_id": f"g{i}", "source": "gsm8k",
+                         "messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]})
+        for name in sorted(os.listdir(alpaca)):
+            if name.endswith(".json"):
+                for i, r in enumerate(json.load(open(os.path.join(alpaca, name)))):
+                    rows.append({"sample_id": f"a{name}{i}", "source": "alpaca_eval",
+                                 "messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]})
+        what = "gsm8k train + alpaca_eval (7 models' answers)"
+    else:
+        words = "the model learns to answer questions about data and code with care and some detail".split()
+        for i in range(n):
+            k = max(3, int(rng.lognormvariate(4.5, 0.9)))
+            rows.append({"sample_id": f"s{i}", "source": "synthetic", "messages": [
+                {"role": "user", "content": " ".join(rng.choices(words, k=12))},
+                {"role": "assistant", "content": " ".join(rng.choices(words, k=k))}]})
+        what = "synthetic (log-normal answer lengths)"
+    rng.shuffle(rows)
+    return rows[:n], what
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--seq-len", type=int, default=None, help="default: 4096 on GPU, 1024 on CPU")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps timed per variant (the first is warm-up)")
+    ap.add_argument("--sequences-per-step", type=int, default=None, help="default: 8 on GPU, 4 on CPU")
+    ap.add_argument("--workers", type=int, default=1, help="tokenizer processes for the export")
+    ap.add_argument("--repeats", type=int, default=2, help="train runs per variant, alternating packed/padded; the best median counts (noisy shared CPUs)")
+    ap.add_argument("--peak-flops", type=float, default=790e12)
+    args = ap.parse_args()
+
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from datamix.export.shards import ShardsConfig, write_shards
+    from datamix.models.tiny import build_tiny_model
+    from datamix.train import recipe
+
+    gpu = torch.cuda.is_available()
+    seq_len = args.seq_len or (4096 if gpu else 1024)
+    per_step = args.sequences_per_step or (8 if gpu else 4)
+    work = tempfile.mkdtemp(prefix="datamix-bench-train-")
+    # The tokenizer: the tiny model's byte-level BPE with the Qwen2.5 chat template (no hub access here).
+    tiny = build_tiny_model(os.path.join(work, "tiny"), arch="qwen2", chat_template="qwen2.5-instruct",
+                            hidden_size=128, num_layers=2)
+    model_dir, init, model_desc = tiny, "pretrained", "tiny qwen2 (hidden 128, 2 layers)"
+    if gpu:  # a Qwen2-0.5B-shaped model with random weights; the tokenizer ids fit its vocabulary
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.for_model("qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                   max_position_embeddings=32768, tie_word_embeddings=True)
+        model_dir = os.path.join(work, "qwen2-0.5b-random")
+        cfg.save_pretrained(model_dir)
+        for name in os.listdir(tiny):
+            if name.startswith(("tokenizer", "chat_template")):
+                os.link(os.path.join(tiny, name), os.path.join(model_dir, name))
+        init, model_desc = "random", "random Qwen2-style ~0.5B (24 layers, hidden 896), bf16"
+
+    rows, what = load_rows(args.rows)
+    frame = pl.DataFrame(rows)
+    results, shards = {}, {}
+    for pack in ("ffd", "none"):
+        out = shards[pack] = os.path.join(work, f"shards-{pack}")
+        t0 = time.perf_counter()
+        manifest, _ = write_shards(frame, out, ShardsConfig(tokenizer=tiny, seq_len=seq_len, pack=pack, workers=args.workers))
+        export_s = time.perf_counter() - t0
+        results[pack] = {
+            "export_tokens_per_s": manifest["tokens"] / export_s,
+            "padding": manifest["padding_fraction"],
+            "sequences": manifest["sequences"],
+            "tokens": manifest["tokens"],
+            "truncated": manifest["counts"]["truncated"],
+            "train_tokens_per_s": 0.0,
+            "mfu": None,
+        }
+    for repeat in range(args.repeats):
+        for pack in ("ffd", "none"):  # alternate, so a noisy neighbour hurts both variants alike
+            run_dir = os.path.join(work, f"run-{pack}-{repeat}")
+            code = recipe.main([f"model={model_dir}", f"init={init}", f"shards={shards[pack]}", f"output_dir={run_dir}",
+                                f"batch_tokens={per_step * seq_len}", f"max_steps={args.steps}", "save_model=false",
+                                "warmup_steps=1", "lr=1e-4", f"peak_flops={args.peak_flops}", f"log_every={args.steps}"])
+            assert code == 0
+            steps = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))][1:]  # skip warm-up
+            rate = float(np.median([s["tokens"] / s["step_s"] for s in steps]))
+            if rate > results[pack]["train_tokens_per_s"]:
+                results[pack]["train_tokens_per_s"] = rate
+                results[pack]["mfu"] = float(np.median([s["mfu"] for s in steps])) if gpu else None
+
+    packed_tokens = results["ffd"]["tokens"]
+    p, d = results["ffd"], results["none"]
+    print(f"data: {what}; {len(rows)} rows, {packed_tokens:,} tokens; seq_len {seq_len}; model: {model_desc}; "
+          f"{'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU'}")
+    print(f"export (tokenize + label + pack + write): {p['export_tokens_per_s']:,.0f} tokens/s (workers={args.workers})")
+    print(f"{'':8} {'sequences':>10} {'padding':>8} {'train tokens/s':>15}" + ("  MFU" if gpu else ""))
+    for name, r in (("packed", p), ("padded", d)):
+        print(f"{name:8} {r['sequences']:>10,} {r['padding']:>8.1%} {r['train_tokens_per_s']:>15,.0f}"
+              + (f"  {r['mfu']:.1%}" if gpu else ""))
+    print(f"packed / padded tokens/s: {p['train_tokens_per_s'] / d['train_tokens_per_s']:.2f}x (target >= 1.8x); "
+          f"packed padding {p['padding']:.1%} (target <= 3%); truncated samples: {p['truncated']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
