@@ -225,8 +225,11 @@ class GenerateConfig(StepConfig):
 
 def _conversation(messages: list[dict] | None, system_prompt: str | None, where: str) -> list[dict]:
     chat = [{"role": m["role"], "content": m["content"]} for m in (messages or [])]
+    # Existing SFT data (user, assistant) gets its answers regenerated: answer the last user turn.
+    while chat and chat[-1]["role"] == "assistant":
+        chat.pop()
     if not chat or chat[-1]["role"] != "user":
-        raise BadInput(f"{where}: the input's messages must end with a user message (got {[m['role'] for m in chat]}).")
+        raise BadInput(f"{where}: the input's messages need a user turn to answer (got {[m['role'] for m in messages or []]}).")
     if system_prompt is not None and chat[0]["role"] != "system":
         chat = [{"role": "system", "content": system_prompt}, *chat]
     return chat
