@@ -78,12 +78,13 @@ COPY (
 
 
 def make_data(folder: str, rows: int, domain_rows: int) -> None:
-    """Synthetic chats: ~3% exact-duplicate instructions (after normalisation), ~2% refusals, ~2% too short."""
+    """Synthetic chats: ~3% exact-duplicate instructions (row i % 33 = 0 repeats row i - 1 after
+    normalisation: case, punctuation, spacing), ~2% refusals, ~2% too short."""
     con = duckdb.connect()
     con.execute(f"""
         COPY (
           SELECT [
-            {{'role': 'user', 'content': CASE WHEN i % 33 = 0 THEN 'Question number ' || (i - 33) || '!  Explain topic ' || ((i - 33) % 997) || '?'
+            {{'role': 'user', 'content': CASE WHEN i % 33 = 0 THEN 'Question number ' || (i - 1) || '!  Explain topic ' || ((i - 1) % 997) || '?'
                                              ELSE 'question number ' || i || ': explain topic ' || (i % 997) || '.' END}},
             {{'role': 'assistant', 'content': CASE
                 WHEN i % 50 = 1 THEN 'As an AI language model, I cannot help.'

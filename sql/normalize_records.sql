@@ -1,23 +1,34 @@
 -- Normalise raw input records to OpenAI-style `messages`, with a quarantine reason
 -- for every row that cannot be used.
--- Inputs: _records(origin_file VARCHAR, origin_line BIGINT, raw VARCHAR, decode_error VARCHAR);
---   parameters $shape ('auto' or a shape name), $prompt_name, $response_name; placeholders
---   filled in by steps/load.py:
+-- Inputs: _records(origin_line BIGINT, raw VARCHAR, decode_error VARCHAR);
+--   parameters $origin_file (the file's path as recorded in origin_file), $step (the
+--   step name, for sample ids), $shape ('auto' or a shape name), $prompt_name,
+--   $response_name; placeholders filled in by steps/load.py:
 --   @structure@ (the json_transform structure: every key any shape reads, parsed once),
 --   @prompt@, @response@, @system@ (quoted field identifiers), @keep@ (extra columns).
--- Output grain: one row per non-blank input record: origin_file, origin_line, messages,
---   reason (NULL for good rows), raw, and the kept fields.
+-- Output grain: one row per non-blank input record, in input order: sample_id (the id
+--   datamix.ids.mint($step, origin_file, origin_line) gives), messages, origin_file,
+--   origin_line, the kept fields, reason (NULL for good rows) and raw (NULL for good rows:
+--   only quarantine needs it).
 -- Shapes: messages (OpenAI), sharegpt (conversations with from/value), alpaca
 -- (instruction/input/output), prompt_response (named fields).
+-- Cost: each record is parsed once (json_transform, under try() so that invalid JSON
+-- gives NULL instead of an error); the costlier checks that name what is wrong run only
+-- for the rows that fail (a CASE evaluates a branch only for the rows that reach it).
 WITH parsed AS (
-    SELECT origin_file, origin_line, raw, decode_error,
-           decode_error IS NULL AND json_valid(raw) AS valid
+    SELECT $origin_file::VARCHAR AS origin_file, origin_line, raw, decode_error
     FROM _records
-    -- blank lines are not records (the cheap prefix test spares a trim of every line)
-    WHERE NOT (ltrim(raw[:64]) = '' AND trim(raw) = '')
+    -- blank lines are not records. trim() strips exactly the Unicode space separators
+    -- (Zs), so "no character outside Zs" is the same test without trimming every line.
+    WHERE regexp_matches(raw, '[^\p{Zs}]')
 ), fields AS (
-    -- one JSON parse per record: missing keys and mistyped values come back NULL
-    SELECT *, CASE WHEN valid AND json_type(raw) = 'OBJECT' THEN json_transform(raw, @structure@) END AS f
+    -- one JSON parse per record: missing keys and mistyped values come back NULL, invalid
+    -- JSON comes back NULL (told apart in `reason`). Valid JSON is an object exactly when
+    -- its first character after JSON whitespace is '{' (json_transform would give any
+    -- other value an all-NULL struct).
+    SELECT *, CASE WHEN decode_error IS NULL
+                    AND (starts_with(raw, '{') OR starts_with(ltrim(raw, chr(32) || chr(9) || chr(10) || chr(13)), '{'))
+                   THEN try(json_transform(raw, @structure@)) END AS f
     FROM parsed
 ), shaped AS (
     SELECT *,
@@ -58,10 +69,11 @@ WITH parsed AS (
            END AS messages
     FROM shaped
 )
+, checked AS (
 SELECT origin_file, origin_line, messages, raw@keep@,
        CASE
            WHEN decode_error IS NOT NULL THEN decode_error
-           WHEN NOT valid THEN 'invalid JSON'
+           WHEN f IS NULL AND NOT json_valid(raw) THEN 'invalid JSON'  -- only failing rows pay this parse
            WHEN f IS NULL THEN 'not a JSON object'
            -- the key is there but its value has the wrong type: say which
            WHEN shape IS NULL AND json_exists(raw, '$.messages') THEN 'messages is not a list of {role, content}'
@@ -76,7 +88,13 @@ SELECT origin_file, origin_line, messages, raw@keep@,
            WHEN list_bool_or(list_transform(messages, lambda m: m.role IS NULL OR m.role NOT IN ('system', 'user', 'assistant', 'tool')))
                THEN 'unknown role: ' || coalesce(list_filter(messages, lambda m: m.role IS NULL
                         OR m.role NOT IN ('system', 'user', 'assistant', 'tool'))[1].role, 'null')
-           WHEN list_bool_or(list_transform(messages, lambda m: m.content IS NULL OR (ltrim(m.content[:64]) = '' AND trim(m.content) = '')))
+           -- content with no character outside Zs = content that trim() empties (see above)
+           WHEN list_bool_or(list_transform(messages, lambda m: m.content IS NULL OR NOT regexp_matches(m.content, '[^\p{Zs}]')))
                THEN 'empty content in a ' || list_filter(messages, lambda m: m.content IS NULL OR trim(m.content) = '')[1].role || ' message'
        END AS reason
 FROM converted
+)
+SELECT substr(md5($step || chr(30) || origin_file || chr(31) || origin_line::VARCHAR), 1, 16) AS sample_id,
+       messages, origin_file, origin_line@keep_out@, reason,
+       CASE WHEN reason IS NOT NULL THEN raw END AS raw
+FROM checked
