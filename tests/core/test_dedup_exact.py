@@ -9,19 +9,30 @@ import polars as pl
 from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
-def run_dedup(tmp_path, records, extra_steps=(), **dedup):
+def run_dedups(tmp_path, records, dedups: dict[str, dict], extra_steps=()):
+    """Load `records` and run one exact dedup step per entry of `dedups` (name -> options) on them.
+
+    Returns {name: ({line: (reason, related line or id, score)} for removed, [kept lines])} and the store."""
     write_jsonl(tmp_path / "in.jsonl", records)
-    steps = [{"name": "src", "kind": "load", "path": "in.jsonl", "keep_fields": ["score"]}, *extra_steps,
-             {"name": "dd", "kind": "dedup", "input": "src", "method": "exact", **dedup}]
+    steps = [{"name": "src", "kind": "load", "path": "in.jsonl", "keep_fields": ["score"]}, *extra_steps]
+    steps += [{"name": name, "kind": "dedup", "input": "src", "method": "exact", **opts} for name, opts in dedups.items()]
     pipeline = write_pipeline(tmp_path, steps)
     result = run_pipeline(pipeline)
     assert result.ok, result.error
     store = store_of(pipeline)
     line = dict(query(store, "SELECT sample_id, origin_line FROM src"))
-    removed = {line[s]: (reason, line.get(rel, rel), score) for s, reason, rel, score in query(
-        store, "SELECT sample_id, reason, related_id, score FROM dm.decisions WHERE step = 'dd' AND NOT kept")}
-    kept = [r[0] for r in query(store, "SELECT origin_line FROM dd ORDER BY origin_line")]
-    return removed, kept, store
+    out = {}
+    for name in dedups:
+        removed = {line[s]: (reason, line.get(rel, rel), score) for s, reason, rel, score in query(
+            store, "SELECT sample_id, reason, related_id, score FROM dm.decisions WHERE step = ? AND NOT kept", [name])}
+        kept = [r[0] for r in query(store, f'SELECT origin_line FROM "{name}" ORDER BY origin_line')]
+        out[name] = (removed, kept)
+    return out, store
+
+
+def run_dedup(tmp_path, records, extra_steps=(), **dedup):
+    out, store = run_dedups(tmp_path, records, {"dd": dedup}, extra_steps)
+    return (*out["dd"], store)
 
 
 def rec(user, assistant, score=None):
@@ -47,33 +58,31 @@ def test_normalize_false_compares_raw_text(tmp_path):
 def test_fields_choose_the_text(tmp_path):
     records = [rec("Same question?", "answer one"), rec("Same question?", "answer two"),
                rec("Same question?", "answer one")]
-    removed, kept, _ = run_dedup(tmp_path / "conv", records)  # default: the whole conversation
-    assert kept == [1, 2] and removed == {3: ("duplicate", 1, 1.0)}
-    removed, kept, _ = run_dedup(tmp_path / "instr", records, fields=["instruction"])
-    assert kept == [1]
-    removed, kept, _ = run_dedup(tmp_path / "resp", records, fields=["response"])
-    assert kept == [1, 2]
+    out, _ = run_dedups(tmp_path, records, {"conv": {}, "instr": {"fields": ["instruction"]},
+                                            "resp": {"fields": ["response"]}})
+    assert out["conv"] == ({3: ("duplicate", 1, 1.0)}, [1, 2])  # default: the whole conversation
+    assert out["instr"][1] == [1]
+    assert out["resp"][1] == [1, 2]
 
 
-def test_keep_longest_and_highest(tmp_path):
-    records = [rec("Q?", "short", 0.9), rec("Q?", "a much longer answer", 0.1), rec("Q?", "medium one", 0.5),
-               rec("Other?", "x", 0.2)]
-    removed, kept, _ = run_dedup(tmp_path / "first", records, fields=["instruction"], keep="first")
-    assert kept == [1, 4]
-    removed, kept, _ = run_dedup(tmp_path / "longest", records, fields=["instruction", "response"], keep="longest")
-    assert kept == [1, 2, 3, 4]  # with the response in the text nothing is equal
-    removed, kept, _ = run_dedup(tmp_path / "longest2", records, fields=["instruction"], keep="longest")
-    assert kept == [1, 4]  # the instruction texts are equal in length: first wins the tie
+def test_keep_policies(tmp_path):
+    records = [rec("Q?", "short", "0.9"), rec("Q?", "a much longer answer", "0.1"), rec("Q?", "medium one", "0.5"),
+               rec("Other?", "x", "0.2")]
+    out, _ = run_dedups(tmp_path / "a", records, {
+        "first": {"fields": ["instruction"], "keep": "first"},
+        "both_fields": {"fields": ["instruction", "response"], "keep": "longest"},
+        "longest": {"fields": ["instruction"], "keep": "longest"},
+        "highest": {"fields": ["instruction"], "keep": "highest", "keep_column": "score"},
+    })
+    assert out["first"][1] == [1, 4]
+    assert out["both_fields"][1] == [1, 2, 3, 4]  # with the response in the text nothing is equal
+    assert out["longest"][1] == [1, 4]  # the instruction texts are equal in length: first wins the tie
     # keep_column: the kept sample is the one with the highest value, and the others point to it
-    records_t = [{**r, "score": str(r["score"])} for r in records]
-    removed, kept, _ = run_dedup(tmp_path / "highest", records_t, fields=["instruction"], keep="highest",
-                                 keep_column="score")
-    assert kept == [1, 4]
-    assert removed == {2: ("duplicate", 1, 1.0), 3: ("duplicate", 1, 1.0)}
-    records_t[1]["score"] = "0.95"
-    removed, kept, _ = run_dedup(tmp_path / "highest2", records_t, fields=["instruction"], keep="highest",
-                                 keep_column="score")
-    assert kept == [2, 4] and removed == {1: ("duplicate", 2, 1.0), 3: ("duplicate", 2, 1.0)}
+    assert out["highest"] == ({2: ("duplicate", 1, 1.0), 3: ("duplicate", 1, 1.0)}, [1, 4])
+    records[1]["score"] = "0.95"
+    out, _ = run_dedups(tmp_path / "b", records, {"highest": {"fields": ["instruction"], "keep": "highest",
+                                                              "keep_column": "score"}})
+    assert out["highest"] == ({1: ("duplicate", 2, 1.0), 3: ("duplicate", 2, 1.0)}, [2, 4])
 
 
 def test_keep_longest_prefers_the_longest_text(tmp_path):

@@ -7,30 +7,40 @@ import pytest
 from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
-def run_filter(tmp_path, records, rules, **step):
-    """Load `records`, filter them; returns ({line: (reason, score)} for dropped, [kept lines], store)."""
+def run_filters(tmp_path, records, filters: dict[str, list], **step):
+    """Load `records` and run one filter step per entry of `filters` (name -> rules) on them, in one store.
+
+    Returns {name: ({line: (reason, score)} for dropped, [kept lines])} and the store."""
     write_jsonl(tmp_path / "in.jsonl", records)
-    pipeline = write_pipeline(tmp_path, [
-        {"name": "src", "kind": "load", "path": "in.jsonl"},
-        {"name": "f", "kind": "filter", "input": "src", "rules": rules, **step},
-    ])
+    steps = [{"name": "src", "kind": "load", "path": "in.jsonl"}]
+    steps += [{"name": name, "kind": "filter", "input": "src", "rules": rules, **step} for name, rules in filters.items()]
+    pipeline = write_pipeline(tmp_path, steps)
     result = run_pipeline(pipeline)
     assert result.ok, result.error
     store = store_of(pipeline)
-    dropped = {line: (reason, score) for line, reason, score in query(store, """
-        SELECT s.origin_line, d.reason, d.score FROM dm.decisions d JOIN src s USING (sample_id)
-        WHERE d.step = 'f' AND NOT d.kept""")}
-    kept = [r[0] for r in query(store, "SELECT origin_line FROM f ORDER BY origin_line")]
-    assert sorted(kept + list(dropped)) == list(range(1, len(records) + 1))  # each sample kept xor dropped
-    return dropped, kept, store
+    out = {}
+    for name in filters:
+        dropped = {line: (reason, score) for line, reason, score in query(store, """
+            SELECT s.origin_line, d.reason, d.score FROM dm.decisions d JOIN src s USING (sample_id)
+            WHERE d.step = ? AND NOT d.kept""", [name])}
+        kept = [r[0] for r in query(store, f'SELECT origin_line FROM "{name}" ORDER BY origin_line')]
+        assert sorted(kept + list(dropped)) == list(range(1, len(records) + 1))  # each sample kept xor dropped
+        out[name] = (dropped, kept)
+    return out, store
+
+
+def run_filter(tmp_path, records, rules, **step):
+    """One filter step `f`: ({line: (reason, score)} for dropped, [kept lines], store)."""
+    out, store = run_filters(tmp_path, records, {"f": rules}, **step)
+    return (*out["f"], store)
 
 
 def test_length_in_chars_and_words_records_the_measured_value(tmp_path):
     records = [chat("q?", "abc"), chat("q?", "one two three four five six"), chat("q?", "one two  three")]
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "length", "min": 4, "max": 20}])
-    assert dropped == {1: ("length(response)", 3.0), 2: ("length(response)", 27.0)}
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "length", "unit": "words", "min": 4}])
-    assert dropped == {1: ("length(response)", 1.0), 3: ("length(response)", 3.0)}  # double spaces: 3 words
+    out, _ = run_filters(tmp_path, records, {"chars": [{"rule": "length", "min": 4, "max": 20}],
+                                             "words": [{"rule": "length", "unit": "words", "min": 4}]})
+    assert out["chars"][0] == {1: ("length(response)", 3.0), 2: ("length(response)", 27.0)}
+    assert out["words"][0] == {1: ("length(response)", 1.0), 3: ("length(response)", 3.0)}  # double spaces: 3 words
 
 
 def test_length_on_the_instruction_field(tmp_path):
@@ -41,10 +51,10 @@ def test_length_on_the_instruction_field(tmp_path):
 
 def test_regex_include_and_exclude(tmp_path):
     records = [chat("q?", "The answer is 42."), chat("q?", "No digits."), chat("q?", "As an AI, 7.")]
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "regex", "include": r"\d"}])
-    assert dropped == {2: ("regex(response)", None)}
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "regex", "exclude": r"(?i)as an ai"}])
-    assert dropped == {3: ("regex(response)", None)}
+    out, _ = run_filters(tmp_path, records, {"inc": [{"rule": "regex", "include": r"\d"}],
+                                             "exc": [{"rule": "regex", "exclude": r"(?i)as an ai"}]})
+    assert out["inc"][0] == {2: ("regex(response)", None)}
+    assert out["exc"][0] == {3: ("regex(response)", None)}
 
 
 def test_repetition_duplicate_lines_and_repeated_ngrams(tmp_path):
@@ -54,26 +64,27 @@ def test_repetition_duplicate_lines_and_repeated_ngrams(tmp_path):
         chat("q?", "Buy now.\nBuy now.\nBuy now.\nGood stuff here."),  # 2 of 4 lines duplicate
         chat("q?", " ".join(["very good"] * 12)),  # one bigram covers nearly all characters
     ]
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "repetition"}])
+    only_lines = {"rule": "repetition", "max_top_ngram_fraction": None, "max_duplicate_ngram_fraction": None,
+                  "max_duplicate_line_fraction": 0.3}
+    out, _ = run_filters(tmp_path, records, {"f": [{"rule": "repetition"}], "lines": [only_lines]})
+    dropped, kept = out["f"]
     assert kept == [1]
     assert dropped[2][0] == dropped[3][0] == "repetition(response)"
     assert dropped[2][1] == pytest.approx(0.5)
     assert dropped[3][1] > 0.9
-    only_lines = {"rule": "repetition", "max_top_ngram_fraction": None, "max_duplicate_ngram_fraction": None,
-                  "max_duplicate_line_fraction": 0.3}
-    dropped, kept, _ = run_filter(tmp_path, records, [only_lines])
-    assert list(dropped) == [2]
+    assert list(out["lines"][0]) == [2]
 
 
 def test_phrases_custom_and_presets_case_insensitive(tmp_path):
     records = [chat("q?", "I'm sorry, but I can't do that."), chat("q?", "Click HERE for more."),
                chat("q?", "Bananas are yellow."), chat("q?", "Sure, here it is.")]
-    dropped, _, _ = run_filter(tmp_path, records, [{"rule": "phrases", "preset": "refusals"}])
-    assert list(dropped) == [1]
-    dropped, _, _ = run_filter(tmp_path, records, [{"rule": "phrases", "preset": "boilerplate"}])
-    assert list(dropped) == [2]
-    dropped, _, _ = run_filter(tmp_path, records, [{"rule": "phrases", "phrases": ["BANANA"], "preset": "refusals"}])
-    assert sorted(dropped) == [1, 3]
+    out, _ = run_filters(tmp_path, records, {
+        "refusals": [{"rule": "phrases", "preset": "refusals"}],
+        "boilerplate": [{"rule": "phrases", "preset": "boilerplate"}],
+        "both": [{"rule": "phrases", "phrases": ["BANANA"], "preset": "refusals"}]})
+    assert list(out["refusals"][0]) == [1]
+    assert list(out["boilerplate"][0]) == [2]
+    assert sorted(out["both"][0]) == [1, 3]
 
 
 def test_shape_roles_alternate_and_end_with_assistant(tmp_path):
@@ -83,11 +94,12 @@ def test_shape_roles_alternate_and_end_with_assistant(tmp_path):
     records = [m("user", "assistant"), m("system", "user", "assistant", "user", "assistant"),
                m("user", "user", "assistant"), m("user", "assistant", "user"), m("assistant", "user", "assistant"),
                m("user", "system", "assistant"), m("user")]
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "shape"}])
+    out, _ = run_filters(tmp_path, records, {"strict": [{"rule": "shape"}],
+                                             "loose": [{"rule": "shape", "ends_with": "any", "min_turns": 1}]})
+    dropped, kept = out["strict"]
     assert kept == [1, 2]
     assert set(dropped) == {3, 4, 5, 6, 7} and {r for r, _ in dropped.values()} == {"shape"}
-    dropped, kept, _ = run_filter(tmp_path, records, [{"rule": "shape", "ends_with": "any", "min_turns": 1}])
-    assert kept == [1, 2, 4, 7]
+    assert out["loose"][1] == [1, 2, 4, 7]
 
 
 def test_sql_where_predicate_over_columns(tmp_path):

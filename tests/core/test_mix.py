@@ -72,13 +72,23 @@ def test_token_ratio(tmp_path):
 
 
 def test_seeded_draws_are_reproducible_and_the_seed_matters(tmp_path):
-    def draw(folder, seed):
-        store = run_mix(folder, n_a=30, n_b=30, total=10, seed=seed)
-        return query(store, "SELECT sample_id, source FROM mix")  # table order: the interleaving too
+    pipeline = mix_pipeline(tmp_path, n_a=30, n_b=30, total=10, seed=7)
+    import yaml
 
-    first, again, other = draw(tmp_path / "1", 7), draw(tmp_path / "2", 7), draw(tmp_path / "3", 8)
-    assert first == again
-    assert sorted(first) != sorted(other)
+    spec = yaml.safe_load(pipeline.read_text())
+    mix = spec["steps"][-1]
+    spec["steps"] += [{**mix, "name": "again"}, {**mix, "name": "other", "seed": 8}]
+    pipeline.write_text(yaml.safe_dump(spec))
+    assert run_pipeline(pipeline).ok
+    store = store_of(pipeline)
+
+    def drawn(step):  # the parents drawn, in table order (the interleaving too)
+        parent = dict(query(store, "SELECT sample_id, parent_id FROM dm.edges WHERE step = ?", [step]))
+        return [(parent[sid], src) for sid, src in query(store, f"SELECT sample_id, source FROM {step}")]
+
+    assert drawn("mix") == drawn("again")
+    assert sorted(drawn("mix")) != sorted(drawn("other"))
+    assert len({p for p, _ in drawn("mix")}) == 10
 
 
 def test_a_too_small_source_without_upsampling_exits_2_and_says_what_to_do(tmp_path):

@@ -102,19 +102,22 @@ def snapshot(store: Path) -> dict:
     return out
 
 
-def uninterrupted(tmp_path: Path) -> tuple[dict, str]:
-    ref = crash_pipeline(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[dict, str]:
+    """The crash pipeline run without a crash: what every resumed run must end with."""
+    folder = tmp_path_factory.mktemp("ref")
+    ref = crash_pipeline(folder)
     assert run_pipeline(ref).ok
-    return snapshot(store_of(ref)), (tmp_path / "ref" / "out" / "data.jsonl").read_text()
+    return snapshot(store_of(ref)), (folder / "out" / "data.jsonl").read_text()
 
 
-def assert_resumed_equals_reference(tmp_path: Path, pipeline: Path, before: list) -> None:
+def assert_resumed_equals_reference(uninterrupted, pipeline: Path, before: list) -> None:
     store = store_of(pipeline)
     result = cli("run", pipeline)
     assert result.exit_code == 0, result.output
     assert "resume src" in result.stderr
     got = snapshot(store)
-    ref, ref_export = uninterrupted(tmp_path)
+    ref, ref_export = uninterrupted
     assert got == ref  # same rows, same ids, same decisions and edges, and no duplicates
     assert (pipeline.parent / "out" / "data.jsonl").read_text() == ref_export
     keys = query(store, "SELECT key, count(*) FROM dm.chunks WHERE step = 'src' GROUP BY key HAVING count(*) > 1")
@@ -125,7 +128,7 @@ def assert_resumed_equals_reference(tmp_path: Path, pipeline: Path, before: list
     assert set(before) <= set(after)
 
 
-def test_resume_after_sigkill_inside_a_chunk_transaction(tmp_path):
+def test_resume_after_sigkill_inside_a_chunk_transaction(tmp_path, uninterrupted):
     pipeline = crash_pipeline(tmp_path / "crash")
     kill_at = 5
     script = tmp_path / "kill_inside.py"
@@ -142,10 +145,10 @@ def test_resume_after_sigkill_inside_a_chunk_transaction(tmp_path):
     assert plan.exit_code == 0, plan.output
     actions = {e["name"]: e["action"] for e in __import__("json").loads(plan.stdout)}
     assert actions == {"src": "resume", "clean": "run", "mix": "run", "export": "run"}
-    assert_resumed_equals_reference(tmp_path, pipeline, before)
+    assert_resumed_equals_reference(uninterrupted, pipeline, before)
 
 
-def test_resume_after_external_sigkill(tmp_path):
+def test_resume_after_external_sigkill(tmp_path, uninterrupted):
     pipeline = crash_pipeline(tmp_path / "crash")
     script = tmp_path / "slow.py"
     script.write_text(SLOW_RUN)
@@ -160,10 +163,10 @@ def test_resume_after_external_sigkill(tmp_path):
     before = query(store, "SELECT key, rows_out, committed_at FROM dm.chunks WHERE step = 'src' ORDER BY key")
     assert 2 <= len(before) < N_FILES * PER_FILE // CHUNK
     assert query(store, "SELECT count(*) FROM src")[0][0] == sum(r[1] for r in before)
-    assert_resumed_equals_reference(tmp_path, pipeline, before)
+    assert_resumed_equals_reference(uninterrupted, pipeline, before)
 
 
-def test_step_failing_midway_in_process_keeps_committed_chunks_and_resumes(tmp_path, monkeypatch):
+def test_step_failing_midway_in_process_keeps_committed_chunks_and_resumes(tmp_path, monkeypatch, uninterrupted):
     """The 4th chunk's write raises: the run fails (exit 1), the rerun picks up where it stopped.
 
     (The failure is injected in the store, not the step: patching the step would change
@@ -191,7 +194,7 @@ def test_step_failing_midway_in_process_keeps_committed_chunks_and_resumes(tmp_p
     status = cli("status", pipeline, "--format", "json")
     assert [r["state"] for r in __import__("json").loads(status.stdout)] == ["failed", "pending", "pending", "pending"]
     monkeypatch.setattr(Store, "commit_chunk", real)
-    assert_resumed_equals_reference(tmp_path, pipeline, before)
+    assert_resumed_equals_reference(uninterrupted, pipeline, before)
 
 
 # ---- idempotence and fingerprints -----------------------------------------------------
@@ -289,10 +292,10 @@ def test_changed_upstream_config_invalidates_downstream(core_pipeline):
 # ---- one writer at a time ---------------------------------------------------------------
 
 
-@pytest.fixture
-def held_store(core_pipeline):
+@pytest.fixture(scope="module")
+def held_store(core_ran):
     """Another process holding the pipeline's store open for writing."""
-    assert run_pipeline(core_pipeline).ok
+    core_pipeline = core_ran
     store = store_of(core_pipeline)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
