@@ -399,10 +399,14 @@ def template(model_path, fmt, system_prompt):
 @click.argument("overrides", nargs=-1)
 @click.option("--nproc-per-node", default=1, show_default=True, help="processes on this node (torchrun)")
 def train(config, overrides, nproc_per_node):
-    """Train with the FSDP2 recipe on exported shards: CONFIG.yaml [KEY=VALUE ...]."""
+    """Train with the FSDP2 recipe on exported shards: CONFIG.yaml [KEY=VALUE ...].
+
+    Other --flags go to torchrun, for several nodes: --nnodes 2 --node-rank 0 --rdzv-endpoint host:29500."""
     from datamix.train.launch import train_command
 
-    sys.exit(train_command(config, list(overrides), nproc_per_node=nproc_per_node))
+    flags = [o for o in overrides if o.startswith("-")]
+    settings = [o for o in overrides if not o.startswith("-")]
+    sys.exit(train_command(config, settings, nproc_per_node=nproc_per_node, extra_torchrun_args=flags))
 
 
 if __name__ == "__main__":

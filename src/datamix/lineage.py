@@ -11,18 +11,19 @@ import json
 from datamix.store import first, quote
 
 
-def _step_depths(steps: dict[str, dict]) -> dict[str, int]:
-    depth: dict[str, int] = {}
+def _ancestor_steps(steps: dict[str, dict]) -> dict[str, set[str]]:
+    """step -> every step upstream of it."""
+    memo: dict[str, set[str]] = {}
 
-    def d(name: str) -> int:
-        if name not in depth:
-            parents = steps.get(name, {}).get("parents", {})
-            depth[name] = 1 + max((d(p) for p in parents.values() if p in steps), default=-1)
-        return depth[name]
+    def up(name: str) -> set[str]:
+        if name not in memo:
+            memo[name] = set()
+            for p in steps.get(name, {}).get("parents", {}).values():
+                if p in steps:
+                    memo[name] |= {p} | up(p)
+        return memo[name]
 
-    for name in steps:
-        d(name)
-    return depth
+    return {name: up(name) for name in steps}
 
 
 def _columns(con, step: str) -> set[str]:
@@ -44,11 +45,18 @@ def walk(con, sample_id: str) -> list[dict]:
             holders.append(name)
     if not holders:
         return []
-    depths = _step_depths(steps)
-    start = max(holders, key=lambda s: (depths.get(s, 0), s))  # the most downstream step holding it
-    nodes = con.execute(
-        "SELECT step, sample_id, depth, via_step FROM dm.lineage(?, ?)", [start, sample_id]
-    ).fetchall()
+    # Start from every step holding it that is not an ancestor of another holder: an exported
+    # sample shows both the file row it went to and the shard and sequence it was packed into.
+    ancestors = _ancestor_steps(steps)
+    starts = [h for h in holders if not any(h in ancestors[o] for o in holders if o != h)]
+    nodes_by_key: dict[tuple, tuple] = {}
+    for start in sorted(starts):
+        for step, sid, depth, via in con.execute(
+            "SELECT step, sample_id, depth, via_step FROM dm.lineage(?, ?)", [start, sample_id]
+        ).fetchall():
+            if (step, sid) not in nodes_by_key or depth < nodes_by_key[(step, sid)][2]:
+                nodes_by_key[(step, sid)] = (step, sid, depth, via)
+    nodes = sorted(nodes_by_key.values(), key=lambda n: (n[2], n[0]))
     records = []
     for step, sid, depth, via in nodes:
         info = steps.get(step, {})

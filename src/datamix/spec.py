@@ -340,7 +340,7 @@ def _check_models(p: Pipeline, raw_steps: list, at) -> list[str]:
     problems = []
     for i, s in enumerate(p.steps):
         for field, name in _model_refs(s):
-            if name not in p.models:
+            if name not in p.models and not (field == "model" and ("/" in name or os.path.exists(name))):
                 known = ", ".join(p.models) or "none declared"
                 problems.append(
                     f"{at(('steps', i, field))}steps[{i}] (name: {s.name}).{field}: no model named {name!r} under "

@@ -52,3 +52,10 @@ def test_the_quickstart_runs_offline_with_every_step_non_empty(tmp_path):
     chain = json.loads(datamix("lineage", domain_id, "-p", "quickstart.yaml", "--format", "json", cwd=work).stdout)
     assert chain[0]["depth"] == 0 and chain[-1]["kind"] == "load"
     assert chain[-1]["origin"]["file"] == "data/domain.jsonl" and chain[-1]["origin"]["line"] >= 1
+    # lineage continues into the training data: the file row and the shard sequence it went to
+    where = {r["step"]: r.get("origin", {}) for r in chain if r["depth"] == 0}
+    assert where["export"]["file"] == "data.jsonl"
+    assert where["shards"]["shard"].startswith("shard") and where["shards"]["sequence"] >= 0
+    trained = json.loads(datamix("sql", "SELECT steps, final_loss FROM train", "quickstart.yaml", "--format", "json",
+                                 cwd=work).stdout)
+    assert trained[0]["steps"] == 4 and trained[0]["final_loss"] > 0

@@ -86,8 +86,9 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         from datamix.export.shards import ShardsConfig, write_shards
 
         shard_manifest, placement = write_shards(df, out, ShardsConfig.model_validate(cfg.shards), progress=ctx.progress)
-        manifest.update({"shards": shard_manifest})
-        rows = placement.with_columns(pl.concat_list("sample_id").alias("parent_ids"))
+        # the trainer reads the shard manifest: keep its keys, add ours where they are free
+        manifest = {**shard_manifest, **{k: v for k, v in manifest.items() if k not in shard_manifest}}
+        rows = placement.with_columns(pl.lit(out).alias("folder"), pl.concat_list("sample_id").alias("parent_ids"))
         files = sorted(set(placement["shard"].drop_nulls().to_list()))
     else:
         columns = ["sample_id", "messages", "source", *cfg.fields]

@@ -2,9 +2,8 @@
 
     - name: sft
       kind: train
-      input: shards          # the export step (format: shards); for now also give its folder:
-      shards: out/shards     # folder with manifest.json
-      model: models/base     # HF model folder
+      input: shards          # the export step (format: shards): its folder is the default `shards`
+      model: base            # a model declared under `models:`, or an HF model folder
       nproc_per_node: 1
       options: {batch_tokens: 65536, lr: 2.0e-5, max_steps: 100}
 
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,14 +23,12 @@ from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig,
 
 
 class TrainStepConfig(StepConfig):
-    kind: str = "train"
-    model: str = Field(description="HF model folder to fine-tune")
-    shards: str = Field(description="shards folder (manifest.json) written by the export step")
+    kind: Literal["train"]
+    model: str = Field(description="a model declared under `models:`, or an HF model folder to fine-tune")
+    shards: str | None = Field(default=None, description="shards folder (manifest.json); default: the input export step's")
     nproc_per_node: int = Field(default=1, ge=1)
     torchrun_args: list[str] = Field(default_factory=list, description="extra torchrun flags (multi-node)")
     options: dict[str, Any] = Field(default_factory=dict, description="recipe config keys (batch_tokens, lr, max_steps, ...)")
-
-    path_fields: ClassVar[tuple[str, ...]] = ("model",)
 
 
 @register("train", TrainStepConfig)
@@ -46,13 +43,55 @@ def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> It
     unknown = sorted(set(cfg.options) - valid)
     if unknown:
         raise BadInput(f"step {cfg.name!r}: unknown train options {unknown}; valid: {', '.join(sorted(valid))}")
-    shards = ctx.resolve(cfg.shards)
+    if cfg.shards:
+        shards = ctx.resolve(cfg.shards)
+    elif "input" in inputs and "folder" in inputs["input"].arrow("*").schema.names:
+        shards = inputs["input"].arrow("folder").column(0)[0].as_py()
+    else:
+        raise BadInput(f"step {cfg.name!r}: give `shards:` (a folder with manifest.json) or `input:` an export step with format: shards")
     if not os.path.isfile(os.path.join(shards, "manifest.json")):
         raise BadInput(f"step {cfg.name!r}: no manifest.json in shards folder {shards!r}; run the export step with format: shards")
-    overrides = [f"model={ctx.resolve(cfg.model)}", f"shards={shards}", f"output_dir={ctx.output_dir}"]
+    if cfg.model in ctx.models:  # a declared model: its folder (built first if it is a tiny one)
+        from datamix.models import resolve_model_path
+
+        model = resolve_model_path(ctx.models[cfg.model], ctx.pipeline_dir)
+    else:
+        model = ctx.resolve(cfg.model)
+    overrides = [f"model={model}", f"shards={shards}", f"output_dir={ctx.output_dir}"]
     overrides += [f"seed={ctx.seed}"] if "seed" not in cfg.options else []
     overrides += [f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in cfg.options.items()]
     status = train_command(None, overrides, cfg.nproc_per_node, cfg.torchrun_args)
     if status != 0:
         raise StepError(f"step {cfg.name!r}: training exited with status {status}; see the log above and {ctx.output_dir}/metrics.jsonl")
-    yield Chunk(key=key, rows=None, files=[os.path.join(ctx.output_dir, "model")])
+    yield Chunk(key=key, rows=_summary(cfg, model, shards, ctx), rows_in=_sequences(shards),
+                files=[os.path.join(ctx.output_dir, "model")])
+
+
+def _sequences(shards: str) -> int:
+    import json
+
+    with open(os.path.join(shards, "manifest.json")) as f:
+        manifest = json.load(f)
+    return int(manifest.get("sequences") or sum(s.get("sequences", 0) for s in manifest.get("shards", [])))
+
+
+def _summary(cfg: TrainStepConfig, model: str, shards: str, ctx: Context):
+    """One row: the trained model, where it came from, and how training ended (from metrics.jsonl)."""
+    import json
+
+    import polars as pl
+
+    from datamix.ids import mint_one
+
+    with open(os.path.join(ctx.output_dir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    last = metrics[-1] if metrics else {}
+    return pl.DataFrame({
+        "sample_id": [mint_one(cfg.name, "model")],
+        "model_path": [os.path.join(ctx.output_dir, "model")],
+        "base_model": [model],
+        "shards": [shards],
+        "steps": [int(last.get("step", 0))],
+        "final_loss": [last.get("loss")],
+        "tokens": [sum(int(m.get("tokens", 0)) for m in metrics)],
+    })
