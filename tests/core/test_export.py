@@ -12,7 +12,6 @@ import json
 import polars as pl
 import pyarrow.json as pj
 import pyarrow.parquet as pq
-import pytest
 
 from .helpers import cli, query, run_pipeline, store_of, write_pipeline
 

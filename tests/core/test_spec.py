@@ -168,3 +168,17 @@ def test_unknown_variable(tmp_path):
     result, problems = validate(tmp_path, "name: t\nsteps: [{name: src, kind: load, path: '${where}'}]\n")
     assert result.exit_code == 2
     assert any("unknown variable ${where}" in p and "where=VALUE" in p for p in problems)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG spec.load: input/cycle/file checks run only when every step parses, so one "
+                   "bad option hides a missing file elsewhere (the module promises every error in one validate)")
+def test_a_bad_option_does_not_hide_a_missing_file(tmp_path):
+    result, problems = validate(tmp_path, """\
+        name: t
+        steps:
+          - {name: src, kind: load, path: a.jsonl, colour: red}
+          - {name: gone, kind: load, path: data/missing.jsonl}
+    """)
+    assert result.exit_code == 2
+    assert any("steps[0] (name: src).colour" in p for p in problems)
+    assert any("steps[1] (name: gone).path: data/missing.jsonl does not exist" in p for p in problems)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import (CORE_STEPS, chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline)
+from .helpers import (chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline)
 
 N_FILES, PER_FILE, CHUNK = 6, 4, 2  # 12 load chunks of 2 rows
 
@@ -143,7 +141,7 @@ def test_resume_after_sigkill_inside_a_chunk_transaction(tmp_path, uninterrupted
     assert query(store, "SELECT state FROM dm.steps WHERE name = 'src'") == [("partial",)]
     plan = cli("plan", pipeline, "--format", "json")
     assert plan.exit_code == 0, plan.output
-    actions = {e["name"]: e["action"] for e in __import__("json").loads(plan.stdout)}
+    actions = {e["name"]: e["action"] for e in json.loads(plan.stdout)}
     assert actions == {"src": "resume", "clean": "run", "mix": "run", "export": "run"}
     assert_resumed_equals_reference(uninterrupted, pipeline, before)
 
@@ -192,7 +190,7 @@ def test_step_failing_midway_in_process_keeps_committed_chunks_and_resumes(tmp_p
     assert len(before) == 3
     assert query(store, "SELECT state FROM dm.steps WHERE name = 'src'") == [("failed",)]
     status = cli("status", pipeline, "--format", "json")
-    assert [r["state"] for r in __import__("json").loads(status.stdout)] == ["failed", "pending", "pending", "pending"]
+    assert [r["state"] for r in json.loads(status.stdout)] == ["failed", "pending", "pending", "pending"]
     monkeypatch.setattr(Store, "commit_chunk", real)
     assert_resumed_equals_reference(uninterrupted, pipeline, before)
 
@@ -259,16 +257,23 @@ def test_changed_config_reruns_that_step_and_downstream_only(core_pipeline):
     assert ids_before["clean"] == 2
 
 
-def test_changed_upstream_data_file_reruns_downstream_not_siblings(core_pipeline):
+@pytest.mark.parametrize("source, rerun", [
+    ("domain", {"domain", "mix", "export"}),
+    # general's table is dropped and rebuilt under the filter and dedup views that read it
+    ("general", {"general", "clean", "dedup", "mix", "export"}),
+])
+def test_changed_data_file_reruns_its_load_and_downstream_not_siblings(core_pipeline, source, rerun):
     assert run_pipeline(core_pipeline).ok
     store = store_of(core_pipeline)
     before = step_runs(store)
-    domain = core_pipeline.parent / "data" / "domain.jsonl"
-    domain.write_text(domain.read_text() + '{"question": "And 9 plus 10?", "answer": "Nine plus ten is 19."}\n')
+    rows_before = query(store, f"SELECT count(*) FROM {source}")[0][0]
+    data = core_pipeline.parent / "data" / f"{source}.jsonl"
+    data.write_text(data.read_text() + json.dumps(chat("And 9 plus 10, a new question?", "Nine plus ten is 19.")) + "\n")
     assert run_pipeline(core_pipeline).ok
     after = step_runs(store)
-    assert {s for s in before if after[s] != before[s]} == {"domain", "mix", "export"}
-    assert query(store, "SELECT count(*) FROM domain") == [(9,)]
+    assert {s for s in before if after[s] != before[s]} == rerun
+    assert query(store, f"SELECT count(*) FROM {source}") == [(rows_before + 1,)]
+    assert query(store, "SELECT count(*) FROM dm.chunks WHERE step = ?", [source]) == [(1,)]
 
 
 def test_changed_upstream_config_invalidates_downstream(core_pipeline):
@@ -277,7 +282,7 @@ def test_changed_upstream_config_invalidates_downstream(core_pipeline):
     before = step_runs(store)
     rewrite_step(core_pipeline, "domain", limit=4)
     plan = cli("plan", core_pipeline, "--format", "json")
-    reasons = {e["name"]: (e["action"], e["reason"]) for e in __import__("json").loads(plan.stdout)}
+    reasons = {e["name"]: (e["action"], e["reason"]) for e in json.loads(plan.stdout)}
     assert reasons["general"] == ("skip", "up to date")
     assert reasons["domain"][0] == "run" and "limit" in reasons["domain"][1]
     assert reasons["mix"][0] == "run" and "upstream" in reasons["mix"][1]
