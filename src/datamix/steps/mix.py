@@ -96,20 +96,22 @@ def draw(n_avail: int, weights, need: float, cfg: MixConfig, label: str, rng) ->
 @register("mix", MixConfig)
 def run(cfg: MixConfig, inputs, ctx: Context):
     import numpy as np
-    import polars as pl
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from datamix.ids import mint
 
     if "all" in ctx.done_keys:
         return
-    frames = {label: inputs[label].polars() for label in cfg.inputs}
-    weights = {}
-    for label, df in frames.items():
+    # Arrow end to end: the rows are copied once (the draw's gather), not through Polars.
+    tables = {label: inputs[label].arrow() for label in cfg.inputs}
+    weights, tokens = {}, {}
+    for label, table in tables.items():
         if cfg.unit == "tokens":  # every row's size matters for the draw
-            frames[label] = df.with_columns(_tokens(df, cfg).alias("est_tokens"))
-            weights[label] = frames[label]["est_tokens"].to_numpy().astype(np.float64)
+            tokens[label] = _tokens_of(table, cfg)
+            weights[label] = tokens[label].to_numpy().astype(np.float64)
         else:
-            weights[label] = np.ones(len(df))
+            weights[label] = np.ones(table.num_rows)
     share = {k: v / sum(cfg.ratio.values()) for k, v in cfg.ratio.items()}
     if cfg.total is not None:
         total = float(cfg.total)
@@ -117,27 +119,40 @@ def run(cfg: MixConfig, inputs, ctx: Context):
         total = min(weights[k].sum() / share[k] for k in share if share[k] > 0)
     rng = np.random.default_rng(cfg.seed)
     parts = []
-    rows_in = sum(len(df) for df in frames.values())
+    rows_in = sum(t.num_rows for t in tables.values())
     for label in cfg.inputs:  # YAML order: reproducible draws
         need = share[label] * total
-        picks = draw(len(frames[label]), weights[label], need, cfg, label, rng)
-        df = frames[label]
-        chosen = df[picks] if picks else df.clear()
-        if "est_tokens" not in chosen.columns:  # sizes of the chosen rows only, for the composition view
-            chosen = chosen.with_columns(
-                (_tokens(chosen, cfg) if len(chosen) else pl.Series([], dtype=pl.Int64)).alias("est_tokens"))
-        draw_index = pl.int_range(0, len(chosen), eager=True).alias("draw")
-        chosen = chosen.with_columns(  # expressions see the parent's sample_id
-            mint(cfg.name, chosen["sample_id"], pl.Series([label] * len(chosen)), draw_index).alias("sample_id"),
-            pl.lit(label).alias("source"),
-            pl.concat_list("sample_id").alias("parent_ids"),
-        )
-        parts.append(chosen)
+        picks = pa.array(draw(tables[label].num_rows, weights[label], need, cfg, label, rng), pa.int64())
+        chosen = tables[label].take(picks)
+        n = chosen.num_rows
+        # sizes of the chosen rows only, for the composition view
+        est = tokens[label].take(picks) if label in tokens else _tokens_of(chosen, cfg)
+        parents = chosen.column("sample_id").combine_chunks()
+        ids = mint(cfg.name, parents, [label] * n, pa.array(np.arange(n, dtype=np.int64)))
+        columns = {
+            "sample_id": ids.to_arrow(),
+            "messages": chosen.column("messages"),
+            "source": pa.array([label] * n, pa.string()),
+            "est_tokens": est,
+            "parent_ids": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), parents),
+        }
+        rest = [c for c in chosen.column_names if c not in columns]
+        parts.append(pa.table({**columns, **{c: chosen.column(c) for c in rest}}))
     # sources may carry different columns (scores, origins): keep them all, null where absent
-    mixed = pl.concat(parts, how="diagonal_relaxed")
-    front = ["sample_id", "messages", "source", "est_tokens", "parent_ids"]
+    mixed = pa.concat_tables(parts, promote_options="permissive")
     # Rows stay grouped by source, each source in random draw order: shuffling the whole
-    # frame would copy every row once more, and the trainer's sampler shuffles anyway.
-    mixed = mixed.select(front + [c for c in mixed.columns if c not in front])
+    # table would copy every row once more, and the trainer's sampler shuffles anyway.
     ctx.progress(rows_in)
     yield Chunk(key="all", rows=mixed, rows_in=rows_in)
+
+
+def _tokens_of(table, cfg: MixConfig):
+    """`_tokens` of an Arrow table's rows, as an Int64 Arrow array (only `messages` is converted)."""
+    import polars as pl
+
+    if table.num_rows == 0:
+        import pyarrow as pa
+
+        return pa.array([], pa.int64())
+    df = pl.from_arrow(table.select(["messages"]))
+    return _tokens(df, cfg).to_arrow()
