@@ -329,7 +329,9 @@ def lineage(sample_id, store, pipeline, fmt):
     for r in records:
         pad = "  " * r["depth"]
         where = f"  <- {_origin_text(r['origin'])}" if r.get("origin") else ""
-        click.echo(f"{pad}{r['sample_id']}  [{r['step']} ({r['kind']})]{where}")
+        facts = ", ".join(f"{k}={_cell(r[k]) if k != 'score' else format(r[k], '.3g')}" for k in ("source", "model", "score")
+                          if r.get(k) is not None)
+        click.echo(f"{pad}{r['sample_id']}  [{r['step']} ({r['kind']})]{where}" + (f"  {facts}" if facts else ""))
         if r.get("summary"):
             click.echo(f"{pad}    {r['summary']}")
         for d in r.get("decisions", []):
