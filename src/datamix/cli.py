@@ -80,7 +80,8 @@ def run(pipeline, overrides, store, quiet, verbose):
     from datamix.store import StoreError
 
     spec = _load_pipeline(pipeline, overrides)
-    path = spec.store_path(store)
+    # --store is a path from the current folder (a `store:` in the YAML is relative to the YAML)
+    path = spec.store_path(os.path.abspath(store) if store else None)
     try:
         result = runner.run(spec, path, progress=not quiet and sys.stderr.isatty(),
                             log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)), verbose=verbose)
@@ -113,7 +114,7 @@ def plan(pipeline, overrides, store, fmt):
     from datamix.store import Store, StoreError
 
     spec = _load_pipeline(pipeline, overrides)
-    path = spec.store_path(store)
+    path = spec.store_path(os.path.abspath(store) if store else None)
     st = None
     if os.path.exists(path):
         try:
@@ -241,7 +242,12 @@ def sql(query, pipeline, store, fmt, out):
     text = _render(columns, rows, fmt)
     if out:
         with open(out, "w") as f:
-            f.write(text if isinstance(text, str) else "")
+            if isinstance(text, str):
+                f.write(text + "\n")
+            else:  # a rich table, rendered as plain text
+                from rich.console import Console
+
+                Console(file=f, width=200, no_color=True, force_terminal=False).print(text)
         click.echo(f"{len(rows)} rows written to {out}", err=True)
     elif isinstance(text, str):
         click.echo(text)

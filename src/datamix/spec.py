@@ -177,9 +177,37 @@ def _format_loc(loc: tuple, raw_steps: list, base: tuple = ()) -> str:
     return out
 
 
-def _friendly(err: dict) -> str:
+def _bounds(model: type | None, loc: tuple) -> tuple | None:
+    """(low, high) of the field at `loc` in `model` when it declares both, else None."""
+    import annotated_types as at
+
+    field = None
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if field is None:
+        return None
+    low = high = None
+    for m in field.metadata:
+        if isinstance(m, (at.Ge, at.Gt)):
+            low = getattr(m, "ge", getattr(m, "gt", None))
+        if isinstance(m, (at.Le, at.Lt)):
+            high = getattr(m, "le", getattr(m, "lt", None))
+    return (low, high) if low is not None and high is not None else None
+
+
+def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
     msg = err["msg"]
     ctx = err.get("ctx") or {}
+    if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bounds = _bounds(model, loc)
+        if bounds:
+            return f"must be between {bounds[0]:g} and {bounds[1]:g}"
     if err["type"] == "extra_forbidden":
         return "unknown option (check the spelling, or see `datamix validate --help` for the kind's options)"
     if err["type"] == "value_error" and msg.startswith("Value error, "):
@@ -237,6 +265,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         raw_steps = []
 
     steps: list[StepConfig] = []
+    parsed: list[tuple[int, StepConfig]] = []  # (YAML index, step) of the steps that parsed
     for i, s in enumerate(raw_steps):
         label = f"steps[{i}]" + (f" (name: {s.get('name')})" if isinstance(s, dict) and s.get("name") else "")
         if not isinstance(s, dict):
@@ -249,12 +278,14 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             continue
         try:
             steps.append(REGISTRY[kind].config.model_validate(s))
+            parsed.append((i, steps[-1]))
         except ValidationError as e:
             for err in e.errors():
                 loc = tuple(err["loc"])
                 # discriminated unions put the tag in the loc; drop it for readability
                 loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
-                problems.append(f"{at(('steps', i) + loc)}{label}.{_format_loc(loc, [])}: {_friendly(err)}")
+                problems.append(f"{at(('steps', i) + loc)}{label}.{_format_loc(loc, [])}: "
+                                f"{_friendly(err, REGISTRY[kind].config, loc)}")
 
     top = {k: v for k, v in raw.items() if k != "steps"}
     pipeline = None
@@ -268,9 +299,10 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     if pipeline is not None and len(steps) == len(raw_steps):
         pipeline.steps = steps
         problems += _check_graph(pipeline, raw_steps, at)
+    if pipeline is not None:  # files and models of every step that parsed, even if others did not
         if check_files:
-            problems += _check_files(pipeline, raw_steps, at)
-        problems += _check_models(pipeline, raw_steps, at)
+            problems += _check_files(pipeline, parsed, raw_steps, at)
+        problems += _check_models(pipeline, parsed, at)
     if problems:
         raise SpecError(problems)
     return pipeline
@@ -316,16 +348,19 @@ def _check_graph(p: Pipeline, raw_steps: list, at) -> list[str]:
                 ready.append(c)
     cyclic = [n for n, d in indeg.items() if d > 0]
     if cyclic:
-        problems.append(f"steps: the inputs form a cycle among {', '.join(cyclic)}; a step cannot depend on its own output")
+        first = min(names[n] for n in cyclic)
+        problems.append(f"{at(('steps', first))}steps: the inputs form a cycle among {', '.join(cyclic)}; "
+                        "a step cannot depend on its own output")
     return problems
 
 
-def _check_files(p: Pipeline, raw_steps: list, at) -> list[str]:
+def _check_files(p: Pipeline, parsed: list[tuple[int, StepConfig]], raw_steps: list, at) -> list[str]:
     problems = []
-    for i, s in enumerate(p.steps):
+    names = {r.get("name") for r in raw_steps if isinstance(r, dict)}  # a step name is not a file
+    for i, s in parsed:
         for field in type(s).path_fields:
             value = getattr(s, field, None)
-            if not value or (isinstance(value, str) and value in {x.name for x in p.steps}):
+            if not value or (isinstance(value, str) and value in names):
                 continue
             full = value if os.path.isabs(value) else os.path.join(p.base_dir, value)
             if not (os.path.exists(full) or glob.glob(full)):
@@ -336,9 +371,9 @@ def _check_files(p: Pipeline, raw_steps: list, at) -> list[str]:
     return problems
 
 
-def _check_models(p: Pipeline, raw_steps: list, at) -> list[str]:
+def _check_models(p: Pipeline, parsed: list[tuple[int, StepConfig]], at) -> list[str]:
     problems = []
-    for i, s in enumerate(p.steps):
+    for i, s in parsed:
         for field, name in _model_refs(s):
             if name not in p.models and not (field == "model" and ("/" in name or os.path.exists(name))):
                 known = ", ".join(p.models) or "none declared"

@@ -190,8 +190,6 @@ def test_help_lists_every_command():
         assert command in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli.sql: with --out and the default table format the file is left "
-                   "empty while stderr says 'N rows written'")
 def test_sql_out_with_the_default_table_format_writes_the_rows(ran, tmp_path):
     pipeline, _ = ran
     out = tmp_path / "steps.txt"
@@ -201,8 +199,6 @@ def test_sql_out_with_the_default_table_format_writes_the_rows(ran, tmp_path):
     assert all(step in text for step in ("clean", "dedup", "domain", "export", "general", "mix"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG spec.Pipeline.store_path: `run --store REL` resolves REL beside the YAML, "
-                   "while sql/status/show/lineage --store REL resolve it against the current folder")
 def test_relative_store_option_means_the_same_file_for_run_and_sql(core_pipeline, tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -170,8 +170,6 @@ def test_unknown_variable(tmp_path):
     assert any("unknown variable ${where}" in p and "where=VALUE" in p for p in problems)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG spec.load: input/cycle/file checks run only when every step parses, so one "
-                   "bad option hides a missing file elsewhere (the module promises every error in one validate)")
 def test_a_bad_option_does_not_hide_a_missing_file(tmp_path):
     result, problems = validate(tmp_path, """\
         name: t
