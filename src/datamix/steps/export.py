@@ -60,31 +60,41 @@ def _write_manifest(out: str, manifest: dict) -> None:
 @register("export", ExportConfig)
 def run(cfg: ExportConfig, inputs, ctx: Context):
     import duckdb
-    import polars as pl
+    import numpy as np
+    import pyarrow as pa
 
     if "all" in ctx.done_keys:
         return
-    df = inputs["input"].polars()
-    missing = [f for f in cfg.fields if f not in df.columns]
+    # Arrow from the store straight into DuckDB's writer: no Polars round trip of the text.
+    table = inputs["input"].arrow()
+    missing = [f for f in cfg.fields if f not in table.column_names]
     if missing:
         raise BadInput(f"step {cfg.name}.fields: no column {', '.join(missing)} in {inputs['input'].name} "
-                       f"(columns: {', '.join(df.columns)})")
-    if "source" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.Utf8).alias("source"))
+                       f"(columns: {', '.join(table.column_names)})")
+    if "source" not in table.column_names:
+        table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
+    n = table.num_rows
     out = _out_dir(cfg, ctx)
     os.makedirs(out, exist_ok=True)
-    counts = df.group_by("source").len().sort("source")
+    counts = table.group_by("source").aggregate([([], "count_all")])
+    # sorted by source, a missing source first
+    per_source = sorted(zip(counts.column("source").to_pylist(), counts.column("count_all").to_pylist()),
+                        key=lambda sc: (sc[0] is not None, sc[0] or ""))
     manifest = {
         "step": cfg.name,
         "input": inputs["input"].name,
         "format": cfg.format,
-        "samples": len(df),
-        "samples_per_source": {str(r["source"]): r["len"] for r in counts.iter_rows(named=True)},
+        "samples": n,
+        "samples_per_source": {str(s): c for s, c in per_source},
         "sample_ids_file": "sample_ids.txt",
     }
+    ids = table.column("sample_id").combine_chunks()
     if cfg.format == "shards":
+        import polars as pl
+
         from datamix.export.shards import ShardsConfig, write_shards
 
+        df = pl.from_arrow(table)
         shard_manifest, placement = write_shards(df, out, ShardsConfig.model_validate(cfg.shards), progress=ctx.progress)
         # the trainer reads the shard manifest: keep its keys, add ours where they are free
         manifest = {**shard_manifest, **{k: v for k, v in manifest.items() if k not in shard_manifest}}
@@ -95,20 +105,20 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         name = "data.jsonl" if cfg.format == "jsonl" else "data.parquet"
         target = os.path.join(out, name)
         con = duckdb.connect()
-        con.register("samples", df.select(columns).to_arrow())
+        con.register("samples", table.select(columns))
         fmt = "(FORMAT JSON)" if cfg.format == "jsonl" else "(FORMAT PARQUET, COMPRESSION ZSTD)"
         con.execute(f"COPY (SELECT * FROM samples) TO '{target.replace(chr(39), chr(39) * 2)}' {fmt}")
         con.close()
-        rows = df.select(
-            "sample_id",
-            pl.lit(name).alias("file"),
-            pl.int_range(1, len(df) + 1, dtype=pl.Int64).alias("row"),
-            pl.concat_list("sample_id").alias("parent_ids"),
-        )
+        rows = pa.table({
+            "sample_id": ids,
+            "file": pa.array([name] * n, pa.string()),
+            "row": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+            "parent_ids": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), ids),
+        })
         files = [name]
         manifest["files"] = files
     with open(os.path.join(out, "sample_ids.txt"), "w") as f:
-        f.write("\n".join(df["sample_id"].to_list()) + ("\n" if len(df) else ""))
+        f.write("\n".join(ids.to_pylist()) + ("\n" if n else ""))
     _write_manifest(out, manifest)
-    ctx.progress(len(df))
-    yield Chunk(key="all", rows=rows, rows_in=len(df), files=[os.path.join(out, f) for f in files])
+    ctx.progress(n)
+    yield Chunk(key="all", rows=rows, rows_in=n, files=[os.path.join(out, f) for f in files])
