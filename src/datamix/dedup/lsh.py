@@ -1,15 +1,18 @@
 """LSH banding: candidate pairs of documents whose signatures agree on a whole band.
 
-One band at a time (memory: one uint64 key and one int64 sort index per document,
-so 1M documents need ~16 MB per band on top of the signatures): hash the band's
-`rows` signature columns into one key per document, sort the keys, and emit
-pairs inside each run of equal keys. Pairs are de-duplicated across bands as
-they accumulate, so the pair buffer holds each candidate once.
+One pass over the signature matrix hashes every band's `rows` values into one
+64-bit key per (band, document). Then, bands in parallel, each band's keys go
+into an open-addressing hash table whose buckets chain their documents in index
+order (O(n) per band, no sort), and the pairs inside each bucket are written out.
+Each band runs twice, once to count its pairs and once to write them into its
+slice of one flat buffer, so nothing grows while threads write. The pairs of all
+bands are then de-duplicated with one sort. Memory: 8 bytes per (band, document)
+for the keys plus, per band being processed, ~40 bytes per document for its table.
 
-A run larger than `max_bucket` (e.g. thousands of identical boilerplate texts)
+A bucket larger than `max_bucket` (e.g. thousands of identical boilerplate texts)
 would emit a quadratic number of pairs; there we emit only a star from the
-run's first member plus the chain of neighbours, enough for union-find to
-connect everything that is really equal (a mixed large run may lose a few
+bucket's first member plus the chain of neighbours, enough for union-find to
+connect everything that is really equal (a mixed large bucket may lose a few
 candidate edges, which other bands usually supply).
 """
 
@@ -21,123 +24,197 @@ from numba import njit, prange
 MAX_BUCKET = 64
 
 
+@njit(cache=True, inline="always")
+def _band_key(sig, d, start, rows):
+    h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(start)
+    for j in range(start, start + rows):
+        h = (h ^ np.uint64(sig[d, j])) * np.uint64(0x100000001B3)
+        h ^= h >> np.uint64(29)
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    return h ^ (h >> np.uint64(31))
+
+
 @njit(cache=True, parallel=True)
-def band_keys(sig, start, rows):
-    """One 64-bit key per document for signature columns [start, start + rows)."""
+def all_band_keys(sig, bands, rows):
+    """(bands, n_docs) uint64: one key per band per document, one pass over each signature row."""
     n = sig.shape[0]
-    out = np.empty(n, np.uint64)
+    out = np.empty((bands, n), np.uint64)
     for d in prange(n):
-        h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(start)
-        for j in range(start, start + rows):
-            h = (h ^ np.uint64(sig[d, j])) * np.uint64(0x100000001B3)
-            h ^= h >> np.uint64(29)
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        out[d] = h ^ (h >> np.uint64(31))
+        for band in range(bands):
+            out[band, d] = _band_key(sig, d, band * rows, rows)
+    return out
+
+
+def band_keys(sig: np.ndarray, start: int, rows: int) -> np.ndarray:
+    """One 64-bit key per document for signature columns [start, start + rows) (the same
+    function `all_band_keys` applies to every band)."""
+    return _band_keys_one(sig, start, rows)
+
+
+@njit(cache=True, parallel=True)
+def _band_keys_one(sig, start, rows):
+    out = np.empty(sig.shape[0], np.uint64)
+    for d in prange(sig.shape[0]):
+        out[d] = _band_key(sig, d, start, rows)
     return out
 
 
 @njit(cache=True)
-def _runs(sorted_keys):
-    """Start offsets of runs of equal keys (plus the end), keeping only runs of length >= 2."""
-    n = sorted_keys.shape[0]
-    starts = np.empty(n + 1, np.int64)
-    m = 0
-    i = 0
-    while i < n:
-        j = i + 1
-        while j < n and sorted_keys[j] == sorted_keys[i]:
-            j += 1
-        if j - i >= 2:
-            starts[m] = i
-            starts[m + 1] = j
-            m += 2
-        i = j
-    return starts[:m]
+def _table_size(n):
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    return size
 
 
 @njit(cache=True)
-def _pairs_in_runs(order, runs, max_bucket):
-    """Encoded pairs lo * 2^32 + hi (lo < hi) for every run of equal keys."""
-    total = 0
-    for t in range(0, runs.shape[0], 2):
-        m = runs[t + 1] - runs[t]
-        total += m * (m - 1) // 2 if m <= max_bucket else 2 * (m - 1)
-    out = np.empty(total, np.uint64)
-    w = 0
-    for t in range(0, runs.shape[0], 2):
-        s, e = runs[t], runs[t + 1]
-        m = e - s
+def _bucket_table(keys):
+    """Open addressing on the (already mixed) keys. Returns per slot: its key, the
+    first (lowest-index) document of its bucket or -1, the bucket's size; and per
+    document the next document of its bucket (ascending) or -1."""
+    n = keys.shape[0]
+    size = _table_size(n)
+    mask = size - 1
+    slot_key = np.zeros(size, np.uint64)
+    head = np.full(size, -1, np.int64)
+    count = np.zeros(size, np.int64)
+    nxt = np.empty(n, np.int64)
+    for d in range(n - 1, -1, -1):  # in reverse, so each chain comes out ascending
+        k = keys[d]
+        s = np.int64(k >> np.uint64(40)) & mask
+        while head[s] != -1 and slot_key[s] != k:
+            s = (s + 1) & mask
+        slot_key[s] = k
+        nxt[d] = head[s]
+        head[s] = d
+        count[s] += 1
+    return slot_key, head, count, nxt
+
+
+@njit(cache=True, inline="always")
+def _encode(a, b):
+    return (np.uint64(a) << np.uint64(32)) | np.uint64(b)
+
+
+@njit(cache=True)
+def _band_pairs(keys, max_bucket, out, w):
+    """Write the band's pairs (lo << 32 | hi, lo < hi) at out[w:] (or only count them
+    when out is empty); returns the new write position."""
+    _, head, count, nxt = _bucket_table(keys)
+    write = out.shape[0] > 0
+    members = np.empty(0, np.int64)
+    for s in range(head.shape[0]):
+        m = count[s]
+        if m < 2:
+            continue
+        if not write:
+            w += m * (m - 1) // 2 if m <= max_bucket else 2 * (m - 1)
+            continue
+        if members.shape[0] < m:
+            members = np.empty(2 * m, np.int64)
+        x, t = head[s], 0
+        while x != -1:
+            members[t] = x
+            t += 1
+            x = nxt[x]
         if m <= max_bucket:
-            for i in range(s, e):
-                for j in range(i + 1, e):
-                    a, b = order[i], order[j]
-                    if a > b:
-                        a, b = b, a
-                    out[w] = (np.uint64(a) << np.uint64(32)) | np.uint64(b)
+            for i in range(m):
+                for j in range(i + 1, m):
+                    out[w] = _encode(members[i], members[j])
                     w += 1
         else:
-            for i in range(s + 1, e):
-                for a, b in ((order[s], order[i]), (order[i - 1], order[i])):
-                    if a > b:
-                        a, b = b, a
-                    out[w] = (np.uint64(a) << np.uint64(32)) | np.uint64(b)
-                    w += 1
-    return out[:w]
+            for i in range(1, m):
+                out[w] = _encode(members[0], members[i])
+                out[w + 1] = _encode(members[i - 1], members[i])
+                w += 2
+    return w
+
+
+@njit(cache=True, parallel=True)
+def _all_band_pairs(keys, max_bucket):
+    bands = keys.shape[0]
+    counts = np.zeros(bands + 1, np.int64)
+    empty = np.empty(0, np.uint64)
+    for band in prange(bands):
+        counts[band + 1] = _band_pairs(keys[band], max_bucket, empty, 0)
+    starts = np.cumsum(counts)
+    out = np.empty(starts[-1], np.uint64)
+    for band in prange(bands):
+        if counts[band + 1] > 0:
+            _band_pairs(keys[band], max_bucket, out, starts[band])
+    return out
 
 
 def _decode(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = MAX_BUCKET) -> tuple[np.ndarray, np.ndarray]:
-    """(left, right) int64 arrays, left < right, each pair once, sorted."""
+def _check(sig: np.ndarray, bands: int, rows: int) -> None:
     if sig.shape[0] >= 2**32:
         raise ValueError("at most 2^32 - 1 documents per dedup call")
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands * rows = {bands * rows} exceeds the signature length {sig.shape[1]}")
-    found = np.zeros(0, np.uint64)
-    for band in range(bands):
-        keys = band_keys(sig, band * rows, rows)
-        order = np.argsort(keys, kind="stable")
-        runs = _runs(keys[order])
-        if len(runs):
-            found = np.union1d(found, _pairs_in_runs(order, runs, max_bucket))
-    return _decode(found)
+
+
+def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = MAX_BUCKET) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) int64 arrays, left < right, each pair once, sorted."""
+    _check(sig, bands, rows)
+    if sig.shape[0] < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = all_band_keys(np.ascontiguousarray(sig), bands, rows)
+    return _decode(np.unique(_all_band_pairs(keys, max_bucket)))
 
 
 @njit(cache=True)
-def _pairs_against(doc_keys, ref_sorted, ref_order, max_bucket):
-    """(doc, ref) for each document key present among the reference keys (<= max_bucket refs per key)."""
-    n = doc_keys.shape[0]
-    pos = np.searchsorted(ref_sorted, doc_keys)
-    count = 0
-    for d in range(n):
-        p = pos[d]
-        while p < ref_sorted.shape[0] and ref_sorted[p] == doc_keys[d] and p - pos[d] < max_bucket:
-            count += 1
-            p += 1
-    docs = np.empty(count, np.int64)
-    refs = np.empty(count, np.int64)
-    w = 0
-    for d in range(n):
-        p = pos[d]
-        while p < ref_sorted.shape[0] and ref_sorted[p] == doc_keys[d] and p - pos[d] < max_bucket:
-            docs[w] = d
-            refs[w] = ref_order[p]
+def _band_pairs_against(doc_keys, ref_keys, max_bucket, out_docs, out_refs, w):
+    """(doc, ref) for each document whose key is among the reference keys, at most
+    max_bucket reference rows per key (lowest indices first); count only when out is empty."""
+    slot_key, head, _, nxt = _bucket_table(ref_keys)
+    mask = head.shape[0] - 1
+    write = out_docs.shape[0] > 0
+    for d in range(doc_keys.shape[0]):
+        k = doc_keys[d]
+        s = np.int64(k >> np.uint64(40)) & mask
+        while head[s] != -1 and slot_key[s] != k:
+            s = (s + 1) & mask
+        x, taken = head[s], 0
+        while x != -1 and taken < max_bucket:
+            if write:
+                out_docs[w] = d
+                out_refs[w] = x
             w += 1
-            p += 1
+            taken += 1
+            x = nxt[x]
+    return w
+
+
+@njit(cache=True, parallel=True)
+def _all_band_pairs_against(doc_keys, ref_keys, max_bucket):
+    bands = doc_keys.shape[0]
+    counts = np.zeros(bands + 1, np.int64)
+    empty = np.empty(0, np.int64)
+    for band in prange(bands):
+        counts[band + 1] = _band_pairs_against(doc_keys[band], ref_keys[band], max_bucket, empty, empty, 0)
+    starts = np.cumsum(counts)
+    docs = np.empty(starts[-1], np.int64)
+    refs = np.empty(starts[-1], np.int64)
+    for band in prange(bands):
+        if counts[band + 1] > 0:
+            _band_pairs_against(doc_keys[band], ref_keys[band], max_bucket, docs, refs, starts[band])
     return docs, refs
 
 
 def candidate_pairs_against(
     sig: np.ndarray, ref_sig: np.ndarray, bands: int, rows: int, max_bucket: int = MAX_BUCKET
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(doc, ref) index pairs sharing a band between documents and reference rows, each once."""
-    found = np.zeros(0, np.uint64)
-    for band in range(bands):
-        ref_keys = band_keys(ref_sig, band * rows, rows)
-        ref_order = np.argsort(ref_keys, kind="stable")
-        docs, refs = _pairs_against(band_keys(sig, band * rows, rows), ref_keys[ref_order], ref_order, max_bucket)
-        if len(docs):
-            found = np.union1d(found, (docs.astype(np.uint64) << np.uint64(32)) | refs.astype(np.uint64))
+    """(doc, ref) index pairs sharing a band between documents and reference rows, each once, sorted."""
+    _check(sig, bands, rows)
+    _check(ref_sig, bands, rows)
+    if len(sig) == 0 or len(ref_sig) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    docs, refs = _all_band_pairs_against(
+        all_band_keys(np.ascontiguousarray(sig), bands, rows), all_band_keys(np.ascontiguousarray(ref_sig), bands, rows),
+        max_bucket,
+    )
+    found = np.unique((docs.astype(np.uint64) << np.uint64(32)) | refs.astype(np.uint64))
     return _decode(found)

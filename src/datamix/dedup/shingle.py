@@ -1,19 +1,25 @@
 """Text normalisation and shingle hashing over whole batches.
 
-Normalisation: lowercase (Polars, full Unicode), then every run of punctuation,
-symbols, underscores and whitespace folded to one space and the ends stripped (a
-numba kernel: a Unicode regex replace in Polars cost more than all the MinHash
-work together). Tokenising and hashing then run in numba kernels straight over
-the Arrow UTF-8 buffer (bytes + offsets), one document per parallel iteration,
-so no Python code ever runs per word or per shingle.
+Normalisation: every character lowercased (Unicode simple lowercase mapping, with
+final sigma folded to sigma so "ΟΔΟΣ" and "οδος" agree), every run of punctuation,
+symbols, underscores and whitespace folded to one space, the ends stripped. It all
+runs in numba kernels straight over the Arrow UTF-8 buffer (bytes + offsets), one
+document per parallel iteration, ASCII through a 128-entry table and only other
+bytes decoded, so no Python code ever runs per document, word or shingle.
 
-Hashes are our own (FNV-1a over bytes, then a splitmix64 finaliser) rather than
-Polars' or Python's, because they must be stable across library versions: stored
-signatures are reused by later runs (see `minhash.find_duplicates(cache=...)`).
+`minhash` fuses this walk with word hashing, shingling and signing (one pass over
+each document's bytes, no intermediate buffers); the unfused functions here
+(`normalized_buffers`, `shingle_hashes_from_buffers`) produce the very same shingle
+hashes from materialised normalised text, for exact Jaccard, cache keys and tests.
+
+Hashes are our own rather than Polars' or Python's, because they must be stable
+across library versions: stored signatures are reused by later runs (see
+`minhash.find_duplicates(cache=...)`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,10 +30,12 @@ if TYPE_CHECKING:
 
 # Bump when the normalisation or the hash functions change: it is part of every
 # cache key, so signatures made by older code are never mixed with new ones.
-HASH_VERSION = "1"
+# v2: in-kernel Unicode lowercase (final sigma folded), packed word hash.
+HASH_VERSION = "2"
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
+_WORD_SEED = np.uint64(0x9E3779B97F4A7C15)
 _SPACE = 32
 
 
@@ -45,6 +53,71 @@ def _hash_bytes(data, start, end):
     for i in range(start, end):
         h = (h ^ np.uint64(data[i])) * _FNV_PRIME
     return _mix64(h)
+
+
+# ---------------------------------------------------------------- word hash
+# Bytes are packed 8 to a 64-bit word (a shift and an or per byte, no multiply
+# chain) and mixed once per 8 bytes; a word of up to 7 bytes (most words) packs
+# injectively into 56 bits beside its length, so distinct short words never collide.
+
+
+@njit(cache=True, inline="always")
+def _feed(h, pack, nb, byte):
+    pack = (pack << np.uint64(8)) | np.uint64(byte)
+    nb += 1
+    if nb & 7 == 0:
+        h = _mix64(h ^ pack)
+        pack = np.uint64(0)
+    return h, pack, nb
+
+
+@njit(cache=True, inline="always")
+def _feed_code_point(h, pack, nb, cp):
+    """Feed the UTF-8 encoding of code point `cp`."""
+    if cp < 0x80:
+        return _feed(h, pack, nb, cp)
+    if cp < 0x800:
+        h, pack, nb = _feed(h, pack, nb, 0xC0 | (cp >> 6))
+        return _feed(h, pack, nb, 0x80 | (cp & 0x3F))
+    if cp < 0x10000:
+        h, pack, nb = _feed(h, pack, nb, 0xE0 | (cp >> 12))
+        h, pack, nb = _feed(h, pack, nb, 0x80 | ((cp >> 6) & 0x3F))
+        return _feed(h, pack, nb, 0x80 | (cp & 0x3F))
+    h, pack, nb = _feed(h, pack, nb, 0xF0 | (cp >> 18))
+    h, pack, nb = _feed(h, pack, nb, 0x80 | ((cp >> 12) & 0x3F))
+    h, pack, nb = _feed(h, pack, nb, 0x80 | ((cp >> 6) & 0x3F))
+    return _feed(h, pack, nb, 0x80 | (cp & 0x3F))
+
+
+@njit(cache=True, inline="always")
+def _finish_word(h, pack, nb):
+    return _mix64(h ^ pack ^ (np.uint64(nb) << np.uint64(56)))
+
+
+@njit(cache=True)
+def word_hash(data, start, end):
+    """Hash of the bytes data[start:end] (one normalised word)."""
+    h, pack, nb = _WORD_SEED, np.uint64(0), 0
+    for i in range(start, end):
+        h, pack, nb = _feed(h, pack, nb, data[i])
+    return _finish_word(h, pack, nb)
+
+
+# Odd 64-bit constants, one per position in a word n-gram (n <= 64).
+_POSITION_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, 64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+@njit(cache=True, inline="always")
+def ngram_hash(words, j, width):
+    """Hash of the word n-gram words[j:j + width]: a position-weighted sum, then one
+    finaliser (order-sensitive and far cheaper than mixing after every word)."""
+    h = np.uint64(0)
+    for t in range(width):
+        h += words[j + t] * _POSITION_WEIGHTS[t]
+    return _mix64(h ^ np.uint64(width))
+
+
+# ---------------------------------------------------------------- characters
 
 
 @njit(cache=True, inline="always")
@@ -92,47 +165,90 @@ def _is_separator(cp):
     return False
 
 
-_ASCII_WORD = np.array([(0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A) for c in range(128)])
+# ASCII: the lowercased byte of a word character, 0 for a separator.
+ASCII_FOLD = np.array(
+    [c + 32 if 0x41 <= c <= 0x5A else c if (0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A) else 0 for c in range(128)],
+    dtype=np.uint8,
+)
+
+
+@functools.cache
+def lower_table() -> np.ndarray:
+    """int32 lowercase code point per code point up to the last cased one (Adlam).
+
+    From Python's str.lower (the Unicode data of the running Python), done once per
+    process on one long string (~20 ms). 'İ' maps to 'i' (its full lowercase adds a
+    combining dot) and final sigma 'ς' to 'σ' (lowercase of 'Σ' depends on context).
+    """
+    limit = 0x1E944  # past the lowercase Adlam letters (U+1E922..U+1E943)
+    text = "".join(map(chr, range(limit))).replace("\u0130", "I")
+    table = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.int32).copy()
+    table[0x3C2] = 0x3C3
+    if len(table) != limit or np.any(table[table] != table):  # one code point each, and idempotent
+        raise RuntimeError("unexpected lowercase mapping in this Python's Unicode data")
+    return table
+
+
+@njit(cache=True, inline="always")
+def next_char(data, i, end, lower):
+    """(lowercased code point, or 0 for a separator; byte length) of the character at data[i]."""
+    c = data[i]
+    if c < 0x80:
+        return np.int64(ASCII_FOLD[c]), 1
+    cp, n = _decode(data, i, end)
+    if _is_separator(cp):
+        return np.int64(0), n
+    if cp < lower.shape[0]:
+        cp = np.int64(lower[cp])
+    return cp, n
+
+
+@njit(cache=True, inline="always")
+def _put_utf8(out, w, cp):
+    """Write code point `cp` as UTF-8 at out[w]; return the new write position."""
+    if cp < 0x80:
+        out[w] = cp
+        return w + 1
+    if cp < 0x800:
+        out[w] = 0xC0 | (cp >> 6)
+        out[w + 1] = 0x80 | (cp & 0x3F)
+        return w + 2
+    if cp < 0x10000:
+        out[w] = 0xE0 | (cp >> 12)
+        out[w + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[w + 2] = 0x80 | (cp & 0x3F)
+        return w + 3
+    out[w] = 0xF0 | (cp >> 18)
+    out[w + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    out[w + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    out[w + 3] = 0x80 | (cp & 0x3F)
+    return w + 4
 
 
 @njit(cache=True, parallel=True)
-def _normalize_all(data, offsets, out, out_len):
-    """Fold separators of each (already lowercased) text into single spaces, stripped.
+def _normalize_all(data, offsets, lower, out, out_len):
+    """Normalise each text into its slot out[2 * offsets[d]:], length in out_len[d].
 
-    Writes text d at out[offsets[d]:offsets[d] + out_len[d]]: normalisation never
-    grows a text, so the input offsets double as the output slots.
+    Lowercasing can grow a character (U+023A, 2 bytes -> U+2C65, 3 bytes) but never
+    doubles a text, so slots of twice the input size cannot overflow.
     """
     for d in prange(offsets.shape[0] - 1):
         i, end = offsets[d], offsets[d + 1]
-        w = offsets[d]
+        base = 2 * (offsets[d] - offsets[0])
+        w = base
         pending_space = False
         while i < end:
-            c = data[i]
-            if c < 0x80:  # ASCII fast path: one table look-up, no decoding
-                if _ASCII_WORD[c]:
-                    if pending_space:
-                        out[w] = _SPACE
-                        w += 1
-                        pending_space = False
-                    out[w] = c
-                    w += 1
-                else:
-                    pending_space = w > offsets[d]
-                i += 1
-                continue
-            cp, n = _decode(data, i, end)
-            if _is_separator(cp):
-                pending_space = w > offsets[d]
+            cp, n = next_char(data, i, end, lower)
+            if cp == 0:
+                pending_space = w > base
             else:
                 if pending_space:
                     out[w] = _SPACE
                     w += 1
                     pending_space = False
-                for t in range(n):
-                    out[w + t] = data[i + t]
-                w += n
+                w = _put_utf8(out, w, cp)
             i += n
-        out_len[d] = w - offsets[d]
+        out_len[d] = w - base
 
 
 def utf8_buffers(texts: list[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -152,31 +268,27 @@ def utf8_buffers(texts: list[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalized_buffers(texts: list[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Lowercase (Polars, full Unicode), then separators folded (numba); packed (bytes, offsets)."""
-    import polars as pl
+    """The normalised texts as packed (bytes, offsets)."""
+    data, offsets = utf8_buffers(texts)
+    return normalize_buffers(data, offsets)
 
-    s = texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.String)
-    data, offsets = utf8_buffers(s.cast(pl.String).fill_null("").str.to_lowercase())
-    out = np.empty(len(data), np.uint8)
+
+def normalize_buffers(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise texts given as (UTF-8 bytes, offsets); packed (bytes, offsets)."""
+    out = np.empty(2 * int(offsets[-1] - offsets[0]), np.uint8)
     out_len = np.empty(len(offsets) - 1, np.int64)
-    _normalize_all(data, offsets, out, out_len)
-    return _pack(out, offsets, out_len)
-
-
-def _pack(out, offsets, out_len):
+    _normalize_all(data, offsets, lower_table(), out, out_len)
     new_offsets = np.zeros(len(out_len) + 1, np.int64)
     np.cumsum(out_len, out=new_offsets[1:])
-    if len(out_len) and new_offsets[-1] == offsets[-1] - offsets[0]:
-        return out[offsets[0] : offsets[-1]], new_offsets  # nothing folded away: already packed
     packed = np.empty(int(new_offsets[-1]), np.uint8)
-    _copy_slots(out, offsets, out_len, packed, new_offsets)
+    _copy_slots(out, 2 * (offsets[:-1] - offsets[0]), out_len, packed, new_offsets)
     return packed, new_offsets
 
 
 @njit(cache=True, parallel=True)
-def _copy_slots(src, src_offsets, lengths, dst, dst_offsets):
+def _copy_slots(src, src_starts, lengths, dst, dst_offsets):
     for d in prange(lengths.shape[0]):
-        s, t = src_offsets[d], dst_offsets[d]
+        s, t = src_starts[d], dst_offsets[d]
         for k in range(lengths[d]):
             dst[t + k] = src[s + k]
 
@@ -225,13 +337,9 @@ def _shingle_counts(data, offsets, char_unit, ngram):
     return counts
 
 
-# Odd 64-bit constants, one per position in a word n-gram (n <= 64).
-_POSITION_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, 64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-
 @njit(cache=True)
 def _word_shingles(data, start, end, ngram, out, out_start):
-    """Hash each word, then combine each run of `ngram` word hashes (order matters)."""
+    """Hash each word, then each run of `ngram` word hashes (order matters)."""
     n_words = _count_words(data, start, end)
     if n_words == 0:
         return
@@ -240,18 +348,12 @@ def _word_shingles(data, start, end, ngram, out, out_start):
     word_start = start
     for i in range(start, end + 1):
         if i == end or data[i] == _SPACE:
-            words[w] = _hash_bytes(data, word_start, i)
+            words[w] = word_hash(data, word_start, i)
             w += 1
             word_start = i + 1
-    n_out = max(n_words - ngram + 1, 1)
     width = min(ngram, n_words)
-    # Position-weighted sum, then one finaliser: order-sensitive and far cheaper
-    # than mixing after every word (this loop runs once per shingle).
-    for j in range(n_out):
-        h = np.uint64(0)
-        for t in range(width):
-            h += words[j + t] * _POSITION_WEIGHTS[t]
-        out[out_start + j] = _mix64(h ^ np.uint64(width))
+    for j in range(max(n_words - ngram + 1, 1)):
+        out[out_start + j] = ngram_hash(words, j, width)
 
 
 @njit(cache=True)
@@ -358,13 +460,18 @@ def unique_sorted(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
     return h[mask], new_offsets
 
 
-@njit(cache=True, parallel=True)
 def jaccard_pairs(sets, offsets, left, right):
     """Exact Jaccard of sorted shingle sets for each pair (left[k], right[k]); 1.0 for two empty sets."""
+    return jaccard_spans(sets, offsets[:-1], offsets[1:], left, right)
+
+
+@njit(cache=True, parallel=True)
+def jaccard_spans(sets, starts, ends, left, right):
+    """jaccard_pairs with set d at sets[starts[d]:ends[d]] (sets need not be packed)."""
     out = np.empty(left.shape[0], np.float64)
     for k in prange(left.shape[0]):
-        a0, a1 = offsets[left[k]], offsets[left[k] + 1]
-        b0, b1 = offsets[right[k]], offsets[right[k] + 1]
+        a0, a1 = starts[left[k]], ends[left[k]]
+        b0, b1 = starts[right[k]], ends[right[k]]
         inter = 0
         i, j = a0, b0
         while i < a1 and j < b1:
