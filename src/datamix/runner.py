@@ -290,22 +290,31 @@ def _arrow(frame):
 def read_output(store: Store, name: str, columns: str | None = None):
     """A step's output rows in a stable order.
 
-    A pass-through step's rows are its parent's rows minus those it dropped; they
-    are filtered in Arrow, which keeps the parent's order (a SQL anti join would not).
+    A pass-through step's rows are its first stored ancestor's rows minus those it
+    or any pass-through step between them dropped. They are filtered in Arrow, once
+    for the whole chain (each filter copies the rows), which keeps the ancestor's
+    order (a SQL anti join would not).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    deciders = []  # the pass-through steps between `name` and the stored table
     row = store.step_row(name)
-    if row is None or not row["passthrough"]:
+    while row is not None and row["passthrough"]:
+        deciders.append(row["name"])
+        name = json.loads(row["parents"])["input"]
+        row = store.step_row(name)
+    if not deciders:
         return store.read(name, columns)
-    parent = json.loads(row["parents"])["input"]
     cols = columns
     if columns and "sample_id" not in [c.strip() for c in columns.split(",")]:
         cols = "sample_id, " + columns
-    table = read_output(store, parent, cols)
+    table = store.read(name, cols)
+    store.con.register("_deciders", pa.table({"step": deciders}))
     dropped = store.con.sql(
-        "SELECT sample_id FROM dm.decisions WHERE step = $step AND NOT kept", params={"step": name}
+        "SELECT DISTINCT sample_id FROM dm.decisions WHERE step IN (SELECT step FROM _deciders) AND NOT kept"
     ).to_arrow_table().column(0)
+    store.con.unregister("_deciders")
     if len(dropped):
         table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
     if cols is not columns:

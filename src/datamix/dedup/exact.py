@@ -21,12 +21,9 @@ class ExactConfig(BaseModel):
 
 
 def normalized(texts: pl.Series) -> pl.Series:
-    return (
-        texts.str.to_lowercase()
-        .str.replace_all(r"[\p{P}\p{S}]", " ")
-        .str.replace_all(r"\s+", " ")
-        .str.strip_chars()
-    )
+    # one regex pass: a run of punctuation, symbols and whitespace becomes one space (the
+    # same text as punctuation -> space, then whitespace runs -> one space)
+    return texts.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
 
 
 def find_duplicates(texts, priority: np.ndarray, cfg: ExactConfig, *, reference=None, cache=None) -> pl.DataFrame:
