@@ -112,10 +112,15 @@ def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
     from datamix.steps.base import BadInput, Context
     from datamix.steps.train import TrainStepConfig, run
 
-    cfg = TrainStepConfig(name="sft", model=tiny_model, shards=shards, options={"batch_tokens": 512, "max_steps": 2, "lr": 1e-3})
+    cfg = TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards,
+                          options={"batch_tokens": 512, "max_steps": 2, "lr": 1e-3})
     ctx = Context(step="sft", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "sft"), seed=0)
     chunks = list(run(cfg, {}, ctx))
-    assert [c.files for c in chunks] == [[str(tmp_path / "sft" / "model")]] and chunks[0].rows is None
+    assert [c.files for c in chunks] == [[str(tmp_path / "sft" / "model")]]
+    summary = chunks[0].rows.to_dicts()  # one row: the trained model and how training ended
+    assert len(summary) == 1 and summary[0]["steps"] == 2
+    assert summary[0]["model_path"] == str(tmp_path / "sft" / "model")
+    assert summary[0]["final_loss"] == pytest.approx(losses(str(tmp_path / "sft"))[-1])
     assert len(losses(str(tmp_path / "sft"))) == 2
     with pytest.raises(BadInput, match="unknown train options"):
         list(run(cfg.model_copy(update={"options": {"learning_rate": 1}}), {}, ctx))
