@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from datamix.dedup.shingle import pick, serial_and_parallel
+
 MAX_BUCKET = 64
 
 
@@ -34,9 +36,12 @@ def _band_key(sig, d, start, rows):
     return h ^ (h >> np.uint64(31))
 
 
-@njit(cache=True, parallel=True)
 def all_band_keys(sig, bands, rows):
     """(bands, n_docs) uint64: one key per band per document, one pass over each signature row."""
+    return pick(_ALL_BAND_KEYS, sig.shape[0] * bands * rows)(sig, bands, rows)
+
+
+def _all_band_keys(sig, bands, rows):
     n = sig.shape[0]
     out = np.empty((bands, n), np.uint64)
     for d in prange(n):
@@ -130,7 +135,6 @@ def _band_pairs(keys, max_bucket, out, w):
     return w
 
 
-@njit(cache=True, parallel=True)
 def _all_band_pairs(keys, max_bucket):
     bands = keys.shape[0]
     counts = np.zeros(bands + 1, np.int64)
@@ -162,7 +166,8 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = MA
     if sig.shape[0] < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     keys = all_band_keys(np.ascontiguousarray(sig), bands, rows)
-    return _decode(np.unique(_all_band_pairs(keys, max_bucket)))
+    # Each band's table work is ~20 operations per document.
+    return _decode(np.unique(pick(_ALL_BAND_PAIRS, 20 * keys.size)(keys, max_bucket)))
 
 
 @njit(cache=True)
@@ -188,7 +193,6 @@ def _band_pairs_against(doc_keys, ref_keys, max_bucket, out_docs, out_refs, w):
     return w
 
 
-@njit(cache=True, parallel=True)
 def _all_band_pairs_against(doc_keys, ref_keys, max_bucket):
     bands = doc_keys.shape[0]
     counts = np.zeros(bands + 1, np.int64)
@@ -212,9 +216,14 @@ def candidate_pairs_against(
     _check(ref_sig, bands, rows)
     if len(sig) == 0 or len(ref_sig) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    docs, refs = _all_band_pairs_against(
+    docs, refs = pick(_ALL_BAND_PAIRS_AGAINST, 20 * (sig.shape[0] + ref_sig.shape[0]) * bands)(
         all_band_keys(np.ascontiguousarray(sig), bands, rows), all_band_keys(np.ascontiguousarray(ref_sig), bands, rows),
         max_bucket,
     )
     found = np.unique((docs.astype(np.uint64) << np.uint64(32)) | refs.astype(np.uint64))
     return _decode(found)
+
+
+_ALL_BAND_KEYS = serial_and_parallel(_all_band_keys)
+_ALL_BAND_PAIRS = serial_and_parallel(_all_band_pairs)
+_ALL_BAND_PAIRS_AGAINST = serial_and_parallel(_all_band_pairs_against)

@@ -15,6 +15,7 @@ hashes -> signatures), which gives identical results for words too (tested).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -92,14 +93,14 @@ class MinHashConfig(BaseModel):
 # ---------------------------------------------------------------- bands and rows
 
 
-def _integrate(f, a: float, b: float, steps: int = 200) -> float:
-    """Simpson's rule (the S-curve is smooth, 200 panels is far below 1e-6 error)."""
+def _integrate(f, a: float, b: float, steps: int = 200):
+    """Simpson's rule along the last axis of f(x) (the S-curve is smooth: 200 panels
+    is far below 1e-6 error)."""
     if b <= a:
         return 0.0
     h = (b - a) / steps
-    x = np.linspace(a, b, steps + 1)
-    y = f(x)
-    return float(h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum()))
+    y = f(np.linspace(a, b, steps + 1))
+    return h / 3 * (y[..., 0] + y[..., -1] + 4 * y[..., 1:-1:2].sum(axis=-1) + 2 * y[..., 2:-1:2].sum(axis=-1))
 
 
 def collision_probability(s, bands: int, rows: int):
@@ -114,15 +115,17 @@ def optimal_bands_rows(
     fp_weight * integral_0^t P(collide | s) ds + fn_weight * integral_t^1 (1 - P(collide | s)) ds."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    best, best_err = (1, 1), math.inf
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp = _integrate(lambda s: collision_probability(s, b, r), 0.0, threshold)
-            fn = _integrate(lambda s: 1.0 - collision_probability(s, b, r), threshold, 1.0)
-            err = fp_weight * fp + fn_weight * fn
-            if err < best_err:
-                best, best_err = (b, r), err
-    return best
+    return _optimal_bands_rows(float(threshold), int(num_perm), float(fp_weight), float(fn_weight))
+
+
+@functools.lru_cache(maxsize=256)
+def _optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
+    # Every (b, r) at once: one row of the S-curve per candidate, Simpson's rule along the rows.
+    b, r = map(np.array, zip(*[(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]))
+    fp = _integrate(lambda s: collision_probability(s[None, :], b[:, None], r[:, None]), 0.0, threshold)
+    fn = _integrate(lambda s: 1.0 - collision_probability(s[None, :], b[:, None], r[:, None]), threshold, 1.0)
+    best = int(np.argmin(fp_weight * fp + fn_weight * fn))  # first minimum, as the scalar loop found
+    return int(b[best]), int(r[best])
 
 
 # ---------------------------------------------------------------- signatures
@@ -210,7 +213,6 @@ def _word_hashes(data, start, end, lower, words):
     return n_words
 
 
-@njit(cache=True, parallel=True)
 def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
     """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
     for d in prange(offsets.shape[0] - 1):
@@ -236,7 +238,6 @@ def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
         _store_signature(acc, out, d)
 
 
-@njit(cache=True, parallel=True)
 def _fused_word_sets(data, offsets, rows, lower, ngram, slot_starts, out, counts):
     """Sorted distinct word n-gram hashes of texts `rows`, each into its slot of `out`
     (slot_starts from an upper bound of its shingle count); counts[q] = set size."""
@@ -277,7 +278,9 @@ def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashC
         return signatures_from_hashes(hashes, shingle_offsets, cfg.num_perm, cfg.seed)
     a, b = permutations(cfg.num_perm, cfg.seed)
     out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
-    _fused_word_kernel(data, np.ascontiguousarray(offsets, np.int64), shingle.lower_table(), cfg.ngram, a, b, out)
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    kernel = shingle.pick(_FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
+    kernel(data, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
     return out
 
 
@@ -329,9 +332,12 @@ def _select(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np
     return data[idx], new_offsets
 
 
-@njit(cache=True, parallel=True)
 def signature_similarity(sig_a, sig_b, left, right):
     """Fraction of equal signature positions for each pair (sig_a[left[k]], sig_b[right[k]])."""
+    return shingle.pick(_SIGNATURE_SIMILARITY, len(left) * sig_a.shape[1])(sig_a, sig_b, left, right)
+
+
+def _signature_similarity(sig_a, sig_b, left, right):
     out = np.empty(left.shape[0], np.float64)
     k_perm = sig_a.shape[1]
     for k in prange(left.shape[0]):
@@ -340,6 +346,11 @@ def signature_similarity(sig_a, sig_b, left, right):
             same += sig_a[left[k], j] == sig_b[right[k], j]
         out[k] = same / k_perm
     return out
+
+
+_FUSED_WORD_KERNEL = shingle.serial_and_parallel(_fused_word_kernel)
+_FUSED_WORD_SETS = shingle.serial_and_parallel(_fused_word_sets)
+_SIGNATURE_SIMILARITY = shingle.serial_and_parallel(_signature_similarity)
 
 
 # ---------------------------------------------------------------- the method
@@ -372,6 +383,8 @@ def find_duplicates(
         raise ValueError(f"priority must have one value per text ({n}), got shape {priority.shape}")
     stats = {} if stats is None else stats
     bands, rows = cfg.band_rows()
+    texts = _as_series(texts)  # once: signatures and exact Jaccard both read its Arrow buffer
+    reference = None if reference is None else _as_series(reference)
     sig = signatures(texts, cfg, cache=cache, stats=stats)
     ref_sig = None if reference is None else signatures(reference, cfg, cache=cache, stats=stats)
 
@@ -395,6 +408,12 @@ def find_duplicates(
     stats["verified_pairs"] = int(len(left) + len(ref_doc))
 
     return clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+
+
+def _as_series(texts) -> pl.Series:
+    import polars as pl
+
+    return (texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.String)).cast(pl.String)
 
 
 class _PairSimilarity:
@@ -437,12 +456,9 @@ class _PairSimilarity:
         """UTF-8 (bytes, offsets) of texts followed by reference rows."""
         import polars as pl
 
-        def as_series(x):
-            return (x if isinstance(x, pl.Series) else pl.Series("text", x, dtype=pl.String)).cast(pl.String)
-
-        series = as_series(self.texts)
+        series = _as_series(self.texts)
         if self.reference is not None:
-            series = pl.concat([series, as_series(self.reference)])
+            series = pl.concat([series, _as_series(self.reference)])
         return shingle.utf8_buffers(series)
 
 
@@ -461,5 +477,6 @@ def _shingle_sets(buffers, docs: np.ndarray, cfg: MinHashConfig):
     np.cumsum(bound[:-1], out=starts[1:])
     sets = np.empty(int(bound.sum()), np.uint64)
     counts = np.empty(len(docs), np.int64)
-    _fused_word_sets(data, offsets, docs, shingle.lower_table(), cfg.ngram, starts, sets, counts)
+    kernel = shingle.pick(_FUSED_WORD_SETS, int(bound.sum()) * 8)
+    kernel(data, offsets, docs, shingle.lower_table(), cfg.ngram, starts, sets, counts)
     return sets, starts, starts + counts

@@ -465,9 +465,27 @@ def jaccard_pairs(sets, offsets, left, right):
     return jaccard_spans(sets, offsets[:-1], offsets[1:], left, right)
 
 
-@njit(cache=True, parallel=True)
+def serial_and_parallel(fn):
+    """(serial, parallel) compilations of one kernel. Each parallel region costs a
+    thread launch and a barrier, and on a busy machine the barrier can wait a whole
+    scheduler slice for a descheduled worker: small jobs run serially (`pick`)."""
+    return njit(cache=True)(fn), njit(cache=True, parallel=True)(fn)
+
+
+PARALLEL_MIN_WORK = 2_000_000  # ~ bytes or element operations below which one thread is faster
+
+
+def pick(kernels, work: int):
+    return kernels[1] if work >= PARALLEL_MIN_WORK else kernels[0]
+
+
 def jaccard_spans(sets, starts, ends, left, right):
     """jaccard_pairs with set d at sets[starts[d]:ends[d]] (sets need not be packed)."""
+    work = int(len(left) * max(1, len(sets) // max(1, len(starts))))
+    return pick(_JACCARD_SPANS, work)(sets, starts, ends, left, right)
+
+
+def _jaccard_spans(sets, starts, ends, left, right):
     out = np.empty(left.shape[0], np.float64)
     for k in prange(left.shape[0]):
         a0, a1 = starts[left[k]], ends[left[k]]
@@ -486,3 +504,6 @@ def jaccard_spans(sets, starts, ends, left, right):
         union = (a1 - a0) + (b1 - b0) - inter
         out[k] = 1.0 if union == 0 else inter / union
     return out
+
+
+_JACCARD_SPANS = serial_and_parallel(_jaccard_spans)
