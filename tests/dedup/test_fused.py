@@ -1,0 +1,164 @@
+"""The fused kernel (raw bytes -> signatures) against independent references; LSH tables; hybrid verification."""
+
+import random
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from datamix.dedup import lsh, shingle
+from datamix.dedup.minhash import (
+    MinHashConfig,
+    _shingle_sets,
+    find_duplicates,
+    permutations,
+    signatures,
+    signatures_from_hashes,
+)
+
+# Letters of several scripts (with case), digits, separators of every kind the folder knows.
+ALPHABET = (
+    list("abcXYZ019") + list("ÀÉÎõüßÆ") + list("ΣσςΑΩ") + list("ДЖжя") + ["İ", "Ⱥ", "K", "ǅ", "中", "文", "𐐀", "𞤀"]
+    + list(" \t\n.,;!?_-'\"()[]") + ["\u00a0", "—", "…", "“", "”", "、", "。", "！", "😀", "→", "\x00", "\x7f"]
+)
+
+
+def _random_texts(n, seed):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+
+
+def _reference_normalise(text):
+    """Per character in Python: lowercase (str.lower, first code point; ς -> σ), separators fold."""
+    out, pending = [], False
+    for ch in text:
+        if shingle._is_separator(ord(ch)):
+            pending = bool(out)
+            continue
+        low = ch.lower()[0] if ch != "\u0130" else "i"
+        low = "σ" if low == "ς" else low
+        if pending:
+            out.append(" ")
+            pending = False
+        out.append(low)
+    return "".join(out)
+
+
+def _reference_signature(text, ngram, a, b):
+    """Words -> word_hash -> n-gram hash -> min over (a*x + b) mod 2^64 >> 32, in numpy."""
+    words = _reference_normalise(text).split(" ") if _reference_normalise(text) else []
+    if not words:
+        return np.full(len(a), 0xFFFFFFFF, np.uint32)
+    wh = []
+    for w in words:
+        raw = np.frombuffer(w.encode("utf-8"), np.uint8)
+        wh.append(shingle.word_hash(raw, 0, len(raw)))
+    wh = np.array(wh, np.uint64)
+    width = min(ngram, len(wh))
+    sh = np.array([shingle.ngram_hash(wh, j, width) for j in range(max(len(wh) - ngram + 1, 1))], np.uint64)
+    with np.errstate(over="ignore"):
+        v = a[None, :] * sh[:, None] + b[None, :]
+    return (v.min(axis=0) >> np.uint64(32)).astype(np.uint32)
+
+
+def test_normalisation_matches_python_lowercase_on_random_unicode():
+    texts = _random_texts(300, seed=1)
+    assert shingle.normalize(texts) == [_reference_normalise(t) for t in texts]
+    assert shingle.normalize(["ΟΔΟΣ οδος", "İSTANBUL", "Ⱥ"]) == ["οδοσ οδοσ", "istanbul", "ⱥ"]
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 5])
+def test_fused_signatures_equal_the_reference_on_random_unicode(ngram):
+    texts = _random_texts(200, seed=ngram)
+    cfg = MinHashConfig(method="minhash", ngram=ngram, num_perm=32)
+    fused = signatures(texts, cfg)
+    a, b = permutations(32, cfg.seed)
+    expected = np.stack([_reference_signature(t, ngram, a, b) for t in texts])
+    assert np.array_equal(fused, expected)
+    # The unfused path (normalised buffer -> shingle hashes -> signatures) agrees too.
+    hashes, offsets = shingle.shingle_hashes(texts, "word", ngram)
+    assert np.array_equal(fused, signatures_from_hashes(hashes, offsets, 32, cfg.seed))
+
+
+def test_fused_signatures_are_normalisation_invariant():
+    cfg = MinHashConfig(method="minhash")
+    texts = _random_texts(100, seed=7)
+    assert np.array_equal(signatures(texts, cfg), signatures(shingle.normalize(texts), cfg))
+
+
+def test_parallel_and_serial_kernels_agree(monkeypatch):
+    texts = _random_texts(400, seed=3) + ["same words here again and again"] * 80
+    cfg = MinHashConfig(method="minhash", num_perm=64)
+    monkeypatch.setattr(shingle, "PARALLEL_MIN_WORK", 0)
+    par = signatures(texts, cfg), lsh.candidate_pairs(signatures(texts, cfg), 8, 8)
+    monkeypatch.setattr(shingle, "PARALLEL_MIN_WORK", 10**18)
+    ser = signatures(texts, cfg), lsh.candidate_pairs(signatures(texts, cfg), 8, 8)
+    assert np.array_equal(par[0], ser[0])
+    assert all(np.array_equal(x, y) for x, y in zip(par[1], ser[1]))
+
+
+def test_exact_shingle_sets_from_raw_text_equal_the_unfused_sets():
+    texts = _random_texts(150, seed=11)
+    cfg = MinHashConfig(method="minhash", ngram=3)
+    docs = np.array([0, 5, 6, 40, 149])
+    sets, starts, ends = _shingle_sets(shingle.utf8_buffers(texts), docs, cfg)
+    hashes, offsets = shingle.shingle_hashes(texts, "word", 3)
+    ref, ref_off = shingle.unique_sorted(hashes, offsets)
+    for q, d in enumerate(docs):
+        assert np.array_equal(sets[starts[q] : ends[q]], ref[ref_off[d] : ref_off[d + 1]])
+
+
+def _brute_force_pairs(sig, bands, rows):
+    pairs = set()
+    for band in range(bands):
+        cols = sig[:, band * rows : (band + 1) * rows]
+        for i in range(len(sig)):
+            for j in range(i + 1, len(sig)):
+                if np.array_equal(cols[i], cols[j]):
+                    pairs.add((i, j))
+    return pairs
+
+
+def test_band_tables_find_exactly_the_pairs_sharing_a_band():
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 3, (120, 12)).astype(np.uint32)  # small alphabet: many collisions
+    left, right = lsh.candidate_pairs(sig, 4, 3)
+    assert set(zip(left.tolist(), right.tolist())) == _brute_force_pairs(sig, 4, 3)
+    assert np.all(left < right) and np.all(np.diff(left * 1000 + right) > 0)
+    ref = rng.integers(0, 3, (30, 12)).astype(np.uint32)
+    docs, refs = lsh.candidate_pairs_against(sig, ref, 4, 3)
+    both = np.concatenate([sig, ref])
+    expected = {(i, j - 120) for i, j in _brute_force_pairs(both, 4, 3) if i < 120 <= j}
+    assert set(zip(docs.tolist(), refs.tolist())) == expected
+
+
+def test_hybrid_verification_uses_exact_jaccard_near_the_threshold():
+    rng = random.Random(5)
+    vocab = [f"w{i}" for i in range(5000)]
+    base = [[rng.choice(vocab) for _ in range(200)] for _ in range(60)]
+    texts = [" ".join(w) for w in base]
+    for i in range(60):  # 3 edits of 200 words: exact J ~ 0.86, within 3 std of 0.8
+        w = list(base[i])
+        for pos in rng.sample(range(200), 3):
+            w[pos] = "edit"
+        texts.append(" ".join(w))
+    pr = np.arange(len(texts), dtype=float)
+    stats = {}
+    hybrid = find_duplicates(texts, pr, MinHashConfig(method="minhash"), stats=stats)
+    exact = find_duplicates(texts, pr, MinHashConfig(method="minhash", verify="jaccard"))
+    assert stats["exact_pairs"] > 0
+    assert hybrid["index"].to_list() == exact["index"].to_list() == list(range(60, 120))
+    h, e = hybrid["similarity"].to_numpy(), exact["similarity"].to_numpy()
+    margin = 3 * np.sqrt(0.8 * 0.2 / 128)
+    # Exact where the estimate was near the threshold; the estimate where it was decisive.
+    undecided = np.abs(h - 0.8) < margin
+    assert undecided.sum() > 30 and np.allclose(h[undecided], e[undecided])
+    assert np.all(h[~np.isclose(h, e)] >= 0.8 + margin)
+
+
+def test_threshold_error_message():
+    with pytest.raises(ValidationError) as err:
+        MinHashConfig(method="minhash", threshold=1.5)
+    assert err.value.errors()[0]["msg"] == "Value error, must be between 0 and 1"
+    with pytest.raises(ValidationError, match="must be between 0 and 1"):
+        MinHashConfig(method="minhash", threshold=0.0)
