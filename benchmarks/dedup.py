@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from datamix.dedup import lsh, shingle
-from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, find_duplicates, signatures
+from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, find_duplicates, signatures, signatures_from_hashes
 
 EDIT_RATES = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
 
@@ -190,6 +190,7 @@ def main():
     print(f"cores visible: {os.cpu_count()}; numba threads: {__import__('numba').get_num_threads()}")
     t = time.perf_counter()
     find_duplicates(["warm up the jit kernels once", "warm up the jit kernel once"], np.zeros(2), MinHashConfig(method="minhash"))
+    signatures_from_hashes(*shingle.shingle_hashes(["warm up"]))
     print(f"JIT warm-up (cached after the first run): {time.perf_counter() - t:.2f}s")
     texts, planted = synthetic(args.docs, args.words)
     run_corpus("synthetic with planted near-duplicates", texts, planted, args)
