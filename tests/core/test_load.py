@@ -178,8 +178,6 @@ def test_sample_ids_depend_on_origin_not_on_run(tmp_path):
     assert query(store2, "SELECT sample_id FROM src ORDER BY origin_line") == ids
 
 
-@pytest.mark.xfail(strict=True, reason="BUG load.read_raw_records: a CSV row's origin_line is row + 1, which is wrong "
-                   "after a quoted field spanning lines (the next record is reported one line early)")
 def test_csv_origin_line_counts_lines_inside_quoted_fields(tmp_path):
     (tmp_path / "c.csv").write_text('prompt,response\n"two\nlines?",x\nnext?,y\n')
     _, rows = load_one(tmp_path, path="c.csv")

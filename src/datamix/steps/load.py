@@ -139,11 +139,38 @@ def read_raw_records(path: str, fmt: str, limit: int | None = None):
     finally:
         con.close()
     n = table.num_rows
+    lines = np.arange(1 + offset, n + 1 + offset, dtype=np.int64)
+    if fmt == "csv":
+        lines = _csv_record_lines(path, n, lines)
     return pa.table({
-        "origin_line": pa.array(np.arange(1 + offset, n + 1 + offset, dtype=np.int64)),
+        "origin_line": pa.array(lines),
         "raw": table.column("raw"),
         "decode_error": pa.nulls(n, pa.string()),
     })
+
+
+def _csv_record_lines(path: str, n: int, simple):
+    """The physical line each CSV record starts on. Row + 1 holds unless a quoted field spans
+    lines; only then are the records walked with the csv module to count them."""
+    import csv
+
+    import numpy as np
+
+    with open(path, "rb") as f:
+        physical = f.read().count(b"\n")
+    if physical <= n + 1:  # header + one line per record (+ maybe no final newline)
+        return simple
+    starts = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        next(reader, None)  # the header
+        previous = reader.line_num
+        for _ in reader:
+            starts.append(previous + 1)
+            previous = reader.line_num
+            if len(starts) == n:
+                break
+    return np.asarray(starts, dtype=np.int64) if len(starts) == n else simple
 
 
 def _ident(name: str) -> str:

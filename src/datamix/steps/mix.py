@@ -122,6 +122,8 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     rows_in = sum(t.num_rows for t in tables.values())
     for label in cfg.inputs:  # YAML order: reproducible draws
         need = share[label] * total
+        if cfg.unit == "samples":  # whole samples: 0.75 of 25 is 19, not 20
+            need = float(round(need))
         picks = pa.array(draw(tables[label].num_rows, weights[label], need, cfg, label, rng), pa.int64())
         chosen = tables[label].take(picks)
         n = chosen.num_rows
