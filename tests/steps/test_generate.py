@@ -26,31 +26,6 @@ def tiny_pair(tmp_path_factory):
             build_tiny_model(str(root / "b"), arch="qwen2", chat_template="qwen2.5-instruct", seed=1))
 
 
-class Counting:
-    def __init__(self, inner):
-        self.inner, self.name, self.completions = inner, inner.name, 0
-
-    def generate(self, prompts, params):
-        self.completions += len(prompts) * params.n
-        return self.inner.generate(prompts, params)
-
-    def tokenizer(self):
-        return self.inner.tokenizer()
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    wrappers = []
-    real = models_mod.load_backend
-
-    def load(name, spec, base_dir="."):
-        wrappers.append(Counting(real(name, spec, base_dir)))
-        return wrappers[-1]
-
-    monkeypatch.setattr(models_mod, "load_backend", load)
-    gen.clear_backends()
-    yield wrappers
-    gen.clear_backends()
 
 
 def instructions(texts, ids=None):
