@@ -38,7 +38,12 @@ def _store_path(pipeline_path: str | None, store: str | None) -> str:
     if store:
         return store
     if pipeline_path:
-        return _load_pipeline(pipeline_path, check_files=False).store_path()
+        from datamix.spec import SpecError, store_path_of
+
+        try:
+            return store_path_of(pipeline_path)
+        except SpecError as e:
+            _fail("; ".join(e.problems))
     found = sorted(f for f in os.listdir(".datamix") if f.endswith(".duckdb")) if os.path.isdir(".datamix") else []
     if len(found) == 1:
         return os.path.join(".datamix", found[0])

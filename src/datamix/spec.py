@@ -217,6 +217,28 @@ def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
     return msg[0].lower() + msg[1:] if msg else msg
 
 
+def store_path_of(path: str) -> str:
+    """The store a pipeline writes, read from its YAML without validating the steps.
+
+    For commands that only read the store (sql, status, show, lineage): they stay fast
+    because no step module (and none of their imports) is loaded."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError([f"{path}: cannot read the pipeline ({getattr(e, 'strerror', None) or e})"]) from None
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise SpecError([f"{path}: a pipeline is a mapping with `name` and `steps`"])
+    problems: list[str] = []
+    variables = raw.get("vars") if isinstance(raw.get("vars"), dict) else {}
+    store = _interpolate(raw.get("store"), variables, "store", problems)
+    name = _interpolate(raw["name"], variables, "name", problems)
+    if problems:
+        raise SpecError(problems)
+    rel = store or os.path.join(".datamix", f"{name}.duckdb")
+    return rel if os.path.isabs(rel) else os.path.join(os.path.dirname(os.path.abspath(path)), rel)
+
+
 def load(path: str, overrides: list[str] | None = None, check_files: bool = True) -> Pipeline:
     """Read, override, interpolate and validate a pipeline YAML. Raises SpecError."""
     from datamix.steps import load_registry
