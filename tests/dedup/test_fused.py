@@ -80,6 +80,39 @@ def test_fused_signatures_equal_the_reference_on_random_unicode(ngram):
     assert np.array_equal(fused, signatures_from_hashes(hashes, offsets, 32, cfg.seed))
 
 
+def _ascii_texts(n, seed):
+    """Mostly-ASCII texts: words of 1-30 characters (crossing 8-byte boundaries at every
+    offset), runs of separators, and now and then a non-ASCII character mid-word, so
+    the 8-bytes-at-a-time path and the per-character path hand words to each other."""
+    rng = random.Random(seed)
+    letters = "abcdefghijKLMNOPQRSTuvwxyz0123456789"
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(0, 40)):
+            word = "".join(rng.choice(letters) for _ in range(rng.randint(1, 30)))
+            if rng.random() < 0.05:
+                k = rng.randint(0, len(word))
+                word = word[:k] + rng.choice("éΣж中") + word[k:]
+            parts.append(word)
+            parts.append("".join(rng.choice(" .,;-_\n\t!?") for _ in range(rng.randint(1, 4))))
+        out.append(rng.choice(["", " ", "..."]) + "".join(parts))
+    return out
+
+
+@pytest.mark.parametrize("ngram", [1, 3])
+def test_eight_byte_word_pass_equals_the_per_character_reference(ngram):
+    texts = _ascii_texts(300, seed=ngram)
+    cfg = MinHashConfig(method="minhash", ngram=ngram, num_perm=16)
+    a, b = permutations(16, cfg.seed)
+    expected = np.stack([_reference_signature(t, ngram, a, b) for t in texts])
+    assert np.array_equal(signatures(texts, cfg), expected)
+    # Same texts at every alignment of the buffer (a prefix text shifts all byte offsets).
+    for shift in range(1, 8):
+        shifted = signatures(["x" * shift] + texts, cfg)[1:]
+        assert np.array_equal(shifted, expected)
+
+
 def test_fused_signatures_are_normalisation_invariant():
     cfg = MinHashConfig(method="minhash")
     texts = _random_texts(100, seed=7)

@@ -8,39 +8,19 @@ is removed and records what each removed text duplicates.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
-from numba import njit
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
-@njit(cache=True)
-def _find(parent, x):
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:  # path compression
-        nxt = parent[x]
-        parent[x] = root
-        x = nxt
-    return root
-
-
-@njit(cache=True)
-def connected_components(n, left, right):
+def connected_components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Root label per node (the smallest index of its component) from edges (left[k], right[k])."""
-    parent = np.arange(n)
-    for k in range(left.shape[0]):
-        a = _find(parent, left[k])
-        b = _find(parent, right[k])
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
-    for x in range(n):
-        parent[x] = _find(parent, x)
-    return parent
+    from datamix.dedup.kernels import connected_components as kernel  # numba, loaded on first use
+
+    return kernel(n, np.asarray(left, np.int64), np.asarray(right, np.int64))
 
 
 def keepers(labels: np.ndarray, priority: np.ndarray) -> np.ndarray:
@@ -76,6 +56,8 @@ def removal_frame(
     `pair_similarity(removed, kept)` when given (a chain a~b~c can leave a and c
     below the threshold: the record says so), else from the best pair it is in.
     """
+    import polars as pl
+
     contaminated, best_ref, best_ref_sim = _best_reference(n, ref_doc, ref_row, ref_similarity)
 
     clean = ~(contaminated[left] | contaminated[right]) if len(left) else np.zeros(0, bool)

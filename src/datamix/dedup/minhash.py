@@ -1,14 +1,8 @@
 """MinHash signatures over whole batches, LSH candidates, verification, clusters.
 
-Signature of a document = for each of `num_perm` hash functions
-h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; multiply-add-shift, the family
-rensa uses), the minimum over the document's 64-bit shingle hashes.
-
-For word shingles one fused numba kernel goes from raw UTF-8 bytes to signatures,
-one document per parallel iteration: lowercase + separator folding + word hashing
-in a single pass over the bytes, then n-gram hashes, then the `num_perm` minima,
-8 shingles per pass over the functions so each a_k, b_k and running minimum is
-loaded once per 8 shingles (the innermost loop over k is what LLVM vectorises).
+The configuration and the derivation of bands x rows need only numpy and pydantic;
+the numba kernels (kernels, shingle, lsh, clusters) are imported inside the
+functions that run them, so loading the step registry never imports numba.
 Character shingles go through the unfused path (normalised buffer -> shingle
 hashes -> signatures), which gives identical results for words too (tested).
 """
@@ -20,10 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from numba import njit, prange
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from datamix.dedup import clusters, lsh, shingle
 
 if TYPE_CHECKING:
     import polars as pl
@@ -87,7 +78,9 @@ class MinHashConfig(BaseModel):
 
     def cache_tag(self) -> str:
         """What a stored signature depends on besides the text."""
-        return f"minhash/v{shingle.HASH_VERSION}/{self.unit}{self.ngram}/p{self.num_perm}/s{self.seed}"
+        from datamix.dedup.shingle import HASH_VERSION
+
+        return f"minhash/v{HASH_VERSION}/{self.unit}{self.ngram}/p{self.num_perm}/s{self.seed}"
 
 
 # ---------------------------------------------------------------- bands and rows
@@ -138,140 +131,21 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-_BLOCK = 8  # shingles per pass over the hash functions
-
-
-@njit(cache=True, inline="always")
-def _sign_block(acc, x, a, b):
-    """acc[k] = min(acc[k], a_k * x_j + b_k) over the _BLOCK shingle hashes in x."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
-    for k in range(a.shape[0]):
-        ak, bk = a[k], b[k]
-        m0 = min(min(ak * x0 + bk, ak * x1 + bk), min(ak * x2 + bk, ak * x3 + bk))
-        m1 = min(min(ak * x4 + bk, ak * x5 + bk), min(ak * x6 + bk, ak * x7 + bk))
-        acc[k] = min(acc[k], min(m0, m1))
-
-
-@njit(cache=True, inline="always")
-def _sign_one(acc, x, a, b):
-    for k in range(a.shape[0]):
-        acc[k] = min(acc[k], a[k] * x + b[k])
-
-
-@njit(cache=True, inline="always")
-def _store_signature(acc, out, d):
-    # min commutes with the monotone >> 32, so the minima are kept in 64 bits and
-    # shifted once; a document without shingles keeps all ones -> EMPTY.
-    for k in range(acc.shape[0]):
-        out[d, k] = np.uint32(acc[k] >> np.uint64(32))
-
-
-@njit(cache=True, inline="always")
-def _sign_hashes(acc, hashes, start, end, a, b):
-    i = start
-    while i + _BLOCK <= end:
-        _sign_block(acc, hashes[i : i + _BLOCK], a, b)
-        i += _BLOCK
-    while i < end:
-        _sign_one(acc, hashes[i], a, b)
-        i += 1
-
-
-@njit(cache=True, parallel=True)
-def _signature_kernel(hashes, offsets, a, b, out):
-    for d in prange(offsets.shape[0] - 1):
-        acc = np.full(a.shape[0], np.uint64(0xFFFFFFFFFFFFFFFF))
-        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], a, b)
-        _store_signature(acc, out, d)
-
-
-@njit(cache=True)
-def _word_hashes(data, start, end, lower, words):
-    """Normalise + split + hash the words of data[start:end] in one pass; returns the word count."""
-    n_words = 0
-    h, pack, nb = shingle._WORD_SEED, np.uint64(0), 0
-    i = start
-    while i < end:
-        c = data[i]
-        if c < 0x80:  # ASCII fast path: one table look-up, no decoding
-            cp = np.int64(shingle.ASCII_FOLD[c])
-            n = 1
-            if cp != 0:
-                h, pack, nb = shingle._feed(h, pack, nb, cp)
-        else:
-            cp, n = shingle.next_char(data, i, end, lower)
-            if cp != 0:
-                h, pack, nb = shingle._feed_code_point(h, pack, nb, cp)
-        if cp == 0 and nb > 0:  # a separator ends the current word
-            words[n_words] = shingle._finish_word(h, pack, nb)
-            n_words += 1
-            h, pack, nb = shingle._WORD_SEED, np.uint64(0), 0
-        i += n
-    if nb > 0:
-        words[n_words] = shingle._finish_word(h, pack, nb)
-        n_words += 1
-    return n_words
-
-
-def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
-    """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
-    for d in prange(offsets.shape[0] - 1):
-        start, end = offsets[d], offsets[d + 1]
-        # Every word but the last is followed by at least one separator byte.
-        words = np.empty((end - start + 1) // 2 + 1, np.uint64)
-        n_words = _word_hashes(data, start, end, lower, words)
-        acc = np.full(a.shape[0], np.uint64(0xFFFFFFFFFFFFFFFF))
-        if n_words > 0:
-            # A document shorter than one n-gram still gets one shingle (itself).
-            n_shingles = max(n_words - ngram + 1, 1)
-            width = min(ngram, n_words)
-            block = np.empty(_BLOCK, np.uint64)
-            j = 0
-            while j + _BLOCK <= n_shingles:
-                for t in range(_BLOCK):
-                    block[t] = shingle.ngram_hash(words, j + t, width)
-                _sign_block(acc, block, a, b)
-                j += _BLOCK
-            while j < n_shingles:
-                _sign_one(acc, shingle.ngram_hash(words, j, width), a, b)
-                j += 1
-        _store_signature(acc, out, d)
-
-
-def _fused_word_sets(data, offsets, rows, lower, ngram, slot_starts, out, counts):
-    """Sorted distinct word n-gram hashes of texts `rows`, each into its slot of `out`
-    (slot_starts from an upper bound of its shingle count); counts[q] = set size."""
-    for q in prange(rows.shape[0]):
-        start, end = offsets[rows[q]], offsets[rows[q] + 1]
-        words = np.empty((end - start + 1) // 2 + 1, np.uint64)
-        n_words = _word_hashes(data, start, end, lower, words)
-        if n_words == 0:
-            counts[q] = 0
-            continue
-        width = min(ngram, n_words)
-        hashes = np.empty(max(n_words - ngram + 1, 1), np.uint64)
-        for j in range(hashes.shape[0]):
-            hashes[j] = shingle.ngram_hash(words, j, width)
-        hashes.sort()
-        w = slot_starts[q]
-        for j in range(hashes.shape[0]):
-            if j == 0 or hashes[j] != hashes[j - 1]:
-                out[w] = hashes[j]
-                w += 1
-        counts[q] = w - slot_starts[q]
-
-
 def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
     """(n_docs, num_perm) uint32 signatures from flat shingle hashes + offsets."""
+    from datamix.dedup.kernels import signature_kernel
+
     a, b = permutations(num_perm, seed)
     out = np.empty((len(offsets) - 1, num_perm), np.uint32)
-    _signature_kernel(np.ascontiguousarray(hashes, np.uint64), np.ascontiguousarray(offsets, np.int64), a, b, out)
+    signature_kernel(np.ascontiguousarray(hashes, np.uint64), np.ascontiguousarray(offsets, np.int64), a, b, out)
     return out
 
 
 def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
     """Signatures of texts given as UTF-8 (bytes, offsets), raw or already normalised
     (normalisation is idempotent, so both give the same signatures)."""
+    from datamix.dedup import kernels as mk, shingle
+
     if cfg.unit == "char":
         norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
@@ -279,14 +153,16 @@ def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashC
     a, b = permutations(cfg.num_perm, cfg.seed)
     out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
     offsets = np.ascontiguousarray(offsets, np.int64)
-    kernel = shingle.pick(_FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
-    kernel(data, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
+    kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
+    kernel(data, shingle.as_words64(data), offsets, shingle.lower_table(), cfg.ngram, a, b, out)
     return out
 
 
 def signatures(texts: list[str] | pl.Series, cfg: MinHashConfig, cache: Any = None, stats: dict | None = None) -> np.ndarray:
     """Signatures of `texts` in chunks of cfg.chunk_size; with `cache`, only texts it lacks are signed."""
     import polars as pl
+
+    from datamix.dedup import shingle
 
     series = texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.String)
     out = np.empty((len(series), cfg.num_perm), np.uint32)
@@ -305,6 +181,8 @@ def signatures(texts: list[str] | pl.Series, cfg: MinHashConfig, cache: Any = No
 
 def _signatures_cached(data, offsets, cfg, cache, out) -> int:
     """Fill `out` from the cache (keyed by the normalised text) and sign the rest; returns how many were signed."""
+    from datamix.dedup import shingle
+
     data, offsets = shingle.normalize_buffers(data, offsets)
     tag = cfg.cache_tag()
     keys = [f"{tag}/{k}" for k in shingle.text_keys(data, offsets)]
@@ -334,23 +212,9 @@ def _select(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np
 
 def signature_similarity(sig_a, sig_b, left, right):
     """Fraction of equal signature positions for each pair (sig_a[left[k]], sig_b[right[k]])."""
-    return shingle.pick(_SIGNATURE_SIMILARITY, len(left) * sig_a.shape[1])(sig_a, sig_b, left, right)
+    from datamix.dedup import kernels as mk
 
-
-def _signature_similarity(sig_a, sig_b, left, right):
-    out = np.empty(left.shape[0], np.float64)
-    k_perm = sig_a.shape[1]
-    for k in prange(left.shape[0]):
-        same = 0
-        for j in range(k_perm):
-            same += sig_a[left[k], j] == sig_b[right[k], j]
-        out[k] = same / k_perm
-    return out
-
-
-_FUSED_WORD_KERNEL = shingle.serial_and_parallel(_fused_word_kernel)
-_FUSED_WORD_SETS = shingle.serial_and_parallel(_fused_word_sets)
-_SIGNATURE_SIMILARITY = shingle.serial_and_parallel(_signature_similarity)
+    return mk.pick(mk.SIGNATURE_SIMILARITY, len(left) * sig_a.shape[1])(sig_a, sig_b, left, right)
 
 
 # ---------------------------------------------------------------- the method
@@ -377,6 +241,8 @@ def find_duplicates(
     (decontamination). `stats`, when given, receives counts (signatures_computed,
     candidate_pairs, exact_pairs, verified_pairs).
     """
+    from datamix.dedup import clusters, lsh
+
     n = len(texts)
     priority = np.asarray(priority, dtype=np.float64)
     if priority.shape != (n,):
@@ -441,6 +307,8 @@ class _PairSimilarity:
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Exact Jaccard, shingling only the texts these pairs involve (kept for later calls:
         the removal records ask again about texts already seen)."""
+        from datamix.dedup import shingle
+
         self.stats["exact_pairs"] = self.stats.get("exact_pairs", 0) + len(a)
         if len(a) == 0:
             return np.zeros(0, np.float64)
@@ -456,6 +324,8 @@ class _PairSimilarity:
         """UTF-8 (bytes, offsets) of texts followed by reference rows."""
         import polars as pl
 
+        from datamix.dedup import shingle
+
         series = _as_series(self.texts)
         if self.reference is not None:
             series = pl.concat([series, _as_series(self.reference)])
@@ -465,6 +335,8 @@ class _PairSimilarity:
 def _shingle_sets(buffers, docs: np.ndarray, cfg: MinHashConfig):
     """(sets, starts, ends): the sorted distinct shingle hashes of rows `docs` of the
     texts in `buffers`; row docs[q]'s set is sets[starts[q]:ends[q]]."""
+    from datamix.dedup import kernels as mk, shingle
+
     data, offsets = buffers
     docs = np.ascontiguousarray(docs, np.int64)
     if cfg.unit == "char":
@@ -477,6 +349,6 @@ def _shingle_sets(buffers, docs: np.ndarray, cfg: MinHashConfig):
     np.cumsum(bound[:-1], out=starts[1:])
     sets = np.empty(int(bound.sum()), np.uint64)
     counts = np.empty(len(docs), np.int64)
-    kernel = shingle.pick(_FUSED_WORD_SETS, int(bound.sum()) * 8)
-    kernel(data, offsets, docs, shingle.lower_table(), cfg.ngram, starts, sets, counts)
+    kernel = mk.pick(mk.FUSED_WORD_SETS, int(bound.sum()) * 8)
+    kernel(data, shingle.as_words64(data), offsets, docs, shingle.lower_table(), cfg.ngram, starts, sets, counts)
     return sets, starts, starts + counts

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 if TYPE_CHECKING:
     import polars as pl
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 # Bump when the normalisation or the hash functions change: it is part of every
 # cache key, so signatures made by older code are never mixed with new ones.
 # v2: in-kernel Unicode lowercase (final sigma folded), packed word hash.
-HASH_VERSION = "2"
+# v3: little-endian packing of the word hash (SWAR word pass).
+HASH_VERSION = "3"
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -56,19 +58,36 @@ def _hash_bytes(data, start, end):
 
 
 # ---------------------------------------------------------------- word hash
-# Bytes are packed 8 to a 64-bit word (a shift and an or per byte, no multiply
-# chain) and mixed once per 8 bytes; a word of up to 7 bytes (most words) packs
-# injectively into 56 bits beside its length, so distinct short words never collide.
+# Bytes are packed 8 to a 64-bit word, little-endian (byte k of a word's 8-byte
+# chunk at bits 8k..8k+7), and mixed once per 8 bytes; a word of up to 7 bytes
+# (most words) packs injectively into 56 bits beside its length, so distinct
+# short words never collide. Little-endian packing is what lets the word pass
+# (`word_hashes`) take a whole run of ASCII word bytes from a 64-bit load at once
+# instead of feeding them one by one: both give the same hash (tested).
+
+_HIGH = np.uint64(0x8080808080808080)
+_ONES = np.uint64(0x0101010101010101)
 
 
 @njit(cache=True, inline="always")
 def _feed(h, pack, nb, byte):
-    pack = (pack << np.uint64(8)) | np.uint64(byte)
+    pack |= np.uint64(byte) << np.uint64(8 * (nb & 7))
     nb += 1
     if nb & 7 == 0:
         h = _mix64(h ^ pack)
         pack = np.uint64(0)
     return h, pack, nb
+
+
+@njit(cache=True, inline="always")
+def _feed_bytes(h, pack, nb, piece, r):
+    """Feed r (1..8) bytes at once, packed little-endian in `piece` (upper bytes zero)."""
+    f = nb & 7
+    pack |= piece << np.uint64(8 * f)
+    if f + r >= 8:
+        h = _mix64(h ^ pack)
+        pack = piece >> np.uint64(64 - 8 * f) if f > 0 else np.uint64(0)
+    return h, pack, nb + r
 
 
 @njit(cache=True, inline="always")
@@ -201,6 +220,101 @@ def next_char(data, i, end, lower):
     if cp < lower.shape[0]:
         cp = np.int64(lower[cp])
     return cp, n
+
+
+# ---------------------------------------------------------------- the word pass
+# Lowercase + fold + split + hash in one walk over a document's bytes, 8 bytes per
+# step where they are all ASCII (SWAR: byte-parallel range tests on one 64-bit
+# word give the lowercased bytes and a mask of word bytes; whole runs of word
+# bytes are fed at once, found with count-trailing-zeros), one character per
+# step elsewhere. Both paths share the word state (h, pack, nb), so a word may
+# start in one and end in the other. ~2-3x fewer cycles per byte than one
+# table look-up and two unpredictable branches per byte.
+
+
+def as_words64(data: np.ndarray) -> np.ndarray:
+    """The bytes as little-endian uint64 words, zero-padded to a whole word (for `word_hashes`)."""
+    out = np.zeros((len(data) + 7) // 8 + 1, np.uint64)
+    out.view(np.uint8)[: len(data)] = data
+    return out
+
+
+@njit(cache=True, inline="always")
+def _at_least(x, c):
+    """0x80 in each byte of x (all bytes < 0x80) that is >= c (1 <= c <= 128), else 0."""
+    return (x + _ONES * np.uint64(0x80 - c)) & _HIGH
+
+
+@njit(cache=True, inline="always")
+def _byte_index(bits):
+    """Index of the lowest byte whose 0x80 bit is set (bits != 0)."""
+    return np.int64(trailing_zeros(bits)) >> 3
+
+
+@njit(cache=True)
+def word_hashes(data, data64, start, end, lower, words):
+    """Normalise + split + hash the words of data[start:end] into `words`; returns the
+    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words."""
+    n_words = 0
+    h, pack, nb = _WORD_SEED, np.uint64(0), 0
+    i = start
+    while i < end:
+        p0 = i & 7
+        nv = min(8 - p0, end - i)  # bytes of this document left in this 64-bit word
+        x = data64[i >> 3] >> np.uint64(8 * p0)
+        if nv < 8:
+            x &= (np.uint64(1) << np.uint64(8 * nv)) - np.uint64(1)
+        if x & _HIGH == 0:
+            upper = _at_least(x, 0x41) & ~_at_least(x, 0x5B)
+            low = x | (upper >> np.uint64(2))  # 'A'..'Z' + 0x20
+            letter = _at_least(low, 0x61) & ~_at_least(low, 0x7B)
+            digit = _at_least(x, 0x30) & ~_at_least(x, 0x3A)
+            word = letter | digit  # bytes past nv are 0: never word bytes
+            valid = _HIGH if nv == 8 else _HIGH & ((np.uint64(1) << np.uint64(8 * nv)) - np.uint64(1))
+            sep = ~word & valid
+            low &= (word >> np.uint64(7)) * np.uint64(0xFF)
+            q = 0
+            while q < nv:
+                if nb == 0:  # skip separators to the next word start
+                    rest = word >> np.uint64(8 * q)
+                    if rest == 0:
+                        break
+                    q += _byte_index(rest)
+                rest = sep >> np.uint64(8 * q)
+                r = nv - q if rest == 0 else _byte_index(rest)
+                piece = low >> np.uint64(8 * q)
+                if r < 8:
+                    piece &= (np.uint64(1) << np.uint64(8 * r)) - np.uint64(1)
+                h, pack, nb = _feed_bytes(h, pack, nb, piece, r)
+                q += r
+                if q < nv:  # a separator ends the word
+                    words[n_words] = _finish_word(h, pack, nb)
+                    n_words += 1
+                    h, pack, nb = _WORD_SEED, np.uint64(0), 0
+                    q += 1
+            i += nv
+            continue
+        block_end = min((i | 7) + 1, end)
+        while i < block_end:  # one character at a time (may run past block_end by a few bytes)
+            c = data[i]
+            if c < 0x80:
+                cp = np.int64(ASCII_FOLD[c])
+                n = 1
+                if cp != 0:
+                    h, pack, nb = _feed(h, pack, nb, cp)
+            else:
+                cp, n = next_char(data, i, end, lower)
+                if cp != 0:
+                    h, pack, nb = _feed_code_point(h, pack, nb, cp)
+            if cp == 0 and nb > 0:
+                words[n_words] = _finish_word(h, pack, nb)
+                n_words += 1
+                h, pack, nb = _WORD_SEED, np.uint64(0), 0
+            i += n
+    if nb > 0:
+        words[n_words] = _finish_word(h, pack, nb)
+        n_words += 1
+    return n_words
 
 
 @njit(cache=True, inline="always")

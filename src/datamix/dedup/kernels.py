@@ -1,0 +1,168 @@
+"""The numba kernels of `minhash` and `clusters`, imported only when they run, so that
+the method configs (`MinHashConfig`, `SemanticConfig`) load without numba: every
+`datamix` command builds the step registry, which imports them.
+
+Signature of a document = for each of `num_perm` hash functions
+h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; multiply-add-shift, the family
+rensa uses), the minimum over the document's 64-bit shingle hashes.
+
+For word shingles one fused kernel goes from raw UTF-8 bytes to signatures, one
+document per parallel iteration: the word pass (`shingle.word_hashes`: lowercase,
+fold, split and hash in one walk, 8 ASCII bytes per step), then n-gram hashes, then
+the `num_perm` minima, 8 shingles per pass over the functions so each a_k, b_k and
+running minimum is loaded once per 8 shingles (the innermost loop over k is what
+LLVM vectorises).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from datamix.dedup import shingle
+from datamix.dedup.shingle import ngram_hash, serial_and_parallel, word_hashes
+
+# ---------------------------------------------------------------- union-find (clusters)
+
+
+@njit(cache=True)
+def _find(parent, x):
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:  # path compression
+        nxt = parent[x]
+        parent[x] = root
+        x = nxt
+    return root
+
+
+@njit(cache=True)
+def connected_components(n, left, right):
+    """Root label per node (the smallest index of its component) from edges (left[k], right[k])."""
+    parent = np.arange(n)
+    for k in range(left.shape[0]):
+        a = _find(parent, left[k])
+        b = _find(parent, right[k])
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+    for x in range(n):
+        parent[x] = _find(parent, x)
+    return parent
+
+
+# ---------------------------------------------------------------- signatures
+
+_BLOCK = 8  # shingles per pass over the hash functions
+
+
+@njit(cache=True, inline="always")
+def _sign_block(acc, x, a, b):
+    """acc[k] = min(acc[k], a_k * x_j + b_k) over the _BLOCK shingle hashes in x."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+    for k in range(a.shape[0]):
+        ak, bk = a[k], b[k]
+        m0 = min(min(ak * x0 + bk, ak * x1 + bk), min(ak * x2 + bk, ak * x3 + bk))
+        m1 = min(min(ak * x4 + bk, ak * x5 + bk), min(ak * x6 + bk, ak * x7 + bk))
+        acc[k] = min(acc[k], min(m0, m1))
+
+
+@njit(cache=True, inline="always")
+def _sign_one(acc, x, a, b):
+    for k in range(a.shape[0]):
+        acc[k] = min(acc[k], a[k] * x + b[k])
+
+
+@njit(cache=True, inline="always")
+def _store_signature(acc, out, d):
+    # min commutes with the monotone >> 32, so the minima are kept in 64 bits and
+    # shifted once; a document without shingles keeps all ones -> EMPTY.
+    for k in range(acc.shape[0]):
+        out[d, k] = np.uint32(acc[k] >> np.uint64(32))
+
+
+@njit(cache=True, inline="always")
+def _sign_hashes(acc, hashes, start, end, a, b):
+    i = start
+    while i + _BLOCK <= end:
+        _sign_block(acc, hashes[i : i + _BLOCK], a, b)
+        i += _BLOCK
+    while i < end:
+        _sign_one(acc, hashes[i], a, b)
+        i += 1
+
+
+@njit(cache=True, parallel=True)
+def signature_kernel(hashes, offsets, a, b, out):
+    for d in prange(offsets.shape[0] - 1):
+        acc = np.full(a.shape[0], np.uint64(0xFFFFFFFFFFFFFFFF))
+        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], a, b)
+        _store_signature(acc, out, d)
+
+
+def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
+    """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
+    for d in prange(offsets.shape[0] - 1):
+        start, end = offsets[d], offsets[d + 1]
+        # Every word but the last is followed by at least one separator byte.
+        words = np.empty((end - start + 1) // 2 + 1, np.uint64)
+        n_words = word_hashes(data, data64, start, end, lower, words)
+        acc = np.full(a.shape[0], np.uint64(0xFFFFFFFFFFFFFFFF))
+        if n_words > 0:
+            # A document shorter than one n-gram still gets one shingle (itself).
+            n_shingles = max(n_words - ngram + 1, 1)
+            width = min(ngram, n_words)
+            block = np.empty(_BLOCK, np.uint64)
+            j = 0
+            while j + _BLOCK <= n_shingles:
+                for t in range(_BLOCK):
+                    block[t] = ngram_hash(words, j + t, width)
+                _sign_block(acc, block, a, b)
+                j += _BLOCK
+            while j < n_shingles:
+                _sign_one(acc, ngram_hash(words, j, width), a, b)
+                j += 1
+        _store_signature(acc, out, d)
+
+
+def _fused_word_sets(data, data64, offsets, rows, lower, ngram, slot_starts, out, counts):
+    """Sorted distinct word n-gram hashes of texts `rows`, each into its slot of `out`
+    (slot_starts from an upper bound of its shingle count); counts[q] = set size."""
+    for q in prange(rows.shape[0]):
+        start, end = offsets[rows[q]], offsets[rows[q] + 1]
+        words = np.empty((end - start + 1) // 2 + 1, np.uint64)
+        n_words = word_hashes(data, data64, start, end, lower, words)
+        if n_words == 0:
+            counts[q] = 0
+            continue
+        width = min(ngram, n_words)
+        hashes = np.empty(max(n_words - ngram + 1, 1), np.uint64)
+        for j in range(hashes.shape[0]):
+            hashes[j] = ngram_hash(words, j, width)
+        hashes.sort()
+        w = slot_starts[q]
+        for j in range(hashes.shape[0]):
+            if j == 0 or hashes[j] != hashes[j - 1]:
+                out[w] = hashes[j]
+                w += 1
+        counts[q] = w - slot_starts[q]
+
+
+def _signature_similarity(sig_a, sig_b, left, right):
+    out = np.empty(left.shape[0], np.float64)
+    k_perm = sig_a.shape[1]
+    for k in prange(left.shape[0]):
+        same = 0
+        for j in range(k_perm):
+            same += sig_a[left[k], j] == sig_b[right[k], j]
+        out[k] = same / k_perm
+    return out
+
+
+FUSED_WORD_KERNEL = serial_and_parallel(_fused_word_kernel)
+FUSED_WORD_SETS = serial_and_parallel(_fused_word_sets)
+SIGNATURE_SIMILARITY = serial_and_parallel(_signature_similarity)
+pick = shingle.pick
