@@ -41,8 +41,13 @@ CREATE TABLE IF NOT EXISTS dm.chunks (
     committed_at TIMESTAMP
 );
 
+-- Stores made before this column existed get it here (their steps all wrote edges).
+-- keeps_ids: every output row has its single parent's sample_id (export's placement
+-- rows), so the step writes no edges and the lineage walk follows `parents` instead.
+ALTER TABLE dm.steps ADD COLUMN IF NOT EXISTS keeps_ids BOOLEAN DEFAULT false;
+
 -- child (step, sample_id) was made from parent (parent_step, parent_id).
--- Pass-through steps write no edges: their rows are their parent's rows.
+-- Pass-through and keeps_ids steps write no edges: their rows keep their parent's ids.
 CREATE TABLE IF NOT EXISTS dm.edges (
     step        VARCHAR,
     sample_id   VARCHAR,

@@ -228,7 +228,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
               log_chunk=None) -> None:
     parents = step.parent_steps()
-    store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id)
+    store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id,
+                     keeps_ids=entry.keeps_ids)
     if entry.passthrough:
         store.create_passthrough_view(step.name, parents["input"])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}
@@ -265,6 +266,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
                 chunk.rows_in,
                 chunk.files,
                 parent_step_of,
+                keeps_ids=entry.keeps_ids,
             )
             if log_chunk:
                 log_chunk(f"  committed {step.name} chunk {chunk.key}: {chunk.rows_in} rows in, {n_out} out")

@@ -145,16 +145,23 @@ class StepKind:
     # rows minus the ones it dropped, with the same sample ids. It yields chunks
     # with decisions and no rows; the runner exposes its output as a view.
     passthrough: bool = False
+    # A step whose every output row keeps its (single) parent's sample id, e.g. export's
+    # placement rows. Its rows are stored, but it writes no lineage edges: the walk steps
+    # to the parent step with the same sample_id, as for a pass-through step. The runner
+    # checks the claim on every chunk (parent_ids == [sample_id]).
+    keeps_ids: bool = False
 
 
 REGISTRY: dict[str, StepKind] = {}
 
 
-def register(kind: str, config: type[StepConfig], version: str = "1", passthrough: bool = False):
+def register(kind: str, config: type[StepConfig], version: str = "1", passthrough: bool = False,
+             keeps_ids: bool = False):
     """Decorator: register `run` as the step kind `kind` with its config model."""
 
     def wrap(run):
-        REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version, passthrough=passthrough)
+        REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version, passthrough=passthrough,
+                                  keeps_ids=keeps_ids)
         return run
 
     return wrap

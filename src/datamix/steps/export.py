@@ -57,7 +57,8 @@ def _write_manifest(out: str, manifest: dict) -> None:
     os.replace(tmp, os.path.join(out, "manifest.json"))  # readers never see half a manifest
 
 
-@register("export", ExportConfig)
+# Every placement row keeps the exported sample's id: no lineage edges (see StepKind.keeps_ids).
+@register("export", ExportConfig, keeps_ids=True)
 def run(cfg: ExportConfig, inputs, ctx: Context):
     import duckdb
     import numpy as np
