@@ -8,8 +8,9 @@ from pydantic import ValidationError
 
 from datamix.dedup import lsh, shingle
 from datamix.dedup.minhash import (
+    _PairSimilarity,
     MinHashConfig,
-    _shingle_sets,
+    _shingle_bags,
     find_duplicates,
     permutations,
     signatures,
@@ -130,15 +131,24 @@ def test_parallel_and_serial_kernels_agree(monkeypatch):
     assert all(np.array_equal(x, y) for x, y in zip(par[1], ser[1]))
 
 
-def test_exact_shingle_sets_from_raw_text_equal_the_unfused_sets():
-    texts = _random_texts(150, seed=11)
-    cfg = MinHashConfig(method="minhash", ngram=3)
-    docs = np.array([0, 5, 6, 40, 149])
-    sets, starts, ends = _shingle_sets(shingle.utf8_buffers(texts), docs, cfg)
-    hashes, offsets = shingle.shingle_hashes(texts, "word", 3)
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_exact_jaccard_from_raw_text_equals_the_merge_of_sorted_sets(unit):
+    texts = _random_texts(150, seed=11) + ["a b c a b c a b c", "a b c", "", "", "a b c d e f g", "a b c d e f x"]
+    cfg = MinHashConfig(method="minhash", unit=unit, ngram=3)
+    docs = np.array([0, 5, 6, 40, 149, 150, 151, 152, 153])
+    bags, starts, ends = _shingle_bags(shingle.utf8_buffers(texts), docs, cfg)
+    hashes, offsets = shingle.shingle_hashes(texts, unit, 3)
     ref, ref_off = shingle.unique_sorted(hashes, offsets)
     for q, d in enumerate(docs):
-        assert np.array_equal(sets[starts[q] : ends[q]], ref[ref_off[d] : ref_off[d + 1]])
+        assert np.array_equal(np.unique(bags[starts[q] : ends[q]]), ref[ref_off[d] : ref_off[d + 1]])
+    rng = np.random.default_rng(0)
+    left, right = rng.integers(0, 150, 300), rng.integers(0, 150, 300)
+    # repeated shingles, empty-empty, text-empty, a near copy, self
+    left, right = np.append(left, [150, 152, 150, 154, 7]), np.append(right, [151, 153, 152, 155, 7])
+    sim = _PairSimilarity(np.zeros((len(texts), 2), np.uint32), texts, None, cfg.model_copy(update={"verify": "jaccard"}), {})
+    expected = shingle.jaccard_pairs(ref, ref_off, left, right)
+    assert np.array_equal(sim(left, right), expected)
+    assert expected[-4:-2].tolist() == [1.0, 0.0] and 0.0 < expected[-2] < 1.0 and expected[-1] == 1.0
 
 
 def _brute_force_pairs(sig, bands, rows):

@@ -128,9 +128,10 @@ def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
         _store_signature(acc, out, d)
 
 
-def _fused_word_sets(data, data64, offsets, rows, lower, ngram, slot_starts, out, counts):
-    """Sorted distinct word n-gram hashes of texts `rows`, each into its slot of `out`
-    (slot_starts from an upper bound of its shingle count); counts[q] = set size."""
+def _fused_word_bags(data, data64, offsets, rows, lower, ngram, slot_starts, out, counts):
+    """The word n-gram hashes of texts `rows` (in text order, repeats included), each
+    into its slot of `out` (slot_starts from an upper bound of its shingle count);
+    counts[q] = how many."""
     for q in prange(rows.shape[0]):
         start, end = offsets[rows[q]], offsets[rows[q] + 1]
         words = np.empty((end - start + 1) // 2 + 1, np.uint64)
@@ -139,16 +140,51 @@ def _fused_word_sets(data, data64, offsets, rows, lower, ngram, slot_starts, out
             counts[q] = 0
             continue
         width = min(ngram, n_words)
-        hashes = np.empty(max(n_words - ngram + 1, 1), np.uint64)
-        for j in range(hashes.shape[0]):
-            hashes[j] = ngram_hash(words, j, width)
-        hashes.sort()
+        n = max(n_words - ngram + 1, 1)
         w = slot_starts[q]
-        for j in range(hashes.shape[0]):
-            if j == 0 or hashes[j] != hashes[j - 1]:
-                out[w] = hashes[j]
-                w += 1
-        counts[q] = w - slot_starts[q]
+        for j in range(n):
+            out[w + j] = ngram_hash(words, j, width)
+        counts[q] = n
+
+
+def _jaccard_bags(hashes, starts, ends, left, right):
+    """Exact Jaccard of the shingle SETS of each pair, from unsorted hashes with repeats:
+    one small open-addressing table per pair (state 1: in a, 2: in b only, 3: both),
+    O(|a| + |b|) where sorting each document first costs O(n log n) per document."""
+    out = np.empty(left.shape[0], np.float64)
+    for k in prange(left.shape[0]):
+        a0, a1 = starts[left[k]], ends[left[k]]
+        b0, b1 = starts[right[k]], ends[right[k]]
+        size = 16
+        while size < 2 * ((a1 - a0) + (b1 - b0)):
+            size *= 2
+        mask = size - 1
+        table = np.empty(size, np.uint64)
+        state = np.zeros(size, np.uint8)
+        union, inter = 0, 0
+        for i in range(a0, a1):
+            x = hashes[i]
+            s = np.int64(x & np.uint64(mask))
+            while state[s] != 0 and table[s] != x:
+                s = (s + 1) & mask
+            if state[s] == 0:
+                table[s] = x
+                state[s] = 1
+                union += 1
+        for i in range(b0, b1):
+            x = hashes[i]
+            s = np.int64(x & np.uint64(mask))
+            while state[s] != 0 and table[s] != x:
+                s = (s + 1) & mask
+            if state[s] == 0:
+                table[s] = x
+                state[s] = 2
+                union += 1
+            elif state[s] == 1:
+                state[s] = 3
+                inter += 1
+        out[k] = 1.0 if union == 0 else inter / union
+    return out
 
 
 def _signature_similarity(sig_a, sig_b, left, right):
@@ -163,6 +199,7 @@ def _signature_similarity(sig_a, sig_b, left, right):
 
 
 FUSED_WORD_KERNEL = serial_and_parallel(_fused_word_kernel)
-FUSED_WORD_SETS = serial_and_parallel(_fused_word_sets)
+FUSED_WORD_BAGS = serial_and_parallel(_fused_word_bags)
+JACCARD_BAGS = serial_and_parallel(_jaccard_bags)
 SIGNATURE_SIMILARITY = serial_and_parallel(_signature_similarity)
 pick = shingle.pick

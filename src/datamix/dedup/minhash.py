@@ -307,7 +307,7 @@ class _PairSimilarity:
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Exact Jaccard, shingling only the texts these pairs involve (kept for later calls:
         the removal records ask again about texts already seen)."""
-        from datamix.dedup import shingle
+        from datamix.dedup import kernels as mk
 
         self.stats["exact_pairs"] = self.stats.get("exact_pairs", 0) + len(a)
         if len(a) == 0:
@@ -315,10 +315,11 @@ class _PairSimilarity:
         wanted = np.unique(np.concatenate([a, b]))
         if self._docs is None or not np.isin(wanted, self._docs).all():
             docs = wanted if self._docs is None else np.union1d(self._docs, wanted)
-            self._sets, self._starts, self._ends = _shingle_sets(self._buffers(), docs, self.cfg)
+            self._sets, self._starts, self._ends = _shingle_bags(self._buffers(), docs, self.cfg)
             self._docs = docs
         ia, ib = np.searchsorted(self._docs, a), np.searchsorted(self._docs, b)
-        return shingle.jaccard_spans(self._sets, self._starts, self._ends, ia, ib)
+        kernel = mk.pick(mk.JACCARD_BAGS, len(a) * max(1, len(self._sets) // max(1, len(self._docs))) * 8)
+        return kernel(self._sets, self._starts, self._ends, ia, ib)
 
     def _buffers(self):
         """UTF-8 (bytes, offsets) of texts followed by reference rows."""
@@ -332,9 +333,9 @@ class _PairSimilarity:
         return shingle.utf8_buffers(series)
 
 
-def _shingle_sets(buffers, docs: np.ndarray, cfg: MinHashConfig):
-    """(sets, starts, ends): the sorted distinct shingle hashes of rows `docs` of the
-    texts in `buffers`; row docs[q]'s set is sets[starts[q]:ends[q]]."""
+def _shingle_bags(buffers, docs: np.ndarray, cfg: MinHashConfig):
+    """(hashes, starts, ends): the shingle hashes (text order, repeats included) of rows
+    `docs` of the texts in `buffers`; row docs[q]'s are hashes[starts[q]:ends[q]]."""
     from datamix.dedup import kernels as mk, shingle
 
     data, offsets = buffers
@@ -342,13 +343,12 @@ def _shingle_sets(buffers, docs: np.ndarray, cfg: MinHashConfig):
     if cfg.unit == "char":
         norm, norm_offsets = shingle.normalize_buffers(*_select(data, offsets, docs))
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
-        sets, set_offsets = shingle.unique_sorted(hashes, shingle_offsets)
-        return sets, set_offsets[:-1], set_offsets[1:]
+        return hashes, shingle_offsets[:-1], shingle_offsets[1:]
     bound = (offsets[docs + 1] - offsets[docs] + 1) // 2 + 1  # shingles <= words <= this
     starts = np.zeros(len(docs), np.int64)
     np.cumsum(bound[:-1], out=starts[1:])
-    sets = np.empty(int(bound.sum()), np.uint64)
+    hashes = np.empty(int(bound.sum()), np.uint64)
     counts = np.empty(len(docs), np.int64)
-    kernel = mk.pick(mk.FUSED_WORD_SETS, int(bound.sum()) * 8)
-    kernel(data, shingle.as_words64(data), offsets, docs, shingle.lower_table(), cfg.ngram, starts, sets, counts)
-    return sets, starts, starts + counts
+    kernel = mk.pick(mk.FUSED_WORD_BAGS, int(bound.sum()) * 8)
+    kernel(data, shingle.as_words64(data), offsets, docs, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
+    return hashes, starts, starts + counts
