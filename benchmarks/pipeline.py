@@ -9,6 +9,11 @@ keeps lineage, decisions, quarantine and resumable chunks.
 
     python benchmarks/pipeline.py                # 1M samples
     python benchmarks/pipeline.py --rows 200000  # quicker
+    python benchmarks/pipeline.py --repeat 3     # alternate query / datamix 3 times, compare medians
+
+On a shared machine the two sides see different loads (the query uses every free
+core, datamix's steps mostly one), so one pair of timings can swing the ratio by 2x;
+--repeat alternates them and reports the ratio of the medians as well as each pair's.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,10 +114,36 @@ def peak_rss_mb(who=resource.RUSAGE_CHILDREN) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def time_query(folder: str) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(QUERY.format(dir=folder))
+    con.close()
+    elapsed = time.perf_counter() - t0
+    return elapsed, sum(1 for _ in open(os.path.join(folder, "query_out.jsonl")))
+
+
+def time_datamix(folder: str) -> tuple[float, int]:
+    """`datamix run` from scratch in a subprocess (imports included): a fresh store each time."""
+    for leftover in ("store.duckdb", "store.duckdb.wal"):
+        if os.path.exists(os.path.join(folder, leftover)):
+            os.remove(os.path.join(folder, leftover))
+    shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "datamix.cli", "run", "bench.yaml", "-q"], cwd=folder,
+                          capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr)
+        raise SystemExit("datamix run failed")
+    return elapsed, sum(1 for _ in open(os.path.join(folder, "out", "data.jsonl")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--domain-rows", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times; medians")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
 
@@ -125,33 +157,27 @@ def main() -> None:
             f.write(PIPELINE)
         total_in = args.rows + args.domain_rows
 
-        t0 = time.perf_counter()
-        con = duckdb.connect()
-        con.execute(QUERY.format(dir=folder))
-        con.close()
-        t_query = time.perf_counter() - t0
-        q_rows = sum(1 for _ in open(os.path.join(folder, "query_out.jsonl")))
-
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "datamix.cli", "run", "bench.yaml", "-q"], cwd=folder,
-                              capture_output=True, text=True)
-        t_datamix = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr)
-            raise SystemExit("datamix run failed")
-        d_rows = sum(1 for _ in open(os.path.join(folder, "out", "data.jsonl")))
+        pairs = []
+        for attempt in range(args.repeat):
+            t_query, q_rows = time_query(folder)
+            t_datamix, d_rows = time_datamix(folder)
+            pairs.append((t_query, t_datamix))
+            print(f"run {attempt + 1}: query {t_query:.2f}s, datamix {t_datamix:.2f}s, ratio {t_datamix / t_query:.2f}x")
         rss = peak_rss_mb()
 
         con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
         funnel = con.execute("SELECT name, rows_in, rows_out, round(seconds, 2) FROM dm.steps ORDER BY started_at").fetchall()
         con.close()
-        print("\ndatamix steps (name, rows in, rows out, seconds):")
+        print("\ndatamix steps of the last run (name, rows in, rows out, seconds):")
         for r in funnel:
             print("  ", *r)
+        t_query = statistics.median(q for q, _ in pairs)
+        t_datamix = statistics.median(d for _, d in pairs)
+        label = "" if len(pairs) == 1 else f" (median of {len(pairs)})"
         print(f"\n{'':<26}{'seconds':>9}{'rows/s':>12}{'rows out':>10}")
         print(f"{'hand-written DuckDB query':<26}{t_query:>9.2f}{total_in / t_query:>12,.0f}{q_rows:>10,}")
         print(f"{'datamix run':<26}{t_datamix:>9.2f}{total_in / t_datamix:>12,.0f}{d_rows:>10,}")
-        print(f"\nratio datamix / query time: {t_datamix / t_query:.2f}x (target <= 1.5x); "
+        print(f"\nratio datamix / query time{label}: {t_datamix / t_query:.2f}x (target <= 1.5x); "
               f"datamix peak RSS {rss:,.0f} MB")
     finally:
         if args.keep:
