@@ -187,6 +187,13 @@ def _jaccard_bags(hashes, starts, ends, left, right):
     return out
 
 
+@njit(cache=True)
+def copy_rows(data, offsets, rows, new_offsets, out):
+    """out[new_offsets[q]:new_offsets[q + 1]] = text rows[q]'s bytes."""
+    for q in range(rows.shape[0]):
+        out[new_offsets[q] : new_offsets[q + 1]] = data[offsets[rows[q]] : offsets[rows[q] + 1]]
+
+
 def _signature_similarity(sig_a, sig_b, left, right):
     out = np.empty(left.shape[0], np.float64)
     k_perm = sig_a.shape[1]

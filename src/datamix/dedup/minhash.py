@@ -203,11 +203,15 @@ def _signatures_cached(data, offsets, cfg, cache, out) -> int:
 
 def _select(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The byte buffer and offsets of a subset of texts."""
+    from datamix.dedup.kernels import copy_rows
+
+    rows = np.ascontiguousarray(rows, np.int64)
     lengths = (offsets[1:] - offsets[:-1])[rows]
     new_offsets = np.zeros(len(rows) + 1, np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
-    idx = np.repeat(offsets[:-1][rows] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return data[idx], new_offsets
+    out = np.empty(int(new_offsets[-1]), np.uint8)
+    copy_rows(data, np.ascontiguousarray(offsets, np.int64), rows, new_offsets, out)
+    return out, new_offsets
 
 
 def signature_similarity(sig_a, sig_b, left, right):
@@ -338,17 +342,18 @@ def _shingle_bags(buffers, docs: np.ndarray, cfg: MinHashConfig):
     `docs` of the texts in `buffers`; row docs[q]'s are hashes[starts[q]:ends[q]]."""
     from datamix.dedup import kernels as mk, shingle
 
-    data, offsets = buffers
-    docs = np.ascontiguousarray(docs, np.int64)
+    # Only these texts' bytes are walked (hybrid verification needs a few percent of them).
+    data, offsets = _select(*buffers, np.ascontiguousarray(docs, np.int64))
     if cfg.unit == "char":
-        norm, norm_offsets = shingle.normalize_buffers(*_select(data, offsets, docs))
+        norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
         return hashes, shingle_offsets[:-1], shingle_offsets[1:]
-    bound = (offsets[docs + 1] - offsets[docs] + 1) // 2 + 1  # shingles <= words <= this
-    starts = np.zeros(len(docs), np.int64)
+    rows = np.arange(len(offsets) - 1)
+    bound = (offsets[1:] - offsets[:-1] + 1) // 2 + 1  # shingles <= words <= this
+    starts = np.zeros(len(rows), np.int64)
     np.cumsum(bound[:-1], out=starts[1:])
     hashes = np.empty(int(bound.sum()), np.uint64)
-    counts = np.empty(len(docs), np.int64)
+    counts = np.empty(len(rows), np.int64)
     kernel = mk.pick(mk.FUSED_WORD_BAGS, int(bound.sum()) * 8)
-    kernel(data, shingle.as_words64(data), offsets, docs, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
+    kernel(data, shingle.as_words64(data), offsets, rows, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
     return hashes, starts, starts + counts

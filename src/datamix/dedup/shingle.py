@@ -67,6 +67,7 @@ def _hash_bytes(data, start, end):
 
 _HIGH = np.uint64(0x8080808080808080)
 _ONES = np.uint64(0x0101010101010101)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(cache=True, inline="always")
@@ -228,8 +229,7 @@ def next_char(data, i, end, lower):
 # word give the lowercased bytes and a mask of word bytes; whole runs of word
 # bytes are fed at once, found with count-trailing-zeros), one character per
 # step elsewhere. Both paths share the word state (h, pack, nb), so a word may
-# start in one and end in the other. ~2-3x fewer cycles per byte than one
-# table look-up and two unpredictable branches per byte.
+# start in one and end in the other.
 
 
 def as_words64(data: np.ndarray) -> np.ndarray:
@@ -251,66 +251,70 @@ def _byte_index(bits):
     return np.int64(trailing_zeros(bits)) >> 3
 
 
+@njit(cache=True, inline="always")
+def _load8(data64, i):
+    """The 8 bytes at byte offset i (any alignment) as one little-endian uint64: two
+    aligned loads, shifts without a branch (the second term vanishes when i % 8 == 0)."""
+    o = np.uint64(8 * (i & 7))
+    return (data64[i >> 3] >> o) | ((data64[(i >> 3) + 1] << np.uint64(1)) << (np.uint64(63) - o))
+
+
 @njit(cache=True)
 def word_hashes(data, data64, start, end, lower, words):
     """Normalise + split + hash the words of data[start:end] into `words`; returns the
-    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words."""
+    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words.
+
+    Each step loads the 8 bytes at the current position; if they are ASCII, one step
+    skips the separators before a word and takes the word's bytes up to the next
+    separator (or all 8) at once, so a short word costs one step with branches that
+    almost always go the same way."""
     n_words = 0
     h, pack, nb = _WORD_SEED, np.uint64(0), 0
     i = start
     while i < end:
-        p0 = i & 7
-        nv = min(8 - p0, end - i)  # bytes of this document left in this 64-bit word
-        x = data64[i >> 3] >> np.uint64(8 * p0)
-        if nv < 8:
-            x &= (np.uint64(1) << np.uint64(8 * nv)) - np.uint64(1)
+        nv = min(8, end - i)  # bytes of this document in the 8 loaded
+        x = _load8(data64, i) & ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
         if x & _HIGH == 0:
             upper = _at_least(x, 0x41) & ~_at_least(x, 0x5B)
             low = x | (upper >> np.uint64(2))  # 'A'..'Z' + 0x20
-            letter = _at_least(low, 0x61) & ~_at_least(low, 0x7B)
-            digit = _at_least(x, 0x30) & ~_at_least(x, 0x3A)
-            word = letter | digit  # bytes past nv are 0: never word bytes
-            valid = _HIGH if nv == 8 else _HIGH & ((np.uint64(1) << np.uint64(8 * nv)) - np.uint64(1))
-            sep = ~word & valid
-            low &= (word >> np.uint64(7)) * np.uint64(0xFF)
-            q = 0
-            while q < nv:
-                if nb == 0:  # skip separators to the next word start
-                    rest = word >> np.uint64(8 * q)
-                    if rest == 0:
-                        break
-                    q += _byte_index(rest)
-                rest = sep >> np.uint64(8 * q)
-                r = nv - q if rest == 0 else _byte_index(rest)
-                piece = low >> np.uint64(8 * q)
-                if r < 8:
-                    piece &= (np.uint64(1) << np.uint64(8 * r)) - np.uint64(1)
+            word = (_at_least(low, 0x61) & ~_at_least(low, 0x7B)) | (_at_least(x, 0x30) & ~_at_least(x, 0x3A))
+            if nb == 0:  # skip the separators before the next word
+                if word == 0:
+                    i += nv
+                    continue
+                q = _byte_index(word)
+                i += q
+                nv -= q
+                low >>= np.uint64(8 * q)
+                word >>= np.uint64(8 * q)
+            sep = ~word & _HIGH & ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
+            r = nv if sep == 0 else _byte_index(sep)
+            piece = low & ~((_ALL << np.uint64(1)) << np.uint64(8 * r - 1)) if r > 0 else np.uint64(0)
+            if r > 0:
                 h, pack, nb = _feed_bytes(h, pack, nb, piece, r)
-                q += r
-                if q < nv:  # a separator ends the word
-                    words[n_words] = _finish_word(h, pack, nb)
-                    n_words += 1
-                    h, pack, nb = _WORD_SEED, np.uint64(0), 0
-                    q += 1
-            i += nv
-            continue
-        block_end = min((i | 7) + 1, end)
-        while i < block_end:  # one character at a time (may run past block_end by a few bytes)
-            c = data[i]
-            if c < 0x80:
-                cp = np.int64(ASCII_FOLD[c])
-                n = 1
-                if cp != 0:
-                    h, pack, nb = _feed(h, pack, nb, cp)
-            else:
-                cp, n = next_char(data, i, end, lower)
-                if cp != 0:
-                    h, pack, nb = _feed_code_point(h, pack, nb, cp)
-            if cp == 0 and nb > 0:
+            i += r
+            if r < nv:  # a separator ends the word
                 words[n_words] = _finish_word(h, pack, nb)
                 n_words += 1
                 h, pack, nb = _WORD_SEED, np.uint64(0), 0
-            i += n
+                i += 1
+            continue
+        # one character (not all ASCII ahead): decode, lowercase, fold
+        c = data[i]
+        if c < 0x80:
+            cp = np.int64(ASCII_FOLD[c])
+            n = 1
+            if cp != 0:
+                h, pack, nb = _feed(h, pack, nb, cp)
+        else:
+            cp, n = next_char(data, i, end, lower)
+            if cp != 0:
+                h, pack, nb = _feed_code_point(h, pack, nb, cp)
+        if cp == 0 and nb > 0:
+            words[n_words] = _finish_word(h, pack, nb)
+            n_words += 1
+            h, pack, nb = _WORD_SEED, np.uint64(0), 0
+        i += n
     if nb > 0:
         words[n_words] = _finish_word(h, pack, nb)
         n_words += 1
