@@ -30,25 +30,66 @@ def reference_run(tmp_path_factory, tiny_model, shards):
     return out
 
 
-def test_packed_documents_do_not_attend_to_each_other(tiny_model):
+def packed_example(tiny_model, attn):
+    """Three documents packed in one row, each also run alone, under the given attn_implementation."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=recipe.attention_for(attn, False)).eval()
     gen = torch.Generator().manual_seed(0)
     docs = [torch.randint(5, 800, (n,), generator=gen) for n in (7, 12, 5)]
     packed = torch.cat(docs)[None]
     position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    return model, docs, packed, position_ids
+
+
+def assert_each_document_as_if_alone(model, docs, together):
+    at = 0
     with torch.no_grad():
-        # use_cache=False as in the recipe: with a KV cache transformers skips packed-sequence detection.
-        together = model(input_ids=packed, position_ids=position_ids, use_cache=False).logits[0]
-        plain_causal = model(input_ids=packed).logits[0]
-        at = 0
         for d in docs:
             alone = model(input_ids=d[None]).logits[0]
             torch.testing.assert_close(together[at : at + len(d)], alone, rtol=1e-4, atol=1e-5)
-            if at:  # without the restarts the later documents would see the earlier ones: the check can fail
-                assert not torch.allclose(plain_causal[at : at + len(d)], alone, atol=1e-3)
             at += len(d)
+
+
+@pytest.mark.parametrize("attn", ["documents", "sdpa"])
+def test_packed_documents_do_not_attend_to_each_other(tiny_model, attn):
+    model, docs, packed, position_ids = packed_example(tiny_model, attn)
+    with torch.no_grad():
+        # use_cache=False as in the recipe: with a KV cache transformers skips packed-sequence detection.
+        together = model(input_ids=packed, position_ids=position_ids, use_cache=False).logits[0]
+        plain_causal = model(input_ids=packed).logits[0]  # one restart only: one long document
+    assert_each_document_as_if_alone(model, docs, together)
+    # Without the restarts the later documents see the earlier ones: the check above can fail.
+    with pytest.raises(AssertionError):
+        assert_each_document_as_if_alone(model, docs, plain_causal)
+
+
+def test_document_attention_with_the_recipes_segments_and_a_padding_tail(tiny_model):
+    model, docs, packed, position_ids = packed_example(tiny_model, "documents")
+    pad = torch.zeros(6, dtype=torch.long)  # a padding tail: its own segment, skipped by the attention
+    ids = torch.cat([packed[0], pad])[None]
+    pos = torch.cat([position_ids[0], torch.arange(6)])[None]
+    batch = {"input_ids": ids, "position_ids": pos, "labels": torch.full_like(ids, recipe.IGNORE)}
+    lengths, is_pad = recipe.document_segments(batch, pad_id=0)
+    assert lengths.tolist() == [7, 12, 5, 6] and is_pad.tolist() == [False, False, False, True]
+    with torch.no_grad():
+        together = model(input_ids=ids, position_ids=pos, use_cache=False, doc_segments=(lengths.tolist(), is_pad.tolist())).logits[0]
+        merged = model(input_ids=ids, position_ids=pos, use_cache=False, doc_segments=([24, 6], [False, True])).logits[0]
+    assert_each_document_as_if_alone(model, docs, together[:24])
+    with pytest.raises(AssertionError):  # segments that merge the documents leak: the segments are what is used
+        assert_each_document_as_if_alone(model, docs, merged[:24])
+
+
+def test_trim_padding_pads_to_the_longest_row():
+    seq = 10
+    # row 0: documents 3 + 4 then a 3-token tail; row 1: a document of 5 then a 5-token tail (pad id 0, no labels)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]])
+    ids = torch.tensor([[5] * 7 + [0] * 3, [6] * 5 + [0] * 5])
+    labels = torch.where(ids == 0, recipe.IGNORE, ids)
+    trimmed = recipe.trim_padding({"input_ids": ids, "position_ids": pos, "labels": labels}, pad_id=0)
+    assert trimmed["input_ids"].shape == (2, 7) and trimmed["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1]
+    full = recipe.trim_padding({"input_ids": ids, "position_ids": pos, "labels": torch.where(ids >= 0, ids, 0)}, pad_id=0)
+    assert full["input_ids"].shape == (2, seq)  # labelled "pad" tokens are a document, not padding: nothing trimmed
 
 
 def test_loss_falls_and_model_reloads_and_generates(reference_run):

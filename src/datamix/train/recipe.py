@@ -9,10 +9,19 @@ on a GPU machine that has nothing else installed (copy this file and go).
 
 Data: the shards written by datamix.export.shards -- [sequences, seq_len] arrays
 of input_ids, labels (-100 = no loss) and position_ids that restart at 0 at every
-packed document. With attention_mask=None, transformers (5.x, masking_utils.
-find_packed_sequence_indices) turns position-id restarts into a block-diagonal
-causal mask for sdpa/eager/flex, and flash_attention_2 turns them into varlen
-cu_seqlens, so attention never crosses documents (tests/train checks it).
+packed document. Attention never crosses documents (tests/train checks it):
+- CPU (attn_implementation=documents, the default there): `document_attention`
+  below runs causal SDPA on each document separately, so a packed row costs
+  sum(doc_len^2) attention and no dense L x L mask is built;
+- GPU: flash_attention_2 (varlen cu_seqlens from the position-id restarts) when
+  flash_attn is installed, else flex_attention (a block mask that skips the
+  blocks between documents);
+- sdpa/eager: transformers turns the restarts into a dense block-diagonal
+  [B, 1, L, L] mask (masking_utils.find_packed_sequence_indices): correct but
+  it pays L^2 per row whatever the documents, so it is not the default.
+Each micro-batch is trimmed to its longest row (trailing columns that are padding
+in every row are dropped): dynamic padding, as Hugging Face collators do, which
+is what an export of one sample per sequence (pack: none) needs to be a fair peer.
 
 Units: `batch_tokens` is the global batch per optimizer step, in tokens
 (= world_size * grad_accum * micro_batch sequences * seq_len). The loss of a step
@@ -65,7 +74,8 @@ class Config:
     resume: str = "auto"  # "auto" (latest checkpoint in output_dir if any) | "never" | a checkpoint folder
     activation_checkpointing: bool = False
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (GPU only)
-    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
+    attn_implementation: str = "auto"  # auto: GPU flash_attention_2 if installed else flex_attention; CPU documents
+    trim_padding: bool = True  # drop trailing columns that are padding in every row of a micro-batch
     dtype: str = "auto"  # compute dtype: auto = bf16 on GPU, fp32 on CPU
     peak_flops: float = 790e12  # per device, for MFU (H200 dense bf16 as measured)
     log_every: int = 1
@@ -215,11 +225,11 @@ def flops_per_token_and_attention(model_config, n_params_dense: int):
     return 6 * n_params_dense, 6 * layers * width
 
 
-def document_lengths(batch: dict, pad_id: int) -> torch.Tensor:
-    """Lengths of the real documents in a micro-batch (the padding tail of a sequence is left out).
+def document_segments(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The documents of a micro-batch, rows end to end: (lengths, is_padding).
 
-    Positions restart at 0 at every document and at the padding tail; a tail is the
-    segment made only of pad tokens with no labels.
+    Positions restart at 0 at every document, at every row start and at a row's
+    padding tail; a padding segment is one made only of pad tokens with no labels.
     """
     pos, ids, labels = (batch[k].flatten() for k in ("position_ids", "input_ids", "labels"))
     starts = (pos == 0).nonzero().flatten()
@@ -227,7 +237,79 @@ def document_lengths(batch: dict, pad_id: int) -> torch.Tensor:
     segment = torch.repeat_interleave(torch.arange(len(starts)), ends - starts)
     is_pad = (ids == pad_id) & (labels == IGNORE)
     pad_segment = torch.zeros(len(starts), dtype=torch.long).index_add_(0, segment, (~is_pad).long()) == 0
-    return (ends - starts)[~pad_segment]
+    return ends - starts, pad_segment
+
+
+def trim_padding(batch: dict, pad_id: int) -> dict:
+    """Drop the trailing columns that are padding in every row (pad to the longest row, as HF collators do)."""
+    seq_len = batch["position_ids"].shape[1]
+    lengths, is_pad = document_segments(batch, pad_id)
+    ends = lengths.cumsum(0)
+    row_last = ends % seq_len == 0  # the last segment of each row ends on a row boundary
+    tails = torch.where(row_last & is_pad, lengths, 0)[row_last]
+    keep = seq_len - int(tails.min())
+    return batch if keep == seq_len else {k: v[:, :keep] for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- attention inside documents
+
+DOCUMENT_ATTENTION = "datamix_documents"  # the name registered with transformers' AttentionInterface
+
+
+def document_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                       doc_segments=None, position_ids=None, **kwargs):
+    """Causal attention inside each packed document: one SDPA call (is_causal) per document.
+
+    query [B, Hq, L, D], key/value [B, Hkv, L, D] -> ([B, L, Hq, D], None), the
+    transformers attention-interface contract. `doc_segments` = (lengths, is_padding)
+    of the documents of all rows end to end (from the recipe, once per micro-batch);
+    without it the documents come from the position-id restarts. Padding segments
+    are not attended at all (zeros: they carry no labels). On CPU the per-document
+    SDPA with is_causal takes the flash kernel and skips the blocks above the
+    diagonal, where transformers' sdpa path would pass a dense [B, 1, L, L] mask.
+    """
+    b, hq, seq, d = query.shape
+    hkv = key.shape[1]
+    if doc_segments is None:
+        restarts = (position_ids.expand(b, seq).flatten() == 0).nonzero().flatten().tolist() + [b * seq]
+        doc_segments = ([e - s for s, e in zip(restarts, restarts[1:])], [False] * (len(restarts) - 1))
+    lengths, is_pad = doc_segments
+    # Rows end to end as one token axis (documents never span rows: positions restart at each row start).
+    q = query.transpose(0, 1).reshape(hq, b * seq, d)
+    k = key.transpose(0, 1).reshape(hkv, b * seq, d)
+    v = value.transpose(0, 1).reshape(hkv, b * seq, d)
+    outs = []
+    for qs, ks, vs, pad in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), is_pad):
+        if pad:
+            outs.append(torch.zeros_like(qs))
+        else:
+            outs.append(F.scaled_dot_product_attention(qs[None], ks[None], vs[None], is_causal=True, scale=scaling,
+                                                       dropout_p=dropout if module.training else 0.0,
+                                                       enable_gqa=hq != hkv)[0])
+    out = torch.cat(outs, 1).view(hq, b, seq, d)
+    return out.permute(1, 2, 0, 3), None
+
+
+def register_document_attention() -> str:
+    """Make `document_attention` selectable as attn_implementation (its mask is no mask: it reads the segments)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(DOCUMENT_ATTENTION, document_attention)
+    AttentionMaskInterface.register(DOCUMENT_ATTENTION, lambda *args, **kwargs: None)
+    return DOCUMENT_ATTENTION
+
+
+def attention_for(name: str, on_gpu: bool) -> str:
+    """The attn_implementation to load the model with (see the module docstring for why)."""
+    if name == "auto":
+        import importlib.util
+
+        if on_gpu:
+            name = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+        else:
+            name = "documents"
+    return register_document_attention() if name == "documents" else name
 
 
 def rng_state() -> dict:
@@ -293,11 +375,7 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     compute_dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
-    attn = cfg.attn_implementation
-    if attn == "auto":
-        import importlib.util
-
-        attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    attn = attention_for(cfg.attn_implementation, on_gpu)
     # Master weights stay fp32; FSDP2's MixedPrecisionPolicy casts to bf16 for compute.
     if cfg.init == "random":
         model_config = AutoConfig.from_pretrained(cfg.model)
@@ -379,6 +457,8 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [data.batch(idx) for idx in sampler.next_step(rank, world, cfg.grad_accum)]
+        if cfg.trim_padding:
+            micro_batches = [trim_padding(b, pad_id) for b in micro_batches]
         # A label at a document start is never predicted from inside its document.
         for b in micro_batches:
             b["targets"] = torch.where(b["position_ids"][:, 1:] == 0, IGNORE, b["labels"][:, 1:])
@@ -387,20 +467,23 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         dist.all_reduce(counts)
         label_tokens = max(counts.item(), 1.0)
         loss_sum = torch.zeros((), device=device)
-        real_tokens = attn_len2 = 0
+        real_tokens = attn_len2 = positions = 0
         for m, b in enumerate(micro_batches):
             last = m == len(micro_batches) - 1
             model.set_requires_gradient_sync(last)  # reduce-scatter grads once per step, not per micro-batch
             ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
+            lengths, is_pad = document_segments(b, pad_id)
+            extra = {"doc_segments": (lengths.tolist(), is_pad.tolist())} if attn == DOCUMENT_ATTENTION else {}
             # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask.
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1]
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False, **extra).logits[:, :-1]
             loss = F.cross_entropy(logits.float().flatten(0, 1), b["targets"].to(device).flatten(), ignore_index=IGNORE, reduction="sum")
             # FSDP averages gradients over ranks; * world undoes that so the result is sum / global label tokens.
             (loss * world / label_tokens).backward()
             loss_sum += loss.detach()
-            docs = document_lengths(b, pad_id)
+            docs = lengths[~is_pad]
             real_tokens += int(docs.sum())
             attn_len2 += int((docs**2).sum())
+            positions += ids.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         optimizer.step()
@@ -412,10 +495,12 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         if on_gpu:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        stats = torch.tensor([float(real_tokens), float(attn_len2)], device=device)
+        stats = torch.tensor([float(real_tokens), float(attn_len2), float(positions)], device=device)
         dist.all_reduce(stats)
+        # tokens: real (non-padding) tokens; positions: what the model ran on after trimming (padding = 1 - ratio).
         row = {"step": step, "loss": loss_sum.item() / label_tokens, "lr": lr, "grad_norm": float(grad_norm),
-               "label_tokens": int(label_tokens), "tokens": int(stats[0]), "tokens_per_s": stats[0].item() / dt, "step_s": dt}
+               "label_tokens": int(label_tokens), "tokens": int(stats[0]), "positions": int(stats[2]),
+               "tokens_per_s": stats[0].item() / dt, "step_s": dt}
         if on_gpu:
             flops = flops_per_token * stats[0].item() + attn_flops_per_len2 * stats[1].item()
             row["mfu"] = flops / (dt * cfg.peak_flops * world)
@@ -448,8 +533,8 @@ def save_hf_model(state_dict: dict, model_config, source: str, out: str) -> None
     from transformers import AutoModelForCausalLM
 
     # A fresh, un-wrapped model so config.architectures names the real class (not FSDP's subclass).
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    with torch.device("meta"):  # sdpa: the saved model must not depend on this file's attention function
+        plain = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, attn_implementation="sdpa")
     plain.load_state_dict(state_dict, assign=True, strict=False)
     plain.tie_weights()
     plain.config.use_cache = True
