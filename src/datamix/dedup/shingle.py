@@ -584,17 +584,32 @@ def jaccard_pairs(sets, offsets, left, right):
 
 
 def serial_and_parallel(fn):
-    """(serial, parallel) compilations of one kernel. Each parallel region costs a
-    thread launch and a barrier, and on a busy machine the barrier can wait a whole
-    scheduler slice for a descheduled worker: small jobs run serially (`pick`)."""
-    return njit(cache=True)(fn), njit(cache=True, parallel=True)(fn)
+    """One parallel compilation of a kernel, run on one thread for small jobs (`pick`).
+
+    Each parallel region costs a thread launch and a barrier, and on a busy machine
+    the barrier can wait a whole scheduler slice for a descheduled worker, so small
+    jobs run on the calling thread alone. One compilation rather than a serial and a
+    parallel one halves the first-use compile time of a fresh checkout (numba caches
+    compiled kernels on disk, but only after they were compiled once)."""
+    return njit(cache=True, parallel=True)(fn)
 
 
 PARALLEL_MIN_WORK = 2_000_000  # ~ bytes or element operations below which one thread is faster
 
 
-def pick(kernels, work: int):
-    return kernels[1] if work >= PARALLEL_MIN_WORK else kernels[0]
+def pick(kernel, work: int):
+    return kernel if work >= PARALLEL_MIN_WORK else functools.partial(_on_one_thread, kernel)
+
+
+def _on_one_thread(kernel, *args):
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def jaccard_spans(sets, starts, ends, left, right):
