@@ -147,6 +147,8 @@ def test_exact_jaccard_from_raw_text_equals_the_merge_of_sorted_sets(unit):
     left, right = np.append(left, [150, 152, 150, 154, 7]), np.append(right, [151, 153, 152, 155, 7])
     sim = _PairSimilarity(np.zeros((len(texts), 2), np.uint32), texts, None, cfg.model_copy(update={"verify": "jaccard"}), {})
     expected = shingle.jaccard_pairs(ref, ref_off, left, right)
+    # A first call shingles some texts; the second adds the rest to the same store.
+    assert np.array_equal(sim(left[:100], right[:100]), expected[:100])
     assert np.array_equal(sim(left, right), expected)
     assert expected[-4:-2].tolist() == [1.0, 0.0] and 0.0 < expected[-2] < 1.0 and expected[-1] == 1.0
 

@@ -298,7 +298,7 @@ class _PairSimilarity:
         self.sig, self.cfg, self.stats = sig, cfg, stats
         self.texts, self.reference = texts, reference
         self.margin = 3.0 * math.sqrt(cfg.threshold * (1.0 - cfg.threshold) / cfg.num_perm)
-        self._docs = self._sets = self._starts = self._ends = None
+        self._docs = self._sets = self._starts = self._ends = self._utf8 = None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
@@ -319,25 +319,42 @@ class _PairSimilarity:
         self.stats["exact_pairs"] = self.stats.get("exact_pairs", 0) + len(a)
         if len(a) == 0:
             return np.zeros(0, np.float64)
-        wanted = np.unique(np.concatenate([a, b]))
-        if self._docs is None or not np.isin(wanted, self._docs).all():
-            docs = wanted if self._docs is None else np.union1d(self._docs, wanted)
-            self._sets, self._starts, self._ends = _shingle_bags(self._buffers(), docs, self.cfg)
-            self._docs = docs
+        self._add_docs(np.unique(np.concatenate([a, b])))
         ia, ib = np.searchsorted(self._docs, a), np.searchsorted(self._docs, b)
         kernel = mk.pick(mk.JACCARD_BAGS, len(a) * max(1, len(self._sets) // max(1, len(self._docs))) * 8)
         return kernel(self._sets, self._starts, self._ends, ia, ib)
 
+    def _add_docs(self, wanted: np.ndarray) -> None:
+        """Shingle the texts among `wanted` not shingled yet (only those: the removal
+        records ask about a few texts beyond the verified pairs) and keep every text's
+        shingles in one store ordered by text index."""
+        new = wanted if self._docs is None else np.setdiff1d(wanted, self._docs, assume_unique=True)
+        if len(new) == 0:
+            return
+        hashes, starts, ends = _shingle_bags(self._buffers(), new, self.cfg)
+        if self._docs is None:
+            self._docs, self._sets, self._starts, self._ends = new, hashes, starts, ends
+            return
+        docs = np.concatenate([self._docs, new])
+        order = np.argsort(docs, kind="stable")
+        shift = len(self._sets)
+        self._docs = docs[order]
+        self._starts = np.concatenate([self._starts, starts + shift])[order]
+        self._ends = np.concatenate([self._ends, ends + shift])[order]
+        self._sets = np.concatenate([self._sets, hashes])
+
     def _buffers(self):
-        """UTF-8 (bytes, offsets) of texts followed by reference rows."""
+        """UTF-8 (bytes, offsets) of texts followed by reference rows (built once)."""
         import polars as pl
 
         from datamix.dedup import shingle
 
-        series = _as_series(self.texts)
-        if self.reference is not None:
-            series = pl.concat([series, _as_series(self.reference)])
-        return shingle.utf8_buffers(series)
+        if self._utf8 is None:
+            series = _as_series(self.texts)
+            if self.reference is not None:
+                series = pl.concat([series, _as_series(self.reference)])
+            self._utf8 = shingle.utf8_buffers(series)
+        return self._utf8
 
 
 def _shingle_bags(buffers, docs: np.ndarray, cfg: MinHashConfig):
