@@ -95,12 +95,15 @@ def bench_peers(sh, args):
     except ImportError:
         print("rensa not installed (pip install rensa): skipped")
         return res
-    t = time.perf_counter()
-    for s in sh:
-        m = rensa.RMinHash(128, 1)
-        m.update(s)
-        m.digest()
-    res["rensa RMinHash (signatures only)"] = rate(len(sh), time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(args.repeat):  # best of `repeat`, as datamix is timed (the machine is shared)
+        t = time.perf_counter()
+        for s in sh:
+            m = rensa.RMinHash(128, 1)
+            m.update(s)
+            m.digest()
+        best = min(best, time.perf_counter() - t)
+    res["rensa RMinHash (signatures only)"] = rate(len(sh), best)
     return res
 
 
@@ -186,7 +189,10 @@ def main():
     ap.add_argument("--subset-update", type=int, default=1000)
     ap.add_argument("--subset-bulk", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="numba threads (0: numba's default)")
     args = ap.parse_args()
+    if args.threads:
+        __import__("numba").set_num_threads(args.threads)
     print(f"cores visible: {os.cpu_count()}; numba threads: {__import__('numba').get_num_threads()}")
     t = time.perf_counter()
     find_duplicates(["warm up the jit kernels once", "warm up the jit kernel once"], np.zeros(2), MinHashConfig(method="minhash"))
