@@ -452,7 +452,7 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
     stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
     model.train()
     while step < stop_at:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         lr = lr_at(step, cfg, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -500,7 +500,8 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         # tokens: real (non-padding) tokens; positions: what the model ran on after trimming (padding = 1 - ratio).
         row = {"step": step, "loss": loss_sum.item() / label_tokens, "lr": lr, "grad_norm": float(grad_norm),
                "label_tokens": int(label_tokens), "tokens": int(stats[0]), "positions": int(stats[2]),
-               "tokens_per_s": stats[0].item() / dt, "step_s": dt}
+               "tokens_per_s": stats[0].item() / dt, "step_s": dt,
+               "cpu_s": time.process_time() - cpu0}  # this process's CPU time: on a shared CPU box, steadier than step_s
         if on_gpu:
             flops = flops_per_token * stats[0].item() + attn_flops_per_len2 * stats[1].item()
             row["mfu"] = flops / (dt * cfg.peak_flops * world)
