@@ -185,10 +185,14 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     """Run every step that is not up to date, in dependency order.
 
     verbose: also log every committed chunk (step, key, rows), as it commits."""
+    fps = fingerprints(pipeline)
     store = Store(store_path)
+    missing = _missing_secrets(pipeline, store, fps)
+    if missing:  # before any step runs: an unset key would fail a step halfway through
+        store.close()
+        return RunResult(ok=False, steps=[], failed_step=missing[0], error=missing[1], bad_input=True)
     run_id = uuid.uuid4().hex[:12]
     store.start_run(run_id, pipeline.name, pipeline.spec_path)
-    fps = fingerprints(pipeline)
     result = RunResult(ok=True, steps=[])
     try:
         with Progress(progress) as bars:
@@ -214,6 +218,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
 
                     result.ok, result.failed_step = False, step.name
                     result.error = f"{type(e).__name__}: {e}"
+                    # a model folder or data file that is not there is the user's input to fix
+                    result.bad_input = isinstance(e, FileNotFoundError)
                     if os.environ.get("DATAMIX_DEBUG"):
                         traceback.print_exc()
                     store.finish_step(step.name, "failed", 0.0, traceback.format_exc(limit=8))
@@ -223,6 +229,20 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
         result.steps = store.steps()
         store.close()
     return result
+
+
+def _missing_secrets(pipeline: Pipeline, store: Store, fps: dict[str, str]) -> tuple[str, str] | None:
+    """(step, message) for the first step that will run with a model whose key variable is unset."""
+    for step in pipeline.order():
+        row = store.step_row(step.name)
+        if row is not None and row["state"] == "done" and row["fingerprint"] == fps[step.name]:
+            continue
+        for name in models_used(step):
+            env = getattr(pipeline.models.get(name), "api_key_env", None)
+            if env and not os.environ.get(env):
+                return step.name, (f"model {name!r} reads its API key from the environment variable {env}, "
+                                   f"which is not set; export {env}=... and run again")
+    return None
 
 
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,

@@ -173,3 +173,23 @@ def test_the_api_key_never_reaches_the_store_or_the_logs(tmp_path):
     for path in files:
         with open(path, "rb") as f:
             assert KEY.encode() not in f.read(), f"the key leaked into {path}"
+
+
+def test_an_unset_key_variable_stops_the_run_before_any_step(tmp_path):
+    write_instructions(tmp_path, 2)
+    (tmp_path / "hosted.yaml").write_text(HOSTED.format(url="http://127.0.0.1:9/v1"))
+    env = {k: v for k, v in os.environ.items() if k != "DATAMIX_TEST_SECRET"}
+    run = datamix("run", "hosted.yaml", cwd=tmp_path, env=env)
+    assert run.returncode == 2
+    assert "DATAMIX_TEST_SECRET" in run.stderr and "Traceback" not in run.stderr
+    con = duckdb.connect(str(tmp_path / ".datamix" / "hosted.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM dm.steps").fetchall() == [(0,)]  # nothing ran, not even load
+    con.close()
+
+
+def test_a_missing_model_folder_is_bad_input(tmp_path):
+    write_instructions(tmp_path, 2)
+    (tmp_path / "gen.yaml").write_text(GENERATION.format(model=tmp_path / "no-such-model"))
+    run = datamix("run", "gen.yaml", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "no-such-model" in run.stderr and "Traceback" not in run.stderr
