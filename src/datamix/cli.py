@@ -134,10 +134,11 @@ def plan(pipeline, overrides, store, fmt):
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("step", "kind", "action", "why", "model calls")
     for e in entries:
-        table.add_row(e.name, e.kind, e.action, e.reason, "" if e.model_calls is None else f"{e.model_calls:,}")
+        table.add_row(e.name, e.kind, e.action, Text(e.reason), "" if e.model_calls is None else f"{e.model_calls:,}")
     Console().print(table)
 
 
@@ -196,6 +197,7 @@ def _print_status(rows: list[dict], path: str, fmt: str) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("step", "kind", "state", "rows in", "rows out", "dropped (reason: rows)", "seconds",
                   title=f"store {path}")
@@ -203,7 +205,7 @@ def _print_status(rows: list[dict], path: str, fmt: str) -> None:
         drops = ", ".join(f"{k}: {v:,}" for k, v in r["dropped"].items())
         if r.get("quarantined"):
             drops = ", ".join(x for x in (drops, f"quarantined: {r['quarantined']:,}") if x)
-        table.add_row(r["name"], r["kind"], r["state"], f"{r['rows_in']:,}", f"{r['rows_out']:,}", drops,
+        table.add_row(Text(r["name"]), r["kind"], r["state"], f"{r['rows_in']:,}", f"{r['rows_out']:,}", Text(drops),
                       f"{r['seconds'] or 0:.2f}")
     Console(width=max(120, Console().width)).print(table)
 
@@ -275,10 +277,11 @@ def _render(columns, rows, fmt):
         w.writerows([[json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in r] for r in rows])
         return buf.getvalue().rstrip("\n")
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*columns)
     for r in rows:
-        table.add_row(*[_cell(v) for v in r])
+        table.add_row(*[Text(_cell(v)) for v in r])  # Text: cells are data, never rich markup
     return table
 
 
@@ -299,6 +302,7 @@ def show(step, store, pipeline, limit, where):
     """Pretty-print samples of STEP as chats."""
     import duckdb
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
 
     from datamix.store import quote
@@ -314,10 +318,11 @@ def show(step, store, pipeline, limit, where):
         rec = dict(zip(columns, r))
         body = []
         for m in rec.pop("messages", None) or []:
-            body.append(f"[bold]{m['role']}[/bold]: {m['content']}")
+            # samples are data, not markup: "[/]" in a chat must print as it is
+            body.append(f"[bold]{escape(str(m['role']))}[/bold]: {escape(str(m['content']))}")
         extras = ", ".join(f"{k}={_cell(v)}" for k, v in rec.items() if k != "sample_id" and v is not None)
-        console.print(Panel("\n\n".join(body) or "(no messages)", title=f"{step} {rec.get('sample_id')}",
-                            subtitle=extras[:200] or None))
+        console.print(Panel("\n\n".join(body) or "(no messages)", title=escape(f"{step} {rec.get('sample_id')}"),
+                            subtitle=escape(extras[:200]) or None))
 
 
 @main.command()
