@@ -201,15 +201,49 @@ def _bounds(model: type | None, loc: tuple) -> tuple | None:
     return (low, high) if low is not None and high is not None else None
 
 
+def _model_at(model: type | None, raw_loc: tuple) -> type | None:
+    """The pydantic model that holds the field at `raw_loc` (a pydantic error location,
+    union tags included), or None when it cannot be told."""
+    import typing
+
+    for part in raw_loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part in fields:
+            ann = fields[part].annotation
+            args = [a for a in typing.get_args(ann) if isinstance(a, type)] or [ann]
+            while len(args) == 1 and typing.get_args(args[0]):  # list[X], Annotated[X, ...]
+                args = [a for a in typing.get_args(args[0]) if isinstance(a, type)] or args
+            members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = members[0] if len(members) == 1 else (members or None)
+        elif isinstance(model, list):  # a union: the location names the member by its tag
+            model = next((m for m in model if any(
+                typing.get_args(f.annotation) == (part,) for f in m.model_fields.values())), None)
+        else:
+            return None
+    return model if isinstance(model, type) else None
+
+
 def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
     msg = err["msg"]
     ctx = err.get("ctx") or {}
+    if err["type"] == "extra_forbidden":
+        holder = _model_at(model, tuple(err["loc"]))
+        if holder is not None:
+            names = [n for n in holder.model_fields if n not in ("name", "kind", "method", "rule", "backend")]
+            if err["loc"][0] == "options" and "options" in getattr(model, "model_fields", {}):
+                # dedup: the method's options sit beside the step's own
+                names = [n for n in model.model_fields if n not in ("name", "kind", "options")] + names
+            return f"unknown option; the options here are: {', '.join(names)}"
     if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bounds = _bounds(model, loc)
         if bounds:
             return f"must be between {bounds[0]:g} and {bounds[1]:g}"
     if err["type"] == "extra_forbidden":
-        return "unknown option (check the spelling, or see `datamix validate --help` for the kind's options)"
+        return "unknown option (check its spelling)"
     if err["type"] == "value_error" and msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     if err["type"] == "union_tag_invalid":
@@ -303,9 +337,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             parsed.append((i, steps[-1]))
         except ValidationError as e:
             for err in e.errors():
-                loc = tuple(err["loc"])
-                # discriminated unions put the tag in the loc; drop it for readability
-                loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+                loc = _yaml_loc(tuple(err["loc"]))
                 problems.append(f"{at(('steps', i) + loc)}{label}.{_format_loc(loc, [])}: "
                                 f"{_friendly(err, REGISTRY[kind].config, loc)}")
 
@@ -315,7 +347,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         pipeline = Pipeline.model_validate({**top, "steps": [], "spec_path": path})
     except ValidationError as e:
         for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+            loc = _yaml_loc(tuple(err["loc"]))
             problems.append(f"{at(loc)}{_format_loc(loc, raw_steps)}: {_friendly(err)}")
 
     if pipeline is not None and len(steps) == len(raw_steps):
@@ -330,10 +362,23 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     return pipeline
 
 
-# Parts of a pydantic error location that are not in the YAML: union tags, and
-# `options`, where the dedup step gathers its method's flat options.
-_UNION_TAGS = {"transformers", "vllm", "openai", "exact", "minhash", "semantic", "options",
+# Parts of a pydantic error location that are not in the YAML: union tags.
+_UNION_TAGS = {"transformers", "vllm", "openai", "exact", "minhash", "semantic",
                "length", "regex", "repetition", "phrases", "shape", "sql"}
+_METHOD_TAGS = {"exact", "minhash", "semantic"}
+
+
+def _yaml_loc(loc: tuple) -> tuple:
+    """A pydantic error location as the YAML spells it: no union tags, and no `options`
+    where the dedup step gathered its method's flat options (options.minhash.threshold)."""
+    out = []
+    for i, part in enumerate(loc):
+        if part == "options" and i + 1 < len(loc) and loc[i + 1] in _METHOD_TAGS:
+            continue
+        if isinstance(part, str) and part in _UNION_TAGS:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _check_graph(p: Pipeline, raw_steps: list, at) -> list[str]:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
 
@@ -30,19 +30,32 @@ class TrainStepConfig(StepConfig):
     torchrun_args: list[str] = Field(default_factory=list, description="extra torchrun flags (multi-node)")
     options: dict[str, Any] = Field(default_factory=dict, description="recipe config keys (batch_tokens, lr, max_steps, ...)")
 
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Unknown recipe keys are reported by `datamix validate`, not an hour into a run."""
+        unknown = sorted(set(options) - recipe_options())
+        if unknown:
+            raise ValueError(f"unknown train options {unknown}; valid: {', '.join(sorted(recipe_options()))}")
+        return options
+
+
+def recipe_options() -> set[str]:
+    """The recipe's config keys a pipeline may set (model, shards and output_dir come from the step)."""
+    import dataclasses
+
+    from datamix.train.recipe import Config
+
+    return {f.name for f in dataclasses.fields(Config)} - {"model", "shards", "output_dir"}
+
 
 @register("train", TrainStepConfig)
 def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
     from datamix.train.launch import train_command
-    from datamix.train.recipe import Config
 
     key = "model"
     if key in ctx.done_keys:
         return
-    valid = {f for f in Config.__dataclass_fields__} - {"model", "shards", "output_dir"}
-    unknown = sorted(set(cfg.options) - valid)
-    if unknown:
-        raise BadInput(f"step {cfg.name!r}: unknown train options {unknown}; valid: {', '.join(sorted(valid))}")
     if cfg.shards:
         shards = ctx.resolve(cfg.shards)
     elif "input" in inputs and "folder" in inputs["input"].arrow("*").schema.names:
