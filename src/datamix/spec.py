@@ -236,7 +236,8 @@ def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
             names = [n for n in holder.model_fields if n not in ("name", "kind", "method", "rule", "backend")]
             if err["loc"][0] == "options" and "options" in getattr(model, "model_fields", {}):
                 # dedup: the method's options sit beside the step's own
-                names = [n for n in model.model_fields if n not in ("name", "kind", "options")] + names
+                own = [n for n in model.model_fields if n not in ("name", "kind", "options", "chunk_size")]
+                names = own + [n for n in names if n not in own]
             return f"unknown option; the options here are: {', '.join(names)}"
     if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bounds = _bounds(model, loc)

@@ -42,7 +42,9 @@ except ImportError:  # pragma: no cover
 MethodConfig = Annotated[Union[tuple(c for c, _ in _METHODS.values())], Field(discriminator="method")]  # noqa: UP007
 
 REASONS = {"exact": "duplicate", "minhash": "near_duplicate", "semantic": "semantic_duplicate"}
-COMMON = {"name", "kind", "input", "inputs", "chunk_size", "fields", "keep", "keep_column", "reference",
+# Options of the step itself; every other key belongs to the method. (`chunk_size` is the
+# method's: dedup decides over the whole input at once, MinHash signs it in chunks.)
+COMMON = {"name", "kind", "input", "inputs", "fields", "keep", "keep_column", "reference",
           "reference_field", "options"}
 
 
