@@ -141,12 +141,10 @@ def rule_label(rule) -> str:
 # ---- the rules: each returns (passes, measured value or None) -------------------
 
 
-def _length(df, rule: LengthRule):
+def _length(df, rule: LengthRule, text_of):
     import polars as pl
 
-    from datamix.fields import field_expr
-
-    text = df.select(field_expr(rule.field)).to_series()
+    text = text_of(rule.field)
     if rule.unit == "chars":
         n = text.str.len_chars()
     elif rule.unit == "words":
@@ -173,22 +171,18 @@ def _tokenizer(path: str):
     return _TOKENIZERS[path]
 
 
-def _regex(df, rule: RegexRule):
-    from datamix.fields import field_expr
-
-    text = df.select(field_expr(rule.field)).to_series()
+def _regex(df, rule: RegexRule, text_of):
+    text = text_of(rule.field)
     ok = text.str.contains(rule.include) if rule.include else text.str.len_chars() >= 0
     if rule.exclude:
         ok = ok & ~text.str.contains(rule.exclude)
     return ok, None
 
 
-def _repetition(df, rule: RepetitionRule):
+def _repetition(df, rule: RepetitionRule, text_of):
     import polars as pl
 
-    from datamix.fields import field_expr
-
-    text = df.select(field_expr(rule.field)).to_series()
+    text = text_of(rule.field)
     frame = pl.DataFrame({"text": text}).with_row_index("row")
     worst = pl.Series([0.0] * len(df))
     ok = pl.Series([True] * len(df))
@@ -233,15 +227,13 @@ def _repetition(df, rule: RepetitionRule):
     return ok, worst
 
 
-def _phrases(df, rule: PhrasesRule):
-    from datamix.fields import field_expr
-
+def _phrases(df, rule: PhrasesRule, text_of):
     phrases = [p.lower() for p in rule.phrases + PRESETS.get(rule.preset or "", [])]
-    text = df.select(field_expr(rule.field)).to_series().str.to_lowercase()
+    text = text_of(rule.field, lower=True)
     return ~text.str.contains_any(phrases), None
 
 
-def _shape(df, rule: ShapeRule):
+def _shape(df, rule: ShapeRule, text_of):
     import polars as pl
 
     roles = df.select(pl.col("messages").list.eval(pl.element().struct.field("role")).alias("r"))
@@ -266,7 +258,7 @@ def _shape(df, rule: ShapeRule):
     return ok, None
 
 
-def _sql(df, rule: SqlRule):
+def _sql(df, rule: SqlRule, text_of):
     import duckdb
     import polars as pl
 
@@ -288,16 +280,25 @@ def decide(df, rules) -> "pl.DataFrame":
     """Decisions for the samples that fail a rule: sample_id, kept=False, reason, score."""
     import polars as pl
 
-    from datamix.fields import check_field
+    from datamix.fields import check_field, field_expr
 
     alive = pl.Series([True] * len(df))
     reason = pl.Series([None] * len(df), dtype=pl.Utf8)
     score = pl.Series([None] * len(df), dtype=pl.Float64)
+    texts: dict = {}
+
+    def text_of(field: str, lower: bool = False):
+        """A field's text, extracted once per chunk however many rules read it."""
+        if (field, lower) not in texts:
+            texts[(field, lower)] = (text_of(field).str.to_lowercase() if lower
+                                     else df.select(field_expr(field)).to_series())
+        return texts[(field, lower)]
+
     for rule in rules:
         field = getattr(rule, "field", None)
         if field and (problem := check_field(field, df.columns)):
             raise BadInput(f"rule {rule_label(rule)}: {problem}")
-        ok, value = RULES[rule.rule](df, rule)
+        ok, value = RULES[rule.rule](df, rule, text_of)
         newly = alive & ~ok.fill_null(False)
         reason = pl.select(pl.when(newly).then(pl.lit(rule_label(rule))).otherwise(reason)).to_series()
         if value is not None:
@@ -309,12 +310,25 @@ def decide(df, rules) -> "pl.DataFrame":
     )
 
 
+def _columns_read(rules) -> str | None:
+    """The columns the rules need: sample_id and messages when every rule reads a chat
+    field (most of a table's bytes can be other columns); all of them (None) for a `sql`
+    rule or a rule over another column."""
+    from datamix.fields import CHAT_FIELDS
+
+    for rule in rules:
+        if rule.rule == "sql" or getattr(rule, "field", None) not in (None, *CHAT_FIELDS):
+            return None
+    return "sample_id, messages"
+
+
 @register("filter", FilterConfig, passthrough=True)
 def run(cfg: FilterConfig, inputs, ctx: Context):
     import polars as pl
 
-    table = inputs["input"]
-    for offset, part in table.slices(cfg.chunk_size):
+    table = inputs["input"].arrow(_columns_read(cfg.rules))
+    for offset in range(0, table.num_rows, cfg.chunk_size):
+        part = table.slice(offset, cfg.chunk_size)
         key = f"rows-{offset}"
         if key in ctx.done_keys:
             continue

@@ -104,15 +104,56 @@ def _jsonl_lines(path: str, limit: int | None):
     return pa.table({"origin_line": line_numbers, "raw": texts, "decode_error": errors})
 
 
-def read_raw_records(path: str, fmt: str, limit: int | None = None):
-    """(origin_line, raw JSON text, decode_error) as an Arrow table, in file order."""
+def _jsonl_clean_lines(path: str, limit: int | None):
+    """The lines of a clean JSONL file through DuckDB's parallel JSON reader, or None.
+
+    Clean: every line is exactly one JSON value, with no blank line, no whitespace or
+    carriage return around it, and valid UTF-8. DuckDB's reader returns each value's
+    text verbatim but skips blank lines and strips whitespace, so line numbers are only
+    trusted when the byte count proves nothing was skipped: the file's size must equal
+    the values' bytes plus one newline per value (the last may lack it). A malformed
+    value or bad UTF-8 makes the reader fail. In every such case this returns None and
+    the caller takes `_jsonl_lines`, which reports each bad line with its number.
+    """
     import duckdb
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    size = os.path.getsize(path)
+    if limit is not None or size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        ends_with_newline = f.read(1) == b"\n"
+    con = duckdb.connect()
+    try:
+        raw = con.sql("SELECT json::VARCHAR AS raw FROM read_json_objects(?, format = 'newline_delimited')",
+                      params=[path]).to_arrow_table().column("raw")
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    n = len(raw)
+    value_bytes = pc.sum(pc.binary_length(raw)).as_py() or 0
+    if value_bytes + n - (0 if ends_with_newline else 1) != size:
+        return None  # a blank line, surrounding whitespace or \r: line numbers unknown here
+    return pa.table({"origin_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                     "raw": raw, "decode_error": pa.nulls(n, pa.string())})
+
+
+def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool = True):
+    """(origin_line, raw JSON text, decode_error) as an Arrow table, in file order.
+
+    JSONL files are read by DuckDB's JSON reader when they are clean (`_jsonl_clean_lines`)
+    unless `fast` is False; the rows are the same either way."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
     if fmt == "jsonl":
-        return _jsonl_lines(path, limit)
+        clean = _jsonl_clean_lines(path, limit) if fast else None
+        return clean if clean is not None else _jsonl_lines(path, limit)
     if fmt == "json":
         try:
             with open(path, encoding="utf-8") as f:
@@ -250,6 +291,7 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
         fmt = _format_of(path, cfg.format)
         origin = os.path.relpath(path, ctx.pipeline_dir)
         records = read_raw_records(path, fmt, cfg.limit)
+        robust = fmt != "jsonl"  # JSONL may have come through the clean-file fast path
         for start in range(0, records.num_rows, cfg.chunk_size):
             part = records.slice(start, cfg.chunk_size)
             total += part.num_rows
@@ -260,6 +302,11 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
                 continue
             # sample ids are minted in the query: mint(cfg.name, origin_file, origin_line)
             rows, quarantine = normalize(con, part, origin, cfg)
+            if quarantine.num_rows and not robust:
+                # a bad row: quarantine records what the line-by-line reader gives (same lines)
+                records, robust = read_raw_records(path, fmt, cfg.limit, fast=False), True
+                part = records.slice(start, cfg.chunk_size)
+                rows, quarantine = normalize(con, part, origin, cfg)
             bad_total += quarantine.num_rows
             ctx.progress(part.num_rows)
             yield Chunk(key=key, rows=rows, quarantine=quarantine, rows_in=part.num_rows)

@@ -153,10 +153,29 @@ def run(cfg: MixConfig, inputs, ctx: Context):
 def _tokens_of(table, cfg: MixConfig):
     """`_tokens` of an Arrow table's rows, as an Int64 Arrow array (only `messages` is converted)."""
     import polars as pl
+    import pyarrow as pa
 
     if table.num_rows == 0:
-        import pyarrow as pa
-
         return pa.array([], pa.int64())
+    if not cfg.tokenizer:
+        return _estimated_tokens(table.column("messages"))
     df = pl.from_arrow(table.select(["messages"]))
     return _tokens(df, cfg).to_arrow()
+
+
+def _estimated_tokens(messages):
+    """(characters of the `conversation` field + 3) // 4 per row, from the flattened message
+    contents: the length of the contents joined with newlines (null contents skipped, as the
+    join skips them) without building the joined strings."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
+    n = len(messages)
+    row = pc.list_parent_indices(messages).to_numpy()
+    chars = pc.utf8_length(pc.struct_field(pc.list_flatten(messages), "content"))
+    present = pc.is_valid(chars).to_numpy(zero_copy_only=False)
+    total = np.bincount(row, weights=pc.fill_null(chars, 0).to_numpy(), minlength=n)
+    joins = np.maximum(np.bincount(row[present], minlength=n) - 1, 0)  # one newline between two contents
+    return pa.array((total.astype(np.int64) + joins + 3) // 4, pa.int64())
