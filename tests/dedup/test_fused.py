@@ -114,6 +114,26 @@ def test_eight_byte_word_pass_equals_the_per_character_reference(ngram):
         assert np.array_equal(shifted, expected)
 
 
+def test_all_ascii_bit_mask_pass_equals_the_per_character_reference():
+    """All-ASCII texts take the bit-mask word pass: words of every length 1-150
+    (branch-free up to 15 bytes, a loop beyond; words crossing 64-byte mask blocks),
+    texts of only separators, a word ending exactly at a 64-byte boundary."""
+    rng = random.Random(11)
+    letters = "abcXYZ0189"
+    texts = ["", "...", "a", "-" * 63 + "b", "q" * 64, "w" * 64 + " x", "y" * 65]
+    for _ in range(200):
+        parts = []
+        for _ in range(rng.randint(1, 30)):
+            parts.append("".join(rng.choice(letters) for _ in range(rng.choice([1, 7, 8, 9, 15, 16, 17, rng.randint(1, 150)]))))
+            parts.append("".join(rng.choice(" .,_\n!") for _ in range(rng.randint(1, 3))))
+        texts.append("".join(parts))
+    cfg = MinHashConfig(method="minhash", ngram=2, num_perm=16)
+    a, b = permutations(16, cfg.seed)
+    expected = np.stack([_reference_signature(t, 2, a, b) for t in texts])
+    for shift in range(0, 8):  # every alignment of the buffer
+        assert np.array_equal(signatures(["x" * shift] + texts, cfg)[1:], expected)
+
+
 def test_fused_signatures_are_normalisation_invariant():
     cfg = MinHashConfig(method="minhash")
     texts = _random_texts(100, seed=7)

@@ -259,8 +259,124 @@ def _load8(data64, i):
     return (data64[i >> 3] >> o) | ((data64[(i >> 3) + 1] << np.uint64(1)) << (np.uint64(63) - o))
 
 
+_GATHER = np.uint64(0x0002040810204081)  # (bits at 0x80 of each byte) * this >> 56 = one bit per byte
+
+
+@njit(cache=True, inline="always")
+def _word_bits(x):
+    """0x80 in each byte of x (all ASCII) that is a word byte (a-z, A-Z, 0-9)."""
+    upper = _at_least(x, 0x41) & ~_at_least(x, 0x5B)
+    low = x | (upper >> np.uint64(2))
+    return (_at_least(low, 0x61) & ~_at_least(low, 0x7B)) | (_at_least(x, 0x30) & ~_at_least(x, 0x3A))
+
+
+@njit(cache=True, inline="always")
+def _lower_ascii(x):
+    return x | ((_at_least(x, 0x41) & ~_at_least(x, 0x5B)) >> np.uint64(2))
+
+
+@njit(cache=True, inline="always")
+def _ascii_word_mask(data64, start, end, wmask, lowered):
+    """Bit p of wmask[p >> 6] = byte start + p is a word byte, `lowered` = the text's
+    bytes lowercased (as uint64 words from its start); False if the text is not all ASCII.
+
+    A fixed-stride pass (no step depends on what the previous one found), so the loads
+    and the byte-parallel tests of successive 8-byte chunks overlap in the pipeline."""
+    n = end - start
+    n_chunks = (n + 7) >> 3
+    high = np.uint64(0)
+    for blk in range((n_chunks + 7) >> 3):
+        m = np.uint64(0)
+        for t in range(8):
+            pos = start + 8 * (8 * blk + t)
+            nv = end - pos
+            if nv <= 0:
+                break
+            x = _load8(data64, pos)
+            if nv < 8:
+                x &= ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
+            high |= x
+            low = _lower_ascii(x)
+            lowered[8 * blk + t] = low
+            word = (_at_least(low, 0x61) & ~_at_least(low, 0x7B)) | (_at_least(x, 0x30) & ~_at_least(x, 0x3A))
+            m |= ((word * _GATHER) >> np.uint64(56)) << np.uint64(8 * t)
+        wmask[blk] = m
+    return high & _HIGH == 0
+
+
+@njit(cache=True, inline="always")
+def _ascii_word_hashes(lowered, start, end, wmask, words):
+    """Hash the words marked in wmask (see `_ascii_word_mask`); returns the word count.
+
+    Word starts are word bits whose previous bit is clear, ends those whose next bit is
+    clear; the k-th start pairs with the k-th end, each stream walked with
+    count-trailing-zeros. A word's bytes come from one 8-byte load at its start,
+    lowercased byte-parallel: the same hash as `word_hash` on the normalised word."""
+    n_blocks = (((end - start + 7) >> 3) + 7) >> 3
+    n_words = 0
+    be = 0
+    me = np.uint64(0)
+    prev_top = np.uint64(0)  # last bit of the previous block (a word running into this one)
+    for bs in range(n_blocks):
+        w = wmask[bs]
+        ms = w & ~((w << np.uint64(1)) | prev_top)
+        prev_top = w >> np.uint64(63)
+        while ms != 0:
+            s = bs * 64 + np.int64(trailing_zeros(ms))
+            ms &= ms - np.uint64(1)
+            while me == 0:  # the ends of block be (the next word end is at or after s)
+                nxt = wmask[be + 1] & np.uint64(1) if be + 1 < n_blocks else np.uint64(0)
+                we = wmask[be]
+                me = we & ~((we >> np.uint64(1)) | (nxt << np.uint64(63)))
+                if me == 0:
+                    be += 1
+            e = be * 64 + np.int64(trailing_zeros(me))
+            me &= me - np.uint64(1)
+            if me == 0:
+                be += 1
+            length = e - s + 1
+            pos = s
+            if length < 16:
+                # Up to 15 bytes without a branch on the length (word lengths vary
+                # from word to word, so such a branch mispredicts often): both
+                # candidate states are computed and one is selected.
+                p0 = _load8(lowered, pos)
+                p1 = _load8(lowered, pos + 8)
+                long = np.uint64(0) - np.uint64(length >> 3)  # all ones when length >= 8
+                h = (_mix64(_WORD_SEED ^ p0) & long) | (_WORD_SEED & ~long)
+                last = ((p1 & long) | (p0 & ~long)) & ~(_ALL << np.uint64(8 * (length & 7)))
+                words[n_words] = _mix64(h ^ last ^ (np.uint64(length) << np.uint64(56)))
+            else:
+                h = _WORD_SEED
+                rem = length
+                while rem >= 8:
+                    h = _mix64(h ^ _load8(lowered, pos))
+                    pos += 8
+                    rem -= 8
+                piece = _load8(lowered, pos) & ~(_ALL << np.uint64(8 * rem))
+                words[n_words] = _mix64(h ^ piece ^ (np.uint64(length) << np.uint64(56)))
+            n_words += 1
+    return n_words
+
+
 @njit(cache=True)
 def word_hashes(data, data64, start, end, lower, words):
+    """Normalise + split + hash the words of data[start:end] into `words`; returns the
+    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words.
+
+    All-ASCII texts (most) take the bit-mask path: classify every byte first
+    (`_ascii_word_mask`), then walk the word starts and ends (`_ascii_word_hashes`);
+    others the character walk (`word_hashes_mixed`)."""
+    n_blocks = (((end - start + 7) >> 3) + 7) >> 3
+    wmask = np.empty(n_blocks, np.uint64)
+    lowered = np.zeros(8 * n_blocks + 2, np.uint64)  # + 2: loads up to 16 bytes past a word start
+    if _ascii_word_mask(data64, start, end, wmask, lowered):
+        return _ascii_word_hashes(lowered, start, end, wmask, words)
+    return word_hashes_mixed(data, data64, start, end, lower, words)
+
+
+@njit(cache=True)
+def word_hashes_mixed(data, data64, start, end, lower, words):
     """Normalise + split + hash the words of data[start:end] into `words`; returns the
     word count. data64 = as_words64(data). Same hashes as word_hash on normalised words.
 
