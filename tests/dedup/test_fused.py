@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
@@ -11,6 +12,7 @@ from datamix.dedup.minhash import (
     _PairSimilarity,
     MinHashConfig,
     _shingle_bags,
+    _Utf8,
     find_duplicates,
     permutations,
     signatures,
@@ -156,7 +158,7 @@ def test_exact_jaccard_from_raw_text_equals_the_merge_of_sorted_sets(unit):
     texts = _random_texts(150, seed=11) + ["a b c a b c a b c", "a b c", "", "", "a b c d e f g", "a b c d e f x"]
     cfg = MinHashConfig(method="minhash", unit=unit, ngram=3)
     docs = np.array([0, 5, 6, 40, 149, 150, 151, 152, 153])
-    bags, starts, ends = _shingle_bags(shingle.utf8_buffers(texts), docs, cfg)
+    bags, starts, ends = _shingle_bags(_Utf8(pl.Series(texts, dtype=pl.String)), docs, cfg)
     hashes, offsets = shingle.shingle_hashes(texts, unit, 3)
     ref, ref_off = shingle.unique_sorted(hashes, offsets)
     for q, d in enumerate(docs):

@@ -167,6 +167,11 @@ def test_chunked_run_equals_unchunked():
     chunked = find_duplicates(texts, pr, _cfg(chunk_size=7))
     assert np.array_equal(signatures(texts, _cfg()), signatures(texts, _cfg(chunk_size=7)))
     assert whole.equals(chunked) and len(whole) == 40
+    # Reference rows share the texts' buffer: their chunks are offset slices past the texts.
+    reference = [texts[3].upper(), texts[50] + " extra words at the end"]
+    with_ref = find_duplicates(texts, pr, _cfg(), reference=reference)
+    assert with_ref.equals(find_duplicates(texts, pr, _cfg(chunk_size=7), reference=reference))
+    assert with_ref["ref_index"].drop_nulls().len() >= 1
 
 
 def test_verify_modes():

@@ -115,16 +115,12 @@ def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
             # A document shorter than one n-gram still gets one shingle (itself).
             n_shingles = max(n_words - ngram + 1, 1)
             width = min(ngram, n_words)
-            block = np.empty(_BLOCK, np.uint64)
-            j = 0
-            while j + _BLOCK <= n_shingles:
-                for t in range(_BLOCK):
-                    block[t] = ngram_hash(words, j + t, width)
-                _sign_block(acc, block, a, b)
-                j += _BLOCK
-            while j < n_shingles:
-                _sign_one(acc, ngram_hash(words, j, width), a, b)
-                j += 1
+            # All n-gram hashes first (a loop without dependencies between
+            # iterations, which LLVM vectorises), then the signature pass.
+            shingles = np.empty(n_shingles, np.uint64)
+            for j in range(n_shingles):
+                shingles[j] = ngram_hash(words, j, width)
+            _sign_hashes(acc, shingles, 0, n_shingles, a, b)
         _store_signature(acc, out, d)
 
 

@@ -141,9 +141,11 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: in
     return out
 
 
-def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig, data64: np.ndarray | None = None) -> np.ndarray:
     """Signatures of texts given as UTF-8 (bytes, offsets), raw or already normalised
-    (normalisation is idempotent, so both give the same signatures)."""
+    (normalisation is idempotent, so both give the same signatures). `offsets` may be
+    a slice (absolute positions in `data`); data64 = shingle.as_words64(data) when the
+    caller has it already."""
     from datamix.dedup import kernels as mk, shingle
 
     if cfg.unit == "char":
@@ -154,7 +156,8 @@ def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashC
     out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
     offsets = np.ascontiguousarray(offsets, np.int64)
     kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
-    kernel(data, shingle.as_words64(data), offsets, shingle.lower_table(), cfg.ngram, a, b, out)
+    data64 = shingle.as_words64(data) if data64 is None else data64
+    kernel(data, data64, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
     return out
 
 
@@ -169,14 +172,50 @@ def signatures(texts: list[str] | pl.Series, cfg: MinHashConfig, cache: Any = No
     computed = 0
     for start in range(0, len(series), cfg.chunk_size):
         data, offsets = shingle.utf8_buffers(series.slice(start, cfg.chunk_size))
-        if cache is None:
-            out[start : start + len(offsets) - 1] = signatures_from_buffers(data, offsets, cfg)
-            computed += len(offsets) - 1
-        else:
-            computed += _signatures_cached(data, offsets, cfg, cache, out[start : start + len(offsets) - 1])
+        computed += _sign_chunk(data, offsets, None, cfg, cache, out[start : start + len(offsets) - 1])
     if stats is not None:
         stats["signatures_computed"] = stats.get("signatures_computed", 0) + computed
     return out
+
+
+def _signatures_of_rows(utf8: _Utf8, first: int, count: int, cfg, cache, stats) -> np.ndarray:
+    """`signatures` of rows [first, first + count) of texts already in UTF-8 buffers
+    (find_duplicates builds them once for signing and exact verification)."""
+    out = np.empty((count, cfg.num_perm), np.uint32)
+    computed = 0
+    for start in range(first, first + count, cfg.chunk_size):
+        stop = min(start + cfg.chunk_size, first + count)
+        offsets = utf8.offsets[start : stop + 1]
+        computed += _sign_chunk(utf8.data, offsets, utf8.data64, cfg, cache, out[start - first : stop - first])
+    if stats is not None:
+        stats["signatures_computed"] = stats.get("signatures_computed", 0) + computed
+    return out
+
+
+def _sign_chunk(data, offsets, data64, cfg, cache, out) -> int:
+    if cache is None:
+        out[:] = signatures_from_buffers(data, offsets, cfg, data64)
+        return len(offsets) - 1
+    return _signatures_cached(data, offsets, cfg, cache, out)
+
+
+class _Utf8:
+    """UTF-8 bytes, offsets and the uint64 view the word pass reads, built once."""
+
+    def __init__(self, series: pl.Series):
+        from datamix.dedup import shingle
+
+        self.data, self.offsets = shingle.utf8_buffers(series)
+        self.offsets = np.ascontiguousarray(self.offsets, np.int64)
+        self._data64 = None
+
+    @property
+    def data64(self) -> np.ndarray:
+        from datamix.dedup import shingle
+
+        if self._data64 is None:
+            self._data64 = shingle.as_words64(self.data)
+        return self._data64
 
 
 def _signatures_cached(data, offsets, cfg, cache, out) -> int:
@@ -256,10 +295,15 @@ def find_duplicates(
         raise ValueError(f"priority must have one value per text ({n}), got shape {priority.shape}")
     stats = {} if stats is None else stats
     bands, rows = cfg.band_rows()
-    texts = _as_series(texts)  # once: signatures and exact Jaccard both read its Arrow buffer
+    import polars as pl
+
+    texts = _as_series(texts)
     reference = None if reference is None else _as_series(reference)
-    sig = signatures(texts, cfg, cache=cache, stats=stats)
-    ref_sig = None if reference is None else signatures(reference, cfg, cache=cache, stats=stats)
+    # One UTF-8 buffer of texts + reference rows, read by the signatures and by exact
+    # Jaccard (building it copies every byte: ~5 ms per 20k texts of 200 words).
+    utf8 = _Utf8(texts if reference is None else pl.concat([texts, reference]))
+    sig = _signatures_of_rows(utf8, 0, n, cfg, cache, stats)
+    ref_sig = None if reference is None else _signatures_of_rows(utf8, n, len(reference), cfg, cache, stats)
 
     left, right = lsh.candidate_pairs(sig, bands, rows)
     ref_doc = ref_row = np.zeros(0, np.int64)
@@ -270,7 +314,7 @@ def find_duplicates(
     # Pairs are indices into texts followed by reference rows, so one similarity
     # function serves both kinds of pairs.
     all_sig = sig if ref_sig is None else np.concatenate([sig, ref_sig])
-    similarity = _PairSimilarity(all_sig, texts, reference, cfg, stats)
+    similarity = _PairSimilarity(all_sig, texts, reference, cfg, stats, utf8)
     sim = similarity(left, right)
     ref_sim = similarity(ref_doc, ref_row + n)
     if cfg.verify != "none":
@@ -294,11 +338,12 @@ class _PairSimilarity:
     the signature estimate, the exact Jaccard of the shingle sets, or (hybrid) the
     estimate where it is decisive and the exact value where it is not."""
 
-    def __init__(self, sig, texts, reference, cfg: MinHashConfig, stats: dict):
+    def __init__(self, sig, texts, reference, cfg: MinHashConfig, stats: dict, utf8: _Utf8 | None = None):
         self.sig, self.cfg, self.stats = sig, cfg, stats
         self.texts, self.reference = texts, reference
+        self._utf8 = utf8
         self.margin = 3.0 * math.sqrt(cfg.threshold * (1.0 - cfg.threshold) / cfg.num_perm)
-        self._docs = self._sets = self._starts = self._ends = self._utf8 = None
+        self._docs = self._sets = self._starts = self._ends = None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
@@ -343,37 +388,37 @@ class _PairSimilarity:
         self._ends = np.concatenate([self._ends, ends + shift])[order]
         self._sets = np.concatenate([self._sets, hashes])
 
-    def _buffers(self):
-        """UTF-8 (bytes, offsets) of texts followed by reference rows (built once)."""
+    def _buffers(self) -> _Utf8:
+        """UTF-8 buffers of texts followed by reference rows (built once)."""
         import polars as pl
-
-        from datamix.dedup import shingle
 
         if self._utf8 is None:
             series = _as_series(self.texts)
             if self.reference is not None:
                 series = pl.concat([series, _as_series(self.reference)])
-            self._utf8 = shingle.utf8_buffers(series)
+            self._utf8 = _Utf8(series)
         return self._utf8
 
 
-def _shingle_bags(buffers, docs: np.ndarray, cfg: MinHashConfig):
+def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig):
     """(hashes, starts, ends): the shingle hashes (text order, repeats included) of rows
-    `docs` of the texts in `buffers`; row docs[q]'s are hashes[starts[q]:ends[q]]."""
+    `docs` of the texts in `utf8`; row docs[q]'s are hashes[starts[q]:ends[q]]."""
     from datamix.dedup import kernels as mk, shingle
 
-    # Only these texts' bytes are walked (hybrid verification needs a few percent of them).
-    data, offsets = _select(*buffers, np.ascontiguousarray(docs, np.int64))
+    docs = np.ascontiguousarray(docs, np.int64)
     if cfg.unit == "char":
+        data, offsets = _select(utf8.data, utf8.offsets, docs)
         norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
         return hashes, shingle_offsets[:-1], shingle_offsets[1:]
-    rows = np.arange(len(offsets) - 1)
-    bound = (offsets[1:] - offsets[:-1] + 1) // 2 + 1  # shingles <= words <= this
-    starts = np.zeros(len(rows), np.int64)
+    # Only these rows are walked (hybrid verification needs a few percent of them),
+    # straight from the shared buffer.
+    offsets = utf8.offsets
+    bound = (offsets[docs + 1] - offsets[docs] + 1) // 2 + 1  # shingles <= words <= this
+    starts = np.zeros(len(docs), np.int64)
     np.cumsum(bound[:-1], out=starts[1:])
     hashes = np.empty(int(bound.sum()), np.uint64)
-    counts = np.empty(len(rows), np.int64)
+    counts = np.empty(len(docs), np.int64)
     kernel = mk.pick(mk.FUSED_WORD_BAGS, int(bound.sum()) * 8)
-    kernel(data, shingle.as_words64(data), offsets, rows, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
+    kernel(utf8.data, utf8.data64, offsets, docs, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
     return hashes, starts, starts + counts
