@@ -132,11 +132,12 @@ def run(cfg: MixConfig, inputs, ctx: Context):
         # sizes of the chosen rows only, for the composition view
         est = tokens[label].take(picks) if label in tokens else _tokens_of(chosen, cfg)
         parents = chosen.column("sample_id").combine_chunks()
-        ids = mint(cfg.name, parents, [label] * n, pa.array(np.arange(n, dtype=np.int64)))
+        source = _repeated(label, n)
+        ids = mint(cfg.name, parents, source, pa.array(np.arange(n, dtype=np.int64)))
         columns = {
             "sample_id": ids.to_arrow(),
             "messages": chosen.column("messages"),
-            "source": pa.array([label] * n, pa.string()),
+            "source": source,
             "est_tokens": est,
             "parent_ids": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), parents),
         }
@@ -148,6 +149,18 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     # table would copy every row once more, and the trainer's sampler shuffles anyway.
     ctx.progress(rows_in)
     yield Chunk(key="all", rows=mixed, rows_in=rows_in)
+
+
+def _repeated(text: str, n: int):
+    """`text` n times as an Arrow string array, built from its buffers (no Python list of n strings)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = text.encode()
+    if n * len(data) >= 2**31:  # past 32-bit offsets: as before
+        return pa.array([text] * n, pa.string())
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(data))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
 
 
 def _tokens_of(table, cfg: MixConfig):
