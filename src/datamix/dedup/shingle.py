@@ -367,9 +367,23 @@ def word_hashes(data, data64, start, end, lower, words):
     All-ASCII texts (most) take the bit-mask path: classify every byte first
     (`_ascii_word_mask`), then walk the word starts and ends (`_ascii_word_hashes`);
     others the character walk (`word_hashes_mixed`)."""
-    n_blocks = (((end - start + 7) >> 3) + 7) >> 3
-    wmask = np.empty(n_blocks, np.uint64)
-    lowered = np.zeros(8 * n_blocks + 2, np.uint64)  # + 2: loads up to 16 bytes past a word start
+    wmask, lowered = word_pass_scratch(end - start)
+    return word_hashes_into(data, data64, start, end, lower, words, wmask, lowered)
+
+
+@njit(cache=True, inline="always")
+def word_pass_scratch(longest):
+    """(wmask, lowered) scratch arrays for `word_hashes_into` on texts of up to `longest` bytes."""
+    n_blocks = (((longest + 7) >> 3) + 7) >> 3
+    # lowered: + 2 words, as a word's bytes are read with loads of up to 16 bytes past
+    # its start; bytes past a text's end are never hashed (masked), so stale ones from
+    # an earlier text in a reused scratch array do no harm.
+    return np.empty(n_blocks, np.uint64), np.empty(8 * n_blocks + 2, np.uint64)
+
+
+@njit(cache=True, inline="always")
+def word_hashes_into(data, data64, start, end, lower, words, wmask, lowered):
+    """`word_hashes` with caller-owned scratch (from `word_pass_scratch`), reused across texts."""
     if _ascii_word_mask(data64, start, end, wmask, lowered):
         return _ascii_word_hashes(lowered, start, end, wmask, words)
     return word_hashes_mixed(data, data64, start, end, lower, words)
