@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit, prange
+from llvmlite import ir
+from numba.core import types
+from numba.core.extending import intrinsic
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 if TYPE_CHECKING:
@@ -251,12 +254,24 @@ def _byte_index(bits):
     return np.int64(trailing_zeros(bits)) >> 3
 
 
-@njit(cache=True, inline="always")
-def _load8(data64, i):
-    """The 8 bytes at byte offset i (any alignment) as one little-endian uint64: two
-    aligned loads, shifts without a branch (the second term vanishes when i % 8 == 0)."""
-    o = np.uint64(8 * (i & 7))
-    return (data64[i >> 3] >> o) | ((data64[(i >> 3) + 1] << np.uint64(1)) << (np.uint64(63) - o))
+@intrinsic
+def _load8(typingctx, words, i):
+    """The 8 bytes at byte offset i (any alignment) of a uint64 array as one
+    little-endian uint64, in a single unaligned load: x86 and ARM allow them, numba's
+    array indexing has no such access (two aligned loads and shifts cost the word pass
+    ~25%). Callers keep i + 8 within the array (as_words64 and the word-pass scratch
+    are padded for it)."""
+    if not (isinstance(words, types.Array) and words.dtype == types.uint64 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        offset = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(base, [offset]), ir.IntType(64).as_pointer())
+        return builder.load(ptr, align=1)
+
+    return types.uint64(words, i), codegen
 
 
 _GATHER = np.uint64(0x0002040810204081)  # (bits at 0x80 of each byte) * this >> 56 = one bit per byte
