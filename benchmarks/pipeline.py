@@ -10,6 +10,7 @@ keeps lineage, decisions, quarantine and resumable chunks.
     python benchmarks/pipeline.py                # 1M samples
     python benchmarks/pipeline.py --rows 200000  # quicker
     python benchmarks/pipeline.py --repeat 3     # alternate query / datamix 3 times, compare medians
+    python benchmarks/pipeline.py --repeat 3 --baseline /tmp/old   # and an older checkout, alternated
 
 On a shared machine the two sides see different loads (the query uses every free
 core, datamix's steps mostly one), so one pair of timings can swing the ratio by 2x;
@@ -123,15 +124,18 @@ def time_query(folder: str) -> tuple[float, int]:
     return elapsed, sum(1 for _ in open(os.path.join(folder, "query_out.jsonl")))
 
 
-def time_datamix(folder: str) -> tuple[float, int]:
-    """`datamix run` from scratch in a subprocess (imports included): a fresh store each time."""
+def time_datamix(folder: str, code: str | None = None) -> tuple[float, int]:
+    """`datamix run` from scratch in a subprocess (imports included): a fresh store each time.
+
+    `code`: another checkout's folder (holding src/ and sql/) to run instead of the installed one."""
     for leftover in ("store.duckdb", "store.duckdb.wal"):
         if os.path.exists(os.path.join(folder, leftover)):
             os.remove(os.path.join(folder, leftover))
     shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
     t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.abspath(code), "src")) if code else None
     proc = subprocess.run([sys.executable, "-m", "datamix.cli", "run", "bench.yaml", "-q"], cwd=folder,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stdout, proc.stderr)
@@ -145,6 +149,9 @@ def main() -> None:
     ap.add_argument("--domain-rows", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times; medians")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also time this checkout (a folder with src/ and sql/, e.g. from "
+                         "`git archive REV src sql | tar -x -C DIR`), alternated with the other two")
     args = ap.parse_args()
 
     folder = tempfile.mkdtemp(prefix="datamix-bench-")
@@ -157,12 +164,18 @@ def main() -> None:
             f.write(PIPELINE)
         total_in = args.rows + args.domain_rows
 
-        pairs = []
+        pairs, baseline = [], []
         for attempt in range(args.repeat):
             t_query, q_rows = time_query(folder)
+            if args.baseline:
+                t_base, b_rows = time_datamix(folder, args.baseline)
+                baseline.append(t_base)
+                if b_rows != q_rows:
+                    print(f"note: baseline gave {b_rows:,} rows, the query {q_rows:,}")
             t_datamix, d_rows = time_datamix(folder)
             pairs.append((t_query, t_datamix))
-            print(f"run {attempt + 1}: query {t_query:.2f}s, datamix {t_datamix:.2f}s, ratio {t_datamix / t_query:.2f}x")
+            base = f", baseline {t_base:.2f}s ({t_base / t_query:.2f}x)" if args.baseline else ""
+            print(f"run {attempt + 1}: query {t_query:.2f}s{base}, datamix {t_datamix:.2f}s, ratio {t_datamix / t_query:.2f}x")
         rss = peak_rss_mb()
 
         con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
@@ -177,6 +190,10 @@ def main() -> None:
         print(f"\n{'':<26}{'seconds':>9}{'rows/s':>12}{'rows out':>10}")
         print(f"{'hand-written DuckDB query':<26}{t_query:>9.2f}{total_in / t_query:>12,.0f}{q_rows:>10,}")
         print(f"{'datamix run':<26}{t_datamix:>9.2f}{total_in / t_datamix:>12,.0f}{d_rows:>10,}")
+        if baseline:
+            t_base = statistics.median(baseline)
+            print(f"{'baseline datamix run':<26}{t_base:>9.2f}{total_in / t_base:>12,.0f}"
+                  f"   ratio {t_base / t_query:.2f}x ({args.baseline})")
         print(f"\nratio datamix / query time{label}: {t_datamix / t_query:.2f}x (target <= 1.5x); "
               f"datamix peak RSS {rss:,.0f} MB")
     finally:
