@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from datamix.dedup import shingle
-from datamix.dedup.shingle import ngram_hash, serial_and_parallel, word_hashes_into, word_pass_scratch
+from datamix.dedup.shingle import ngram_hashes, serial_and_parallel, word_hashes_into, word_pass_scratch
 
 # ---------------------------------------------------------------- union-find (clusters)
 
@@ -136,10 +136,8 @@ def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
                 # A document shorter than one n-gram still gets one shingle (itself).
                 n_shingles = max(n_words - ngram + 1, 1)
                 width = min(ngram, n_words)
-                # All n-gram hashes first (a loop without dependencies between
-                # iterations, which LLVM vectorises), then the signature pass.
-                for j in range(n_shingles):
-                    shingles[j] = ngram_hash(words, j, width)
+                # All n-gram hashes first (vectorised loops), then the signature pass.
+                ngram_hashes(words, n_shingles, width, shingles)
                 _sign_hashes(acc, shingles, 0, n_shingles, a, b)
             _store_signature(acc, out, d)
 
@@ -162,9 +160,7 @@ def _fused_word_bags(data, data64, offsets, rows, lower, ngram, slot_starts, out
                 continue
             width = min(ngram, n_words)
             m = max(n_words - ngram + 1, 1)
-            w = slot_starts[q]
-            for j in range(m):
-                out[w + j] = ngram_hash(words, j, width)
+            ngram_hashes(words, m, width, out[slot_starts[q] : slot_starts[q] + m])
             counts[q] = m
 
 

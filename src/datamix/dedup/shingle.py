@@ -140,6 +140,22 @@ def ngram_hash(words, j, width):
     return _mix64(h ^ np.uint64(width))
 
 
+@njit(cache=True, inline="always")
+def ngram_hashes(words, n_shingles, width, out):
+    """out[j] = ngram_hash(words, j, width) for j < n_shingles, one position at a time
+    over all shingles: each pass is a loop without dependencies between iterations,
+    which LLVM vectorises (the per-shingle loop over positions is not)."""
+    for j in range(n_shingles):
+        out[j] = words[j] * _POSITION_WEIGHTS[0]
+    for t in range(1, width):
+        w = _POSITION_WEIGHTS[t]
+        for j in range(n_shingles):
+            out[j] += words[j + t] * w
+    tag = np.uint64(width)
+    for j in range(n_shingles):
+        out[j] = _mix64(out[j] ^ tag)
+
+
 # ---------------------------------------------------------------- characters
 
 
