@@ -117,7 +117,7 @@ def _longest(offsets, rows, q0, q1):
     return longest
 
 
-def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
+def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
     """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
     n = offsets.shape[0] - 1
     no_rows = np.empty(0, np.int64)
@@ -130,7 +130,7 @@ def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
         wmask, lowered = word_pass_scratch(longest)
         acc = np.empty(a.shape[0], np.uint64)
         for d in range(d0, d1):
-            n_words = word_hashes_into(data, data64, offsets[d], offsets[d + 1], lower, words, wmask, lowered)
+            n_words = word_hashes_into(data, offsets[d], offsets[d + 1], lower, words, wmask, lowered)
             acc[:] = np.uint64(0xFFFFFFFFFFFFFFFF)
             if n_words > 0:
                 # A document shorter than one n-gram still gets one shingle (itself).
@@ -142,7 +142,7 @@ def _fused_word_kernel(data, data64, offsets, lower, ngram, a, b, out):
             _store_signature(acc, out, d)
 
 
-def _fused_word_bags(data, data64, offsets, rows, lower, ngram, slot_starts, out, counts):
+def _fused_word_bags(data, offsets, rows, lower, ngram, slot_starts, out, counts):
     """The word n-gram hashes of texts `rows` (in text order, repeats included), each
     into its slot of `out` (slot_starts from an upper bound of its shingle count);
     counts[q] = how many."""
@@ -154,7 +154,7 @@ def _fused_word_bags(data, data64, offsets, rows, lower, ngram, slot_starts, out
         wmask, lowered = word_pass_scratch(longest)
         for q in range(q0, q1):
             start, end = offsets[rows[q]], offsets[rows[q] + 1]
-            n_words = word_hashes_into(data, data64, start, end, lower, words, wmask, lowered)
+            n_words = word_hashes_into(data, start, end, lower, words, wmask, lowered)
             if n_words == 0:
                 counts[q] = 0
                 continue

@@ -141,11 +141,10 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: in
     return out
 
 
-def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig, data64: np.ndarray | None = None) -> np.ndarray:
+def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
     """Signatures of texts given as UTF-8 (bytes, offsets), raw or already normalised
     (normalisation is idempotent, so both give the same signatures). `offsets` may be
-    a slice (absolute positions in `data`); data64 = shingle.as_words64(data) when the
-    caller has it already."""
+    a slice (absolute positions in `data`)."""
     from datamix.dedup import kernels as mk, shingle
 
     if cfg.unit == "char":
@@ -156,8 +155,7 @@ def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashC
     out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
     offsets = np.ascontiguousarray(offsets, np.int64)
     kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
-    data64 = shingle.as_words64(data) if data64 is None else data64
-    kernel(data, data64, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
+    kernel(data, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
     return out
 
 
@@ -172,7 +170,7 @@ def signatures(texts: list[str] | pl.Series, cfg: MinHashConfig, cache: Any = No
     computed = 0
     for start in range(0, len(series), cfg.chunk_size):
         data, offsets = shingle.utf8_buffers(series.slice(start, cfg.chunk_size))
-        computed += _sign_chunk(data, offsets, None, cfg, cache, out[start : start + len(offsets) - 1])
+        computed += _sign_chunk(data, offsets, cfg, cache, out[start : start + len(offsets) - 1])
     if stats is not None:
         stats["signatures_computed"] = stats.get("signatures_computed", 0) + computed
     return out
@@ -186,36 +184,27 @@ def _signatures_of_rows(utf8: _Utf8, first: int, count: int, cfg, cache, stats) 
     for start in range(first, first + count, cfg.chunk_size):
         stop = min(start + cfg.chunk_size, first + count)
         offsets = utf8.offsets[start : stop + 1]
-        computed += _sign_chunk(utf8.data, offsets, utf8.data64, cfg, cache, out[start - first : stop - first])
+        computed += _sign_chunk(utf8.data, offsets, cfg, cache, out[start - first : stop - first])
     if stats is not None:
         stats["signatures_computed"] = stats.get("signatures_computed", 0) + computed
     return out
 
 
-def _sign_chunk(data, offsets, data64, cfg, cache, out) -> int:
+def _sign_chunk(data, offsets, cfg, cache, out) -> int:
     if cache is None:
-        out[:] = signatures_from_buffers(data, offsets, cfg, data64)
+        out[:] = signatures_from_buffers(data, offsets, cfg)
         return len(offsets) - 1
     return _signatures_cached(data, offsets, cfg, cache, out)
 
 
 class _Utf8:
-    """UTF-8 bytes, offsets and the uint64 view the word pass reads, built once."""
+    """UTF-8 bytes and offsets of a series, built once."""
 
     def __init__(self, series: pl.Series):
         from datamix.dedup import shingle
 
-        self.data, self.offsets = shingle.utf8_buffers(series)
-        self.offsets = np.ascontiguousarray(self.offsets, np.int64)
-        self._data64 = None
-
-    @property
-    def data64(self) -> np.ndarray:
-        from datamix.dedup import shingle
-
-        if self._data64 is None:
-            self._data64 = shingle.as_words64(self.data)
-        return self._data64
+        data, offsets = shingle.utf8_buffers(series)
+        self.data, self.offsets = data, np.ascontiguousarray(offsets, np.int64)
 
 
 def _signatures_cached(data, offsets, cfg, cache, out) -> int:
@@ -420,5 +409,5 @@ def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig):
     hashes = np.empty(int(bound.sum()), np.uint64)
     counts = np.empty(len(docs), np.int64)
     kernel = mk.pick(mk.FUSED_WORD_BAGS, int(bound.sum()) * 8)
-    kernel(utf8.data, utf8.data64, offsets, docs, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
+    kernel(utf8.data, offsets, docs, shingle.lower_table(), cfg.ngram, starts, hashes, counts)
     return hashes, starts, starts + counts

@@ -251,13 +251,6 @@ def next_char(data, i, end, lower):
 # start in one and end in the other.
 
 
-def as_words64(data: np.ndarray) -> np.ndarray:
-    """The bytes as little-endian uint64 words, zero-padded to a whole word (for `word_hashes`)."""
-    out = np.zeros((len(data) + 7) // 8 + 1, np.uint64)
-    out.view(np.uint8)[: len(data)] = data
-    return out
-
-
 @njit(cache=True, inline="always")
 def _at_least(x, c):
     """0x80 in each byte of x (all bytes < 0x80) that is >= c (1 <= c <= 128), else 0."""
@@ -272,12 +265,12 @@ def _byte_index(bits):
 
 @intrinsic
 def _load8(typingctx, words, i):
-    """The 8 bytes at byte offset i (any alignment) of a uint64 array as one
+    """The 8 bytes at byte offset i (any alignment) of a uint8 or uint64 array as one
     little-endian uint64, in a single unaligned load: x86 and ARM allow them, numba's
     array indexing has no such access (two aligned loads and shifts cost the word pass
-    ~25%). Callers keep i + 8 within the array (as_words64 and the word-pass scratch
-    are padded for it)."""
-    if not (isinstance(words, types.Array) and words.dtype == types.uint64 and isinstance(i, types.Integer)):
+    ~25%). Callers keep i + 8 within the array (`_load8_text` does for text buffers,
+    the word-pass scratch is padded for it)."""
+    if not (isinstance(words, types.Array) and words.dtype in (types.uint8, types.uint64) and isinstance(i, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -288,6 +281,18 @@ def _load8(typingctx, words, i):
         return builder.load(ptr, align=1)
 
     return types.uint64(words, i), codegen
+
+
+@njit(cache=True, inline="always")
+def _load8_text(data, i):
+    """The bytes data[i:i + 8] as a little-endian uint64 (zeros past the buffer's end):
+    texts are read in place from the Arrow buffer, which need not be padded."""
+    if i + 8 <= data.shape[0]:
+        return _load8(data, i)
+    x = np.uint64(0)
+    for k in range(data.shape[0] - i):
+        x |= np.uint64(data[i + k]) << np.uint64(8 * k)
+    return x
 
 
 _GATHER = np.uint64(0x0002040810204081)  # (bits at 0x80 of each byte) * this >> 56 = one bit per byte
@@ -307,7 +312,7 @@ def _lower_ascii(x):
 
 
 @njit(cache=True, inline="always")
-def _ascii_word_mask(data64, start, end, wmask, lowered):
+def _ascii_word_mask(data, start, end, wmask, lowered):
     """Bit p of wmask[p >> 6] = byte start + p is a word byte, `lowered` = the text's
     bytes lowercased (as uint64 words from its start); False if the text is not all ASCII.
 
@@ -323,7 +328,7 @@ def _ascii_word_mask(data64, start, end, wmask, lowered):
             nv = end - pos
             if nv <= 0:
                 break
-            x = _load8(data64, pos)
+            x = _load8_text(data, pos)
             if nv < 8:
                 x &= ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
             high |= x
@@ -391,15 +396,15 @@ def _ascii_word_hashes(lowered, start, end, wmask, words):
 
 
 @njit(cache=True)
-def word_hashes(data, data64, start, end, lower, words):
+def word_hashes(data, start, end, lower, words):
     """Normalise + split + hash the words of data[start:end] into `words`; returns the
-    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words.
+    word count. Same hashes as word_hash on normalised words.
 
     All-ASCII texts (most) take the bit-mask path: classify every byte first
     (`_ascii_word_mask`), then walk the word starts and ends (`_ascii_word_hashes`);
     others the character walk (`word_hashes_mixed`)."""
     wmask, lowered = word_pass_scratch(end - start)
-    return word_hashes_into(data, data64, start, end, lower, words, wmask, lowered)
+    return word_hashes_into(data, start, end, lower, words, wmask, lowered)
 
 
 @njit(cache=True, inline="always")
@@ -413,17 +418,17 @@ def word_pass_scratch(longest):
 
 
 @njit(cache=True, inline="always")
-def word_hashes_into(data, data64, start, end, lower, words, wmask, lowered):
+def word_hashes_into(data, start, end, lower, words, wmask, lowered):
     """`word_hashes` with caller-owned scratch (from `word_pass_scratch`), reused across texts."""
-    if _ascii_word_mask(data64, start, end, wmask, lowered):
+    if _ascii_word_mask(data, start, end, wmask, lowered):
         return _ascii_word_hashes(lowered, start, end, wmask, words)
-    return word_hashes_mixed(data, data64, start, end, lower, words)
+    return word_hashes_mixed(data, start, end, lower, words)
 
 
 @njit(cache=True)
-def word_hashes_mixed(data, data64, start, end, lower, words):
+def word_hashes_mixed(data, start, end, lower, words):
     """Normalise + split + hash the words of data[start:end] into `words`; returns the
-    word count. data64 = as_words64(data). Same hashes as word_hash on normalised words.
+    word count. Same hashes as word_hash on normalised words.
 
     Each step loads the 8 bytes at the current position; if they are ASCII, one step
     skips the separators before a word and takes the word's bytes up to the next
@@ -434,7 +439,7 @@ def word_hashes_mixed(data, data64, start, end, lower, words):
     i = start
     while i < end:
         nv = min(8, end - i)  # bytes of this document in the 8 loaded
-        x = _load8(data64, i) & ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
+        x = _load8_text(data, i) & ~((_ALL << np.uint64(1)) << np.uint64(8 * nv - 1))
         if x & _HIGH == 0:
             upper = _at_least(x, 0x41) & ~_at_least(x, 0x5B)
             low = x | (upper >> np.uint64(2))  # 'A'..'Z' + 0x20
