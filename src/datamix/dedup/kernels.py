@@ -7,8 +7,8 @@ h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; multiply-add-shift, the family
 rensa uses), the minimum over the document's 64-bit shingle hashes.
 
 For word shingles one fused kernel goes from raw UTF-8 bytes to signatures, one
-document per parallel iteration: the word pass (`shingle.word_hashes`: lowercase,
-fold, split and hash in one walk, 8 ASCII bytes per step), then n-gram hashes, then
+document at a time (16 per parallel iteration): the word pass (`shingle.word_hashes`: lowercase,
+fold, split and hash; bit masks + count-trailing-zeros for ASCII), then n-gram hashes, then
 the `num_perm` minima, 8 shingles per pass over the functions so each a_k, b_k and
 running minimum is loaded once per 8 shingles (the innermost loop over k is what
 LLVM vectorises).

@@ -243,12 +243,13 @@ def next_char(data, i, end, lower):
 
 
 # ---------------------------------------------------------------- the word pass
-# Lowercase + fold + split + hash in one walk over a document's bytes, 8 bytes per
-# step where they are all ASCII (SWAR: byte-parallel range tests on one 64-bit
-# word give the lowercased bytes and a mask of word bytes; whole runs of word
-# bytes are fed at once, found with count-trailing-zeros), one character per
-# step elsewhere. Both paths share the word state (h, pack, nb), so a word may
-# start in one and end in the other.
+# Lowercase + fold + split + hash the words of a document. All-ASCII documents
+# (most) in two phases: byte-parallel range tests on 8 bytes at a time give the
+# lowercased bytes and a bit mask of word bytes (`_ascii_word_mask`), then the
+# word starts and ends are walked with count-trailing-zeros (`_ascii_word_hashes`).
+# Other documents take `word_hashes_mixed`: 8 ASCII bytes per step where it can,
+# one decoded character per step elsewhere, both sharing the word state (h, pack,
+# nb), so a word may start in one and end in the other.
 
 
 @njit(cache=True, inline="always")
