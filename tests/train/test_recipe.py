@@ -150,7 +150,9 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
-    from datamix.steps.base import BadInput, Context
+    from pydantic import ValidationError
+
+    from datamix.steps.base import Context
     from datamix.steps.train import TrainStepConfig, run
 
     cfg = TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards,
@@ -163,5 +165,6 @@ def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
     assert summary[0]["model_path"] == str(tmp_path / "sft" / "model")
     assert summary[0]["final_loss"] == pytest.approx(losses(str(tmp_path / "sft"))[-1])
     assert len(losses(str(tmp_path / "sft"))) == 2
-    with pytest.raises(BadInput, match="unknown train options"):
-        list(run(cfg.model_copy(update={"options": {"learning_rate": 1}}), {}, ctx))
+    # unknown recipe keys are caught when the config is validated (`datamix validate`), before any run
+    with pytest.raises(ValidationError, match="unknown train options"):
+        TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards, options={"learning_rate": 1})
