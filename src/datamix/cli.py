@@ -66,6 +66,8 @@ def main():
     with your domain data, so fine-tuning does not make it forget.
 
     Pipelines are YAML; the store is one DuckDB file you can query with `datamix sql`."""
+    # datamix shows its own progress; transformers' per-model bars would interleave with it
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # ---- pipelines -----------------------------------------------------------------
