@@ -168,3 +168,10 @@ def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
     # unknown recipe keys are caught when the config is validated (`datamix validate`), before any run
     with pytest.raises(ValidationError, match="unknown train options"):
         TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards, options={"learning_rate": 1})
+
+
+def test_activation_checkpointing_gives_the_same_loss_curve(tmp_path, tiny_model, shards, reference_run):
+    # recomputing activations in the backward pass changes memory, not the math
+    out = str(tmp_path / "ckpt")
+    assert recipe.main(common(tiny_model, shards, out) + ["activation_checkpointing=true"]) == 0
+    assert losses(out) == pytest.approx(losses(reference_run), rel=1e-5)

@@ -385,7 +385,10 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         model_config = model.config
     model.config.use_cache = False
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embed = model.get_input_embeddings().weight
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token, attn_flops_per_len2 = flops_per_token_and_attention(model_config, n_params - embed.numel() * (not model_config.tie_word_embeddings))
