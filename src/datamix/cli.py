@@ -77,7 +77,7 @@ def main():
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--store", help="DuckDB file to use instead of the pipeline's store")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing on success (no progress, no status table)")
 @click.option("--verbose", "-v", is_flag=True, help="log every committed chunk")
 def run(pipeline, overrides, store, quiet, verbose):
     """Run PIPELINE's steps in dependency order, skipping those up to date.
@@ -98,7 +98,8 @@ def run(pipeline, overrides, store, quiet, verbose):
         click.echo(f"step {result.failed_step} failed: {result.error}", err=True)
         click.echo(f"committed work is kept; fix the cause and rerun `datamix run {pipeline}` to resume.", err=True)
         sys.exit(EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED)
-    _print_status(result.steps, path, "table")
+    if not quiet:
+        _print_status(result.steps, path, "table")
 
 
 @main.command()

@@ -30,7 +30,7 @@ def test_run_with_store_option_and_var_override(core_pipeline, tmp_path):
     other = tmp_path / "other.duckdb"
     result = cli("run", core_pipeline, "--store", other, "general_share=0.8", "-q")
     assert result.exit_code == 0, result.output
-    assert result.stderr == ""  # --quiet
+    assert result.stderr == "" and result.stdout == ""  # --quiet: nothing on success
     assert not store_of(core_pipeline).exists()
     # 0.8 general / 0.4 domain = 2/3 and 1/3: general limits at 12 rows
     assert query(other, "SELECT source, count(*) FROM mix GROUP BY ALL ORDER BY 1") == [("domain", 6), ("general", 12)]
