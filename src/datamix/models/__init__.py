@@ -127,9 +127,40 @@ def resolve_model_path(spec, base_dir: str = ".") -> str:
     return local if os.path.exists(local) else spec.path
 
 
+def load_tokenizer(path: str, chat_template: str | None = None, model_name: str = ""):
+    """A model's Hugging Face tokenizer, with the declared chat template (a bundled name or
+    a .jinja file) in place of its own. One loader for every backend and scorer."""
+    from transformers import AutoTokenizer
+
+    from datamix.chat_templates import load_chat_template
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"model {model_name!r}: cannot load a tokenizer from {path!r} ({e}). "
+            "Give a local model folder (datamix models tiny PATH builds one) or a cached hub id."
+        ) from e
+    if chat_template:
+        tok.chat_template = load_chat_template(chat_template)
+    return tok
+
+
+def resolve_spec(spec, base_dir: str = "."):
+    """The declared model with its folder and chat-template file resolved beside the YAML."""
+    import os
+
+    update = {"path": resolve_model_path(spec, base_dir)}
+    if spec.chat_template and not os.path.isabs(spec.chat_template):
+        beside = os.path.join(base_dir, spec.chat_template)
+        if os.path.isfile(beside):
+            update["chat_template"] = beside
+    return spec.model_copy(update=update)
+
+
 def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, base_dir: str = ".") -> Backend:
     """Instantiate the backend for a declared model (heavy imports happen here)."""
-    spec = spec.model_copy(update={"path": resolve_model_path(spec, base_dir)})
+    spec = resolve_spec(spec, base_dir)
     if spec.backend == "transformers":
         from datamix.models.transformers import TransformersBackend
 

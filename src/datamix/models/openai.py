@@ -202,14 +202,9 @@ class OpenAIBackend:
         if self.spec.tokenizer is None:
             return None
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from datamix.models import load_tokenizer
 
-            from datamix.chat_templates import load_chat_template
-
-            tok = AutoTokenizer.from_pretrained(self.spec.tokenizer)
-            if self.spec.chat_template:
-                tok.chat_template = load_chat_template(self.spec.chat_template)
-            self._tokenizer = tok
+            self._tokenizer = load_tokenizer(self.spec.tokenizer, self.spec.chat_template, self.name)
         return self._tokenizer
 
     # -- public API -------------------------------------------------------------

@@ -114,19 +114,9 @@ class TransformersBackend:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from datamix.models import load_tokenizer
 
-            from datamix.chat_templates import load_chat_template
-
-            try:
-                tok = AutoTokenizer.from_pretrained(self.spec.path)
-            except OSError as e:
-                raise FileNotFoundError(
-                    f"model {self.name!r}: cannot load a tokenizer from {self.spec.path!r} ({e}). "
-                    "Give a local model folder (datamix models tiny PATH builds one) or a cached hub id."
-                ) from e
-            if self.spec.chat_template:
-                tok.chat_template = load_chat_template(self.spec.chat_template)
+            tok = load_tokenizer(self.spec.path, self.spec.chat_template, self.name)
             tok.padding_side = "left"
             self._tokenizer = tok
         return self._tokenizer

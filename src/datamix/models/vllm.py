@@ -103,14 +103,9 @@ class VLLMBackend:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from datamix.models import load_tokenizer
 
-            from datamix.chat_templates import load_chat_template
-
-            tok = AutoTokenizer.from_pretrained(self.spec.path)
-            if self.spec.chat_template:
-                tok.chat_template = load_chat_template(self.spec.chat_template)
-            self._tokenizer = tok
+            self._tokenizer = load_tokenizer(self.spec.path, self.spec.chat_template, self.name)
         return self._tokenizer
 
     def llm(self):

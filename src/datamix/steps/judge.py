@@ -167,28 +167,22 @@ _HF_MODELS: dict[tuple[str, str], Any] = {}
 
 def _hf_model(ctx: Context, name: str, head: str):
     """(tokenizer, model, device) loaded with transformers directly, once per process."""
-    import os
-
     spec = ctx.models.get(name)
     if spec is None:
         raise BadInput(f"step {ctx.step!r}.judges: model {name!r} is not declared under `models:`.")
-    from datamix.models import resolve_model_path
+    from datamix.models import load_tokenizer, resolve_spec
 
-    path = resolve_model_path(spec, ctx.pipeline_dir)
-    key = (path, head)
+    spec = resolve_spec(spec, ctx.pipeline_dir)
+    key = (spec.path, head)
     if key not in _HF_MODELS:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         device = getattr(spec, "device", "auto")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         cls = AutoModelForSequenceClassification if head == "reward_model" else AutoModelForCausalLM
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if spec.chat_template:
-            from datamix.chat_templates import load_chat_template
-
-            tokenizer.chat_template = load_chat_template(ctx.resolve(spec.chat_template) if os.path.isfile(ctx.resolve(spec.chat_template)) else spec.chat_template)
-        _HF_MODELS[key] = (tokenizer, cls.from_pretrained(path).to(device).eval(), device)
+        tokenizer = load_tokenizer(spec.path, spec.chat_template, name)
+        _HF_MODELS[key] = (tokenizer, cls.from_pretrained(spec.path).to(device).eval(), device)
     return _HF_MODELS[key]
 
 
