@@ -164,6 +164,15 @@ def _fused_word_bags(data, offsets, rows, lower, ngram, slot_starts, out, counts
             counts[q] = m
 
 
+@njit(cache=True, inline="always")
+def _slot(table, state, mask, x):
+    """Open addressing: the slot holding x, or the empty slot where it belongs."""
+    s = np.int64(x & np.uint64(mask))
+    while state[s] != 0 and table[s] != x:
+        s = (s + 1) & mask
+    return s
+
+
 def _jaccard_bags(hashes, starts, ends, left, right):
     """Exact Jaccard of the shingle SETS of each pair, from unsorted hashes with repeats:
     one small open-addressing table per pair (state 1: in a, 2: in b only, 3: both),
@@ -181,18 +190,14 @@ def _jaccard_bags(hashes, starts, ends, left, right):
         union, inter = 0, 0
         for i in range(a0, a1):
             x = hashes[i]
-            s = np.int64(x & np.uint64(mask))
-            while state[s] != 0 and table[s] != x:
-                s = (s + 1) & mask
+            s = _slot(table, state, mask, x)
             if state[s] == 0:
                 table[s] = x
                 state[s] = 1
                 union += 1
         for i in range(b0, b1):
             x = hashes[i]
-            s = np.int64(x & np.uint64(mask))
-            while state[s] != 0 and table[s] != x:
-                s = (s + 1) & mask
+            s = _slot(table, state, mask, x)
             if state[s] == 0:
                 table[s] = x
                 state[s] = 2
