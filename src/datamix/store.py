@@ -215,7 +215,7 @@ class Store:
         with self.transaction():
             if rows is not None:
                 n_out = rows.num_rows
-                con.register("_chunk_rows", rows)
+                con.register("_chunk_rows", _few_batches(rows))
                 select = "SELECT * EXCLUDE (parent_ids) FROM _chunk_rows" if has_parents else "SELECT * FROM _chunk_rows"
                 if not self.output_exists(step):
                     con.execute(f"CREATE TABLE {quote(step)} AS {select}")
@@ -293,6 +293,23 @@ class Store:
 
     def count(self, step: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {quote(step)}").fetchall()[0][0]
+
+
+ROW_GROUP = 122_880  # DuckDB's row group size, in rows
+
+
+def _few_batches(rows: "pa.Table") -> "pa.Table":
+    """`rows` as one Arrow batch when its batches are smaller than a row group on average.
+
+    DuckDB inserts many small batches in parallel, merges the threads' partial row groups
+    and checkpoints them at the next commit: a 1M-chat load (normalised in 40k-row
+    batches) took 1.6 s to insert plus 0.7 s of checkpoint, against 0.9 s as one batch
+    per chunk. Large batches (mix's one per source) insert well as they are, and
+    combining them would be a copy for nothing (0.1 s per 1M chats)."""
+    batches = rows.num_rows and len(rows.to_batches())
+    if batches > 1 and rows.num_rows / batches < ROW_GROUP:
+        return rows.combine_chunks()
+    return rows
 
 
 def _one_parent_each(parent_ids) -> bool:

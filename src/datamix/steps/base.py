@@ -102,11 +102,51 @@ class InputTable:
 
         return pl.from_arrow(self.arrow(columns))
 
+    def take(self, indexes, columns: str | None = None) -> pa.Table:
+        """The rows at these positions of the stable order (repeats allowed), as one Arrow chunk.
+
+        The runner's version gathers once from the stored table, without first copying
+        the upstream step's kept rows."""
+        import pyarrow as pa
+
+        return self.arrow(columns).combine_chunks().take(pa.array(indexes, pa.int64()))
+
+    def column_names(self) -> list[str]:
+        return self.arrow().column_names
+
+    def write(self, path: str, fmt: str, columns: list[str]) -> None:
+        """Write `columns` of every row, in the stable order, to a JSON-lines (`fmt` "jsonl")
+        or zstd Parquet ("parquet") file. The runner's version copies straight from the store."""
+        write_arrow(self.arrow(", ".join(_ident(c) for c in columns)), path, fmt)
+
     def slices(self, size: int) -> Iterator[tuple[int, pa.Table]]:
         """(offset, table) pairs of `size` rows, in the stable order."""
         table = self.arrow()
         for start in range(0, table.num_rows, size):
             yield start, table.slice(start, size)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def copy_sql(relation: str, columns: list[str], path: str, fmt: str) -> str:
+    """DuckDB's COPY of `columns` of `relation` to `path` as JSON lines or zstd Parquet."""
+    options = {"jsonl": "(FORMAT JSON)", "parquet": "(FORMAT PARQUET, COMPRESSION ZSTD)"}[fmt]
+    select = ", ".join(_ident(c) for c in columns)
+    return f"COPY (SELECT {select} FROM {relation}) TO '{path.replace(chr(39), chr(39) * 2)}' {options}"
+
+
+def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
+    """Every column of `table` to `path` with DuckDB's writer (see copy_sql)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("_rows", table)
+        con.execute(copy_sql("_rows", table.column_names, path, fmt))
+    finally:
+        con.close()
 
 
 @dataclasses.dataclass

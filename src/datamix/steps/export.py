@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register, write_arrow
 
 
 class ExportConfig(StepConfig):
@@ -57,21 +57,39 @@ def _write_manifest(out: str, manifest: dict) -> None:
     os.replace(tmp, os.path.join(out, "manifest.json"))  # readers never see half a manifest
 
 
+def _write_lines(path: str, ids) -> None:
+    """One sample id per line. Arrow's CSV writer does 1M ids in 0.02 s (a Python join: 0.23 s);
+    it refuses values that would need quoting, which minted (hex) ids never do."""
+    import pyarrow as pa
+    import pyarrow.csv as csv
+
+    try:
+        csv.write_csv(pa.table({"sample_id": ids}), path,
+                      csv.WriteOptions(include_header=False, quoting_style="none"))
+    except pa.ArrowInvalid:
+        with open(path, "w") as f:
+            f.write("".join(i + "\n" for i in ids.to_pylist()))
+
+
 # Every placement row keeps the exported sample's id: no lineage edges (see StepKind.keeps_ids).
 @register("export", ExportConfig, keeps_ids=True)
 def run(cfg: ExportConfig, inputs, ctx: Context):
-    import duckdb
     import numpy as np
     import pyarrow as pa
 
     if "all" in ctx.done_keys:
         return
-    # Arrow from the store straight into DuckDB's writer: no Polars round trip of the text.
-    table = inputs["input"].arrow()
-    missing = [f for f in cfg.fields if f not in table.column_names]
+    source = inputs["input"]
+    if cfg.format == "shards":
+        table = source.arrow()  # the shard writer tokenizes every chat
+        columns = table.column_names
+    else:  # the text goes from the store to the file in DuckDB; only ids and sources come here
+        columns = source.column_names()
+        table = source.arrow(", ".join(c for c in ("sample_id", "source") if c in columns))
+    missing = [f for f in cfg.fields if f not in columns]
     if missing:
-        raise BadInput(f"step {cfg.name}.fields: no column {', '.join(missing)} in {inputs['input'].name} "
-                       f"(columns: {', '.join(table.column_names)})")
+        raise BadInput(f"step {cfg.name}.fields: no column {', '.join(missing)} in {source.name} "
+                       f"(columns: {', '.join(columns)})")
     if "source" not in table.column_names:
         table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
     n = table.num_rows
@@ -83,7 +101,7 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
                         key=lambda sc: (sc[0] is not None, sc[0] or ""))
     manifest = {
         "step": cfg.name,
-        "input": inputs["input"].name,
+        "input": source.name,
         "format": cfg.format,
         "samples": n,
         "samples_per_source": {str(s): c for s, c in per_source},
@@ -102,14 +120,14 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         rows = placement.with_columns(pl.lit(out).alias("folder"), pl.concat_list("sample_id").alias("parent_ids"))
         files = sorted(set(placement["shard"].drop_nulls().to_list()))
     else:
-        columns = ["sample_id", "messages", "source", *cfg.fields]
         name = "data.jsonl" if cfg.format == "jsonl" else "data.parquet"
-        target = os.path.join(out, name)
-        con = duckdb.connect()
-        con.register("samples", table.select(columns))
-        fmt = "(FORMAT JSON)" if cfg.format == "jsonl" else "(FORMAT PARQUET, COMPRESSION ZSTD)"
-        con.execute(f"COPY (SELECT * FROM samples) TO '{target.replace(chr(39), chr(39) * 2)}' {fmt}")
-        con.close()
+        written = ["sample_id", "messages", "source", *cfg.fields]
+        if "source" in columns:
+            source.write(os.path.join(out, name), cfg.format, written)
+        else:  # no mix upstream: the file still has the column, null, as the manifest counts
+            rows = source.arrow()
+            rows = rows.append_column("source", pa.nulls(rows.num_rows, pa.string()))
+            write_arrow(rows.select(written), os.path.join(out, name), cfg.format)
         rows = pa.table({
             "sample_id": ids,
             "file": pa.array([name] * n, pa.string()),
@@ -118,8 +136,7 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         })
         files = [name]
         manifest["files"] = files
-    with open(os.path.join(out, "sample_ids.txt"), "w") as f:
-        f.write("\n".join(ids.to_pylist()) + ("\n" if n else ""))
+    _write_lines(os.path.join(out, "sample_ids.txt"), ids)
     _write_manifest(out, manifest)
     ctx.progress(n)
     yield Chunk(key="all", rows=rows, rows_in=n, files=[os.path.join(out, f) for f in files])

@@ -1,0 +1,87 @@
+"""The runner's inputs: take and write from the store agree with reading the rows whole.
+
+mix gathers its draw with `take` and export copies with `write`, both straight from the
+stored table of the first non-pass-through ancestor. They must give exactly the rows,
+in exactly the order, that `arrow()` gives (the kept rows of the whole chain).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from datamix.runner import StoreInput, read_output
+from datamix.steps.base import InputTable
+from datamix.store import Store
+
+from .helpers import chat, run_pipeline, store_of, write_jsonl, write_pipeline
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """load -> filter -> dedup over 40 chats: every 5th is too short, every 7th a duplicate."""
+    folder = tmp_path_factory.mktemp("store_input")
+    records = []
+    for i in range(40):
+        question = f"question {i - 1}" if i % 7 == 0 and i else f"question {i}"
+        answer = "no" if i % 5 == 0 else f"an answer with several words, number {i}"
+        records.append(chat(question + "?", answer))
+    write_jsonl(folder / "data.jsonl", records)
+    pipeline = write_pipeline(folder, [
+        {"name": "raw", "kind": "load", "path": "data.jsonl", "chunk_size": 16},
+        {"name": "clean", "kind": "filter", "input": "raw", "rules": [{"rule": "length", "field": "response", "min": 3,
+                                                                      "unit": "words"}]},
+        {"name": "dedup", "kind": "dedup", "input": "clean", "method": "exact", "fields": ["instruction"]},
+    ])
+    result = run_pipeline(pipeline)
+    assert result.ok, result.error
+    s = Store(str(store_of(pipeline)))
+    yield s
+    s.close()
+
+
+def test_the_chain_drops_rows_so_the_positions_must_be_mapped(store):
+    assert len(read_output(store, "raw")) == 40
+    kept = len(read_output(store, "dedup"))
+    assert kept < 40 - 8  # both the filter and the dedup dropped rows
+    assert len(StoreInput(store, "dedup")) == kept
+
+
+@pytest.mark.parametrize("step", ["raw", "clean", "dedup"])
+@pytest.mark.parametrize("columns", [None, "messages", "sample_id, origin_line"])
+def test_take_equals_taking_from_the_whole_read(store, step, columns):
+    whole = read_output(store, step, columns)
+    n = whole.num_rows
+    rng = np.random.default_rng(3)
+    for indexes in (np.arange(n), np.arange(n)[::-1], rng.integers(0, n, 3 * n), np.zeros(0, np.int64)):
+        got = StoreInput(store, step).take(indexes, columns)
+        assert got.equals(whole.combine_chunks().take(pa.array(indexes, pa.int64()))), (step, columns)
+        assert got.column_names == whole.column_names
+
+
+def test_take_past_the_kept_rows_is_an_error(store):
+    n = len(StoreInput(store, "dedup"))
+    with pytest.raises(IndexError):
+        StoreInput(store, "dedup").take([0, n])
+
+
+@pytest.mark.parametrize("step", ["raw", "dedup"])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_write_from_the_store_equals_writing_the_read_rows(store, tmp_path, step, fmt):
+    columns = ["sample_id", "messages", "origin_line"]
+    StoreInput(store, step).write(str(tmp_path / "store.out"), fmt, columns)
+    reader = InputTable(step, lambda cols: read_output(store, step, cols), 0)  # the generic Arrow path
+    reader.write(str(tmp_path / "arrow.out"), fmt, columns)
+    if fmt == "jsonl":
+        assert (tmp_path / "store.out").read_bytes() == (tmp_path / "arrow.out").read_bytes()
+    read = "read_json" if fmt == "jsonl" else "read_parquet"
+    con = duckdb.connect()
+    written = con.sql(f"SELECT sample_id FROM {read}('{tmp_path / 'store.out'}')").fetchall()
+    con.close()
+    assert [r[0] for r in written] == read_output(store, step, "sample_id").column(0).to_pylist()
+
+
+def test_column_names_without_reading_the_rows(store):
+    assert StoreInput(store, "dedup").column_names() == read_output(store, "dedup").column_names
