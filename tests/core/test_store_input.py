@@ -1,11 +1,14 @@
-"""The runner's inputs: take and write from the store agree with reading the rows whole.
+"""The runner's inputs: read, take and write give a step's output rows in their stable order.
 
-mix gathers its draw with `take` and export copies with `write`, both straight from the
-stored table of the first non-pass-through ancestor. They must give exactly the rows,
-in exactly the order, that `arrow()` gives (the kept rows of the whole chain).
+A pass-through chain's output is read from the stored table of its first stored
+ancestor, skipping the dropped rows during DuckDB's scan; mix gathers its draw with
+`take` and export copies with `write` straight from the store. They must give exactly
+the stored rows minus the chain's drops, in the stored order.
 """
 
 from __future__ import annotations
+
+import json
 
 import duckdb
 import numpy as np
@@ -42,11 +45,23 @@ def store(tmp_path_factory):
     s.close()
 
 
-def test_the_chain_drops_rows_so_the_positions_must_be_mapped(store):
-    assert len(read_output(store, "raw")) == 40
-    kept = len(read_output(store, "dedup"))
-    assert kept < 40 - 8  # both the filter and the dedup dropped rows
-    assert len(StoreInput(store, "dedup")) == kept
+def expected_rows(store, step: str, deciders: list[str]) -> list[dict]:
+    """The stored table's rows in order, minus every row the deciders dropped, in Python."""
+    rows = store.con.sql("SELECT * FROM raw").to_arrow_table().to_pylist()
+    dropped = {r[0] for r in store.con.execute(
+        f"SELECT sample_id FROM dm.decisions WHERE NOT kept AND step IN ({', '.join('?' * len(deciders))})",
+        deciders).fetchall()}
+    return [r for r in rows if r["sample_id"] not in dropped]
+
+
+@pytest.mark.parametrize("step, deciders", [("raw", []), ("clean", ["clean"]), ("dedup", ["clean", "dedup"])])
+def test_read_output_is_the_stored_rows_minus_the_chains_drops_in_order(store, step, deciders):
+    expected = expected_rows(store, step, deciders)
+    assert read_output(store, step).to_pylist() == expected
+    assert len(StoreInput(store, step)) == len(expected)
+    assert read_output(store, step, "origin_line").column(0).to_pylist() == [r["origin_line"] for r in expected]
+    if deciders:  # both rules dropped rows, so the filter is really exercised
+        assert len(expected) < len(expected_rows(store, step, deciders[:-1]))
 
 
 @pytest.mark.parametrize("step", ["raw", "clean", "dedup"])
@@ -85,3 +100,24 @@ def test_write_from_the_store_equals_writing_the_read_rows(store, tmp_path, step
 
 def test_column_names_without_reading_the_rows(store):
     assert StoreInput(store, "dedup").column_names() == read_output(store, "dedup").column_names
+
+
+def test_a_column_named_rowid_does_not_hide_which_rows_were_dropped(tmp_path):
+    """DuckDB's rowid is shadowed by a column of that name: the reader falls back to ids."""
+    write_jsonl(tmp_path / "data.jsonl", [
+        {**chat(f"question {i}?", "no" if i % 3 == 0 else f"a long enough answer {i}"), "rowid": str(100 - i)}
+        for i in range(12)])
+    pipeline = write_pipeline(tmp_path, [
+        {"name": "raw", "kind": "load", "path": "data.jsonl", "keep_fields": ["rowid"]},
+        {"name": "clean", "kind": "filter", "input": "raw", "rules": [{"rule": "length", "field": "response",
+                                                                      "min": 3, "unit": "words"}]},
+    ])
+    assert run_pipeline(pipeline).ok
+    s = Store(str(store_of(pipeline)))
+    try:
+        assert read_output(s, "clean", "rowid").column(0).to_pylist() == [str(100 - i) for i in range(12) if i % 3]
+        StoreInput(s, "clean").write(str(tmp_path / "out.jsonl"), "jsonl", ["sample_id", "rowid"])
+        assert [r["rowid"] for r in map(json.loads, open(tmp_path / "out.jsonl"))] == [
+            str(100 - i) for i in range(12) if i % 3]
+    finally:
+        s.close()

@@ -130,11 +130,11 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def copy_sql(relation: str, columns: list[str], path: str, fmt: str) -> str:
-    """DuckDB's COPY of `columns` of `relation` to `path` as JSON lines or zstd Parquet."""
+def copy_sql(columns: list[str], source: str, path: str, fmt: str) -> str:
+    """DuckDB's COPY of `columns` of `source` ("FROM ...") to `path` as JSON lines or zstd Parquet."""
     options = {"jsonl": "(FORMAT JSON)", "parquet": "(FORMAT PARQUET, COMPRESSION ZSTD)"}[fmt]
     select = ", ".join(_ident(c) for c in columns)
-    return f"COPY (SELECT {select} FROM {relation}) TO '{path.replace(chr(39), chr(39) * 2)}' {options}"
+    return f"COPY (SELECT {select} {source}) TO '{path.replace(chr(39), chr(39) * 2)}' {options}"
 
 
 def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
@@ -144,7 +144,7 @@ def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
     con = duckdb.connect()
     try:
         con.register("_rows", table)
-        con.execute(copy_sql("_rows", table.column_names, path, fmt))
+        con.execute(copy_sql(table.column_names, "FROM _rows", path, fmt))
     finally:
         con.close()
 
