@@ -39,6 +39,35 @@ def field_expr(field: str) -> pl.Expr:
     return expr.fill_null("").alias(field)
 
 
+# The same fields as DuckDB expressions over `messages`, for steps that let the store
+# extract the text while it reads (only the strings reach Python, not the chats). They
+# equal field_expr row for row, nulls and empty chats included (tests/core/test_fields.py).
+_FIRST = "coalesce(list_filter(messages, lambda m: m.role = '{role}')[{at}].content, '')"
+_JOINED = "coalesce(array_to_string(list_transform({chats}, lambda m: m.content), chr(10)), '')"
+SQL_FIELDS = {
+    "instruction": _FIRST.format(role="user", at=1),
+    "response": _FIRST.format(role="assistant", at=-1),
+    "system": _FIRST.format(role="system", at=1),
+    "conversation": _JOINED.format(chats="messages"),
+    "user": _JOINED.format(chats="list_filter(messages, lambda m: m.role = 'user')"),
+    "assistant": _JOINED.format(chats="list_filter(messages, lambda m: m.role = 'assistant')"),
+}
+
+
+def sql_select(field: str, alias: str) -> str:
+    """A select-list item reading `field` as `alias`: a chat field's text, or the column as it is
+    (cast to text with `cast_text`, as field_expr casts it)."""
+    quoted = '"' + alias.replace('"', '""') + '"'
+    if field in SQL_FIELDS:
+        return f"{SQL_FIELDS[field]} AS {quoted}"
+    return '"' + field.replace('"', '""') + '" AS ' + quoted
+
+
+def cast_text(column: str) -> pl.Expr:
+    """A column read by sql_select as field_expr's text: Polars' cast to text, null as ''."""
+    return pl.col(column).cast(pl.Utf8).fill_null("")
+
+
 def text_of(df: pl.DataFrame, fields: list[str]) -> pl.Series:
     """The named fields joined with a blank line, one string per row."""
     if len(fields) == 1:

@@ -139,3 +139,15 @@ def test_find_duplicates_directly():
         {"index": 2, "dup_of": None, "ref_index": 0, "similarity": 1.0},
         {"index": 3, "dup_of": 0, "ref_index": None, "similarity": 1.0},
     ]
+
+
+def test_a_column_can_be_a_field_alone_or_beside_a_chat_field(tmp_path):
+    """`score` is a kept record field (text): equal scores are duplicates; with the
+    instruction beside it, both must match (a null column reads as empty text)."""
+    records = [rec("q one", "a", "5"), rec("q two", "b", "5"), rec("q one", "c", "5"), rec("q one", "d"),
+               rec("q three", "e"), rec("q one", "f")]
+    out, _ = run_dedups(tmp_path, records, {"by_score": {"fields": ["score"]},
+                                            "by_both": {"fields": ["score", "instruction"]}})
+    assert out["by_score"][1] == [1, 4]  # "5" x3 and empty x3
+    assert out["by_both"][1] == [1, 2, 4, 5]
+    assert out["by_both"][0] == {3: ("duplicate", 1, 1.0), 6: ("duplicate", 4, 1.0)}

@@ -104,10 +104,35 @@ def _priority(df, cfg: DedupConfig, texts):
         return np.arange(len(df), dtype=np.float64)
     if cfg.keep == "longest":
         return -texts.str.len_chars().cast(pl.Float64).to_numpy()
-    if cfg.keep_column not in df.columns:
-        raise BadInput(f"step {cfg.name}: keep_column {cfg.keep_column!r} is not a column ({', '.join(df.columns)})")
-    values = df[cfg.keep_column].cast(pl.Float64).fill_null(float("-inf")).to_numpy()
+    values = df[KEEP].cast(pl.Float64).fill_null(float("-inf")).to_numpy()
     return -values
+
+
+KEEP = "__keep"  # the keep_column, as read
+
+
+def _read(cfg: DedupConfig, table):
+    """(sample ids, texts, the frame read) for the input `table`: only the fields' text and the
+    keep column are read. DuckDB extracts chat fields during the read, so the chats themselves
+    never reach Python (reading 1M of them through a filter: 0.75 s, their instructions: 0.2 s)."""
+    import polars as pl
+
+    from datamix.fields import CHAT_FIELDS, cast_text, check_field, sql_select
+
+    columns = table.column_names()
+    for f in cfg.fields:
+        if problem := check_field(f, columns):
+            raise BadInput(f"step {cfg.name}.fields: {problem}")
+    if cfg.keep == "highest" and cfg.keep_column not in columns:
+        raise BadInput(f"step {cfg.name}: keep_column {cfg.keep_column!r} is not a column ({', '.join(columns)})")
+    select = ["sample_id", *(sql_select(f, f"__field{i}") for i, f in enumerate(cfg.fields))]
+    if cfg.keep == "highest":
+        select.append(sql_select(cfg.keep_column, KEEP))
+    df = table.polars(", ".join(select))
+    parts = [pl.col(f"__field{i}") if f in CHAT_FIELDS else cast_text(f"__field{i}") for i, f in enumerate(cfg.fields)]
+    # the fields joined with a blank line, as fields.text_of joins them
+    texts = df.select((parts[0] if len(parts) == 1 else pl.concat_str(parts, separator="\n\n")).alias("text"))
+    return df["sample_id"], texts.to_series(), df
 
 
 def _reference(cfg: DedupConfig, inputs, ctx: Context):
@@ -159,20 +184,13 @@ def run(cfg: DedupConfig, inputs, ctx: Context):
 
     import polars as pl
 
-    from datamix.fields import check_field, text_of
-
     if "all" in ctx.done_keys:
         return
-    df = inputs["input"].polars()
-    for f in cfg.fields:
-        if problem := check_field(f, df.columns):
-            raise BadInput(f"step {cfg.name}.fields: {problem}")
-    texts = text_of(df, cfg.fields)
+    ids, texts, df = _read(cfg, inputs["input"])
     ref_texts, ref_ids = _reference(cfg, inputs, ctx)
     module = importlib.import_module(_METHODS[cfg.method][1])
     found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts,
                                    cache=_StoreCache(ctx))
-    ids = df["sample_id"]
     dup_ids = ids.gather(found["dup_of"].fill_null(0)).to_list()
     ref_match = ref_ids.gather(found["ref_index"].fill_null(0)).to_list() if ref_ids is not None else None
     related, reasons = [], []
