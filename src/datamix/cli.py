@@ -168,8 +168,6 @@ def status(pipeline, store, fmt):
 
 
 def _step_rows(con) -> list[dict]:
-    from datamix.store import SQL_FILES  # noqa: F401  (schema names)
-
     try:
         steps = con.execute(
             "SELECT name, kind, state, rows_in, rows_out, round(seconds, 2), error FROM dm.steps "

@@ -358,17 +358,19 @@ def _output_scan(store: Store, name: str) -> tuple[str, list] | None:
     return f"FROM {quote(stored)} WHERE get_bit(?::BIT, rowid::INTEGER) = 1", [kept]
 
 
+def _dropped(deciders: list[str]) -> tuple[str, list[str]]:
+    """(SQL selecting the sample ids any of `deciders` dropped, its parameters)."""
+    marks = ", ".join("?" * len(deciders))
+    return f"SELECT sample_id FROM dm.decisions WHERE step IN ({marks}) AND NOT kept", list(deciders)
+
+
 def _kept_bitmap(store: Store, stored: str, deciders: list[str]) -> str | None:
     """A bit string over `stored`'s row ids, '1' for a kept row; None when none was dropped."""
     import numpy as np
-    import pyarrow as pa
 
-    store.con.register("_deciders", pa.table({"step": deciders}))
-    dropped = store.con.sql(
-        f"SELECT rowid FROM {quote(stored)} WHERE sample_id IN (SELECT sample_id FROM dm.decisions "
-        "WHERE step IN (SELECT step FROM _deciders) AND NOT kept)"
-    ).to_arrow_table().column(0).to_numpy()
-    store.con.unregister("_deciders")
+    dropped_sql, params = _dropped(deciders)
+    dropped = store.con.sql(f"SELECT rowid FROM {quote(stored)} WHERE sample_id IN ({dropped_sql})",
+                            params=params).to_arrow_table().column(0).to_numpy()
     if not len(dropped):
         return None
     size = store.con.sql(f"SELECT max(rowid) + 1 FROM {quote(stored)}").fetchall()[0][0]
@@ -379,18 +381,14 @@ def _kept_bitmap(store: Store, stored: str, deciders: list[str]) -> str | None:
 
 def _filter_in_arrow(store: Store, stored: str, deciders: list[str], columns: str | None):
     """read_output's filter for a table with a column named rowid: by sample id, in Arrow."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     cols = columns
     if columns and "sample_id" not in [c.strip().strip('"') for c in columns.split(",")]:
         cols = "sample_id, " + columns
     table = store.read(stored, cols)
-    store.con.register("_deciders", pa.table({"step": deciders}))
-    dropped = store.con.sql(
-        "SELECT DISTINCT sample_id FROM dm.decisions WHERE step IN (SELECT step FROM _deciders) AND NOT kept"
-    ).to_arrow_table().column(0)
-    store.con.unregister("_deciders")
+    dropped_sql, params = _dropped(deciders)
+    dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0)
     if len(dropped):
         table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
     return table if cols is columns else table.drop_columns(["sample_id"])

@@ -17,11 +17,14 @@ rows minus the dropped ones, with the same sample ids.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+
+if TYPE_CHECKING:
+    import polars as pl
 
 PRESETS = {
     "refusals": [

@@ -248,7 +248,6 @@ def normalize(con, records, origin_file: str, cfg: LoadConfig):
 
     Good rows: sample_id (minted from cfg.name, origin_file and origin_line), messages,
     origin_file, origin_line and the kept fields, in input order."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     con.register("_records", records)
