@@ -92,6 +92,8 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
         elif row["fingerprint"] != fp:
             changed = _what_changed(row, step, fps)
             action, reason = "run", f"changed: {changed}"
+        elif row["state"] == "done" and (missing := store.missing_files(step.name)):
+            action, reason = "run", _missing_reason(missing)
         elif row["state"] == "done":
             action, reason = "skip", "up to date"
         else:
@@ -104,6 +106,11 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
         counts[step.name] = row["rows_out"] if row and action == "skip" else _estimate_rows_out(step, rows_in)
         entries.append(PlanEntry(step.name, step.kind, fp, action, reason, calls))
     return entries
+
+
+def _missing_reason(missing: list[str]) -> str:
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return f"its output files are gone ({missing[0]}{more})"
 
 
 def _estimate_rows_out(step: StepConfig, rows_in: int | None) -> int | None:
@@ -201,12 +208,16 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                 entry = REGISTRY[step.kind]
                 row = store.step_row(step.name)
                 fp = fps[step.name]
+                missing = []
                 if row is not None and row["state"] == "done" and row["fingerprint"] == fp:
-                    log(f"skip   {step.name} ({step.kind}): up to date")
-                    continue
+                    missing = store.missing_files(step.name)
+                    if not missing:
+                        log(f"skip   {step.name} ({step.kind}): up to date")
+                        continue
+                    log(f"rerun  {step.name} ({step.kind}): {_missing_reason(missing)}")
                 try:
-                    if row is not None and row["fingerprint"] != fp:
-                        store.reset_step(step.name)  # config, code, inputs or upstream changed
+                    if row is not None and (row["fingerprint"] != fp or missing):
+                        store.reset_step(step.name)  # config, code, inputs or upstream changed; or files gone
                         row = None
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
                     _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None)

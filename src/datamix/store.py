@@ -128,6 +128,11 @@ class Store:
     def done_keys(self, step: str) -> frozenset[str]:
         return frozenset(r[0] for r in self.con.execute("SELECT key FROM dm.chunks WHERE step = ?", [step]).fetchall())
 
+    def missing_files(self, step: str) -> list[str]:
+        """Files a sink step recorded writing (exports, shards, models) that are no longer there."""
+        rows = self.con.execute("SELECT files FROM dm.chunks WHERE step = ? ORDER BY key", [step]).fetchall()
+        return [f for (files,) in rows for f in json.loads(files or "[]") if not os.path.exists(f)]
+
     def reset_step(self, name: str) -> None:
         """Forget everything a step wrote (its fingerprint changed)."""
         kind = first(self.con.execute(

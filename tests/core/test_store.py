@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,6 +293,33 @@ def test_changed_upstream_config_invalidates_downstream(core_pipeline):
     assert {s for s in before if after[s] != before[s]} == {"domain", "mix", "export"}
     assert query(store, "SELECT source, count(*) FROM mix GROUP BY source ORDER BY source") == [
         ("domain", 4), ("general", 6)]
+
+
+@pytest.mark.parametrize("gone", ["folder", "one file"])
+def test_deleted_export_files_rerun_the_export_only(core_pipeline, gone):
+    """Fingerprints say the export is up to date, but its files are gone: it is written again."""
+    assert run_pipeline(core_pipeline).ok
+    store = store_of(core_pipeline)
+    before = step_runs(store)
+    out = core_pipeline.parent / "out"
+    data = (out / "data.jsonl").read_bytes()
+    if gone == "folder":
+        shutil.rmtree(out)
+    else:
+        (out / "data.jsonl").unlink()
+    plan = cli("plan", core_pipeline, "--format", "json")
+    reasons = {e["name"]: (e["action"], e["reason"]) for e in json.loads(plan.stdout)}
+    assert reasons["mix"] == ("skip", "up to date")
+    assert reasons["export"][0] == "run" and "output files are gone" in reasons["export"][1]
+    assert "data.jsonl" in reasons["export"][1]
+    result = cli("run", core_pipeline)
+    assert result.exit_code == 0, result.output
+    assert "rerun  export (export): its output files are gone" in result.stderr
+    after = step_runs(store)
+    assert {s for s in before if after[s] != before[s]} == {"export"}
+    assert (out / "data.jsonl").read_bytes() == data
+    assert query(store, "SELECT count(*) FROM dm.chunks WHERE step = 'export'") == [(1,)]
+    assert "skip   export" in cli("run", core_pipeline).stderr
 
 
 # ---- one writer at a time ---------------------------------------------------------------
