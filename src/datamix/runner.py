@@ -71,7 +71,9 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
             "config": step.model_dump(mode="json"),
             "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
             "code": _code_version(step.kind),
-            "models": {m: pipeline.models[m].model_dump(mode="json") for m in models_used(step) if m in pipeline.models},
+            # where a model runs (ray replicas) does not change what it generates
+            "models": {m: pipeline.models[m].model_dump(mode="json", exclude={"ray"})
+                       for m in models_used(step) if m in pipeline.models},
             "files": _file_identity(pipeline, step),
             "seed": pipeline.seed,
         }

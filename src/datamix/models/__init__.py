@@ -79,12 +79,23 @@ class TinyModel(BaseModel):
     seed: int = 0
 
 
+class RayReplicas(BaseModel):
+    """Run the model as replicas on a Ray cluster (datamix/models/ray.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=1, description="copies of the model; a step's prompts are split among them")
+    address: str | None = Field(default=None, description="auto: a running cluster; ray://host:port; none: local")
+    gpus_per_replica: float | None = Field(default=None, ge=0, description="default: what the backend needs")
+    cpus_per_replica: float = Field(default=1.0, ge=0)
+
+
 class TransformersModel(_ModelBase):
     backend: Literal["transformers"]
     tiny: TinyModel | None = None
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"
     batch_size: int = Field(default=16, ge=1)
+    ray: RayReplicas | None = None
 
 
 class VLLMModel(_ModelBase):
@@ -94,6 +105,7 @@ class VLLMModel(_ModelBase):
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_model_len: int | None = None
     seed: int = 0
+    ray: RayReplicas | None = None
 
 
 class OpenAIModel(_ModelBase):
@@ -161,6 +173,10 @@ def resolve_spec(spec, base_dir: str = "."):
 def load_backend(name: str, spec: TransformersModel | VLLMModel | OpenAIModel, base_dir: str = ".") -> Backend:
     """Instantiate the backend for a declared model (heavy imports happen here)."""
     spec = resolve_spec(spec, base_dir)
+    if getattr(spec, "ray", None) is not None:
+        from datamix.models.ray import RayBackend
+
+        return RayBackend(name, spec, base_dir)
     if spec.backend == "transformers":
         from datamix.models.transformers import TransformersBackend
 
