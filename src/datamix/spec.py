@@ -201,23 +201,39 @@ def _bounds(model: type | None, loc: tuple) -> tuple | None:
     return (low, high) if low is not None and high is not None else None
 
 
-def _model_at(model: type | None, raw_loc: tuple) -> type | None:
-    """The pydantic model that holds the field at `raw_loc` (a pydantic error location,
-    union tags included), or None when it cannot be told."""
+def _members(ann) -> list[type]:
+    """The pydantic models an annotation can hold: through Optional, unions, Annotated,
+    lists and dict values."""
     import typing
 
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    args = typing.get_args(ann)
+    origin = typing.get_origin(ann)
+    if origin is dict:
+        args = args[1:]
+    elif origin is typing.Annotated:
+        args = args[:1]
+    return [m for a in args for m in _members(a)]
+
+
+def _model_at(model: type | None, raw_loc: tuple) -> type | None:
+    """The pydantic model that holds the field at `raw_loc` (a pydantic error location,
+    union tags and dict keys included), or None when it cannot be told."""
+    import typing
+
+    key_next = False  # the part after a dict field is a key (a model's name), not a field
     for part in raw_loc[:-1]:
         if model is None:
             return None
-        if isinstance(part, int):
+        if key_next or isinstance(part, int):
+            key_next = False
             continue
         fields = getattr(model, "model_fields", {})
         if part in fields:
             ann = fields[part].annotation
-            args = [a for a in typing.get_args(ann) if isinstance(a, type)] or [ann]
-            while len(args) == 1 and typing.get_args(args[0]):  # list[X], Annotated[X, ...]
-                args = [a for a in typing.get_args(args[0]) if isinstance(a, type)] or args
-            members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            key_next = typing.get_origin(ann) is dict
+            members = _members(ann)
             model = members[0] if len(members) == 1 else (members or None)
         elif isinstance(model, list):  # a union: the location names the member by its tag
             model = next((m for m in model if any(
@@ -233,7 +249,8 @@ def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
     if err["type"] == "extra_forbidden":
         holder = _model_at(model, tuple(err["loc"]))
         if holder is not None:
-            names = [n for n in holder.model_fields if n not in ("name", "kind", "method", "rule", "backend")]
+            hidden = ("spec_path",) if holder is Pipeline else ("name", "kind", "method", "rule", "backend")
+            names = [n for n in holder.model_fields if n not in hidden]
             if err["loc"][0] == "options" and "options" in getattr(model, "model_fields", {}):
                 # dedup: the method's options sit beside the step's own
                 own = [n for n in model.model_fields if n not in ("name", "kind", "options", "chunk_size")]
@@ -349,7 +366,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     except ValidationError as e:
         for err in e.errors():
             loc = _yaml_loc(tuple(err["loc"]))
-            problems.append(f"{at(loc)}{_format_loc(loc, raw_steps)}: {_friendly(err)}")
+            problems.append(f"{at(loc)}{_format_loc(loc, raw_steps)}: {_friendly(err, Pipeline, loc)}")
 
     if pipeline is not None and len(steps) == len(raw_steps):
         pipeline.steps = steps

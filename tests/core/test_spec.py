@@ -76,6 +76,26 @@ def test_method_options_are_checked_against_the_method(tmp_path):
     assert problems[1].startswith("p.yaml:5: steps[2] (name: d2)") and "'fuzzy'" in problems[1]
 
 
+def test_unknown_keys_of_the_pipeline_and_of_models_list_the_options_there(tmp_path):
+    result, problems = validate(tmp_path, """\
+        name: t
+        modles: {}
+        models:
+          api: {backend: openai, path: x, ray: {replicas: 2}}
+          local: {backend: transformers, path: x, ray: {replicas: 2, adress: auto}}
+        steps:
+          - {name: src, kind: load, path: a.jsonl}
+    """)
+    assert result.exit_code == 2
+    assert sorted(problems) == [
+        "p.yaml:2: modles: unknown option; the options here are: name, store, seed, vars, models, steps",
+        "p.yaml:4: models.api.ray: unknown option; the options here are: path, chat_template, base_url, "
+        "api_key_env, max_concurrency, timeout_s, max_retries, tokenizer",
+        "p.yaml:5: models.local.ray.adress: unknown option; the options here are: replicas, address, "
+        "gpus_per_replica, cpus_per_replica",
+    ]
+
+
 def test_inputs_naming_no_step_missing_files_and_duplicate_names(tmp_path):
     result, problems = validate(tmp_path, """\
         name: t
