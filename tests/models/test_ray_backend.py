@@ -68,6 +68,16 @@ def test_replicas_give_exactly_the_one_process_completions(local_ray, tiny_chatm
         "hello")["input_ids"]
 
 
+def test_a_killed_replica_is_restarted_and_its_shard_retried(local_ray, tiny_chatml):
+    params = SamplingParams(n=1, max_tokens=6, seed=1)
+    backend = load_backend("t", spec(tiny_chatml, ray={"replicas": 2}))
+    expected = backend.generate(PROMPTS, params)
+    ray.kill(backend._actors[0], no_restart=False)  # as a lost node or an OOM kill would
+    again = backend.generate(PROMPTS, params)
+    assert [[c.text for c in p] for p in again] == [[c.text for c in p] for p in expected]
+    assert backend.prompts_served()[0] == 4  # a fresh process served the first shard again
+
+
 def test_more_gpus_than_the_cluster_has_is_refused_with_the_numbers(local_ray, tiny_chatml):
     with pytest.raises(RayUnavailable, match=r"2 replicas x 1 GPUs need 2 GPUs but the Ray cluster has 0"):
         RayBackend("t", spec(tiny_chatml, ray={"replicas": 2, "gpus_per_replica": 1}))

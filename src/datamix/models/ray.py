@@ -31,6 +31,9 @@ from typing import Any
 from datamix.models import Completion, Prompt, SamplingParams
 
 
+RESTARTS = 3  # per replica, then the step fails (its committed chunks stay; a rerun resumes)
+
+
 class RayUnavailable(RuntimeError):
     """Ray is not installed, or the cluster cannot hold the replicas asked for."""
 
@@ -97,7 +100,10 @@ class RayBackend:
                 f"GPUs but the Ray cluster has {cluster_gpus:g}; lower ray.replicas or set ray.gpus_per_replica"
             )
         inner = spec.model_copy(update={"ray": None})  # each actor runs the plain backend
-        actor = ray.remote(num_gpus=gpus, num_cpus=spec.ray.cpus_per_replica)(_Replica)
+        # A replica whose process dies (a node lost, an out-of-memory kill) is restarted by Ray
+        # and its call retried: a step sees an error only when that keeps failing.
+        actor = ray.remote(num_gpus=gpus, num_cpus=spec.ray.cpus_per_replica, max_restarts=RESTARTS,
+                           max_task_retries=RESTARTS)(_Replica)
         self._actors = [actor.remote(name, inner, base_dir) for _ in range(spec.ray.replicas)]
         self._tokenizer: Any = None
 
