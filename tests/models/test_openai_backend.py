@@ -30,8 +30,11 @@ class FlakyServer:
     (slow answers are written only after the client's timeout, so they do not count).
     """
 
-    def __init__(self, fail_rate=0.6, honour_n=True, seed=0):
+    def __init__(self, fail_rate=0.6, honour_n=True, seed=0, keep_alive=False, close_after=None):
+        """keep_alive: HTTP/1.1 (connections stay open between requests, as real servers do);
+        close_after: then close a connection after that many answers, without saying so."""
         self.rng = random.Random(seed)
+        self.connections = 0
         self.lock = threading.Lock()
         self.fail_rate = fail_rate
         self.honour_n = honour_n
@@ -42,8 +45,16 @@ class FlakyServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args):  # keep test output quiet
                 pass
+
+            def setup(self):
+                super().setup()
+                self.answered = 0
+                with server.lock:
+                    server.connections += 1
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -79,6 +90,9 @@ class FlakyServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                self.answered += 1
+                if close_after is not None and self.answered >= close_after:
+                    self.close_connection = True  # no "Connection: close" header: the client finds out later
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -115,18 +129,17 @@ class FlakyServer:
 
 
 def make_backend(url, **kw):
-    spec = OpenAIModel(
-        backend="openai", path="served-model", base_url=url, api_key_env="DATAMIX_TEST_KEY",
-        max_concurrency=8, timeout_s=TIMEOUT_S, max_retries=40, **kw,
-    )
+    options = {"max_concurrency": 8, "timeout_s": TIMEOUT_S, "max_retries": 40, **kw}
+    spec = OpenAIModel(backend="openai", path="served-model", base_url=url, api_key_env="DATAMIX_TEST_KEY", **options)
     return OpenAIBackend("remote", spec, backoff_base_s=0.005, backoff_cap_s=0.05)
 
 
-def test_every_request_completes_once_in_order_despite_failures(monkeypatch, caplog):
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_every_request_completes_once_in_order_despite_failures(monkeypatch, caplog, keep_alive):
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     prompts = [Prompt(text=f"p{i}") for i in range(24)] + [Prompt(messages=[{"role": "user", "content": "c0"}])]
-    with FlakyServer(fail_rate=0.6) as server:
+    with FlakyServer(fail_rate=0.6, keep_alive=keep_alive) as server:
         b = make_backend(server.url)
         out = b.generate(prompts, SamplingParams(n=2, max_tokens=8, seed=11))
     # the failures really happened, of every kind
@@ -142,6 +155,28 @@ def test_every_request_completes_once_in_order_despite_failures(monkeypatch, cap
     assert all(KEY not in r.getMessage() and KEY not in str(r.args) for r in caplog.records)
     assert KEY not in repr(b) and KEY not in repr(b.spec) and KEY not in b.spec.model_dump_json()
     assert KEY not in repr(vars(b))
+
+
+def test_connections_are_kept_alive_and_reused(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    prompts = [Prompt(text=f"p{i}") for i in range(60)]
+    with FlakyServer(fail_rate=0.0, keep_alive=True) as server:
+        b = make_backend(server.url, max_retries=0)  # max_concurrency 8
+        out = b.generate(prompts, SamplingParams(seed=1))
+        out += b.generate(prompts[:10], SamplingParams(seed=1))  # a second call reuses the first's
+    assert [per[0].text for per in out] == [f"echo:p{i}:1:0" for i in range(60)] + [
+        f"echo:p{i}:1:0" for i in range(10)]
+    assert server.connections == b._pool.opened <= 8  # one per request in flight at most, not 70
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    prompts = [Prompt(text=f"p{i}") for i in range(30)]
+    with FlakyServer(fail_rate=0.0, keep_alive=True, close_after=1) as server:
+        b = make_backend(server.url, max_retries=0, max_concurrency=3)  # any counted failure would raise
+        out = b.generate(prompts, SamplingParams(seed=2))
+    assert [per[0].text for per in out] == [f"echo:p{i}:2:0" for i in range(30)]
+    assert server.connections >= 30  # every answer closed its connection
 
 
 def test_endpoints_and_bodies(monkeypatch):

@@ -4,7 +4,10 @@ Raw prompts (text or token ids) go to `/completions` (what pre-query sampling
 needs: the exact prefix, no template applied by the server); chat prompts go to
 `/chat/completions`. Requests run concurrently on asyncio, at most
 `spec.max_concurrency` in flight, each over the standard library's HTTP client in
-a worker thread (no extra dependency).
+a worker thread (no extra dependency). Connections are kept alive and reused (a TLS
+handshake per request would cost a hosted API's round trips); one that the server
+closed while idle is replaced at once, without counting as a failed attempt. Through
+a proxy (HTTPS_PROXY, ...) requests go through urllib, one connection each.
 
 Retries: 429, 5xx, connection errors and timeouts are retried up to
 `spec.max_retries` times with exponential backoff and full jitter
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import http.client
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -45,6 +50,42 @@ from datamix.models import Completion, OpenAIModel, Prompt, SamplingParams
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+class _Pool:
+    """Idle keep-alive connections to one server, shared by the worker threads."""
+
+    def __init__(self, url: str, timeout_s: float):
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, parts.port
+        self.timeout_s = timeout_s
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self.opened = 0  # connections made, for tests and debugging
+
+    def get(self):
+        """(connection, whether it was used before)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+            self.opened += 1
+        if self.https:
+            import ssl
+
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
+                                               context=ssl.create_default_context()), False
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s), False
+
+    def put(self, conn) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+
+# What a kept-alive connection raises when the server closed it while it was idle.
+_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError, BrokenPipeError)
 
 
 class OpenAIBackendError(RuntimeError):
@@ -78,6 +119,12 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _proxied(url: str) -> bool:
+    """True when the environment routes `url` through a proxy (urllib's rules)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None, rng: random.Random) -> float:
@@ -193,6 +240,7 @@ class OpenAIBackend:
         self.backoff_cap_s = backoff_cap_s
         self._tokenizer = None
         self._rng = random.Random()
+        self._pool = _Pool(spec.base_url, spec.timeout_s)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(name={self.name!r}, base_url={self.spec.base_url!r}, model={self.spec.path!r})"
@@ -279,6 +327,33 @@ class OpenAIBackend:
     # -- HTTP, in a worker thread -------------------------------------------------
 
     def _post(self, url: str, data: bytes) -> _Response:
+        if _proxied(url):
+            return self._post_urllib(url, data)
+        target = urllib.parse.urlsplit(url)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        while True:
+            conn, reused = self._pool.get()
+            try:
+                conn.request("POST", path, body=data, headers=self._headers())
+                r = conn.getresponse()
+                body = r.read()
+            except _STALE as e:
+                conn.close()
+                if reused:
+                    continue  # closed by the server while idle: not this request's failure
+                raise _Retryable(self._redact(f"{type(e).__name__}: {e}")) from None
+            except (OSError, http.client.HTTPException) as e:
+                # connection refused, socket timeout, a broken response: all worth another try
+                conn.close()
+                raise _Retryable(self._redact(f"{type(e).__name__}: {e}")) from None
+            if r.will_close:
+                conn.close()
+            else:
+                self._pool.put(conn)
+            return _Response(r.status, body, parse_retry_after(r.getheader("Retry-After")))
+
+    def _post_urllib(self, url: str, data: bytes) -> _Response:
+        """One request through urllib, which honours the proxy settings of the environment."""
         req = urllib.request.Request(url, data=data, method="POST", headers=self._headers())
         try:
             with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as r:
