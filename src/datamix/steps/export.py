@@ -125,12 +125,12 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         if "source" in columns:
             source.write(os.path.join(out, name), cfg.format, written)
         else:  # no mix upstream: the file still has the column, null, as the manifest counts
-            rows = source.arrow()
-            rows = rows.append_column("source", pa.nulls(rows.num_rows, pa.string()))
-            write_arrow(rows.select(written), os.path.join(out, name), cfg.format)
+            samples = source.arrow()
+            samples = samples.append_column("source", pa.nulls(samples.num_rows, pa.string()))
+            write_arrow(samples.select(written), os.path.join(out, name), cfg.format)
         rows = pa.table({
             "sample_id": ids,
-            "file": pa.array([name] * n, pa.string()),
+            "file": pa.repeat(pa.scalar(name, pa.string()), n),
             "row": pa.array(np.arange(1, n + 1, dtype=np.int64)),
             "parent_ids": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), ids),
         })
