@@ -57,10 +57,9 @@ SQL_FIELDS = {
 def sql_select(field: str, alias: str) -> str:
     """A select-list item reading `field` as `alias`: a chat field's text, or the column as it is
     (cast to text with `cast_text`, as field_expr casts it)."""
-    quoted = '"' + alias.replace('"', '""') + '"'
-    if field in SQL_FIELDS:
-        return f"{SQL_FIELDS[field]} AS {quoted}"
-    return '"' + field.replace('"', '""') + '" AS ' + quoted
+    from datamix.store import quote
+
+    return f"{SQL_FIELDS[field] if field in SQL_FIELDS else quote(field)} AS {quote(alias)}"
 
 
 def cast_text(column: str) -> pl.Expr:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from datamix.store import quote
+
 if TYPE_CHECKING:  # heavy imports stay out of start-up
     import polars as pl
     import pyarrow as pa
@@ -117,7 +119,7 @@ class InputTable:
     def write(self, path: str, fmt: str, columns: list[str]) -> None:
         """Write `columns` of every row, in the stable order, to a JSON-lines (`fmt` "jsonl")
         or zstd Parquet ("parquet") file. The runner's version copies straight from the store."""
-        write_arrow(self.arrow(", ".join(_ident(c) for c in columns)), path, fmt)
+        write_arrow(self.arrow(", ".join(quote(c) for c in columns)), path, fmt)
 
     def slices(self, size: int) -> Iterator[tuple[int, pa.Table]]:
         """(offset, table) pairs of `size` rows, in the stable order."""
@@ -126,14 +128,10 @@ class InputTable:
             yield start, table.slice(start, size)
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def copy_sql(columns: list[str], source: str, path: str, fmt: str) -> str:
     """DuckDB's COPY of `columns` of `source` ("FROM ...") to `path` as JSON lines or zstd Parquet."""
     options = {"jsonl": "(FORMAT JSON)", "parquet": "(FORMAT PARQUET, COMPRESSION ZSTD)"}[fmt]
-    select = ", ".join(_ident(c) for c in columns)
+    select = ", ".join(quote(c) for c in columns)
     return f"COPY (SELECT {select} {source}) TO '{path.replace(chr(39), chr(39) * 2)}' {options}"
 
 

@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+from datamix.store import quote
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -218,10 +219,6 @@ def _csv_record_lines(path: str, n: int, simple):
     return np.asarray(starts, dtype=np.int64) if len(starts) == n else simple
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def normalize_sql(cfg: LoadConfig) -> str:
     """sql/normalize_records.sql with this config's field names filled in."""
     from datamix.store import sql_text
@@ -233,11 +230,11 @@ def normalize_sql(cfg: LoadConfig) -> str:
     for name in (cfg.prompt_field, cfg.response_field, system, *cfg.keep_fields):
         structure.setdefault(name, "VARCHAR")
     literal = "'" + json.dumps(structure).replace("'", "''") + "'"
-    keep = "".join(f", f.{_ident(k)} AS {_ident(k)}" for k in cfg.keep_fields)
-    keep_out = "".join(f", {_ident(k)}" for k in cfg.keep_fields)
+    keep = "".join(f", f.{quote(k)} AS {quote(k)}" for k in cfg.keep_fields)
+    keep_out = "".join(f", {quote(k)}" for k in cfg.keep_fields)
     sql = sql_text("normalize_records.sql")
-    for key, value in (("structure", literal), ("prompt", _ident(cfg.prompt_field)),
-                       ("response", _ident(cfg.response_field)), ("system", _ident(system)), ("keep_out", keep_out),
+    for key, value in (("structure", literal), ("prompt", quote(cfg.prompt_field)),
+                       ("response", quote(cfg.response_field)), ("system", quote(system)), ("keep_out", keep_out),
                        ("keep", keep)):
         sql = sql.replace(f"@{key}@", value)
     return sql
