@@ -1,7 +1,11 @@
--- Normalise raw input records to OpenAI-style `messages`, with a quarantine reason
+-- Normalise parsed input records to OpenAI-style `messages`, with a quarantine reason
 -- for every row that cannot be used.
--- Inputs: _records(origin_line BIGINT, raw VARCHAR, decode_error VARCHAR);
---   parameters $origin_file (the file's path as recorded in origin_file), $step (the
+-- Input: the `fields` query (a placeholder filled in by steps/load.py), giving
+--   (origin_file, origin_line, raw, decode_error, f) with f
+--   the record parsed to @structure@: sql/parse_records.sql over raw lines, or the rows
+--   of DuckDB's JSON reader for a clean file (raw NULL: such a file has no bad rows, and
+--   steps/load.py reads it again line by line if one turns up).
+-- Parameters: $origin_file (the file's path as recorded in origin_file), $step (the
 --   step name, for sample ids), $shape ('auto' or a shape name), $prompt_name,
 --   $response_name; placeholders filled in by steps/load.py:
 --   @structure@ (the json_transform structure: every key any shape reads, parsed once),
@@ -12,24 +16,10 @@
 --   only quarantine needs it).
 -- Shapes: messages (OpenAI), sharegpt (conversations with from/value), alpaca
 -- (instruction/input/output), prompt_response (named fields).
--- Cost: each record is parsed once (json_transform, under try() so that invalid JSON
--- gives NULL instead of an error); the costlier checks that name what is wrong run only
--- for the rows that fail (a CASE evaluates a branch only for the rows that reach it).
-WITH parsed AS (
-    SELECT $origin_file::VARCHAR AS origin_file, origin_line, raw, decode_error
-    FROM _records
-    -- blank lines are not records. trim() strips exactly the Unicode space separators
-    -- (Zs), so "no character outside Zs" is the same test without trimming every line.
-    WHERE regexp_matches(raw, '[^\p{Zs}]')
-), fields AS (
-    -- one JSON parse per record: missing keys and mistyped values come back NULL, invalid
-    -- JSON comes back NULL (told apart in `reason`). Valid JSON is an object exactly when
-    -- its first character after JSON whitespace is '{' (json_transform would give any
-    -- other value an all-NULL struct).
-    SELECT *, CASE WHEN decode_error IS NULL
-                    AND (starts_with(raw, '{') OR starts_with(ltrim(raw, chr(32) || chr(9) || chr(10) || chr(13)), '{'))
-                   THEN try(json_transform(raw, @structure@)) END AS f
-    FROM parsed
+-- Cost: the checks that name what is wrong run only for the rows that fail (a CASE
+-- evaluates a branch only for the rows that reach it).
+WITH fields AS (
+    @fields@
 ), shaped AS (
     SELECT *,
            CASE

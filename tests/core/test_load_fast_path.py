@@ -1,6 +1,8 @@
 """Clean JSONL goes through DuckDB's reader; anything unusual falls back to the line reader.
 
 Either way a file must give the same rows, ids, lines and quarantine as the line reader alone.
+Two fast paths: the records parsed by DuckDB's reader straight into the structure
+(read_parsed_records), else their text read by it and parsed in SQL (read_raw_records).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import json
 import duckdb
 import pytest
 
-from datamix.steps.load import LoadConfig, normalize, read_raw_records
+from datamix.steps import load
+from datamix.steps.base import Context
+from datamix.steps.load import LoadConfig, normalize, read_parsed_records, read_raw_records
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]})
 OTHER = json.dumps({"prompt": "p?", "response": "r."})
@@ -25,6 +29,19 @@ CASES = {
     "non-object in a later chunk": "\n".join([GOOD] * 5 + ["[1, 2]", OTHER]) + "\n",
     "invalid json": f"{GOOD}\nnot json\n{OTHER}\n",
     "missing field": f"{GOOD}\n" + json.dumps({"instruction": "x"}) + f"\n{OTHER}\n",
+    # values the structure converts: numbers, booleans and objects as text, escapes, extra keys
+    "converted values": "\n".join([
+        json.dumps({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 1.5}]}),
+        json.dumps({"messages": [{"role": "user", "content": {"a": [1, 2]}}, {"role": "assistant", "content": True}]}),
+        '{"messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00 \\t \\"q\\""}, '
+        '{"role": "assistant", "content": "ok", "name": "x"}], "extra": [1]}',
+        json.dumps({"instruction": 12345678901234567890, "input": "", "output": -0.0}),
+        json.dumps({"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": [1, 2]}]}),
+    ]) + "\n",
+    "duplicate key": f"{GOOD}\n" + '{"prompt": "p", "response": "r", "prompt": "again"}' + f"\n{OTHER}\n",
+    "unconvertible value": f"{GOOD}\n" + '{"messages": [1e400]}' + f"\n{OTHER}\n",
+    "bad role in a later chunk": "\n".join([GOOD] * 4 + [json.dumps({"messages": [{"role": "robot", "content": "x"}]})])
+                                + "\n",
 }
 
 
@@ -53,3 +70,38 @@ def test_undecodable_bytes_fall_back_and_are_quarantined(tmp_path):
     good, bad = rows_and_quarantine(path, True, 10)
     assert len(good) == 1 and [(b["line"], b["reason"].split(" (")[0]) for b in bad] == [(2, "undecodable bytes")]
     assert (good, bad) == rows_and_quarantine(path, False, 10)
+
+
+def load_step(path, chunk: int, monkeypatch=None):
+    """The load step's chunks (key, rows, quarantine, rows_in); with `monkeypatch`, with both
+    fast paths turned off (the line reader alone)."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(load, "read_parsed_records", lambda *a: None)
+        monkeypatch.setattr(load, "_jsonl_clean_lines", lambda *a: None)
+    cfg = LoadConfig(name="l", kind="load", path=path.name, chunk_size=chunk, max_bad_fraction=1.0)
+    ctx = Context(step="l", pipeline_dir=str(path.parent), output_dir=str(path.parent), seed=0)
+    return [(c.key, c.rows.to_pylist(), c.quarantine.to_pylist(), c.rows_in) for c in load.run(cfg, {}, ctx)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_load_step_gives_what_the_line_reader_alone_gives(tmp_path, monkeypatch, case):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(CASES[case].encode())
+    fast = load_step(path, 3)
+    with monkeypatch.context() as m:
+        assert fast == load_step(path, 3, m)
+
+
+@pytest.mark.parametrize("case, parsed", [
+    ("clean", True), ("no final newline", True), ("crlf", True), ("leading space", True), ("converted values", True),
+    ("blank line", False), ("whitespace-only line", False), ("invalid json", False), ("duplicate key", False),
+    ("unconvertible value", False),
+])
+def test_which_files_the_reader_parses_in_one_pass(tmp_path, case, parsed):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(CASES[case].encode())
+    records = read_parsed_records(str(path), LoadConfig(name="l", kind="load", path=str(path)))
+    assert (records is not None) == parsed
+    if parsed:
+        assert records.column("origin_line").to_pylist() == list(range(1, CASES[case].count("\n") + 1 + (
+            not CASES[case].endswith("\n"))))

@@ -219,29 +219,91 @@ def _csv_record_lines(path: str, n: int, simple):
     return np.asarray(starts, dtype=np.int64) if len(starts) == n else simple
 
 
-def normalize_sql(cfg: LoadConfig) -> str:
-    """sql/normalize_records.sql with this config's field names filled in."""
+def structure(cfg: LoadConfig) -> dict:
+    """Every record key any shape reads, with its type (json_transform's structure)."""
+    message = [{"role": "VARCHAR", "content": "VARCHAR"}]
+    keys = {"messages": message, "conversations": [{"from": "VARCHAR", "value": "VARCHAR"}],
+            "instruction": "VARCHAR", "input": "VARCHAR", "output": "VARCHAR"}
+    for name in (cfg.prompt_field, cfg.response_field, _system_key(cfg), *cfg.keep_fields):
+        keys.setdefault(name, "VARCHAR")
+    return keys
+
+
+def _system_key(cfg: LoadConfig) -> str:
+    return cfg.system_field or "__no_system_field__"  # a key that never matches
+
+
+# normalize_records.sql's input when DuckDB's JSON reader parsed the records (columns origin_line, f)
+PARSED_FIELDS = ("SELECT $origin_file::VARCHAR AS origin_file, origin_line, NULL::VARCHAR AS raw, "
+                 "NULL::VARCHAR AS decode_error, f FROM _records")
+
+
+def normalize_sql(cfg: LoadConfig, parsed: bool = False) -> str:
+    """sql/normalize_records.sql with this config's field names filled in, over raw lines
+    (sql/parse_records.sql) or over records DuckDB's reader already parsed."""
     from datamix.store import sql_text
 
-    message = [{"role": "VARCHAR", "content": "VARCHAR"}]
-    structure = {"messages": message, "conversations": [{"from": "VARCHAR", "value": "VARCHAR"}],
-                 "instruction": "VARCHAR", "input": "VARCHAR", "output": "VARCHAR"}
-    system = cfg.system_field or "__no_system_field__"  # a key that never matches
-    for name in (cfg.prompt_field, cfg.response_field, system, *cfg.keep_fields):
-        structure.setdefault(name, "VARCHAR")
-    literal = "'" + json.dumps(structure).replace("'", "''") + "'"
+    literal = "'" + json.dumps(structure(cfg)).replace("'", "''") + "'"
     keep = "".join(f", f.{quote(k)} AS {quote(k)}" for k in cfg.keep_fields)
     keep_out = "".join(f", {quote(k)}" for k in cfg.keep_fields)
-    sql = sql_text("normalize_records.sql")
+    sql = sql_text("normalize_records.sql").replace("@fields@", PARSED_FIELDS if parsed else sql_text("parse_records.sql"))
     for key, value in (("structure", literal), ("prompt", quote(cfg.prompt_field)),
-                       ("response", quote(cfg.response_field)), ("system", quote(system)), ("keep_out", keep_out),
-                       ("keep", keep)):
+                       ("response", quote(cfg.response_field)), ("system", quote(_system_key(cfg))),
+                       ("keep_out", keep_out), ("keep", keep)):
         sql = sql.replace(f"@{key}@", value)
     return sql
 
 
+def _duckdb_type(value) -> str:
+    """A structure entry as a DuckDB type: "VARCHAR", or [{key: type}] as a list of structs."""
+    if isinstance(value, list):
+        return "STRUCT(" + ", ".join(f"{quote(k)} {_duckdb_type(v)}" for k, v in value[0].items()) + ")[]"
+    return value
+
+
+def read_parsed_records(path: str, cfg: LoadConfig):
+    """(origin_line, f) for a clean JSONL file, each record parsed once by DuckDB's JSON
+    reader straight into the structure; None when that reader cannot vouch for the file.
+
+    The reader fails on invalid JSON, bad UTF-8, duplicate keys and values it cannot
+    convert, and skips blank lines; so the rows are the file's lines, in order, exactly
+    when it succeeds and gives one row per line. Otherwise the caller reads the lines
+    (read_raw_records), which names every bad one. Parsing once instead of reading each
+    record's text and parsing that: 0.39-0.45 s against 0.77-1.0 s per 1M chats.
+    """
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    size = os.path.getsize(path)
+    if cfg.limit is not None or size == 0:
+        return None
+    lines = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    keys = structure(cfg)
+    columns = "{" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}': '{_duckdb_type(v)}'"
+                              for k, v in keys.items()) + "}"
+    record = "{" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}': {quote(k)}" for k in keys) + "}"
+    con = duckdb.connect()
+    try:
+        table = con.sql(f"SELECT {record} AS f FROM read_json(?, format = 'newline_delimited', columns = {columns})",
+                        params=[path]).to_arrow_table()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    if table.num_rows != lines:
+        return None  # blank lines were skipped: which row is which line is unknown here
+    return pa.table({"origin_line": pa.array(np.arange(1, lines + 1, dtype=np.int64)), "f": table.column("f")})
+
+
 def normalize(con, records, origin_file: str, cfg: LoadConfig):
-    """Run sql/normalize_records.sql over raw records; returns (good rows, quarantine) as Arrow.
+    """Run sql/normalize_records.sql over raw records (origin_line, raw, decode_error) or parsed
+    ones (origin_line, f; see read_parsed_records); returns (good rows, quarantine) as Arrow.
 
     Good rows: sample_id (minted from cfg.name, origin_file and origin_line), messages,
     origin_file, origin_line and the kept fields, in input order."""
@@ -249,7 +311,7 @@ def normalize(con, records, origin_file: str, cfg: LoadConfig):
 
     con.register("_records", records)
     out = con.sql(
-        normalize_sql(cfg),
+        normalize_sql(cfg, parsed="f" in records.column_names),
         params={"origin_file": origin_file, "step": cfg.name, "shape": cfg.shape,
                 "prompt_name": cfg.prompt_field, "response_name": cfg.response_field},
     ).to_arrow_table()
@@ -287,8 +349,10 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
     for path in files:
         fmt = _format_of(path, cfg.format)
         origin = os.path.relpath(path, ctx.pipeline_dir)
-        records = read_raw_records(path, fmt, cfg.limit)
-        robust = fmt != "jsonl"  # JSONL may have come through the clean-file fast path
+        records = read_parsed_records(path, cfg) if fmt == "jsonl" else None
+        if records is None:
+            records = read_raw_records(path, fmt, cfg.limit)
+        robust = fmt != "jsonl"  # JSONL may have come through a clean-file fast path
         for start in range(0, records.num_rows, cfg.chunk_size):
             part = records.slice(start, cfg.chunk_size)
             total += part.num_rows
