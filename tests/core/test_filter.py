@@ -141,3 +141,16 @@ def test_bad_rule_inputs_exit_2_with_the_reason(tmp_path, rule, message):
     result = cli("run", pipeline)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
+
+
+def test_word_count_is_the_non_empty_pieces_between_spaces():
+    """Words are split on plain spaces only (tabs and no-break spaces are inside words)."""
+    import polars as pl
+
+    from datamix.steps.filter import LengthRule, _length
+
+    texts = ["", " ", "  a  b ", "a\u00a0b c", "\tx  y\t", "one", " lead", "trail ", "a  b   c", "é 🙂 x"]
+    rule = LengthRule(rule="length", unit="words", min=0)
+    ok, counts = _length(pl.DataFrame({"i": range(len(texts))}), rule, lambda field, lower=False: pl.Series(texts))
+    assert counts.to_list() == [float(len([w for w in t.split(" ") if w])) for t in texts]
+    assert counts.to_list() == [0, 0, 2, 2, 2, 1, 1, 1, 3, 3]

@@ -151,11 +151,11 @@ def _length(df, rule: LengthRule, text_of):
     if rule.unit == "chars":
         n = text.str.len_chars()
     elif rule.unit == "words":
-        # words = non-empty pieces between single spaces = maximal runs of non-space characters;
-        # a literal split and a count of non-empty pieces is 2x faster than the regex [^ ]+
-        n = pl.DataFrame({"t": text}).select(
-            pl.col("t").str.split(" ").list.eval(pl.element() != "").list.sum().cast(pl.UInt32)
-        ).to_series()
+        # words = non-empty pieces between single spaces = maximal runs of non-space characters:
+        # pieces minus empty pieces, from one literal split (4x faster than the regex [^ ]+,
+        # 2x faster than a list.eval over the pieces)
+        pieces = pl.DataFrame({"t": text}).select(pl.col("t").str.split(" ").alias("w"))
+        n = pieces.select((pl.col("w").list.len() - pl.col("w").list.count_matches("")).cast(pl.UInt32)).to_series()
     else:
         n = pl.Series([len(ids) for ids in _tokenizer(rule.tokenizer)(text.to_list(), add_special_tokens=False)["input_ids"]])
     ok = pl.Series([True] * len(df))
