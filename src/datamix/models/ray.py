@@ -9,8 +9,8 @@
 Each replica is a Ray actor that loads the declared backend (vllm or transformers) once,
 on whichever node Ray places it, with `gpus_per_replica` GPUs (default: the backend's
 need: tensor_parallel_size for vllm, one for transformers on a cluster with GPUs, none
-otherwise). A step's prompts are cut into contiguous shards, one per replica, generated
-in parallel and put back in order. Everything else stays in the driver process: the step,
+otherwise). A step's prompts are cut into contiguous shards, a few per replica, each
+handed to the next free replica, and the results put back in order. Everything else stays in the driver process: the step,
 its chunk commits, the response cache and the store. So a killed run resumes as before,
 and sampling seeds, which are per prompt (seed, prompt, sample index), give the same
 outputs whatever the number of replicas.
@@ -32,6 +32,7 @@ from datamix.models import Completion, Prompt, SamplingParams
 
 
 RESTARTS = 3  # per replica, then the step fails (its committed chunks stay; a rerun resumes)
+SHARDS_PER_REPLICA = 4  # smaller shards balance the load; larger ones batch better (vLLM)
 
 
 class RayUnavailable(RuntimeError):
@@ -111,12 +112,28 @@ class RayBackend:
         return f"RayBackend(name={self.name!r}, backend={self.spec.backend!r}, replicas={len(self._actors)})"
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """The prompts in SHARDS_PER_REPLICA shards per replica, each handed to the next replica
+        that is free: a replica that drew long answers does not hold the others up."""
         import ray
 
-        pending = [actor.generate.remote(prompts[start:stop], params)
-                   for actor, (start, stop) in zip(self._actors, shards(len(prompts), len(self._actors)))
-                   if stop > start]
-        return [per_prompt for shard in ray.get(pending) for per_prompt in shard]
+        bounds = [b for b in shards(len(prompts), len(self._actors) * SHARDS_PER_REPLICA) if b[1] > b[0]]
+        results: list = [None] * len(bounds)
+        running: dict = {}  # object ref -> (shard index, actor)
+        todo = iter(range(len(bounds)))
+
+        def hand(actor) -> None:
+            i = next(todo, None)
+            if i is not None:
+                running[actor.generate.remote(prompts[bounds[i][0]:bounds[i][1]], params)] = (i, actor)
+
+        for actor in self._actors:
+            hand(actor)
+        while running:
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            i, actor = running.pop(done)
+            results[i] = ray.get(done)
+            hand(actor)
+        return [per_prompt for shard in results for per_prompt in shard]
 
     def tokenizer(self):
         """The model's tokenizer, loaded here in the driver (steps build prompts with it)."""
