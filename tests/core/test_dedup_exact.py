@@ -116,6 +116,41 @@ def test_decontamination_against_a_step(tmp_path):
         "input": "src", "reference": "evalset"}
 
 
+def test_decontamination_leaves_duplicates_within_the_input_alone(tmp_path):
+    # issue 14: placed before select, decontamination collapsed 7 answers per instruction
+    # into one as `near_duplicate` though none matched the reference
+    write_jsonl(tmp_path / "bench" / "test.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}])
+    records = [rec("Same instruction?", "a"), rec("Same instruction?", "b"), rec("What is 2 + 2?", "4"),
+               rec("Same instruction?", "c")]
+    # reference_field defaults to `fields`: instructions are compared with the reference's instructions
+    removed, kept, _ = run_dedup(tmp_path, records, fields=["instruction"], reference="bench/test.jsonl")
+    assert kept == [1, 2, 4]
+    assert removed == {3: ("contamination", "bench/test.jsonl:1", 1.0)}
+
+
+def test_decontamination_and_dedup_when_asked_for_both_counted_apart(tmp_path):
+    write_jsonl(tmp_path / "bench" / "test.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}])
+    records = [rec("Same instruction?", "a"), rec("Same instruction?", "b"), rec("What is 2 + 2?", "4")]
+    removed, kept, store = run_dedup(tmp_path, records, fields=["instruction"], reference="bench/test.jsonl",
+                                     within_input=True)
+    assert kept == [1]
+    assert removed == {2: ("duplicate", 1, 1.0), 3: ("contamination", "bench/test.jsonl:1", 1.0)}
+    status = json.loads(cli("status", "--store", store, "--format", "json").stdout)
+    assert {r["name"]: r["dropped"] for r in status}["dd"] == {"duplicate": 1, "contamination": 1}
+
+
+def test_a_reference_without_the_field_is_a_clear_error(tmp_path):
+    write_jsonl(tmp_path / "bench" / "test.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}])
+    write_jsonl(tmp_path / "in.jsonl", [rec("x?", "y")])
+    pipeline = write_pipeline(tmp_path, [
+        {"name": "src", "kind": "load", "path": "in.jsonl"},
+        {"name": "dd", "kind": "dedup", "input": "src", "fields": ["instruction"], "reference": "bench/test.jsonl",
+         "reference_field": "title"}])
+    result = run_pipeline(pipeline)
+    assert not result.ok and result.bad_input
+    assert "reference_field" in result.error and "title" in result.error
+
+
 def test_clusters_view_and_status_count_duplicates(tmp_path):
     records = [rec("A?", "1"), rec("a", "2"), rec("A!", "3"), rec("B?", "4"), rec("b.", "5")]
     removed, kept, store = run_dedup(tmp_path, records, fields=["instruction"])

@@ -14,6 +14,11 @@ matched) and the similarity. Pass-through: kept rows keep their sample ids.
       keep: highest            # first | longest | highest
       keep_column: score
       reference: benchmarks/gsm8k_test.jsonl   # or a step name: decontamination
+
+With `reference:` the step decontaminates: it removes only the samples that match a
+reference row (reason `contamination`), and leaves near-duplicates within its own input
+alone, unless `within_input: true` asks for both (those are counted apart, with the
+method's reason, e.g. `near_duplicate`). Without a reference it deduplicates its input.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ REASONS = {"exact": "duplicate", "minhash": "near_duplicate", "semantic": "seman
 # Options of the step itself; every other key belongs to the method. (`chunk_size` is the
 # method's: dedup decides over the whole input at once, MinHash signs it in chunks.)
 COMMON = {"name", "kind", "input", "inputs", "fields", "keep", "keep_column", "reference",
-          "reference_field", "options"}
+          "reference_field", "within_input", "options"}
 
 
 class DedupConfig(StepConfig):
@@ -55,7 +60,11 @@ class DedupConfig(StepConfig):
     keep_column: str | None = Field(default=None, description="with keep: highest, the column to maximise")
     # decontamination: a step name, or a file (JSONL/JSON/Parquet/CSV) of reference records
     reference: str | None = None
-    reference_field: str = Field(default="conversation", description="the text of a reference row")
+    reference_field: str | None = Field(
+        default=None, description="the text of a reference row (default: the same `fields` as the input's)")
+    within_input: bool | None = Field(
+        default=None, description="also remove duplicates within the input; default: true without a "
+        "reference, false with one (decontamination removes only what matches the reference)")
     options: MethodConfig
 
     @model_validator(mode="before")
@@ -80,6 +89,14 @@ class DedupConfig(StepConfig):
     @property
     def method(self) -> str:
         return self.options.method
+
+    @property
+    def dedups_input(self) -> bool:
+        return self.within_input if self.within_input is not None else self.reference is None
+
+    @property
+    def reference_fields(self) -> list[str]:
+        return [self.reference_field] if self.reference_field else list(self.fields)
 
     def parent_steps(self) -> dict[str, str]:
         parents = super().parent_steps()
@@ -139,13 +156,11 @@ def _reference(cfg: DedupConfig, inputs, ctx: Context):
     """(texts, ids) of the reference rows: a step's samples, or file records as 'file:line'."""
     import polars as pl
 
-    from datamix.fields import text_of
-
     if cfg.reference is None:
         return None, None
     if "reference" in inputs:
         ref = inputs["reference"].polars()
-        return text_of(ref, [cfg.reference_field]), ref["sample_id"]
+        return _reference_text(cfg, ref, f"step {cfg.reference!r}"), ref["sample_id"]
     from datamix.steps.load import LoadConfig, list_files, normalize, read_raw_records, _format_of
     import duckdb
 
@@ -162,7 +177,17 @@ def _reference(cfg: DedupConfig, inputs, ctx: Context):
         frames.append(pl.from_arrow(good))
     ref = pl.concat(frames)
     ids = ref.select(pl.concat_str([pl.col("origin_file"), pl.col("origin_line").cast(pl.Utf8)], separator=":"))
-    return text_of(ref, [cfg.reference_field]), ids.to_series()
+    return _reference_text(cfg, ref, cfg.reference), ids.to_series()
+
+
+def _reference_text(cfg: DedupConfig, ref, where: str):
+    from datamix.fields import check_field, text_of
+
+    for f in cfg.reference_fields:
+        if problem := check_field(f, ref.columns):
+            raise BadInput(f"step {cfg.name}.reference_field: {problem} (in the reference {where}); "
+                           "set reference_field to the reference rows' text")
+    return text_of(ref, cfg.reference_fields)
 
 
 def _relpath(path: str, ctx: Context) -> str:
@@ -191,6 +216,8 @@ def run(cfg: DedupConfig, inputs, ctx: Context):
     module = importlib.import_module(_METHODS[cfg.method][1])
     found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts,
                                    cache=_StoreCache(ctx))
+    if not cfg.dedups_input:  # decontamination only: keep what matches no reference row
+        found = found.filter(pl.col("ref_index").is_not_null())
     dup_ids = ids.gather(found["dup_of"].fill_null(0)).to_list()
     ref_match = ref_ids.gather(found["ref_index"].fill_null(0)).to_list() if ref_ids is not None else None
     related, reasons = [], []
