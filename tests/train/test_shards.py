@@ -62,6 +62,29 @@ def test_labels_are_exactly_the_assistant_turns(tmp_path, template, train_on):
     assert manifest["label_tokens"] == int((labels != IGNORE).sum())
 
 
+def test_train_on_all_labels_every_token_user_turns_included(tmp_path):
+    """train_on: all (a vendor model trained from scratch must learn the user turns too)."""
+    from transformers import AutoTokenizer
+
+    from datamix.models.tiny import build_tiny_model
+
+    model = build_tiny_model(str(tmp_path / "m"), arch="qwen2", chat_template="qwen2.5-instruct", hidden_size=16, num_layers=1)
+    rows = pl.DataFrame([{"sample_id": "a", "messages": CONVERSATION, "source": "x"}])
+    manifest, placement = write_shards(rows, str(tmp_path / "out"), ShardsConfig(tokenizer=model, seq_len=256, train_on="all"))
+    assert placement["status"].to_list() == ["packed"] and manifest["train_on"] == "all"
+    labels = np.load(tmp_path / "out" / "shard-00000.labels.npy")[0]
+    ids = np.load(tmp_path / "out" / "shard-00000.input_ids.npy")[0]
+    pos = np.load(tmp_path / "out" / "shard-00000.position_ids.npy")[0]
+    n = int(np.argmax(pos[1:] == 0)) + 1 if (pos[1:] == 0).any() else len(pos)  # the document's length
+    # every token of the document but its first is a label, equal to the input id
+    assert labels[0] == IGNORE and (labels[1:n] == ids[1:n].astype(np.int64)).all()
+    tok = AutoTokenizer.from_pretrained(model)
+    text = tok.decode(labels[1:n].astype(np.int64))
+    for m in CONVERSATION:
+        assert m["content"] in text
+    assert manifest["label_tokens"] == n - 1
+
+
 def test_packing_manifest_placement_and_checksums(tmp_path, tiny_model, make_chats):
     rows = pl.DataFrame(make_chats(60))
     out = str(tmp_path / "out")

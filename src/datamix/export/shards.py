@@ -53,7 +53,9 @@ class ShardsConfig(BaseModel):
     )
     seq_len: int = Field(default=4096, ge=8)
     pack: Literal["ffd", "none"] = "ffd"
-    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    # all: every token is labelled (user turns and headers too), as when pretraining a model that
+    # must have an instruction distribution of its own (pre-query sampling needs one)
+    train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
     overlong: Literal["truncate", "drop"] = "truncate"
     shard_sequences: int = Field(default=1024, ge=1, description="packed sequences per shard file")
     workers: int = Field(default=1, ge=1, description="tokenizer processes (1 = in-process; the fast tokenizer is already multi-threaded)")
@@ -138,7 +140,7 @@ def tokenize_rows(messages: list[list[dict]], train_on: str, tk: _Tokenizer | No
     turn_index: list[list[int]] = []
     for conv in convs:
         turns = [i for i, m in enumerate(conv) if m["role"] == "assistant"]
-        turn_index.append(turns[-1:] if train_on == "last_assistant" else turns)
+        turn_index.append(turns[-1:] if train_on == "last_assistant" else [] if train_on == "all" else turns)
     before = tk.render([conv[:i] for conv, turns in zip(convs, turn_index) for i in turns], True)
     upto = tk.render([conv[: i + 1] for conv, turns in zip(convs, turn_index) for i in turns], False)
     full = tk.render(convs, False)
@@ -147,6 +149,13 @@ def tokenize_rows(messages: list[list[dict]], train_on: str, tk: _Tokenizer | No
     out: list[tuple[Any, Any] | None] = []
     k = 0
     for row, (conv, turns) in enumerate(zip(convs, turn_index)):
+        if train_on == "all":
+            ids = np.asarray(enc["input_ids"][row], dtype=np.uint32)
+            labels = ids.astype(np.int32)
+            if len(labels):
+                labels[0] = IGNORE  # the first token of a document is never predicted from it
+            out.append((ids, labels) if (labels != IGNORE).any() else None)
+            continue
         triples = [(before[k + j], upto[k + j], conv[i]["content"]) for j, i in enumerate(turns)]
         k += len(turns)
         spans = _assistant_spans(full[row], triples) if turns else None
