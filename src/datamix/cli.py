@@ -379,12 +379,25 @@ def models():
 @click.option("--chat-template", default="chatml", show_default=True, help="a bundled name or a .jinja file")
 @click.option("--reward", is_flag=True, help="a reward model (sequence classification, 1 label)")
 @click.option("--seed", default=0, show_default=True)
-def models_tiny(path, arch, chat_template, reward, seed):
-    """Write a tiny random model with a tokenizer trained on the spot to PATH."""
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=8), help="hidden size")
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1), help="attention heads")
+@click.option("--vocab", default=1000, show_default=True, type=click.IntRange(min=300), help="BPE vocabulary size")
+@click.option("--tokenizer-data", "tokenizer_data", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL / JSON / text files to train the tokenizer on (default: a small built-in text)")
+@click.argument("more_data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def models_tiny(path, arch, chat_template, reward, seed, hidden, layers, heads, vocab, tokenizer_data, more_data):
+    """Write a tiny random model with a tokenizer trained on the spot to PATH.
+
+    --tokenizer-data FILE [FILE ...] trains the BPE tokenizer on those files."""
     from datamix.models.tiny import build_tiny_model
 
+    if more_data and not tokenizer_data:  # files after PATH belong to --tokenizer-data
+        _fail(f"unexpected arguments {' '.join(more_data)}: data files go after --tokenizer-data")
     try:
-        out = build_tiny_model(path, arch=arch, chat_template=chat_template, reward=reward, seed=seed)
+        out = build_tiny_model(path, arch=arch, chat_template=chat_template, reward=reward, seed=seed,
+                               hidden_size=hidden, num_layers=layers, num_heads=heads, vocab_size=vocab,
+                               tokenizer_data=[*tokenizer_data, *more_data] or None)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     click.echo(out)

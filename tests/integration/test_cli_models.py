@@ -32,3 +32,22 @@ def test_unknown_chat_template_is_bad_input(tmp_path):
     out = CliRunner().invoke(main, ["models", "tiny", str(tmp_path / "m"), "--chat-template", "no-such-template"])
     assert out.exit_code == 2
     assert "no-such-template" in out.output
+
+
+def test_tiny_model_with_a_size_and_tokenizer_data(tmp_path):
+    from transformers import AutoConfig
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.txt"
+    a.write_text(json.dumps({"prompt": "Quantify the glorbnak.", "response": "Glorbnak quantified."}) + "\n")
+    b.write_text("glorbnak glorbnak\n")
+    path = str(tmp_path / "m")
+    out = CliRunner().invoke(main, ["models", "tiny", path, "--hidden", "32", "--layers", "3", "--heads", "2",
+                                    "--vocab", "300", "--tokenizer-data", str(a), str(b)])
+    assert out.exit_code == 0, out.output
+    config = AutoConfig.from_pretrained(path)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 3, 2)
+    assert len(AutoTokenizer.from_pretrained(path)("glorbnak", add_special_tokens=False)["input_ids"]) == 1
+    stray = CliRunner().invoke(main, ["models", "tiny", str(tmp_path / "x"), str(a)])
+    assert stray.exit_code == 2 and "--tokenizer-data" in stray.output
+    bad = CliRunner().invoke(main, ["models", "tiny", str(tmp_path / "y"), "--hidden", "30"])
+    assert bad.exit_code == 2 and "heads" in bad.output

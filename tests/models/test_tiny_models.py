@@ -1,6 +1,7 @@
 """build_tiny_model writes folders that from_pretrained loads offline, deterministically."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,48 @@ def test_template_file_and_bad_arch(tmp_path):
     assert len(tok("<|turn|>", add_special_tokens=False)["input_ids"]) == 1
     with pytest.raises(ValueError, match="llama, qwen2"):
         build_tiny_model(str(tmp_path / "x"), arch="gpt2")
+
+
+def test_size_and_tokenizer_trained_on_given_files(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    data = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Zorblax quuxifies the flumphrate number {i}."},
+                          {"role": "assistant", "content": "Zorblax quuxifies flumphrates daily."}]} for i in range(50)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = tmp_path / "more.txt"
+    text.write_text("Flumphrate zorblax quux.\n" * 20)
+    path = build_tiny_model(str(tmp_path / "m"), arch="qwen2", chat_template="qwen2.5-instruct", hidden_size=48,
+                            num_layers=3, num_heads=6, vocab_size=400, tokenizer_data=[str(data), str(text)])
+    config = AutoConfig.from_pretrained(path)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (48, 3, 6, 3)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok) == config.vocab_size <= 400
+    # words of the data are whole tokens (the built-in corpus has none of them)
+    assert len(tok("Zorblax quuxifies", add_special_tokens=False)["input_ids"]) <= 3
+    default = AutoTokenizer.from_pretrained(build_tiny_model(str(tmp_path / "d"), vocab_size=400))
+    assert len(default("Zorblax quuxifies", add_special_tokens=False)["input_ids"]) > 4
+    with pytest.raises(ValueError, match="multiple of 2 x heads"):
+        build_tiny_model(str(tmp_path / "x"), hidden_size=50, num_heads=4)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        build_tiny_model(str(tmp_path / "y"), tokenizer_data=[str(bad)])
+
+
+def test_yaml_tiny_keys_and_a_changed_size_rebuilds(tmp_path):
+    from transformers import AutoConfig
+
+    from datamix.models import TransformersModel, resolve_model_path
+
+    (tmp_path / "d.txt").write_text("hello tokenizer data\n" * 10)
+    spec = TransformersModel.model_validate({"backend": "transformers", "path": "m", "tiny": {
+        "arch": "llama", "hidden": 32, "layers": 1, "heads": 2, "vocab": 320, "tokenizer_data": ["d.txt"]}})
+    path = resolve_model_path(spec, str(tmp_path))
+    assert AutoConfig.from_pretrained(path).num_attention_heads == 2
+    stamp = (Path(path) / "model.safetensors").stat().st_mtime_ns
+    resolve_model_path(spec, str(tmp_path))  # unchanged: not built again
+    assert (Path(path) / "model.safetensors").stat().st_mtime_ns == stamp
+    bigger = spec.model_copy(update={"tiny": spec.tiny.model_copy(update={"hidden": 64, "heads": 4})})
+    resolve_model_path(bigger, str(tmp_path))
+    assert AutoConfig.from_pretrained(path).hidden_size == 64

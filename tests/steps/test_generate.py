@@ -134,3 +134,57 @@ def test_errors():
         collect(cfg, instructions(["x"]), make_ctx({}, {}))
     with pytest.raises(BadInput, match="input"):
         list(run(cfg, {}, make_ctx({}, {})))
+
+
+class Recording:
+    """Answers every chat with its sampling temperature; records the params of each call."""
+
+    def __init__(self, name):
+        self.name, self.params = name, []
+
+    def tokenizer(self):
+        return None
+
+    def generate(self, prompts, params):
+        self.params.append(params)
+        return [[Completion(f"t={params.temperature}", "stop", 3, 1) for _ in range(params.n)] for _ in prompts]
+
+
+def test_sampling_per_model_under_the_steps_keys(monkeypatch):
+    """One model folder declared twice at two temperatures acts as two answerers; a key the step
+    sets wins over the model's; the model's sampling is part of the response-cache key."""
+    backends = {}
+    monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": backends.setdefault(name, Recording(name)))
+    gen.clear_backends()
+    specs = {"cool": TransformersModel(backend="transformers", path="same", sampling={"temperature": 0.2, "max_tokens": 9}),
+             "warm": TransformersModel(backend="transformers", path="same", sampling={"temperature": 0.9}),
+             "plain": TransformersModel(backend="transformers", path="same")}
+    inputs = instructions(["Name a fruit."])
+    cache: dict = {}
+    cfg = GenerateConfig(name="answers", kind="generate", models=["cool", "warm", "plain"], sampling={"max_tokens": 5})
+    _, rows = collect(cfg, inputs, make_ctx(specs, cache))
+    answers = dict(zip(rows["model"], [m[-1]["content"] for m in rows["messages"].to_list()]))
+    assert answers == {"cool": "t=0.2", "warm": "t=0.9", "plain": "t=1.0"}
+    # max_tokens: the step's key wins over the model's
+    assert [p.max_tokens for name in ("cool", "warm", "plain") for p in backends[name].params] == [5, 5, 5]
+    assert json.loads(rows.filter(pl.col("model") == "warm")["params"][0])["temperature"] == 0.9
+
+    # a step that sets the temperature overrides both models
+    cfg_t = GenerateConfig(name="answers", kind="generate", models=["cool", "warm"], sampling={"temperature": 0.0})
+    _, rows_t = collect(cfg_t, inputs, make_ctx(specs, cache))
+    assert set(m[-1]["content"] for m in rows_t["messages"].to_list()) == {"t=0.0"}
+    # without a step `sampling:`, the model's keys win over the kind's defaults (max_tokens 256)
+    cfg_d = GenerateConfig(name="answers", kind="generate", models=["cool"])
+    collect(cfg_d, inputs, make_ctx(specs, cache))
+    assert backends["cool"].params[-1].max_tokens == 9 and backends["cool"].params[-1].temperature == 0.2
+
+    # the same name with another temperature misses the cache: a new call, a new answer
+    calls = len(backends["warm"].params)
+    hotter = {**specs, "warm": TransformersModel(backend="transformers", path="same", sampling={"temperature": 1.3})}
+    gen.clear_backends()
+    backends.clear()
+    _, rows_h = collect(cfg, inputs, make_ctx(hotter, cache))
+    assert "warm" in backends and len(backends["warm"].params) == 1 and calls >= 1
+    assert backends["cool"].params == [] and backends["plain"].params == []  # unchanged models: from the cache
+    assert rows_h.filter(pl.col("model") == "warm")["messages"].to_list()[0][-1]["content"] == "t=1.3"
+    gen.clear_backends()

@@ -61,12 +61,28 @@ class Backend(Protocol):
         ...
 
 
+class ModelSampling(BaseModel):
+    """Sampling defaults of one declared model. A step's own `sampling:` keys win over these,
+    and these over the step kind's defaults: one model folder declared twice at two
+    temperatures acts as two answerers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+
+
 class _ModelBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="local folder, hub id, or the served model name")
     # A chat template file to use instead of the tokenizer's own (optional).
     chat_template: str | None = None
+    sampling: ModelSampling | None = None
 
 
 class TinyModel(BaseModel):
@@ -77,6 +93,23 @@ class TinyModel(BaseModel):
     chat_template: str = "chatml"
     reward: bool = False
     seed: int = 0
+    hidden: int = Field(default=64, ge=8, description="hidden size (a multiple of 2 x heads)")
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    vocab: int = Field(default=1000, ge=300, description="BPE vocabulary size (special tokens included)")
+    intermediate: int | None = Field(default=None, ge=1, description="MLP width; default 2 x hidden")
+    tokenizer_data: list[str] = Field(
+        default_factory=list, description="JSONL / JSON / text files the tokenizer is trained on (beside the YAML); "
+        "default: a small built-in English text")
+
+    def build_args(self, base_dir: str = ".") -> dict:
+        """build_tiny_model's keyword arguments, data files resolved beside the YAML."""
+        import os
+
+        return {"arch": self.arch, "chat_template": self.chat_template, "reward": self.reward, "seed": self.seed,
+                "hidden_size": self.hidden, "num_layers": self.layers, "num_heads": self.heads,
+                "vocab_size": self.vocab, "intermediate_size": self.intermediate,
+                "tokenizer_data": [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in self.tokenizer_data]}
 
 
 class RayReplicas(BaseModel):
@@ -132,10 +165,26 @@ def resolve_model_path(spec, base_dir: str = ".") -> str:
     import os
 
     local = spec.path if os.path.isabs(spec.path) else os.path.join(base_dir, spec.path)
-    if getattr(spec, "tiny", None) is not None and not os.path.exists(os.path.join(local, "config.json")):
-        from datamix.models.tiny import build_tiny_model
+    tiny = getattr(spec, "tiny", None)
+    if tiny is not None:
+        import json
 
-        build_tiny_model(local, **spec.tiny.model_dump())
+        # what the folder was built from: a changed `tiny:` (size, tokenizer data) builds it again
+        marker = os.path.join(local, "datamix_tiny_spec.json")
+        wanted = tiny.model_dump(mode="json")
+        built = None
+        if os.path.exists(os.path.join(local, "config.json")):
+            try:
+                with open(marker) as f:
+                    built = json.load(f)
+            except (OSError, ValueError):
+                built = wanted  # a folder from before the marker existed: kept as it is
+        if built != wanted:
+            from datamix.models.tiny import build_tiny_model
+
+            build_tiny_model(local, **tiny.build_args(base_dir))
+            with open(marker, "w") as f:
+                json.dump(wanted, f, indent=2, sort_keys=True)
     return local if os.path.exists(local) else spec.path
 
 

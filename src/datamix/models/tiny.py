@@ -14,6 +14,7 @@ The same arguments give byte-identical weights and tokenizer files.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -74,8 +75,44 @@ def special_tokens_of_template(template: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _train_tokenizer(vocab_size: int, special_tokens: list[str]):
-    """A byte-level BPE `tokenizers.Tokenizer` with `special_tokens` as whole tokens (ids 0..k-1)."""
+def tokenizer_texts(files: list[str]):
+    """The text of data files to train a tokenizer on, one string at a time.
+
+    JSONL / JSON: every string value of every record (messages' contents, prompt and
+    response columns, whatever the shape); any other file: its lines."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer data file {path} does not exist")
+        with open(path, encoding="utf-8") as f:
+            if path.endswith(".jsonl"):
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield from strings(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); tokenizer data is JSONL or text") from None
+            elif path.endswith(".json"):
+                try:
+                    yield from strings(json.load(f))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            else:
+                yield from f
+
+
+def _train_tokenizer(vocab_size: int, special_tokens: list[str], files: list[str] | None = None):
+    """A byte-level BPE `tokenizers.Tokenizer` with `special_tokens` as whole tokens (ids 0..k-1),
+    trained on `files` (see tokenizer_texts) or, without them, on the built-in corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -87,8 +124,11 @@ def _train_tokenizer(vocab_size: int, special_tokens: list[str]):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Several copies so that frequent pairs clearly win and merges are stable.
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if files:
+        tok.train_from_iterator(tokenizer_texts(files), trainer=trainer)
+    else:
+        # Several copies so that frequent pairs clearly win and merges are stable.
+        tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     return tok
 
 
@@ -119,11 +159,16 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     vocab_size: int = 1000,
+    num_heads: int = 4,
+    tokenizer_data: list[str] | None = None,
+    intermediate_size: int | None = None,
 ) -> str:
     """Write a tiny random causal LM (or, with reward=True, a one-label reward model) to `path`.
 
     `chat_template` is a bundled template name ("chatml", "llama-3-instruct",
-    "qwen2.5-instruct", ...) or a .jinja file. Returns the folder path.
+    "qwen2.5-instruct", ...) or a .jinja file. `tokenizer_data`: JSONL / JSON / text files
+    the BPE tokenizer is trained on (default: a small built-in English text), so that a
+    model trained from scratch on that data sees it in few tokens. Returns the folder path.
     Deterministic: the same arguments give the same weights and tokenizer.
     """
     import torch
@@ -132,8 +177,11 @@ def build_tiny_model(
 
     if arch not in ARCHS:
         raise ValueError(f"tiny model arch {arch!r} is not supported; choose one of {', '.join(ARCHS)}")
-    if hidden_size % 4:
-        raise ValueError(f"hidden_size={hidden_size} must be a multiple of 4 (4 attention heads)")
+    if num_heads < 1 or hidden_size % num_heads or (hidden_size // num_heads) % 2:
+        raise ValueError(f"hidden_size={hidden_size} must be a multiple of 2 x heads (heads={num_heads}): "
+                         "each head's width must be even (rotary embeddings)")
+    # grouped-query attention as in Llama/Qwen2: half as many key/value heads when heads is even
+    kv_heads = num_heads // 2 if num_heads % 2 == 0 else num_heads
     template = load_chat_template(chat_template)
     bos, eos, specials, pad, stop_tokens = _resolve_tokens(chat_template, template)
     if vocab_size < 256 + len(specials) + 16:
@@ -143,7 +191,7 @@ def build_tiny_model(
         # transformers loads a qwen2 folder with Qwen2Tokenizer, which adds <|endoftext|>
         # when it is missing; registering it here keeps len(tokenizer) == the model's vocab.
         specials.append(_QWEN_ENDOFTEXT)
-    raw = _train_tokenizer(vocab_size, specials)
+    raw = _train_tokenizer(vocab_size, specials, tokenizer_data)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token=bos,
@@ -160,10 +208,10 @@ def build_tiny_model(
         arch,
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -197,6 +245,9 @@ def build_tiny_model(
                 "hidden_size": hidden_size,
                 "num_layers": num_layers,
                 "vocab_size": vocab_size,
+                "num_heads": num_heads,
+                "tokenizer_data": [os.path.basename(f) for f in tokenizer_data or []],
+                "intermediate_size": intermediate_size or hidden_size * 2,
             },
             indent=2,
         )

@@ -43,6 +43,23 @@ class Sampling(BaseModel):
         return SamplingParams(**{**self.model_dump(), **update})
 
 
+def sampling_for(cfg: StepConfig, spec: Any) -> Sampling:
+    """The sampling a step uses with one model: the keys the step's YAML sets win over the
+    model's `sampling:`, which wins over the step kind's defaults. The result is what enters
+    the response-cache key, so two names for one model folder at two temperatures never share
+    answers (and the model's declaration is part of every step fingerprint that uses it)."""
+    step = cfg.sampling
+    declared = getattr(spec, "sampling", None)
+    if declared is None:
+        return step
+    explicit = step.model_fields_set if "sampling" in cfg.model_fields_set else set()
+    values = step.model_dump()
+    for key, value in declared.model_dump(exclude_none=True).items():
+        if key not in explicit:
+            values[key] = value
+    return Sampling(**values)
+
+
 def derive_seed(*parts: object) -> int:
     """A 31-bit seed from any parts: chunk seeds depend only on (seed, chunk index), so resume is exact."""
     digest = hashlib.md5("\x1f".join(str(p) for p in parts).encode()).hexdigest()
@@ -252,10 +269,10 @@ def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_
     seed = ctx.seed if cfg.seed is None else cfg.seed
     where = f"step {ctx.step!r}"
     chats = [_conversation(m, cfg.system_prompt, f"{where}, sample {sid}") for sid, m in zip(batch["sample_id"], batch["messages"].to_list())]
-    params = cfg.sampling.params()
     records: list[dict] = []
     for model_name in cfg.models:
         model = get_model(ctx, model_name, f"{where}.models")
+        params = sampling_for(cfg, model.spec).params()
         # state per (instruction, sample index): the conversation so far and its costs
         convs = [[list(chat) for _ in range(cfg.n)] for chat in chats]
         stats = [[{"tokens_in": 0, "tokens_out": 0, "latency_s": 0.0, "finish_reason": None, "prompt_hash": None} for _ in range(cfg.n)] for _ in chats]
@@ -308,7 +325,8 @@ def _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn,
     tokenizer, template, bos = chat_template_source(ctx, model)
     end_of_turn = derive_pre_query_template(tokenizer, chat_template=template, bos_token=bos).end_of_turn
     stop, stop_ids = end_of_turn_stops(tokenizer, end_of_turn)
-    params = cfg.sampling.params(stop=[*cfg.sampling.stop, *stop], stop_token_ids=[*cfg.sampling.stop_token_ids, *stop_ids])
+    sampling = sampling_for(cfg, model.spec)
+    params = sampling.params(stop=[*sampling.stop, *stop], stop_token_ids=[*sampling.stop_token_ids, *stop_ids])
     prompts = [raw_prompt(tokenizer, next_user_turn_prefix(convs[i][k], tokenizer, chat_template=template, bos_token=bos)) for i, k in live]
     results = generate_cached(
         ctx, model, prompts, [[k] for _, k in live], params,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
-from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model
+from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model, sampling_for
 
 DEFAULT_RUBRIC = """Please act as an impartial judge and evaluate the quality of the response to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Rate the response on a scale of 1 to 5: 1 = very poor, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent.
 
@@ -152,7 +152,7 @@ def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[di
     per_candidate: list[list[dict]] = [[] for _ in convs]
     for judge in cfg.judges:
         model = get_model(ctx, judge, f"step {ctx.step!r}.judges")
-        results = generate_cached(ctx, model, prompts, [[0] for _ in prompts], cfg.sampling.params(), seed=seed,
+        results = generate_cached(ctx, model, prompts, [[0] for _ in prompts], sampling_for(cfg, model.spec).params(), seed=seed,
                                   call_seed=derive_seed(seed, chunk_index, judge))
         for out, (res,) in zip(per_candidate, results):
             score, reason = parse_score(res["text"], *cfg.scale)

@@ -23,6 +23,7 @@ from datamix.steps.generate import (
     generate_cached,
     get_model,
     raw_prompt,
+    sampling_for,
 )
 
 
@@ -108,7 +109,8 @@ def run(cfg: ReconstructConfig, inputs: dict[str, InputTable], ctx: Context) -> 
     variants = _variant_templates(cfg, ctx, model)
     weights = np.array([w for *_, w in variants], dtype=float)
     weights /= weights.sum()
-    params_json = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
+    sampling = sampling_for(cfg, model.spec)  # the step's keys over the model's `sampling:`
+    params_json = json.dumps(sampling.model_dump(), sort_keys=True)
 
     for chunk_index, start in enumerate(range(0, cfg.num_samples, cfg.chunk_size)):
         end = min(start + cfg.chunk_size, cfg.num_samples)
@@ -123,7 +125,7 @@ def run(cfg: ReconstructConfig, inputs: dict[str, InputTable], ctx: Context) -> 
             if not indices:
                 continue
             stop, stop_ids = end_of_turn_stops(tokenizer, end_of_turn)
-            params = cfg.sampling.params(stop=[*cfg.sampling.stop, *stop], stop_token_ids=[*cfg.sampling.stop_token_ids, *stop_ids])
+            params = sampling.params(stop=[*sampling.stop, *stop], stop_token_ids=[*sampling.stop_token_ids, *stop_ids])
             prompt = raw_prompt(tokenizer, text)
             # one prompt, n = its samples in this chunk: copies of one prompt under one seed would
             # come back identical, the n samples of a prompt are distinct draws in every backend
