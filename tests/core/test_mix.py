@@ -124,3 +124,27 @@ def test_ratio_override_from_the_command_line(tmp_path):
     assert per_source(store_of(pipeline)) == {"a": 8, "b": 2}
     cfg = json.loads(query(store_of(pipeline), "SELECT config FROM dm.steps WHERE name = 'mix'")[0][0])
     assert cfg["ratio"] == {"a": 0.8, "b": 0.2}
+
+
+def test_size_by_uses_every_row_of_that_input_as_its_share(tmp_path):
+    # b (domain) has 8 rows at 0.2: 40 in all, 32 from a (of 50)
+    store = run_mix(tmp_path, n_a=50, n_b=8, ratio={"a": 0.8, "b": 0.2}, size_by="b")
+    assert per_source(store) == {"a": 32, "b": 8}
+    drawn = {p for (p,) in query(store, "SELECT parent_id FROM dm.edges WHERE step = 'mix' AND parent_step = 'lb'")}
+    assert len(drawn) == 8  # every b row, once
+    # general share 0: the domain rows alone
+    assert per_source(run_mix(tmp_path / "zero", n_a=50, n_b=8, ratio={"a": 0, "b": 1}, size_by="b")) == {"b": 8}
+    # a too small for its share: the usual error and what to do
+    result = cli("run", mix_pipeline(tmp_path / "small", n_a=10, n_b=8, ratio={"a": 0.8, "b": 0.2}, size_by="b"))
+    assert result.exit_code == 2 and "input 'a' has 10 samples but the mix needs 32" in result.stderr
+
+
+@pytest.mark.parametrize("mix,message", [
+    ({"size_by": "c"}, "size_by: 'c' is not an input label"),
+    ({"size_by": "b", "total": 10}, "give `total` or `size_by`, not both"),
+    ({"size_by": "b", "ratio": {"a": 1, "b": 0}}, "'b' has ratio 0"),
+])
+def test_size_by_errors_name_the_step(tmp_path, mix, message):
+    result = cli("validate", mix_pipeline(tmp_path, **mix))
+    assert result.exit_code == 2
+    assert "steps[2] (name: mix)" in result.stderr and message in result.stderr

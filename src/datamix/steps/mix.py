@@ -7,6 +7,8 @@
       unit: samples            # or tokens (estimated: characters / 4, or a tokenizer)
       total: 10000             # optional; default: as many as the ratios allow without replacement
       max_upsample: 1.0        # > 1 lets a too-small source be drawn with replacement, up to this many times its size
+      size_by: domain          # optional, instead of total: every row of this input, the others drawn so that
+                               # it is its ratio's share of the whole (domain 17% of the mix, all domain rows used)
       seed: 0
 
 Every output sample records its input label in `source` and its estimated
@@ -34,6 +36,8 @@ class MixConfig(StepConfig):
     max_upsample: float = Field(default=1.0, ge=1.0)
     seed: int = 0
     tokenizer: str | None = Field(default=None, description="model folder to count tokens; default chars/4")
+    size_by: str | None = Field(default=None, description="an input label: all of its rows, the total sized so that "
+                                "they are its ratio's share (instead of `total`)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -47,6 +51,13 @@ class MixConfig(StepConfig):
             )
         if any(v < 0 for v in self.ratio.values()) or sum(self.ratio.values()) <= 0:
             raise ValueError("ratios must be >= 0 and not all 0")
+        if self.size_by is not None:
+            if self.size_by not in self.inputs:
+                raise ValueError(f"size_by: {self.size_by!r} is not an input label (inputs: {sorted(self.inputs)})")
+            if self.total is not None:
+                raise ValueError("give `total` or `size_by`, not both: size_by sets the total from that input's size")
+            if self.ratio[self.size_by] <= 0:
+                raise ValueError(f"size_by: {self.size_by!r} has ratio 0, so no total makes it its share; give it a ratio > 0")
         return self
 
 
@@ -116,6 +127,8 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     share = {k: v / sum(cfg.ratio.values()) for k, v in cfg.ratio.items()}
     if cfg.total is not None:
         total = float(cfg.total)
+    elif cfg.size_by is not None:  # every row of that input is its share of the total
+        total = float(weights[cfg.size_by].sum()) / share[cfg.size_by]
     else:  # the largest mix every source can fill without replacement
         total = min(weights[k].sum() / share[k] for k in share if share[k] > 0)
     rng = np.random.default_rng(cfg.seed)
