@@ -118,6 +118,43 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tiny_model, sh
     assert losses(out) == pytest.approx(losses(reference_run), rel=1e-6)
 
 
+def test_a_changed_config_never_continues_an_old_run(tmp_path, tiny_model, shards):
+    # issue 14: `datamix train CONFIG lr=...` on an existing output folder resumed the old run
+    # at its last step, trained nothing and handed back the old model
+    out = str(tmp_path / "run")
+    args = common(tiny_model, shards, out) + ["max_steps=2"]
+    assert recipe.main(args) == 0
+    weights = open(os.path.join(out, "model", "model.safetensors"), "rb").read()
+    with pytest.raises(SystemExit, match=r"another training run; changed: lr: 0.003 -> 0.001"):
+        recipe.main(args + ["lr=1e-3"])
+    assert open(os.path.join(out, "model", "model.safetensors"), "rb").read() == weights  # nothing touched
+    # resume=never starts over and keeps the old run, moved aside
+    assert recipe.main(args + ["lr=1e-3", "resume=never"]) == 0
+    moved = [d for d in os.listdir(out) if d.startswith("previous-")]
+    assert len(moved) == 1
+    assert open(os.path.join(out, moved[0], "model", "model.safetensors"), "rb").read() == weights
+    assert open(os.path.join(out, "model", "model.safetensors"), "rb").read() != weights
+    assert [m["step"] for m in map(json.loads, open(os.path.join(out, "metrics.jsonl")))] == [1, 2]
+
+
+def test_changed_shards_never_continue_an_old_run(tmp_path, tiny_model, shards, make_chats):
+    import shutil
+
+    import polars as pl
+
+    from datamix.export.shards import ShardsConfig, write_shards
+
+    data = str(tmp_path / "shards")
+    shutil.copytree(shards, data)
+    out = str(tmp_path / "run")
+    args = common(tiny_model, data, out) + ["max_steps=2"]
+    assert recipe.main(args) == 0
+    shutil.rmtree(data)
+    write_shards(pl.DataFrame(make_chats(64, seed=1)), data, ShardsConfig(tokenizer=tiny_model, seq_len=128, shard_sequences=16))
+    with pytest.raises(SystemExit, match=r"changed: the shards \(manifest.json\)"):
+        recipe.main(args)
+
+
 def test_two_process_fsdp_on_cpu_matches_one_process(tmp_path, tiny_model, shards, reference_run):
     out = str(tmp_path / "ddp2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

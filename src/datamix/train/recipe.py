@@ -327,6 +327,58 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ----------------------------------------------------------------------------- run identity
+# A checkpoint may only continue the run that wrote it. These keys say where a run goes,
+# how it is logged and when this process stops; every other key (and the shards' and the
+# model's content) changes what is trained, so it is part of the run's identity.
+NOT_IDENTITY = ("output_dir", "resume", "stop_after_steps", "checkpoint_every", "log_every", "peak_flops", "save_model")
+
+
+def run_identity(cfg: Config) -> dict:
+    """What the trained model depends on: the config, the shards' manifest hash, the model folder's files."""
+    import hashlib
+
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
+    identity["betas"] = list(identity["betas"])
+    with open(os.path.join(cfg.shards, "manifest.json"), "rb") as f:
+        identity["shards_manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    # names, sizes and mtimes, not contents: hashing a 7B model's weights would take minutes
+    identity["model_files"] = sorted(
+        [name, st.st_size, st.st_mtime_ns] for name in os.listdir(cfg.model)
+        if os.path.isfile(path := os.path.join(cfg.model, name)) and (st := os.stat(path))
+    ) if os.path.isdir(cfg.model) else cfg.model
+    return identity
+
+
+def identity_changes(old: dict, new: dict) -> list[str]:
+    """Human-readable differences between two run identities ("lr: 0.001 -> 0.002")."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "model_files":
+                out.append("the model folder's files")
+            elif key == "shards_manifest_sha256":
+                out.append("the shards (manifest.json)")
+            else:
+                out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out
+
+
+def move_aside(output_dir: str) -> str | None:
+    """Move an earlier run's outputs into output_dir/previous-<time>/, so a fresh run starts clean
+    and nothing is lost; returns that folder, or None when there was nothing to move."""
+    names = [n for n in ("checkpoints", "model", "metrics.jsonl", "run.json") if os.path.exists(os.path.join(output_dir, n))]
+    if not names:
+        return None
+    dest = os.path.join(output_dir, time.strftime("previous-%Y%m%d-%H%M%S", time.gmtime()))
+    while os.path.exists(dest):
+        dest += "-1"
+    os.makedirs(dest)
+    for name in names:
+        os.replace(os.path.join(output_dir, name), os.path.join(dest, name))
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = argv.pop(0) if argv and "=" not in argv[0] else None
@@ -420,10 +472,28 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
     ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
     step = 0
     resume_dir = None
+    identity = run_identity(cfg)
+    run_file = os.path.join(cfg.output_dir, "run.json")
     if cfg.resume == "auto" and os.path.isfile(os.path.join(ckpt_root, "latest")):
         resume_dir = os.path.join(ckpt_root, open(os.path.join(ckpt_root, "latest")).read().strip())
+        previous = json.load(open(run_file))["identity"] if os.path.isfile(run_file) else {}
+        if previous != identity:  # a changed config or changed shards must not continue the old run
+            changed = identity_changes(previous, identity) if previous else ["(no run.json: unknown)"]
+            raise SystemExit(
+                f"{cfg.output_dir} holds checkpoints of another training run; changed: {'; '.join(changed)}. "
+                "A checkpoint only continues the run that wrote it. Use another output_dir, or pass "
+                "resume=never to start over here (the old run is moved to a previous-<time> folder inside it).")
     elif cfg.resume not in ("auto", "never"):
         resume_dir = cfg.resume
+    if not resume_dir:  # a fresh run: whatever an earlier run left here is moved aside, not mixed in
+        if main_rank and (moved := move_aside(cfg.output_dir)):
+            print(f"an earlier run's outputs in {cfg.output_dir} were moved to {moved}", flush=True)
+        if main_rank:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(run_file + ".tmp", "w") as f:
+                json.dump({"identity": identity}, f, indent=1)
+            os.replace(run_file + ".tmp", run_file)
+        dist.barrier()
     if resume_dir:
         model_sd, optim_sd = get_state_dict(model, optimizer)  # sharded (DTensor) views to load into
         state = {"model": model_sd, "optim": optim_sd}
