@@ -134,3 +134,24 @@ def test_fallback_renderer_matches_transformers(name):
     extra = {"bos_token": "<s>", "eos_token": "</s>"}
     ours = _render_with_jinja(template, messages, True, extra)
     assert ours == render_chat_template(template, messages, add_generation_prompt=True, **extra)
+
+
+def test_a_pretty_printed_template_is_warned_about():
+    # issue 14: a pretty-printed .jinja file gave a pre-query template full of whitespace, silently
+    pretty = (
+        "{% for message in messages %}\n"
+        "    {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}\n"
+        "{% endfor %}\n"
+        "{% if add_generation_prompt %}\n    {{ '<|im_start|>assistant\\n' }}\n{% endif %}"
+    )
+    pq = derive_pre_query_template(chat_template=pretty)
+    assert pq.text == "    <|im_start|>user\n"  # jinja's trim of the first newline leaves the indentation
+    assert "runs of whitespace" in pq.note and "flatten" in pq.note
+    flat = derive_pre_query_template(chat_template=pretty.replace("    ", "").replace("\n", "").replace("'\\n", "'\\n"))
+    assert "whitespace" not in flat.note
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bundled_templates_carry_no_whitespace_warning(name):
+    pq = derive_pre_query_template(chat_template=load_chat_template(name), bos_token=bos_token_for(name), eos_token=eos_token_for(name))
+    assert "whitespace" not in pq.note

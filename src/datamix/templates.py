@@ -172,6 +172,7 @@ def derive_pre_query_template(
         text = _cut_before(render(user_only), SENTINEL)
         default = _default_system_prompt(render, text)
         note = "the template inserts a default system prompt" if default else ""
+        note = "; ".join(n for n in (note, _whitespace_note(text)) if n)
         return PreQuery(text=text, system_prompt_used=default, note=note, end_of_turn=end_of_turn)
 
     try:
@@ -187,6 +188,18 @@ def derive_pre_query_template(
     # Fold the way templates that accept no system role do it themselves: system, blank line, user.
     folded = render([{"role": "user", "content": system_prompt.strip() + "\n\n" + SENTINEL}])
     return PreQuery(text=_cut_before(folded, SENTINEL), system_prompt_used=system_prompt, note=note, end_of_turn=end_of_turn)
+
+
+def _whitespace_note(text: str) -> str:
+    """A warning when the prefix holds indentation or blank-line runs: what a pretty-printed .jinja
+    file renders (its layout is output, not formatting), which no real model was trained on."""
+    import re
+
+    if re.search(r"\n[ \t]{2,}|\n{3,}| {4,}|\t", text):
+        return (f"the pre-query template {text!r} holds runs of whitespace; a pretty-printed .jinja file "
+                "renders its indentation and newlines: flatten the file (remove the layout whitespace) "
+                "or give an explicit `pre_query_template:`")
+    return ""
 
 
 def pre_query_token_ids(tokenizer, text: str) -> list[int]:
