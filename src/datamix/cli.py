@@ -154,6 +154,7 @@ def status(pipeline, store, fmt):
     path = _store_path(pipeline, store)
     rows = []
     if os.path.exists(path):
+        _status_of_busy_store(path, fmt)  # returns when the store is not being written
         con = _open_read_only(path)
         rows = _step_rows(con)
         con.close()
@@ -165,6 +166,48 @@ def status(pipeline, store, fmt):
         rows += [dict(name=s.name, kind=s.kind, state="pending", rows_in=0, rows_out=0, seconds=0.0, dropped={},
                       quarantined=0) for s in spec.steps if s.name not in known]
     _print_status(rows, path, fmt)
+    if fmt == "table" and os.path.exists(path):
+        _print_trained_on(path)
+
+
+def _status_of_busy_store(path: str, fmt: str) -> None:
+    """While a run writes the store (DuckDB lets nobody else open it), print its progress file and exit."""
+    from datamix.progress import describe, read_progress
+    from datamix.store import StoreError, connect
+
+    try:
+        connect(path, read_only=True).close()
+        return
+    except StoreError as e:
+        if "being written" not in str(e):
+            _fail(str(e))
+        busy = str(e)
+    progress = read_progress(path)
+    if progress is None:
+        _fail(busy, EXIT_FAILED)
+    if fmt == "json":
+        click.echo(json.dumps({"in_progress": True, **progress}, indent=2, default=str))
+    else:
+        for line in describe(progress):
+            click.echo(line)
+    sys.exit(0)
+
+
+def _print_trained_on(path: str) -> None:
+    """Which shards each trained model was trained on (the manifest's hash), so a stale model shows."""
+    from datamix.store import quote
+
+    con = _open_read_only(path)
+    lines = []
+    for (name,) in con.execute("SELECT name FROM dm.steps WHERE kind = 'train' AND state = 'done' ORDER BY name").fetchall():
+        cols = [c[0] for c in con.execute(f"DESCRIBE {quote(name)}").fetchall()]
+        if "shards_manifest_sha256" in cols:
+            for model, shards, sha, steps in con.execute(
+                    f"SELECT model_path, shards, shards_manifest_sha256, steps FROM {quote(name)}").fetchall():
+                lines.append(f"{name}: {model} trained {steps} steps on {shards} (manifest sha256 {sha[:12]})")
+    con.close()
+    for line in lines:
+        click.echo(line)
 
 
 def _step_rows(con) -> list[dict]:
@@ -176,8 +219,10 @@ def _step_rows(con) -> list[dict]:
     except Exception:
         return []
     dropped: dict[str, dict[str, int]] = {}
+    # a kept sample with a reason (a truncated shard sequence) is counted too, marked "(kept)"
     for step, reason, n in con.execute(
-        "SELECT step, coalesce(reason, 'dropped'), count(*) FROM dm.decisions WHERE NOT kept GROUP BY ALL ORDER BY 3 DESC"
+        "SELECT step, CASE WHEN kept THEN reason || ' (kept)' ELSE coalesce(reason, 'dropped') END, count(*) "
+        "FROM dm.decisions WHERE NOT kept OR reason IS NOT NULL GROUP BY ALL ORDER BY 3 DESC"
     ).fetchall():
         dropped.setdefault(step, {})[reason] = n
     quarantined = dict(con.execute("SELECT step, count(*) FROM dm.quarantine GROUP BY step").fetchall())
@@ -222,31 +267,44 @@ def _print_status(rows: list[dict], path: str, fmt: str) -> None:
 @click.option("--store", help="DuckDB file (default: the pipeline's store)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the result to FILE instead of the terminal")
-def sql(query, pipeline, store, fmt, out):
-    """Run a read-only SQL QUERY on the store, e.g. "SELECT * FROM dm.funnel"."""
+@click.option("--allow-files", is_flag=True,
+              help="let the query read files other than the store (read_csv, read_parquet, glob); writes stay refused")
+def sql(query, pipeline, store, fmt, out, allow_files):
+    """Run a read-only SQL QUERY on the store, e.g. "SELECT * FROM dm.funnel".
+
+    One query at a time: SELECT/WITH/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN (without ANALYZE).
+    Statements that write, attach, copy, load or set anything are refused (exit 2), and a query
+    cannot touch files other than the store unless --allow-files is given."""
     import duckdb
+
+    from datamix.sql_readonly import Refused, check, lock_down
 
     path = _store_path(pipeline, store)
     con = _open_read_only(path)
+    # closed on every way out: DuckDB shares one database instance among a process's connections
+    # to a file, and the locked settings below must not outlive this query
     try:
-        kinds = {s.type.name for s in con.extract_statements(query)}
-    except duckdb.Error as e:
-        _fail(f"the query does not parse: {str(e).splitlines()[0]}")
-    writes = {k.replace("_STATEMENT", "") for k in kinds} - {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
-    if writes:
-        _fail(f"datamix sql is read-only: {', '.join(sorted(writes))} "
-              "statements are refused. Change data through a pipeline step; query with SELECT.")
-    try:
-        rel = con.sql(query)
-        if rel is None:
-            _fail("the query returned no result")
-        columns, rows = rel.columns, rel.fetchall()
-    except duckdb.Error as e:
-        msg = str(e).splitlines()[0]
-        if "read-only" in msg.lower():
-            _fail(f"datamix sql is read-only: {msg}")
-        _fail(f"query failed: {msg}")
-    con.close()
+        try:
+            statement = check(con, query)
+        except Refused as e:
+            _fail(str(e))
+        except duckdb.Error as e:
+            _fail(f"the query does not parse: {str(e).splitlines()[0]}")
+        spill = lock_down(con, allow_files=allow_files)
+        try:
+            rel = con.sql(statement)
+            if rel is None:
+                _fail("the query returned no result")
+            columns, rows = rel.columns, rel.fetchall()
+        except duckdb.PermissionException as e:
+            _fail(f"query refused: {str(e).splitlines()[0]}. datamix sql reads only the store; "
+                  "pass --allow-files to let a query read other files.")
+        except duckdb.Error as e:
+            _fail(f"query failed: {str(e).splitlines()[0]}")
+        finally:
+            spill.cleanup()
+    finally:
+        con.close()
     text = _render(columns, rows, fmt)
     if out:
         with open(out, "w") as f:
@@ -256,7 +314,7 @@ def sql(query, pipeline, store, fmt, out):
                 from rich.console import Console
 
                 Console(file=f, width=200, no_color=True, force_terminal=False).print(text)
-        click.echo(f"{len(rows)} rows written to {out}", err=True)
+        click.echo(f"{len(rows)} {'row' if len(rows) == 1 else 'rows'} written to {out}", err=True)
     elif isinstance(text, str):
         click.echo(text)
     else:
@@ -322,8 +380,10 @@ def show(step, store, pipeline, limit, where):
             # samples are data, not markup: "[/]" in a chat must print as it is
             body.append(f"[bold]{escape(str(m['role']))}[/bold]: {escape(str(m['content']))}")
         extras = ", ".join(f"{k}={_cell(v)}" for k, v in rec.items() if k != "sample_id" and v is not None)
-        console.print(Panel("\n\n".join(body) or "(no messages)", title=escape(f"{step} {rec.get('sample_id')}"),
-                            subtitle=escape(extras[:200]) or None))
+        # the other columns go inside the panel, where they wrap: as a subtitle the border cut them
+        if extras:
+            body.append(f"[dim]{escape(extras)}[/dim]")
+        console.print(Panel("\n\n".join(body) or "(no messages)", title=escape(f"{step} {rec.get('sample_id')}")))
 
 
 @main.command()

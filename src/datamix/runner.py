@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+from datamix.progress import Progress
 from datamix.spec import Pipeline, models_used
 from datamix.steps.base import REGISTRY, BadInput, Context, InputTable, StepConfig, StepError, copy_sql
 from datamix.store import Store, quote
@@ -48,8 +49,10 @@ def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
     import glob
 
     out = []
-    for field in type(step).path_fields:
-        value = getattr(step, field, None)
+    values = [getattr(step, field, None) for field in type(step).path_fields]
+    # a kind whose files sit in nested options (evaluate's sets) lists them itself
+    values += list(getattr(step, "fingerprint_files", lambda: [])())
+    for value in values:
         if not value or value in {s.name for s in pipeline.steps}:
             continue
         full = value if os.path.isabs(value) else os.path.join(pipeline.base_dir, value)
@@ -71,8 +74,8 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
             "config": step.model_dump(mode="json"),
             "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
             "code": _code_version(step.kind),
-            # where a model runs (ray replicas) does not change what it generates
-            "models": {m: pipeline.models[m].model_dump(mode="json", exclude={"ray"})
+            # where a model runs (ray replicas) and what it costs do not change what it generates
+            "models": {m: pipeline.models[m].model_dump(mode="json", exclude={"ray", "price"})
                        for m in models_used(step) if m in pipeline.models},
             "files": _file_identity(pipeline, step),
             "seed": pipeline.seed,
@@ -104,7 +107,7 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
         parents = list(step.parent_steps().values())
         if parents and all(counts.get(p) is not None for p in parents):
             rows_in = sum(counts[p] for p in parents)
-        calls = step.model_calls(rows_in)
+        calls = None if action == "skip" else step.model_calls(rows_in)  # a skipped step calls no model
         counts[step.name] = row["rows_out"] if row and action == "skip" else _estimate_rows_out(step, rows_in)
         entries.append(PlanEntry(step.name, step.kind, fp, action, reason, calls))
     return entries
@@ -130,55 +133,26 @@ def _estimate_rows_out(step: StepConfig, rows_in: int | None) -> int | None:
 def _what_changed(row: dict, step: StepConfig, fps: dict[str, str]) -> str:
     old = json.loads(row["config"]) if row["config"] else {}
     new = step.model_dump(mode="json")
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if keys:
-        return "config (" + ", ".join(keys) + ")"
+    changes = _changed_options(old, new)
+    if changes:
+        return "config (" + ", ".join(changes) + ")"
     parents = list(step.parent_steps().values())
     return "an upstream step (" + ", ".join(parents) + ")" if parents else "code, model or input files"
 
 
-class Progress:
-    """Rich progress bars with rows/s and tokens/s; silent when not a terminal."""
+def _changed_options(old, new, path: str = "") -> list[str]:
+    """The changed options as dotted paths with old and new values ("options.lr: 0.001 -> 0.002")."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)
+                for c in _changed_options(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) if a != b for c in _changed_options(a, b, f"{path}.{i}")]
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._bar = None
+    def short(v) -> str:
+        text = json.dumps(v, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
-
-            self._bar = RichProgress(
-                TextColumn("{task.description:<18}"),
-                BarColumn(),
-                TextColumn("{task.completed:>9,.0f} rows"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._bar:
-            self._bar.__exit__(*exc)
-
-    def task(self, name: str, total: int | None):
-        state = {"rows": 0, "tokens": 0, "t0": time.perf_counter()}
-        task_id = self._bar.add_task(name, total=total, rate="") if self._bar else None
-
-        def advance(rows: int, tokens: int = 0) -> None:
-            state["rows"] += rows
-            state["tokens"] += tokens
-            if self._bar is None:
-                return
-            dt = max(time.perf_counter() - state["t0"], 1e-9)
-            rate = f"{state['rows'] / dt:,.0f} rows/s"
-            if state["tokens"]:
-                rate += f"  {state['tokens'] / dt:,.0f} tok/s"
-            self._bar.update(task_id, advance=rows, rate=rate)
-
-        return advance
+    return [f"{path}: {short(old)} -> {short(new)}"]
 
 
 @dataclasses.dataclass
@@ -205,7 +179,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     store.start_run(run_id, pipeline.name, pipeline.spec_path)
     result = RunResult(ok=True, steps=[])
     try:
-        with Progress(progress) as bars:
+        with Progress(progress, store_path, {"run_id": run_id, "pipeline": pipeline.name}) as bars:
+            bars.plan([s.name for s in pipeline.order()])
             for step in pipeline.order():
                 entry = REGISTRY[step.kind]
                 row = store.step_row(step.name)
@@ -215,21 +190,30 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                     missing = store.missing_files(step.name)
                     if not missing:
                         log(f"skip   {step.name} ({step.kind}): up to date")
+                        bars.mark(step.name, "skipped")
                         continue
                     log(f"rerun  {step.name} ({step.kind}): {_missing_reason(missing)}")
                 try:
                     if row is not None and (row["fingerprint"] != fp or missing):
-                        store.reset_step(step.name)  # config, code, inputs or upstream changed; or files gone
+                        # config, code, inputs or upstream changed, or files gone: the step starts
+                        # clean, so no output of the old fingerprint (a checkpoint, a shard) is reused
+                        _discard_outputs(store, step.name, _output_dir(store, step.name))
+                        store.reset_step(step.name)
                         row = None
+                    elif row is None:  # never run in this store: a folder left from another store goes
+                        _discard_outputs(store, step.name, _output_dir(store, step.name))
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
-                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None)
+                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log)
+                    bars.mark(step.name, "done")
                 except (StepError, BadInput) as e:
+                    bars.mark(step.name, "failed")
                     result.ok, result.failed_step, result.error = False, step.name, str(e)
                     result.bad_input = isinstance(e, BadInput)
                     break
                 except Exception as e:  # a bug or an environment problem: keep the step's committed chunks
                     import traceback
 
+                    bars.mark(step.name, "failed")
                     result.ok, result.failed_step = False, step.name
                     result.error = f"{type(e).__name__}: {e}"
                     # a model folder or data file that is not there is the user's input to fix
@@ -274,15 +258,38 @@ def _missing_secrets(pipeline: Pipeline, store: Store, fps: dict[str, str]) -> t
     return None
 
 
+def _output_dir(store: Store, step: str) -> str:
+    """The folder beside the store where a step writes files (exports, shards, checkpoints, models)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs")
+    path = os.path.normpath(os.path.join(root, step))
+    if os.path.dirname(path) != root:  # a step name is validated; this guards the file system regardless
+        raise BadInput(f"step name {step!r} cannot name a folder under {root}; use letters, digits, _ and -")
+    return path
+
+
+def _discard_outputs(store: Store, step: str, output_dir: str) -> None:
+    """Remove what a step wrote outside the store: the files it recorded (an export's `path:` may be
+    anywhere) and its own output folder (checkpoints, models, shards)."""
+    import shutil
+
+    for path in store.recorded_files(step):
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+    if os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+
+
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
-              log_chunk=None) -> None:
+              log_chunk=None, log=print) -> None:
     parents = step.parent_steps()
     store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id,
                      keeps_ids=entry.keeps_ids)
     if entry.passthrough:
         store.create_passthrough_view(step.name, parents["input"])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}
-    output_dir = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs", step.name)
+    output_dir = _output_dir(store, step.name)
     total = sum(len(t) for t in inputs.values()) or getattr(step, "num_samples", None)
     ctx = Context(
         step=step.name,
@@ -291,10 +298,14 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         seed=pipeline.seed,
         done_keys=store.done_keys(step.name),
         models={m: pipeline.models[m] for m in models_used(step) if m in pipeline.models} or dict(pipeline.models),
-        progress=bars.task(step.name, total),
         cache_get=store.cache_get,
         cache_put=store.cache_put,
+        query=lambda sql, params=None: _records(store.con.execute(sql, params or [])),
+        log=log,  # a step's warnings (a pre-query template full of whitespace) reach the user
     )
+    sp = bars.step(step.name, step.kind, *_progress_unit(step, total, output_dir))
+    ctx.progress, ctx.calls_progress = sp.advance, sp.call_progress
+    ctx.calls = lambda record: (store.record_calls(run_id, step.name, record), sp.record_call(record))
     if len(parents) == 1:
         parent_step_of: Any = next(iter(parents.values()))
     elif parents:
@@ -316,9 +327,15 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
                 chunk.files,
                 parent_step_of,
                 keeps_ids=entry.keeps_ids,
+                metrics=_arrow(chunk.metrics),
             )
             if log_chunk:
-                log_chunk(f"  committed {step.name} chunk {chunk.key}: {chunk.rows_in} rows in, {n_out} out")
+                if entry.passthrough:  # it writes no rows: what it kept is its input minus what it dropped
+                    dropped = _dropped_in(chunk.decisions)
+                    log_chunk(f"  committed {step.name} chunk {chunk.key}: {chunk.rows_in} rows in, "
+                              f"{chunk.rows_in - dropped} kept, {dropped} dropped")
+                else:
+                    log_chunk(f"  committed {step.name} chunk {chunk.key}: {chunk.rows_in} rows in, {n_out} out")
     except (StepError, BadInput) as e:
         store.finish_step(step.name, "failed", time.perf_counter() - t0, str(e))
         raise
@@ -328,6 +345,35 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         # a step that produced nothing still gets its (empty) table, so SQL on it works
         store.con.execute(f'CREATE TABLE "{step.name}" (sample_id VARCHAR)')
     store.finish_step(step.name, "done", time.perf_counter() - t0)
+
+
+def _progress_unit(step: StepConfig, total: int | None, output_dir: str) -> tuple:
+    """(total, unit, model calls expected, poll) for a step's progress: rows, and model calls
+    for the kinds that call models; a train step counts training steps from its metrics file."""
+    if step.kind == "train":
+        metrics = os.path.join(output_dir, "metrics.jsonl")
+
+        def poll() -> int:
+            if not os.path.exists(metrics):
+                return 0
+            with open(metrics, "rb") as f:
+                return sum(1 for _ in f)
+
+        return getattr(step, "options", {}).get("max_steps"), "training steps", None, poll
+    return total, "rows", step.model_calls(total), None
+
+
+def _dropped_in(decisions) -> int:
+    """How many input samples a chunk's decisions dropped."""
+    if decisions is None:
+        return 0
+    kept = decisions["kept"] if hasattr(decisions, "height") else decisions.column("kept").to_pylist()
+    return sum(1 for k in kept if not k)
+
+
+def _records(cursor) -> list[dict]:
+    cols = [d[0] for d in cursor.description]
+    return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
 
 def _arrow(frame):

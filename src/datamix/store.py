@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Order matters: views and macros refer to the tables.
-SQL_FILES = ("schema.sql", "funnel.sql", "lineage.sql", "composition.sql", "clusters.sql")
+SQL_FILES = ("schema.sql", "funnel.sql", "lineage.sql", "composition.sql", "clusters.sql", "calls.sql",
+             "metrics.sql", "forgetting.sql")
 
 
 class StoreError(Exception):
@@ -42,6 +43,17 @@ def first(cursor):
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    """`value` as a SQL string literal, for the few places DuckDB takes no parameter (a view's
+    definition is stored as text and cannot hold one). Everywhere else values are bound
+    parameters. DuckDB's plain '...' strings have one escape, the doubled quote (a backslash is
+    an ordinary character), so doubling quotes is complete; a NUL byte could end the text early
+    in C code, so it is refused."""
+    if "\0" in value:
+        raise ValueError(f"{value!r}: a NUL character cannot be stored in SQL text")
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _holder_of_lock(message: str) -> str:
@@ -73,7 +85,7 @@ def connect(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
                 raise StoreError(
                     f"the store {path} is being written by {holder}. DuckDB lets no other process open a file "
                     "while one writes it, so it cannot be read right now; wait for that run to finish "
-                    "(its progress: the terminal running it) and query again."
+                    "(`datamix status` with the same pipeline or --store shows how far it is) and query again."
                 ) from None
             raise StoreError(
                 f"the store {path} is in use by {holder}; only one `datamix run` can write a store at a time. "
@@ -128,10 +140,14 @@ class Store:
     def done_keys(self, step: str) -> frozenset[str]:
         return frozenset(r[0] for r in self.con.execute("SELECT key FROM dm.chunks WHERE step = ?", [step]).fetchall())
 
-    def missing_files(self, step: str) -> list[str]:
-        """Files a sink step recorded writing (exports, shards, models) that are no longer there."""
+    def recorded_files(self, step: str) -> list[str]:
+        """Files a sink step recorded writing (exports, shards, models), in chunk order."""
         rows = self.con.execute("SELECT files FROM dm.chunks WHERE step = ? ORDER BY key", [step]).fetchall()
-        return [f for (files,) in rows for f in json.loads(files or "[]") if not os.path.exists(f)]
+        return [f for (files,) in rows for f in json.loads(files or "[]")]
+
+    def missing_files(self, step: str) -> list[str]:
+        """Files a sink step recorded writing that are no longer there."""
+        return [f for f in self.recorded_files(step) if not os.path.exists(f)]
 
     def reset_step(self, name: str) -> None:
         """Forget everything a step wrote (its fingerprint changed)."""
@@ -142,7 +158,7 @@ class Store:
         with self.transaction():
             if kind:
                 self.con.execute(f"DROP {kind[0]} {quote(name)}")
-            for table in ("chunks", "edges", "decisions", "quarantine"):
+            for table in ("chunks", "edges", "decisions", "quarantine", "metrics"):
                 self.con.execute(f"DELETE FROM dm.{table} WHERE step = ?", [name])
             self.con.execute("DELETE FROM dm.steps WHERE name = ?", [name])
 
@@ -194,15 +210,17 @@ class Store:
 
     def create_passthrough_view(self, name: str, parent: str) -> None:
         """A pass-through step's output: its parent's rows minus the ones it dropped."""
+        # a view cannot hold a parameter: the step name goes in as a literal (see `literal`)
         self.con.execute(
             f"CREATE OR REPLACE VIEW {quote(name)} AS SELECT p.* FROM {quote(parent)} p "
-            f"ANTI JOIN (SELECT sample_id FROM dm.decisions WHERE step = '{name.replace(chr(39), chr(39) * 2)}' "
+            f"ANTI JOIN (SELECT sample_id FROM dm.decisions WHERE step = {literal(name)} "
             "AND NOT kept) d USING (sample_id)"
         )
 
     def commit_chunk(self, step: str, key: str, rows: "pa.Table | None", decisions: "pa.Table | None",
                      quarantine: "pa.Table | None", rows_in: int, files: list[str],
-                     parent_step_of: dict[str, str] | str | None, keeps_ids: bool = False) -> int:
+                     parent_step_of: dict[str, str] | str | None, keeps_ids: bool = False,
+                     metrics: "pa.Table | None" = None) -> int:
         """Write one chunk's rows, edges, decisions and quarantine plus its marker, atomically.
 
         parent_step_of: the parent step of every row (single input), or a map from the
@@ -230,8 +248,9 @@ class Store:
                     if isinstance(parent_step_of, str):
                         parent_expr, params = "?", [step, parent_step_of]
                     else:
-                        cases = " ".join(f"WHEN source = '{lbl}' THEN '{st}'" for lbl, st in parent_step_of.items())
-                        parent_expr, params = f"CASE {cases} END", [step]
+                        # labels and steps are bound parameters: a label such as it's stays a value
+                        parent_expr = "CASE " + "WHEN source = ? THEN ? " * len(parent_step_of) + "END"
+                        params = [step, *(v for pair in parent_step_of.items() for v in pair)]
                     # one parent per row (mix, most steps): a list index, not an unnest (~20% cheaper)
                     parent_id = "parent_ids[1]" if single_parent else "unnest(parent_ids)"
                     con.execute(
@@ -246,6 +265,16 @@ class Store:
                     [step],
                 )
                 con.unregister("_chunk_decisions")
+            if metrics is not None and metrics.num_rows:  # an evaluate step's values (sql/metrics.sql)
+                from datamix.eval import ROW_COLUMNS
+
+                con.register("_chunk_metrics", metrics)
+                con.execute(
+                    f"INSERT INTO dm.metrics SELECT (SELECT run_id FROM dm.steps WHERE name = ?), ?, "
+                    f"{', '.join(quote(c) for c in ROW_COLUMNS)}, now() FROM _chunk_metrics",
+                    [step, step],
+                )
+                con.unregister("_chunk_metrics")
             if quarantine is not None and quarantine.num_rows:
                 con.register("_chunk_quarantine", quarantine)
                 con.execute("INSERT INTO dm.quarantine SELECT ?, file, line, reason, raw FROM _chunk_quarantine", [step])
@@ -261,6 +290,16 @@ class Store:
 
     def set_rows_out(self, step: str, n: int) -> None:
         self.con.execute("UPDATE dm.steps SET rows_out = ? WHERE name = ?", [n, step])
+
+    def record_calls(self, run_id: str, step: str, record: dict) -> None:
+        """One row of dm.calls (see sql/calls.sql): written at once, outside any chunk's
+        transaction, because a call is paid for whether or not its chunk commits."""
+        cols = ("model", "cached", "prompts", "completions", "prompt_tokens", "completion_tokens", "latency_s",
+                "retries", "failed", "price_input_per_m", "price_output_per_m")
+        self.con.execute(
+            f"INSERT INTO dm.calls (run_id, step, {', '.join(cols)}) VALUES (?, ?{', ?' * len(cols)})",
+            [run_id, step, *(record.get(c) for c in cols)],
+        )
 
     # ---- the response cache --------------------------------------------------
 

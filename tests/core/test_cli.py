@@ -59,7 +59,7 @@ def test_plan_before_and_after_a_run(core_pipeline):
     changed = cli("plan", core_pipeline, "steps.dedup.keep=longest", "--format", "json")
     actions = {e["name"]: (e["action"], e["reason"]) for e in json.loads(changed.stdout)}
     assert actions["clean"] == ("skip", "up to date")
-    assert actions["dedup"] == ("run", "changed: config (keep)")
+    assert actions["dedup"] == ("run", 'changed: config (keep: "first" -> "longest")')
     assert actions["mix"] == ("run", "changed: an upstream step (dedup, domain)")
 
 

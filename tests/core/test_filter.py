@@ -69,8 +69,10 @@ def test_repetition_duplicate_lines_and_repeated_ngrams(tmp_path):
     out, _ = run_filters(tmp_path, records, {"f": [{"rule": "repetition"}], "lines": [only_lines]})
     dropped, kept = out["f"]
     assert kept == [1]
-    assert dropped[2][0] == dropped[3][0] == "repetition(response)"
+    # the reason names the criterion that fired; the score is its measured value
+    assert dropped[2][0] == "repetition(response): duplicate_lines"
     assert dropped[2][1] == pytest.approx(0.5)
+    assert dropped[3][0] == "repetition(response): top_2gram"
     assert dropped[3][1] > 0.9
     assert list(out["lines"][0]) == [2]
 

@@ -245,9 +245,11 @@ def test_changed_config_reruns_that_step_and_downstream_only(core_pipeline):
     before = step_runs(store)
     ids_before = dict(query(store, "SELECT step, count(*) FROM dm.decisions GROUP BY step"))
     rewrite_step(core_pipeline, "clean", rules=[{"rule": "length", "field": "response", "min": 5, "unit": "words"}])
-    plan = cli("plan", core_pipeline)
+    plan = cli("plan", core_pipeline, "--format", "json")
     assert plan.exit_code == 0
-    assert "changed: config (rules)" in plan.stdout
+    # the plan names the changed option with its old and new value (here a shorter list of rules)
+    why = {e["name"]: e["reason"] for e in json.loads(plan.stdout)}["clean"]
+    assert why.startswith('changed: config (rules: [{"field": "response", "max": null, "min": 3'), why
     assert run_pipeline(core_pipeline).ok
     after = step_runs(store)
     rerun = {s for s in before if after[s] != before[s]}

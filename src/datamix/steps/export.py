@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register, write_arrow
+from datamix.export.shards import ShardsConfig
+from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register, write_arrow
 
 
 class ExportConfig(StepConfig):
@@ -30,20 +31,56 @@ class ExportConfig(StepConfig):
     format: Literal["jsonl", "parquet", "shards"] = "jsonl"
     path: str | None = Field(default=None, description="output folder (relative to the YAML)")
     fields: list[str] = Field(default_factory=list, description="extra columns to write beside messages")
-    # format: shards -> the options of datamix.export.shards.ShardsConfig (tokenizer, seq_len, ...)
-    shards: dict[str, Any] | None = None
+    # format: shards -> how rows become training shards (tokenizer, seq_len, ...); a typed field,
+    # so a wrong option is reported at its place (steps[i].shards.seq_len) by `validate`
+    shards: ShardsConfig | None = None
+
+    @field_serializer("shards")
+    def _shards_as_written(self, shards):
+        # the options as the YAML gives them, without defaults: fingerprints (and stores) made
+        # when this field was a plain mapping stay valid
+        return None if shards is None else shards.model_dump(mode="json", exclude_unset=True)
 
     @model_validator(mode="after")
     def _check(self):
         if not self.input:
             raise ValueError("export needs `input: <step>`")
-        if self.format == "shards":
-            if not self.shards:
-                raise ValueError("format: shards needs `shards:` options (at least tokenizer and seq_len)")
-            from datamix.export.shards import ShardsConfig
-
-            ShardsConfig.model_validate(self.shards)  # errors surface at validate time
+        if self.format == "shards" and not self.shards:
+            raise ValueError("format: shards needs `shards:` options (at least tokenizer and seq_len)")
         return self
+
+    def columns_read(self) -> list[ColumnUse]:
+        return [ColumnUse("input", ("fields", i), f) for i, f in enumerate(self.fields)]
+
+    def columns_out(self, inputs):
+        # the placement of every exported sample: the file and row, or the shard and sequence
+        if self.format == "shards":
+            return frozenset({"sample_id", "shard", "sequence", "status", "reason", "folder"})
+        return frozenset({"sample_id", "file", "row"})
+
+    def resources(self) -> list[Resource]:
+        if self.format != "shards" or self.shards is None:
+            return []
+        found = [Resource(("shards", "tokenizer"), self.shards.tokenizer, "tokenizer")]
+        if self.shards.chat_template:
+            found.append(Resource(("shards", "chat_template"), self.shards.chat_template, "chat_template"))
+        return found
+
+
+def _shards_options(shards: ShardsConfig, ctx: Context) -> ShardsConfig:
+    """The shard options with the tokenizer and template resolved beside the YAML, whatever the
+    working folder: a declared model's name means its folder (a tiny one is built first) and,
+    unless `chat_template:` is given, its declared chat template."""
+    import os
+
+    update = {"tokenizer": ctx.resolve_model(shards.tokenizer)}
+    template = shards.chat_template
+    if template is None and shards.tokenizer in ctx.models:
+        template = ctx.models[shards.tokenizer].chat_template
+    if template and os.path.isfile(ctx.resolve(template)):  # a file wins over a bundled name, as in load_chat_template
+        template = ctx.resolve(template)
+    update["chat_template"] = template
+    return shards.model_copy(update=update)
 
 
 def _out_dir(cfg: ExportConfig, ctx: Context) -> str:
@@ -111,14 +148,26 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
     if cfg.format == "shards":
         import polars as pl
 
-        from datamix.export.shards import ShardsConfig, write_shards
+        from datamix.export.shards import write_shards
 
         df = pl.from_arrow(table)
-        shard_manifest, placement = write_shards(df, out, ShardsConfig.model_validate(cfg.shards), progress=ctx.progress)
+        shard_manifest, placement = write_shards(df, out, _shards_options(cfg.shards, ctx), progress=ctx.progress)
         # the trainer reads the shard manifest: keep its keys, add ours where they are free
         manifest = {**shard_manifest, **{k: v for k, v in manifest.items() if k not in shard_manifest}}
-        rows = placement.with_columns(pl.lit(out).alias("folder"), pl.concat_list("sample_id").alias("parent_ids"))
-        files = sorted(set(placement["shard"].drop_nulls().to_list()))
+        # rows are the packed samples; one not packed is a decision with its reason (mark, don't
+        # drop), and a truncated one a kept decision, so `status` counts both
+        placed = placement.filter(pl.col("status") != "dropped")
+        rows = placed.with_columns(pl.lit(out).alias("folder"), pl.concat_list("sample_id").alias("parent_ids"))
+        noted = placement.filter(pl.col("status") != "packed")
+        decisions = pl.DataFrame({
+            "sample_id": noted["sample_id"],
+            "kept": noted["status"] != "dropped",
+            "reason": noted.select(pl.coalesce("reason", "status")).to_series(),
+            "score": pl.Series([None] * noted.height, dtype=pl.Float64),
+            "related_id": pl.Series([None] * noted.height, dtype=pl.Utf8),
+        })
+        # every file the shards are made of, as written (dm.chunks checks they are still there)
+        files = [info["file"] for shard in shard_manifest["shards"] for info in shard["files"].values()]
     else:
         name = "data.jsonl" if cfg.format == "jsonl" else "data.parquet"
         written = ["sample_id", "messages", "source", *cfg.fields]
@@ -136,7 +185,9 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
         })
         files = [name]
         manifest["files"] = files
+        decisions = None
     _write_lines(os.path.join(out, "sample_ids.txt"), ids)
     _write_manifest(out, manifest)
     ctx.progress(n)
-    yield Chunk(key="all", rows=rows, rows_in=n, files=[os.path.join(out, f) for f in files])
+    files = [*files, "manifest.json", "sample_ids.txt"]
+    yield Chunk(key="all", rows=rows, decisions=decisions, rows_in=n, files=[os.path.join(out, f) for f in files])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register
 
 if TYPE_CHECKING:
     import polars as pl
@@ -133,6 +133,17 @@ class FilterConfig(StepConfig):
             raise ValueError("a filter needs `input: <step>`")
         return v
 
+    def columns_read(self) -> list[ColumnUse]:
+        return [ColumnUse("input", ("rules", i, "field"), rule.field, chat_field=True)
+                for i, rule in enumerate(self.rules) if isinstance(getattr(rule, "field", None), str)]
+
+    def columns_out(self, inputs):
+        return inputs.get("input")  # pass-through: its input's rows and columns
+
+    def resources(self) -> list[Resource]:
+        return [Resource(("rules", i, "tokenizer"), rule.tokenizer, "tokenizer")
+                for i, rule in enumerate(self.rules) if getattr(rule, "tokenizer", None)]
+
 
 def rule_label(rule) -> str:
     if rule.name:
@@ -192,6 +203,19 @@ def _repetition(df, rule: RepetitionRule, text_of):
     frame = pl.DataFrame({"text": text}).with_row_index("row")
     worst = pl.Series([0.0] * len(df))
     ok = pl.Series([True] * len(df))
+    # the first criterion each failing row broke, and its measured value: a dropped sample's
+    # reason names the criterion (song lyrics fail on duplicate lines, lists on n-grams)
+    fired = pl.Series([None] * len(df), dtype=pl.Utf8)
+    fired_value = pl.Series([None] * len(df), dtype=pl.Float64)
+
+    def check(frac, limit, criterion):
+        nonlocal ok, worst, fired, fired_value
+        fails = frac > limit
+        first = fails & fired.is_null()
+        fired = pl.select(pl.when(first).then(pl.lit(criterion)).otherwise(fired)).to_series()
+        fired_value = pl.select(pl.when(first).then(frac).otherwise(fired_value)).to_series()
+        ok = ok & ~fails
+        worst = pl.max_horizontal(worst, frac)
     if rule.max_duplicate_line_fraction is not None:
         lines = frame.select(
             "row", pl.col("text").str.split("\n").list.eval(pl.element().str.strip_chars().filter(pl.element() != ""))
@@ -199,8 +223,7 @@ def _repetition(df, rule: RepetitionRule, text_of):
         frac = lines.select(
             (1 - pl.col("text").list.unique().list.len() / pl.col("text").list.len()).fill_nan(0.0).fill_null(0.0)
         ).to_series()
-        ok = ok & (frac <= rule.max_duplicate_line_fraction)
-        worst = pl.max_horizontal(worst, frac)
+        check(frac, rule.max_duplicate_line_fraction, "duplicate_lines")
     words = frame.select("row", pl.col("text").str.to_lowercase().str.split(" ").list.eval(
         pl.element().filter(pl.element() != "")).alias("w"))
 
@@ -219,8 +242,7 @@ def _repetition(df, rule: RepetitionRule, text_of):
         joined = chars.join(top, on="row", how="left").sort("row")
         frac = (joined["top"].fill_null(0).cast(pl.Float64) / joined["chars"].cast(pl.Float64)).fill_nan(0.0)
         frac = frac.fill_null(0.0).clip(0.0, 1.0)
-        ok = ok & (frac <= rule.max_top_ngram_fraction)
-        worst = pl.max_horizontal(worst, frac)
+        check(frac, rule.max_top_ngram_fraction, f"top_{rule.top_ngram}gram")
     if rule.max_duplicate_ngram_fraction is not None:
         counts = ngram_counts(rule.duplicate_ngram)
         agg = counts.group_by("row").agg(
@@ -228,9 +250,8 @@ def _repetition(df, rule: RepetitionRule, text_of):
         )
         agg = frame.select("row").join(agg, on="row", how="left").sort("row")
         frac = (agg["dup"].cast(pl.Float64) / agg["all"].cast(pl.Float64)).fill_nan(0.0).fill_null(0.0)
-        ok = ok & (frac <= rule.max_duplicate_ngram_fraction)
-        worst = pl.max_horizontal(worst, frac)
-    return ok, worst
+        check(frac, rule.max_duplicate_ngram_fraction, f"duplicate_{rule.duplicate_ngram}grams")
+    return ok, fired_value.fill_null(worst), fired
 
 
 def _phrases(df, rule: PhrasesRule, text_of):
@@ -304,9 +325,12 @@ def decide(df, rules) -> "pl.DataFrame":
         field = getattr(rule, "field", None)
         if field and (problem := check_field(field, df.columns)):
             raise BadInput(f"rule {rule_label(rule)}: {problem}")
-        ok, value = RULES[rule.rule](df, rule, text_of)
+        ok, value, *criterion = RULES[rule.rule](df, rule, text_of)
         newly = alive & ~ok.fill_null(False)
-        reason = pl.select(pl.when(newly).then(pl.lit(rule_label(rule))).otherwise(reason)).to_series()
+        label = pl.lit(rule_label(rule))
+        if criterion:  # a rule with several criteria says which one fired: "repetition(response): duplicate_lines"
+            label = pl.concat_str([label, pl.lit(": "), criterion[0]]).fill_null(label)
+        reason = pl.select(pl.when(newly).then(label).otherwise(reason)).to_series()
         if value is not None:
             score = pl.select(pl.when(newly).then(value).otherwise(score)).to_series()
         alive = alive & ~newly
@@ -333,11 +357,14 @@ def run(cfg: FilterConfig, inputs, ctx: Context):
     import polars as pl
 
     table = inputs["input"].arrow(_columns_read(cfg.rules))
+    # a tokenizer is a declared model's name or a folder beside the YAML, whatever the working folder
+    rules = [r.model_copy(update={"tokenizer": ctx.resolve_model(r.tokenizer)}) if getattr(r, "tokenizer", None) else r
+             for r in cfg.rules]
     for offset in range(0, table.num_rows, cfg.chunk_size):
         part = table.slice(offset, cfg.chunk_size)
         key = f"rows-{offset}"
         if key in ctx.done_keys:
             continue
-        decisions = decide(pl.from_arrow(part), cfg.rules)
+        decisions = decide(pl.from_arrow(part), rules)
         ctx.progress(part.num_rows)
         yield Chunk(key=key, decisions=decisions, rows_in=part.num_rows)

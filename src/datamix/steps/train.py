@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
+from datamix.steps.base import (BadInput, Chunk, ColumnUse, Context, InputTable, Resource, StepConfig, StepError,
+                                register)
 
 
 class TrainStepConfig(StepConfig):
@@ -33,20 +34,69 @@ class TrainStepConfig(StepConfig):
     @field_validator("options")
     @classmethod
     def _known_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Unknown recipe keys are reported by `datamix validate`, not an hour into a run."""
-        unknown = sorted(set(options) - recipe_options())
+        """Unknown recipe keys and values of the wrong type are reported by `datamix validate`,
+        not an hour into a run."""
+        import math
+
+        defaults = recipe_defaults()
+        unknown = sorted(set(options) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown train options {unknown}; valid: {', '.join(sorted(recipe_options()))}")
+            raise ValueError(f"unknown train options {unknown}; valid: {', '.join(sorted(defaults))}")
+        for key, value in options.items():
+            want = type(defaults[key])
+            if want in (int, float) and isinstance(value, str):
+                try:
+                    value = float(value)  # the recipe reads "1e-3" (a YAML string) as a number
+                except ValueError:
+                    raise ValueError(f"train option {key}: expected a number, got {value!r}") from None
+            if want in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"train option {key}: expected a number, got {value!r}")
+            if want in (int, float) and not math.isfinite(value):
+                raise ValueError(f"train option {key}: must be a finite number, got {value!r}")
+            if want is int and value != int(value):
+                raise ValueError(f"train option {key}: expected a whole number, got {value!r}")
+            if want is bool and not isinstance(value, bool):
+                raise ValueError(f"train option {key}: expected true or false, got {value!r}")
         return options
+
+    def columns_read(self) -> list[ColumnUse]:
+        if self.shards or not self.input:
+            return []
+        return [ColumnUse("input", ("input",), "folder", hint="train on an export step with format: shards, "
+                          "or give `shards:` (a folder with manifest.json)")]
+
+    def resources(self) -> list[Resource]:
+        return [Resource(("model",), self.model, "model")]  # a declared model, or a folder to fine-tune
+
+    def columns_out(self, inputs):
+        return frozenset({"sample_id", "model_path", "base_model", "shards", "shards_manifest_sha256", "steps",
+                          "final_loss", "tokens"})
+
+
+def recipe_defaults() -> dict[str, Any]:
+    """The recipe's config keys a pipeline may set, with their defaults (model, shards and
+    output_dir come from the step). Read from the recipe's source, not imported: the recipe
+    imports torch at the top (it is one self-contained file), and validating a YAML must not."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec("datamix.train.recipe").origin
+    with open(origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), origin)
+    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    defaults = {}
+    for node in config.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            try:
+                defaults[node.target.id] = ast.literal_eval(node.value)
+            except ValueError:  # not a literal: no type check for it
+                defaults[node.target.id] = None
+    return {k: v for k, v in defaults.items() if k not in ("model", "shards", "output_dir")}
 
 
 def recipe_options() -> set[str]:
     """The recipe's config keys a pipeline may set (model, shards and output_dir come from the step)."""
-    import dataclasses
-
-    from datamix.train.recipe import Config
-
-    return {f.name for f in dataclasses.fields(Config)} - {"model", "shards", "output_dir"}
+    return set(recipe_defaults())
 
 
 @register("train", TrainStepConfig)
@@ -99,11 +149,14 @@ def _summary(cfg: TrainStepConfig, model: str, shards: str, ctx: Context):
     with open(os.path.join(ctx.output_dir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f if line.strip()]
     last = metrics[-1] if metrics else {}
+    with open(os.path.join(ctx.output_dir, "run.json")) as f:  # what the recipe trained on (its run identity)
+        identity = json.load(f)["identity"]
     return pl.DataFrame({
         "sample_id": [mint_one(cfg.name, "model")],
         "model_path": [os.path.join(ctx.output_dir, "model")],
         "base_model": [model],
         "shards": [shards],
+        "shards_manifest_sha256": [identity["shards_manifest_sha256"]],
         "steps": [int(last.get("step", 0))],
         "final_loss": [last.get("loss")],
         "tokens": [sum(int(m.get("tokens", 0)) for m in metrics)],

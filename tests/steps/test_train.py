@@ -1,0 +1,79 @@
+"""The train step in a pipeline: a changed upstream retrains from scratch; a no-op rerun skips every step.
+
+Issue 14: after the mix changed, the train step resumed the old run's last checkpoint,
+trained nothing and handed back the old model; the shards step reran on every run
+because dm.chunks recorded a file-name prefix instead of the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from tests.core.helpers import cli, domain_records, general_records, query, store_of, write_jsonl, write_pipeline
+
+STEPS = [
+    {"name": "general", "kind": "load", "path": "data/general.jsonl"},
+    {"name": "domain", "kind": "load", "path": "data/domain.jsonl", "prompt_field": "question",
+     "response_field": "answer"},
+    {"name": "mix", "kind": "mix", "inputs": {"general": "general", "domain": "domain"},
+     "ratio": {"general": "${general_share}", "domain": 0.5}, "seed": 0},
+    {"name": "shards", "kind": "export", "input": "mix", "format": "shards",
+     "shards": {"tokenizer": "models/base", "seq_len": 128}},
+    {"name": "train", "kind": "train", "input": "shards", "model": "base",
+     "options": {"max_steps": 2, "batch_tokens": 256, "lr": 1.0e-3, "warmup_steps": 1}},
+]
+
+
+def make_pipeline(tmp_path):
+    write_jsonl(tmp_path / "data" / "general.jsonl", general_records(12))
+    write_jsonl(tmp_path / "data" / "domain.jsonl", domain_records(8))
+    models = {"base": {"backend": "transformers", "path": "models/base",
+                       "tiny": {"arch": "qwen2", "chat_template": "qwen2.5-instruct"}}}
+    return write_pipeline(tmp_path, STEPS, name="tr", vars={"general_share": 0.5}, models=models)
+
+
+def weights_hash(tmp_path) -> str:
+    path = tmp_path / ".datamix" / "outputs" / "train" / "model" / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_changed_mix_retrains_from_scratch_and_a_noop_rerun_skips_everything(tmp_path):
+    from datamix.models.tiny import build_tiny_model
+
+    build_tiny_model(str(tmp_path / "models" / "base"), arch="qwen2", chat_template="qwen2.5-instruct")
+    pipeline = make_pipeline(tmp_path)
+    first = cli("run", pipeline, cwd=tmp_path)
+    assert first.exit_code == 0, first.output
+    before = weights_hash(tmp_path)
+    manifest_before = query(store_of(pipeline), "SELECT shards_manifest_sha256 FROM train")[0][0]
+
+    again = cli("run", pipeline, cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert [line.split()[0] for line in again.output.splitlines() if line.strip()][:5] == ["skip"] * 5, again.output
+
+    changed = cli("run", pipeline, "general_share=0.8", cwd=tmp_path)
+    assert changed.exit_code == 0, changed.output
+    assert "resumed from" not in changed.output
+    assert weights_hash(tmp_path) != before
+    steps = [m for m in query(store_of(pipeline), "SELECT steps FROM train")]
+    assert steps == [(2,)]
+    status = cli("status", pipeline, cwd=tmp_path)
+    manifest_after = query(store_of(pipeline), "SELECT shards_manifest_sha256 FROM train")[0][0]
+    assert manifest_after != manifest_before
+    assert f"manifest sha256 {manifest_after[:12]}" in status.output
+
+
+def test_a_step_that_reruns_removes_the_files_of_its_old_fingerprint(tmp_path):
+    from datamix.models.tiny import build_tiny_model
+
+    build_tiny_model(str(tmp_path / "models" / "base"), arch="qwen2", chat_template="qwen2.5-instruct")
+    pipeline = make_pipeline(tmp_path)
+    assert cli("run", pipeline, cwd=tmp_path).exit_code == 0
+    shards_dir = tmp_path / ".datamix" / "outputs" / "shards"
+    stray = shards_dir / "shard-00099.input_ids.npy"  # a file an older, larger run could have left
+    stray.write_bytes(b"old")
+    result = cli("run", pipeline, "steps.shards.shards.seq_len=64", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert not stray.exists()
+    assert os.path.isfile(shards_dir / "manifest.json")
