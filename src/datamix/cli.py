@@ -79,14 +79,25 @@ def main():
 @click.option("--store", help="DuckDB file to use instead of the pipeline's store")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing on success (no progress, no status table)")
 @click.option("--verbose", "-v", is_flag=True, help="log every committed chunk")
-def run(pipeline, overrides, store, quiet, verbose):
+@click.option("--sweep", "sweep_spec", metavar="VAR=V1,V2,...",
+              help="one arm per value of a var: the steps that depend on it (and their descendants) run once per "
+                   "value as NAME__VAR_VALUE, the rest once; evaluate steps compare every arm")
+@click.option("--pick", "pick_rule", metavar="RULE", help="with --sweep: how to pick the best value, e.g. "
+              "'max_gain, forgetting<=50%' (the default: the most domain gain with at most half the no-replay "
+              "arm's forgetting), 'max_gain, forgetting<=0.05', 'min_forgetting, kept>=90%'")
+def run(pipeline, overrides, store, quiet, verbose, sweep_spec, pick_rule):
     """Run PIPELINE's steps in dependency order, skipping those up to date.
 
     OVERRIDES are KEY=VALUE: a var (n=100) or a step option (steps.mix.ratio.general=0.8)."""
     from datamix import runner
     from datamix.store import StoreError
 
-    spec = _load_pipeline(pipeline, overrides)
+    sweep = None
+    if sweep_spec or pick_rule:
+        sweep, rule = _load_sweep(pipeline, overrides, sweep_spec, pick_rule)
+        spec = sweep.pipeline
+    else:
+        spec = _load_pipeline(pipeline, overrides)
     # --store is a path from the current folder (a `store:` in the YAML is relative to the YAML)
     path = spec.store_path(os.path.abspath(store) if store else None)
     try:
@@ -100,6 +111,56 @@ def run(pipeline, overrides, store, quiet, verbose):
         sys.exit(EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED)
     if not quiet:
         _print_status(result.steps, path, "table")
+    if sweep is not None:
+        _print_sweep(sweep, rule, path)
+
+
+def _load_sweep(pipeline, overrides, sweep_spec, pick_rule):
+    from datamix.spec import SpecError
+    from datamix.sweep import expand, parse_pick, parse_sweep
+
+    if not sweep_spec:
+        _fail("--pick goes with --sweep VAR=V1,V2,...")
+    try:
+        var, values = parse_sweep(sweep_spec)
+        rule = parse_pick(pick_rule)
+        return expand(pipeline, list(overrides), var, values), rule
+    except SpecError as e:
+        click.echo(f"{pipeline}: {len(e.problems)} problem(s):", err=True)
+        for p in e.problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _print_sweep(sweep, rule, path: str) -> None:
+    """The forgetting-vs-domain-gain trade-off per value, and the value the rule picks."""
+    from datamix.sweep import pick, report
+
+    con = _open_read_only(path)
+    try:
+        rows, metric = report(con, sweep)
+    finally:
+        con.close()
+    click.echo(f"sweep {sweep.var}: {len(sweep.values)} arms ({', '.join(map(str, sweep.values))}); "
+               f"steps per arm: {', '.join(sweep.variants)}")
+    if not rows:
+        click.echo("no evaluate step compares the arms: add one (kind: evaluate) over the train steps to get the "
+                   "forgetting-vs-gain table and a pick")
+        return
+    def fmt(x, places=4):
+        return "" if x is None else f"{x:.{places}f}"
+
+    table = [[str(r["value"]) if r["value"] is not None else "-", r["model"], fmt(r["forgetting"]), fmt(r["domain_gain"]),
+              fmt(r["forgetting_removed"], 3), fmt(r["domain_gain_kept"], 3)] for r in rows]
+    head = [sweep.var, "model", f"forgetting ({metric})", f"domain gain ({metric})", "forgetting removed", "gain kept"]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
+    for line in [head, ["-" * w for w in widths], *table]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    best, why = pick(rows, rule)
+    if best is None:
+        click.echo(f"best {sweep.var}: none; {why}")
+    else:
+        click.echo(f"best {sweep.var}: {best['value']} ({best['model']}); {why}")
 
 
 @main.command()
