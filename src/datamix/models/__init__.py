@@ -49,6 +49,17 @@ class Completion:
     latency_s: float = 0.0
 
 
+_progress_hook = None  # set by the shared generation path (steps/generate.py) around a backend call
+
+
+def report_progress(completions: int) -> None:
+    """Backends call this as completions finish inside one long call, so the progress bar
+    and the progress file move between chunks (a call may take minutes)."""
+    hook = _progress_hook
+    if hook is not None:
+        hook(completions)
+
+
 class Backend(Protocol):
     name: str
 
@@ -76,12 +87,23 @@ class ModelSampling(BaseModel):
     stop_token_ids: list[int] | None = None
 
 
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_per_m: float = Field(ge=0, description="per million prompt tokens")
+    output_per_m: float = Field(ge=0, description="per million completion tokens")
+
+
 class _ModelBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="local folder, hub id, or the served model name")
     # A chat template file to use instead of the tokenizer's own (optional).
     chat_template: str | None = None
+    # What a hosted model costs, for `datamix plan` and the report's cost section; not part
+    # of any fingerprint (a price change changes no output).
+    price: Price | None = None
     sampling: ModelSampling | None = None
 
 

@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from datamix.models import Completion, Prompt, SamplingParams, TransformersModel
+from datamix.models import Completion, Prompt, SamplingParams, TransformersModel, report_progress
 
 
 @dataclass
@@ -170,6 +170,7 @@ class TransformersBackend:
             batch = [rows[k] for k in order[start : start + bs]]
             for row, completion in zip(batch, self._generate_batch(batch, params, greedy)):
                 results[(row.prompt_index, row.sample_index)] = completion
+            report_progress(len(batch) * (params.n if greedy else 1))
 
         out = []
         for i in range(len(prompts)):

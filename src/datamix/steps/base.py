@@ -164,6 +164,14 @@ class Context:
     cache_get: Callable[[list[str]], dict[str, Any]] = lambda keys: {}
     cache_put: Callable[[dict[str, Any]], None] = lambda items: None
     log: Callable[[str], None] = lambda msg: None
+    # calls(record): one model call's (or one batch of cache hits') cost, for dm.calls and the
+    # progress of model calls; record keys are the columns of sql/calls.sql
+    calls: Callable[[dict[str, Any]], None] = lambda record: None
+    # calls_progress(n): n more completions of a call still in flight (progress only, not stored)
+    calls_progress: Callable[[int], None] = lambda n: None
+    # query(sql, params) -> list of row dicts: SQL on the store, for steps that look at the
+    # whole run (report); other steps get their rows through `inputs`
+    query: Callable[..., Any] | None = None
 
     def resolve(self, path: str) -> str:
         import os

@@ -192,6 +192,15 @@ def generate_cached(
     """
     keys = [[cache_key(model, prompt, params, seed, i) for i in idx] for prompt, idx in zip(prompts, indices)]
     found = ctx.cache_get([k for row in keys for k in row]) if prompts else {}
+    price = getattr(model.spec, "price", None)
+    cost = {"model": model.name, "price_input_per_m": price.input_per_m if price else None,
+            "price_output_per_m": price.output_per_m if price else None}
+    hits = [[found[k] for k in row if k in found] for row in keys]
+    if any(hits):  # what the cache saved: the tokens the cached responses cost when they were made
+        ctx.calls({**cost, "cached": True, "prompts": sum(1 for h in hits if h), "completions": sum(map(len, hits)),
+                   "prompt_tokens": sum(int(h[0].get("tokens_in") or 0) for h in hits if h),
+                   "completion_tokens": sum(int(v.get("tokens_out") or 0) for h in hits for v in h),
+                   "latency_s": 0.0, "retries": 0, "failed": 0})
     groups: dict[tuple[int, ...], list[int]] = {}
     for p, row in enumerate(keys):
         missing = tuple(j for j, k in enumerate(row) if k not in found)
@@ -201,12 +210,18 @@ def generate_cached(
     for missing, members in sorted(groups.items()):
         call = params.model_copy(update={"n": len(missing), "seed": derive_seed(call_seed, *missing)})
         started = time.perf_counter()
-        outputs = model.backend.generate([prompts[p] for p in members], call)
-        per_prompt = (time.perf_counter() - started) / max(len(members), 1)
+        outputs = _call_backend(ctx, model, [prompts[p] for p in members], call, cost)
+        elapsed = time.perf_counter() - started
+        per_prompt = elapsed / max(len(members), 1)
         if len(outputs) != len(members) or any(len(o) != len(missing) for o in outputs):
             raise StepError(f"model {model.name!r} returned {len(outputs)} results for {len(members)} prompts (n={len(missing)}): backend bug")
         tokens = 0
+        prompt_tokens = retries = 0
         for p, completions in zip(members, outputs):
+            # a prompt is sent (and billed) once for its n samples; a request's retries are on its
+            # first completion only (models.Completion), so they add up over completions
+            prompt_tokens += int(completions[0].tokens_in) if completions else 0
+            retries += sum(int(getattr(c, "retries", 0) or 0) for c in completions)
             for j, c in zip(missing, completions):
                 fresh[keys[p][j]] = {
                     "text": c.text,
@@ -216,10 +231,31 @@ def generate_cached(
                     "latency_s": float(c.latency_s or per_prompt / len(missing)),
                 }
                 tokens += int(c.tokens_out)
+        ctx.calls({**cost, "cached": False, "prompts": len(members), "completions": len(members) * len(missing),
+                   "prompt_tokens": prompt_tokens, "completion_tokens": tokens, "latency_s": elapsed,
+                   "retries": retries, "failed": 0})
         ctx.progress(0, tokens=tokens)
     if fresh:
         ctx.cache_put(fresh)
     return [[found.get(k) or fresh[k] for k in row] for row in keys]
+
+
+def _call_backend(ctx: Context, model: LoadedModel, prompts: list[Prompt], call: SamplingParams, cost: dict) -> list:
+    """model.backend.generate with the progress of a long call shown as it goes, and a call
+    that fails for good recorded in dm.calls (it may have cost retries) before it propagates."""
+    from datamix import models
+
+    models._progress_hook = ctx.calls_progress
+    started = time.perf_counter()
+    try:
+        return model.backend.generate(prompts, call)
+    except Exception:
+        ctx.calls({**cost, "cached": False, "prompts": len(prompts), "completions": 0, "prompt_tokens": 0,
+                   "completion_tokens": 0, "latency_s": time.perf_counter() - started, "retries": 0,
+                   "failed": len(prompts) * call.n})
+        raise
+    finally:
+        models._progress_hook = None
 
 
 # ---------------------------------------------------------------- the generate step
