@@ -351,7 +351,10 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             problems.append(f"{at(('steps', i, 'kind'))}{label}.kind: unknown kind {kind!r}; known kinds: {known}")
             continue
         try:
-            steps.append(REGISTRY[kind].config.model_validate(s))
+            # the declared model names: a step whose options name models and steps alike (evaluate)
+            # tells them apart by this
+            context = {"models": set(raw.get("models") or {}) if isinstance(raw.get("models"), dict) else set()}
+            steps.append(REGISTRY[kind].config.model_validate(s, context=context))
             parsed.append((i, steps[-1]))
         except ValidationError as e:
             for err in e.errors():
@@ -375,6 +378,8 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         if check_files:
             problems += _check_files(pipeline, parsed, raw_steps, at)
         problems += _check_models(pipeline, parsed, at)
+        if len(steps) == len(raw_steps):
+            problems += _check_in_pipeline(pipeline, parsed, check_files, at)
     if problems:
         raise SpecError(problems)
     return pipeline
@@ -469,8 +474,23 @@ def _check_models(p: Pipeline, parsed: list[tuple[int, StepConfig]], at) -> list
     return problems
 
 
+def _check_in_pipeline(p: Pipeline, parsed: list[tuple[int, StepConfig]], check_files: bool, at) -> list[str]:
+    """What only the whole pipeline can tell about a step (a kind's `check_pipeline(pipeline,
+    check_files)` returns (location inside the step, problem) pairs)."""
+    problems = []
+    for i, s in parsed:
+        check = getattr(s, "check_pipeline", None)
+        if check is None:
+            continue
+        for loc, message in check(p, check_files):
+            problems.append(f"{at(('steps', i) + loc)}steps[{i}] (name: {s.name}).{_format_loc(loc, [])}: {message}")
+    return problems
+
+
 def _model_refs(step: StepConfig) -> list[tuple[str, str]]:
     """(field, model name) for every model a step refers to: fields named model/models/judges."""
+    if hasattr(step, "model_refs"):  # a kind whose options name models in nested places (evaluate)
+        return step.model_refs()
     refs = []
     for field in ("model", "models", "judges", "reference_model"):
         value = getattr(step, field, None)

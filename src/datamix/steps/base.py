@@ -80,6 +80,9 @@ class Chunk:
     rows_in: int = 0
     # Files a sink step wrote for this chunk (export, train); recorded in dm.chunks.
     files: list[str] = dataclasses.field(default_factory=list)
+    # Metric values an evaluate step measured (columns: datamix.eval.ROW_COLUMNS); written to
+    # dm.metrics with the chunk, in the same transaction.
+    metrics: pl.DataFrame | None = None
 
 
 class InputTable:
