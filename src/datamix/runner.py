@@ -68,6 +68,7 @@ def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
 def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     """hash(kind, resolved config, parents' fingerprints, code version, models used, input files)."""
     fps: dict[str, str] = {}
+    trained = _trained_models(pipeline)
     for step in pipeline.order():
         payload = {
             "kind": step.kind,
@@ -80,9 +81,31 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
             "files": _file_identity(pipeline, step),
             "seed": pipeline.seed,
         }
+        made_by = {m: fps.get(trained[m]) for m in models_used(step) if m in trained}
+        if made_by:  # absent otherwise, so fingerprints of pipelines without such models do not change
+            payload["trained_models"] = made_by
         blob = json.dumps(payload, sort_keys=True, default=str)
         fps[step.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return fps
+
+
+def _trained_models(pipeline: Pipeline) -> dict[str, str]:
+    """Declared model -> the step of this pipeline whose output folder holds it.
+
+    A pipeline may train a model and then use it (the forgetting miniature trains a vendor model
+    from scratch, then samples its instructions): that step's fingerprint enters the fingerprint
+    of every step using the model, so retraining it reruns them. The step must come first in
+    the YAML (steps without inputs run in YAML order)."""
+    root = os.path.join(os.path.dirname(pipeline.store_path()), "outputs")
+    names = {s.name for s in pipeline.steps}
+    out = {}
+    for name, spec in pipeline.models.items():
+        path = spec.path if os.path.isabs(spec.path) else os.path.join(pipeline.base_dir, spec.path)
+        rel = os.path.relpath(os.path.normpath(path), root)
+        step = rel.split(os.sep)[0]
+        if not rel.startswith("..") and step in names:
+            out[name] = step
+    return out
 
 
 def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
