@@ -8,6 +8,7 @@ first, so one `datamix validate` shows everything to fix.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from typing import Any
@@ -73,34 +74,72 @@ class Pipeline(BaseModel):
 # ---- YAML with line numbers ------------------------------------------------------
 
 
-def _line_map(text: str) -> dict[tuple, int]:
-    """YAML path (tuple of keys and indexes) -> 1-based line where its value starts."""
+# Deeper than any real pipeline (the deepest option is about 6 levels down), shallow enough
+# that composing, interpolating and validating never reach Python's recursion limit.
+MAX_DEPTH = 32
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses nesting deeper than MAX_DEPTH with the line where it happens."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels; a pipeline is a few levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_yaml(text: str) -> tuple[Any, Any]:
+    """(node tree, data) of one YAML document through _Loader; (None, None) when it is empty."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (None if node is None else loader.construct_document(node))
+    finally:
+        loader.dispose()
+
+
+def _line_map(root) -> tuple[dict[tuple, int], list[tuple[tuple, int, int]]]:
+    """YAML path (tuple of keys and indexes) -> 1-based line where its value starts; and the
+    duplicate keys as (path, line, line of the first one): YAML keeps the last one silently."""
     lines: dict[tuple, int] = {}
+    duplicates: list[tuple[tuple, int, int]] = []
 
     def walk(node, path):
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for k, v in node.value:
-                lines[path + (k.value,)] = k.start_mark.line + 1
+                line = k.start_mark.line + 1
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in seen:
+                        duplicates.append((path + (k.value,), line, seen[k.value]))
+                    else:
+                        seen[k.value] = line
                 walk(v, path + (k.value,))
-                lines[path + (k.value,)] = k.start_mark.line + 1
+                lines[path + (k.value,)] = line
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
                 walk(v, path + (i,))
 
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
     if root is not None:
         walk(root, ())
-    return lines
+    return lines, duplicates
 
 
 def _parse_value(text: str) -> Any:
     """KEY=VALUE values are YAML scalars: 0.8 -> float, true -> bool, [a, b] -> list."""
     try:
-        return yaml.safe_load(text)
+        return _read_yaml(text)[1]
     except yaml.YAMLError:
         return text
 
@@ -132,37 +171,67 @@ def _interpolate(value: Any, variables: dict[str, Any], where: str, problems: li
     return value
 
 
-def _apply_override(raw: dict, key: str, value: Any, problems: list[str]) -> None:
-    """`n=5` sets a var; `steps.mix.ratio.general=0.8` sets a step option; `models.base.path=...`."""
+def _apply_override(raw: dict, key: str, value: Any, problems: list[str], referenced: set[str]) -> None:
+    """`n=5` sets a var; `steps.mix.ratio.general=0.8` sets a step option (a step by name or
+    index, a list item by index: `steps.clean.rules.1.max=500`); `models.base.path=...`.
+
+    A var must be declared under `vars:` or used as ${n} in the YAML (`referenced`): an
+    override of nothing would otherwise be accepted and change nothing."""
+    example = "e.g. n=100 or steps.mix.ratio.general=0.8"
     parts = key.split(".")
+    if any(not p.strip() for p in parts):
+        problems.append(f"override {key!r}: empty name in the key; write KEY=VALUE, {example}")
+        return
     if len(parts) == 1:
         raw.setdefault("vars", {})
         if not isinstance(raw["vars"], dict):
             problems.append(f"override {key}: `vars` is not a mapping")
             return
+        if key not in raw["vars"] and key not in referenced:
+            declared = ", ".join(map(str, raw["vars"])) or "none"
+            problems.append(f"override {key}: no variable {key!r} under `vars:` (declared: {declared}) and no "
+                            f"${{{key}}} in the pipeline; a step option is steps.STEP.OPTION=VALUE")
+            return
         raw["vars"][key] = value
         return
     target: Any = raw
+    done: list[str] = []  # the part of the key walked so far, for messages
     if parts[0] == "steps":
         if len(parts) < 3:
             problems.append(f"override {key}: name a step option, e.g. steps.mix.ratio.general=0.8")
             return
-        steps = raw.get("steps") or []
+        steps = raw.get("steps") if isinstance(raw.get("steps"), list) else []
         match = [s for s in steps if isinstance(s, dict) and s.get("name") == parts[1]]
+        if not match and parts[1].isdigit() and int(parts[1]) < len(steps) and isinstance(steps[int(parts[1])], dict):
+            match = [steps[int(parts[1])]]
         if not match:
             names = ", ".join(str(s.get("name")) for s in steps if isinstance(s, dict))
             problems.append(f"override {key}: no step named {parts[1]!r} (steps: {names})")
             return
-        target, parts = match[0], parts[2:]
-    for p in parts[:-1]:
-        if not isinstance(target, dict):
-            problems.append(f"override {key}: {p!r} is not a mapping")
+        target, done, parts = match[0], parts[:2], parts[2:]
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(done) or "the pipeline"
+        if isinstance(target, list):
+            if not p.isdigit() or int(p) >= len(target):
+                problems.append(f"override {key}: {where} is a list of {len(target)}; "
+                                f"{p!r} is not one of its indexes (0 to {len(target) - 1})")
+                return
+            if last:
+                target[int(p)] = value
+                return
+            target = target[int(p)]
+        elif isinstance(target, dict):
+            if last:
+                target[p] = value
+                return
+            if target.get(p) is None:
+                target[p] = {}
+            target = target[p]
+        else:
+            problems.append(f"override {key}: {where} is {target!r}, not a mapping or a list")
             return
-        target = target.setdefault(p, {})
-    if not isinstance(target, dict):
-        problems.append(f"override {key}: cannot set {parts[-1]!r} inside a non-mapping")
-        return
-    target[parts[-1]] = value
+        done.append(p)
 
 
 def _format_loc(loc: tuple, raw_steps: list, base: tuple = ()) -> str:
@@ -302,15 +371,19 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     except OSError as e:
         raise SpecError([f"{path}: cannot read the pipeline file ({e.strerror})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        root, raw = _read_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise SpecError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except RecursionError:  # MAX_DEPTH stops nesting first; kept as a guard
+        raise SpecError([f"{path}: not valid YAML: nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path}: a pipeline is a mapping with `name` and `steps`"])
-    lines = _line_map(text)
-    problems: list[str] = []
+    lines, duplicates = _line_map(root)
+    problems: list[str] = [
+        f"{path}:{line}: {_format_loc(loc, raw.get('steps') if isinstance(raw.get('steps'), list) else [])}: duplicate key (first at line {first}); YAML would keep only "
+        "the last one: remove or rename one" for loc, line, first in duplicates]
 
     def at(loc: tuple) -> str:
         for n in range(len(loc), -1, -1):  # nearest enclosing node with a line
@@ -323,7 +396,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             problems.append(f"override {item!r}: write KEY=VALUE, e.g. n=100 or steps.mix.ratio.general=0.8")
             continue
         key, value = item.split("=", 1)
-        _apply_override(raw, key.strip(), _parse_value(value), problems)
+        _apply_override(raw, key.strip(), _parse_value(value), problems, set(_VAR.findall(text)))
 
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
@@ -371,18 +444,33 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             loc = _yaml_loc(tuple(err["loc"]))
             problems.append(f"{at(loc)}{_format_loc(loc, raw_steps)}: {_friendly(err, Pipeline, loc)}")
 
+    # the graph of every step, parsed or not (a step's bad option does not hide a bad input)
+    problems += _check_graph(_graph_entries(raw_steps, dict(parsed)), at)
     if pipeline is not None and len(steps) == len(raw_steps):
         pipeline.steps = steps
-        problems += _check_graph(pipeline, raw_steps, at)
-    if pipeline is not None:  # files and models of every step that parsed, even if others did not
-        if check_files:
-            problems += _check_files(pipeline, parsed, raw_steps, at)
-        problems += _check_models(pipeline, parsed, at)
-        if len(steps) == len(raw_steps):
-            problems += _check_in_pipeline(pipeline, parsed, check_files, at)
+    # files, models, columns and values of every step that parsed, even if others or the top did not
+    models = _declared_models(raw, pipeline)
+    if check_files:
+        base_dir = os.path.dirname(os.path.abspath(path))
+        problems += _check_files(base_dir, parsed, raw_steps, models, at)
+        problems += _check_model_files(base_dir, models, at)
+    problems += _check_models(models, parsed, at)
+    problems += _check_columns(parsed, at)
+    problems += _check_values(pipeline, raw, parsed, raw_steps, at)
+    if pipeline is not None and len(steps) == len(raw_steps):
+        problems += _check_in_pipeline(pipeline, parsed, check_files, at)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_in_yaml_order(problems, path))
     return pipeline
+
+
+def _in_yaml_order(problems: list[str], path: str) -> list[str]:
+    """Problems sorted by their line in the YAML (stable; those without a line, overrides, first)."""
+    def line(p: str) -> int:
+        m = re.match(re.escape(path) + r":(\d+): ", p)
+        return int(m.group(1)) if m else 0
+
+    return sorted(problems, key=line)
 
 
 # Parts of a pydantic error location that are not in the YAML: union tags.
@@ -400,35 +488,58 @@ def _yaml_loc(loc: tuple) -> tuple:
             continue
         if isinstance(part, str) and part in _UNION_TAGS:
             continue
+        if part == "[key]":  # a mapping's key was wrong (a mix label): the location is the key itself
+            continue
         out.append(part)
     return tuple(out)
 
 
-def _check_graph(p: Pipeline, raw_steps: list, at) -> list[str]:
+def _graph_entries(raw_steps: list, parsed: dict[int, StepConfig]) -> list[tuple[int, str | None, dict, Any, Any]]:
+    """(YAML index, name, parents by label, input, inputs) of every step: from the parsed step,
+    or as far as the YAML tells for a step that did not parse."""
+    entries = []
+    for i, r in enumerate(raw_steps):
+        if i in parsed:
+            s = parsed[i]
+            entries.append((i, s.name, s.parent_steps(), s.input, s.inputs))
+        elif isinstance(r, dict):
+            name = r.get("name") if isinstance(r.get("name"), str) else None
+            inputs = r.get("inputs") if isinstance(r.get("inputs"), dict) else None
+            single = r.get("input") if isinstance(r.get("input"), str) else None
+            parents = ({str(k): v for k, v in inputs.items() if isinstance(v, str)} if inputs
+                       else {"input": single} if single else {})
+            entries.append((i, name, parents, single, inputs))
+    return entries
+
+
+def _check_graph(entries: list[tuple[int, str | None, dict, Any, Any]], at) -> list[str]:
     problems = []
     names: dict[str, int] = {}
-    for i, s in enumerate(p.steps):
-        if s.name in names:
-            problems.append(f"{at(('steps', i, 'name'))}steps[{i}].name: {s.name!r} is already the name of steps[{names[s.name]}]")
-        names[s.name] = i
-        if s.input and s.inputs:
-            problems.append(f"{at(('steps', i))}steps[{i}] (name: {s.name}): give `input` or `inputs`, not both")
-    for i, s in enumerate(p.steps):
-        for label, parent in s.parent_steps().items():
+    for i, name, _, single, inputs in entries:
+        if name is None:
+            continue
+        if name in names:
+            problems.append(f"{at(('steps', i, 'name'))}steps[{i}].name: {name!r} is already the name of steps[{names[name]}]")
+        names.setdefault(name, i)
+        if single and inputs:
+            problems.append(f"{at(('steps', i))}steps[{i}] (name: {name}): give `input` or `inputs`, not both")
+    for i, name, parents, single, _ in entries:
+        for label, parent in parents.items():
             if parent not in names:
-                key = "input" if label == "input" and s.input else "inputs"
+                key = "input" if label == "input" and single else "inputs" if label != "reference" else "reference"
                 problems.append(
-                    f"{at(('steps', i, key))}steps[{i}] (name: {s.name}).{key}: no step named {parent!r}"
+                    f"{at(('steps', i, key))}steps[{i}] (name: {name}).{key}: no step named {parent!r}"
                     f" (steps: {', '.join(names)})"
                 )
     if problems:
         return problems
     # cycle check: Kahn's algorithm over the name graph
-    indeg = {s.name: len(set(s.parent_steps().values())) for s in p.steps}
-    children: dict[str, list[str]] = {s.name: [] for s in p.steps}
-    for s in p.steps:
-        for parent in set(s.parent_steps().values()):
-            children[parent].append(s.name)
+    graph = {name: set(parents.values()) for _, name, parents, _, _ in entries if name is not None}
+    indeg = {n: len(ps) for n, ps in graph.items()}
+    children: dict[str, list[str]] = {n: [] for n in graph}
+    for n, ps in graph.items():
+        for parent in ps:
+            children[parent].append(n)
     ready = [n for n, d in indeg.items() if d == 0]
     while ready:
         n = ready.pop()
@@ -444,29 +555,181 @@ def _check_graph(p: Pipeline, raw_steps: list, at) -> list[str]:
     return problems
 
 
-def _check_files(p: Pipeline, parsed: list[tuple[int, StepConfig]], raw_steps: list, at) -> list[str]:
+def _declared_models(raw: dict, pipeline: Pipeline | None) -> dict[str, Any]:
+    """name -> parsed model declaration (None where the declaration itself is wrong: reported
+    already, and a step naming it is not told the model does not exist)."""
+    if pipeline is not None:
+        return dict(pipeline.models)
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(ModelSpec)
+    out: dict[str, Any] = {}
+    for name, spec in (raw.get("models") if isinstance(raw.get("models"), dict) else {}).items():
+        try:
+            out[str(name)] = adapter.validate_python(spec)
+        except ValidationError:
+            out[str(name)] = None
+    return out
+
+
+# A Hugging Face hub id (org/name): loaded from the local cache by transformers and vLLM.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _resource_problem(what: str, value: str, base_dir: str, models: dict[str, Any],
+                      step_names: set = frozenset()) -> str | None:
+    """Why `value` (a steps.base.Resource, or a model declaration's path) cannot be used; None if it can.
+    Relative paths resolve beside the YAML, as the steps resolve them."""
+    full = value if os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+    if what == "file":
+        if value in step_names or os.path.exists(full) or glob.glob(full):
+            return None
+        return f"{value} does not exist (looked for {full})"
+    if what == "chat_template":
+        from datamix.chat_templates import bundled_template_names, is_bundled_template
+
+        if os.path.isfile(full) or is_bundled_template(value):
+            return None
+        return (f"no template file {full} and no bundled template named {value!r} "
+                f"(bundled: {', '.join(bundled_template_names())})")
+    # "tokenizer", "model": a declared model, a folder, or a hub id
+    if what != "folder" and value in models:
+        return None
+    if os.path.exists(full):
+        return None
+    for spec in models.values():  # a declared tiny model's folder: built before it is used
+        if getattr(spec, "tiny", None) is not None and os.path.normpath(
+                spec.path if os.path.isabs(spec.path) else os.path.join(base_dir, spec.path)) == full:
+            return None
+    first = value.split("/", 1)[0]
+    if _HUB_ID.fullmatch(value) and not os.path.isdir(os.path.join(base_dir, first)):
+        return None  # org/name: a hub id (a local folder's first part would exist beside the YAML)
+    if what == "folder":
+        return f"{value} does not exist (looked for {full}); give a model folder or a hub id (org/name)"
+    known = ", ".join(models) or "none declared"
+    return f"{value} is neither a model under `models:` ({known}) nor a folder (looked for {full})"
+
+
+def _check_files(base_dir: str, parsed: list[tuple[int, StepConfig]], raw_steps: list, models: dict[str, Any],
+                 at) -> list[str]:
+    """Every file, tokenizer, model folder and chat template a step names (StepConfig.resources)."""
     problems = []
     names = {r.get("name") for r in raw_steps if isinstance(r, dict)}  # a step name is not a file
     for i, s in parsed:
-        for field in type(s).path_fields:
-            value = getattr(s, field, None)
-            if not value or (isinstance(value, str) and value in names):
-                continue
-            full = value if os.path.isabs(value) else os.path.join(p.base_dir, value)
-            if not (os.path.exists(full) or glob.glob(full)):
-                problems.append(
-                    f"{at(('steps', i, field))}steps[{i}] (name: {s.name}).{field}: {value} does not exist"
-                    f" (looked for {full})"
-                )
+        for res in s.resources():
+            problem = _resource_problem(res.what, res.value, base_dir, models, names)
+            if problem:
+                problems.append(f"{at(('steps', i) + res.option)}steps[{i}] (name: {s.name})."
+                                f"{_format_loc(res.option, [])}: {problem}")
     return problems
 
 
-def _check_models(p: Pipeline, parsed: list[tuple[int, StepConfig]], at) -> list[str]:
+def _check_model_files(base_dir: str, models: dict[str, Any], at) -> list[str]:
+    """The folders, templates and data files of the models declared under `models:`."""
+    problems = []
+    for name, spec in models.items():
+        if spec is None:
+            continue
+        found: list[tuple[tuple, str, str]] = []
+        tiny = getattr(spec, "tiny", None)
+        if spec.backend in ("transformers", "vllm") and tiny is None:
+            found.append((("path",), spec.path, "folder"))
+        if spec.chat_template:
+            found.append((("chat_template",), spec.chat_template, "chat_template"))
+        if tiny is not None:
+            found.append((("tiny", "chat_template"), tiny.chat_template, "chat_template"))
+            found += [(("tiny", "tokenizer_data", i), f, "file") for i, f in enumerate(getattr(tiny, "tokenizer_data", []))]
+        if getattr(spec, "tokenizer", None):
+            found.append((("tokenizer",), spec.tokenizer, "folder"))
+        for loc, value, what in found:
+            problem = _resource_problem(what, value, base_dir, models)
+            if problem:
+                problems.append(f"{at(('models', name) + loc)}models.{name}.{_format_loc(loc, [])}: {problem}")
+    return problems
+
+
+def _check_columns(parsed: list[tuple[int, StepConfig]], at) -> list[str]:
+    """Every column a step's options name (StepConfig.columns_read) against the columns its input
+    steps declare (StepConfig.columns_out), through the graph, before any work."""
+    from datamix.fields import CHAT_FIELDS
+
+    by_name = {s.name: s for _, s in parsed}
+    columns: dict[str, frozenset[str] | None] = {}
+    pending = [s for _, s in parsed]
+    while pending:  # in dependency order; steps in a cycle (reported already) stay unknown
+        ready = [s for s in pending if all(p in columns or p not in by_name for p in s.parent_steps().values())]
+        if not ready:
+            break
+        for s in ready:
+            try:
+                columns[s.name] = s.columns_out({label: columns.get(p) for label, p in s.parent_steps().items()})
+            except Exception:  # a kind that cannot tell: no check downstream
+                columns[s.name] = None
+            pending.remove(s)
     problems = []
     for i, s in parsed:
+        parents = s.parent_steps()
+        for use in s.columns_read():
+            have = columns.get(parents.get(use.input, ""))
+            if have is None or use.column in have or (use.chat_field and use.column in CHAT_FIELDS):
+                continue
+            where = f"{at(('steps', i) + use.option)}steps[{i}] (name: {s.name}).{_format_loc(use.option, [])}"
+            listed = ", ".join(sorted(have))
+            hint = f"; {use.hint}" if use.hint else ""
+            if use.chat_field:
+                problems.append(f"{where}: unknown field {use.column!r}: input {parents[use.input]!r} has no such "
+                                f"column (its columns: {listed}; or a chat field: {', '.join(CHAT_FIELDS)}){hint}")
+            else:
+                problems.append(f"{where}: input {parents[use.input]!r} has no column {use.column!r} "
+                                f"(its columns: {listed}){hint}")
+    return problems
+
+
+def _odd_values(value: Any, raw: Any, loc: tuple):
+    """(YAML location, problem) for numbers pydantic lets through that a user never means: nan
+    and inf, and a boolean where a number goes (true would be 1). `raw` is the YAML's value."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            if isinstance(raw, dict) and name in raw:
+                yield from _odd_values(getattr(value, name), raw[name], loc + (name,))
+            elif isinstance(getattr(value, name), BaseModel) and isinstance(raw, dict):
+                yield from _odd_values(getattr(value, name), raw, loc)  # options gathered from flat keys (dedup)
+    elif isinstance(value, dict) and isinstance(raw, dict):
+        for k, v in value.items():
+            if k in raw:
+                yield from _odd_values(v, raw[k], loc + (k,))
+    elif isinstance(value, (list, tuple)) and isinstance(raw, (list, tuple)):
+        for i, (v, r) in enumerate(zip(value, raw)):
+            yield from _odd_values(v, r, loc + (i,))
+    elif isinstance(raw, bool) and type(value) in (int, float):
+        yield loc, f"expected a number, got {str(raw).lower()}"
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield loc, f"must be a finite number, got {value}"
+
+
+def _check_values(pipeline: Pipeline | None, raw: dict, parsed: list[tuple[int, StepConfig]], raw_steps: list,
+                  at) -> list[str]:
+    problems = []
+    for i, s in parsed:
+        for loc, message in _odd_values(s, raw_steps[i], ()):
+            problems.append(f"{at(('steps', i) + loc)}steps[{i}] (name: {s.name}).{_format_loc(loc, [])}: {message}")
+    if pipeline is not None:
+        for key in ("seed", "models"):
+            if key in raw:
+                for loc, message in _odd_values(getattr(pipeline, key), raw[key], (key,)):
+                    problems.append(f"{at(loc)}{_format_loc(loc, [])}: {message}")
+    return problems
+
+
+def _check_models(models: dict[str, Any], parsed: list[tuple[int, StepConfig]], at) -> list[str]:
+    """Model names a step refers to must be declared (a model that may also be a folder is a
+    Resource of the step, checked with the files)."""
+    problems = []
+    for i, s in parsed:
+        folders = {res.option[0] for res in s.resources() if res.what == "model"}
         for field, name in _model_refs(s):
-            if name not in p.models and not (field == "model" and ("/" in name or os.path.exists(name))):
-                known = ", ".join(p.models) or "none declared"
+            if name not in models and field not in folders:
+                known = ", ".join(models) or "none declared"
                 problems.append(
                     f"{at(('steps', i, field))}steps[{i}] (name: {s.name}).{field}: no model named {name!r} under "
                     f"`models:` ({known})"

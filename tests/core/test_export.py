@@ -94,7 +94,8 @@ def test_unknown_field_exits_2_naming_the_columns(core_pipeline):
     core_pipeline.write_text(yaml.safe_dump(spec, sort_keys=False))
     result = cli("run", core_pipeline)
     assert result.exit_code == 2
-    assert "no column nope in mix" in result.stderr and "est_tokens" in result.stderr
+    # found by validation, before any step runs
+    assert "input 'mix' has no column 'nope'" in result.stderr and "est_tokens" in result.stderr
 
 
 def test_export_of_an_unmixed_step_has_null_source(tmp_path):

@@ -82,6 +82,13 @@ def bundled_template_names() -> list[str]:
     return sorted(p.stem for p in TEMPLATE_DIR.glob("*.jinja"))
 
 
+def is_bundled_template(name: str) -> bool:
+    """True when `name` is a bundled template's name or alias (not a path: a file must exist)."""
+    if "/" in name or os.sep in name or name.endswith(".jinja"):
+        return False
+    return (TEMPLATE_DIR / f"{_canonical_name(name)}.jinja").is_file()
+
+
 def _canonical_name(name_or_path: str) -> str:
     """'llama-3', 'llama-3-instruct.jinja' or '/x/llama-3-instruct.jinja' -> 'llama-3-instruct'."""
     stem = Path(name_or_path).name

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from datamix.store import quote
 
@@ -38,15 +38,57 @@ if TYPE_CHECKING:  # heavy imports stay out of start-up
     import pyarrow as pa
 
 
+# Step names become table names, folder names (outputs/<step>) and SQL values; mix labels
+# become `source` values. One safe shape for both: no path separators, no quotes, no dots.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+def _safe_name(value: str) -> str:
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, value):
+        shown = value if len(value) <= 70 else value[:67] + "..."
+        raise ValueError(f"{shown!r} is not a valid name: start with a letter, then letters, digits, _ or -, "
+                         "at most 64 characters (it becomes a table name and a folder name)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnUse:
+    """A column a step reads from one of its inputs. `validate` checks it against the columns the
+    input step declares (StepConfig.columns_out), so a misspelt column fails before any work."""
+
+    input: str  # the input's label: "input", a mix label, "reference"
+    option: tuple  # where the YAML names it, inside the step: ("group_by",), ("rules", 1, "field")
+    column: str
+    chat_field: bool = False  # a chat field name (datamix.fields.CHAT_FIELDS) is accepted too
+    hint: str = ""  # what to do when it is missing, if the default message does not say it
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """Something outside the store a step's options name. `validate` checks it beside the YAML:
+    "file": a file, glob or folder that must exist (a step name is accepted where the kind
+    reads steps too); "tokenizer" or "model": a model declared under `models:`, a folder, or a
+    hub id; "chat_template": a bundled template name or a .jinja file."""
+
+    option: tuple
+    value: str
+    what: str
+
+
 class StepConfig(BaseModel):
     """Fields every step has; a kind subclasses this and adds its options."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: SafeName
     kind: str
     input: str | None = None
-    inputs: dict[str, str] | None = None
+    inputs: dict[SafeName, str] | None = None
     chunk_size: int = Field(default=10_000, ge=1, description="rows per committed chunk")
 
     # Step kinds that read files set this to the config fields holding paths, so
@@ -62,6 +104,23 @@ class StepConfig(BaseModel):
     def model_calls(self, rows_in: int | None) -> int | None:
         """Estimated model calls for `datamix plan`; None when the kind calls no model."""
         return None
+
+    # ---- what `validate` checks before any work (datamix.spec) ----
+
+    def columns_read(self) -> list[ColumnUse]:
+        """Every column this step's options name in its inputs (a kind's fixed columns, such as
+        `messages`, need not be listed)."""
+        return []
+
+    def columns_out(self, inputs: dict[str, frozenset[str] | None]) -> frozenset[str] | None:
+        """The columns of this step's output, given its inputs' (label -> columns, None when
+        unknown); None when they cannot be told before running."""
+        return None
+
+    def resources(self) -> list[Resource]:
+        """Files, tokenizers, models and templates the options name (default: `path_fields` as files)."""
+        return [Resource((f,), v, "file") for f in type(self).path_fields
+                if isinstance(v := getattr(self, f, None), str) and v]
 
 
 @dataclasses.dataclass
@@ -180,6 +239,22 @@ class Context:
         import os
 
         return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.pipeline_dir, path))
+
+    def resolve_model(self, value: str) -> str:
+        """A tokenizer or model option (Resource "tokenizer"/"model"): a model declared under
+        `models:` (built first if it is a tiny one), a folder beside the YAML (a declared tiny
+        model's folder is built first), or else the value as given (a hub id)."""
+        import os
+
+        from datamix.models import resolve_model_path
+
+        if value in self.models:
+            return resolve_model_path(self.models[value], self.pipeline_dir)
+        full = self.resolve(value)
+        for spec in self.models.values():
+            if getattr(spec, "tiny", None) is not None and self.resolve(spec.path) == full:
+                return resolve_model_path(spec, self.pipeline_dir)
+        return full if os.path.exists(full) else value
 
 
 @dataclasses.dataclass

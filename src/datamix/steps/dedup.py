@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from datamix.dedup.exact import ExactConfig
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, StepConfig, register
 
 _METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact")}
 try:  # the near-duplicate methods (issue 4) live in their own modules
@@ -103,6 +103,20 @@ class DedupConfig(StepConfig):
         if self.reference and not _looks_like_file(self.reference):
             parents["reference"] = self.reference
         return parents
+
+    def columns_read(self) -> list[ColumnUse]:
+        used = [ColumnUse("input", ("fields", i), f, chat_field=True) for i, f in enumerate(self.fields)]
+        if self.keep == "highest" and self.keep_column:
+            used.append(ColumnUse("input", ("keep_column",), self.keep_column))
+        if "reference" in self.parent_steps():  # a step's rows: their text must be there too
+            option = ("reference_field",) if self.reference_field else ("fields",)
+            used += [ColumnUse("reference", option, f, chat_field=True,
+                               hint="set reference_field to the reference rows' text")
+                     for f in self.reference_fields]
+        return used
+
+    def columns_out(self, inputs):
+        return inputs.get("input")  # pass-through: its input's rows and columns
 
 
 def _looks_like_file(ref: str) -> bool:

@@ -271,6 +271,10 @@ class GenerateConfig(StepConfig):
     seed: int | None = None  # default: the pipeline seed
     chunk_size: int = Field(default=256, ge=1, description="instructions per committed chunk")
 
+    def columns_out(self, inputs):
+        return frozenset({"sample_id", "messages", "instruction_id", "model", "sample_index", "params", "turns",
+                          "tokens_in", "tokens_out", "latency_s", "finish_reason", "prompt_hash"})
+
     def model_calls(self, rows_in: int | None) -> int | None:
         # each turn: one answer; each extra turn also one follow-up question
         return None if rows_in is None else rows_in * self.n * len(self.models) * (2 * self.turns - 1)

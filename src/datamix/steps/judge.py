@@ -62,6 +62,12 @@ class JudgeConfig(StepConfig):
     def model_calls(self, rows_in: int | None) -> int | None:
         return None if rows_in is None else rows_in * len(self.judges)
 
+    def columns_out(self, inputs):
+        # the candidates' columns, carried, plus the scores
+        carried = inputs.get("input")
+        return None if carried is None else carried | {"sample_id", "score", "score_note", "scores", "judge_raw",
+                                                       "candidate_id"}
+
 
 # ---------------------------------------------------------------- score parsing
 

@@ -43,6 +43,9 @@ class LoadConfig(StepConfig):
 
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
 
+    def columns_out(self, inputs):
+        return frozenset({"sample_id", "messages", "origin_file", "origin_line", *self.keep_fields})
+
 
 def list_files(path: str) -> list[str]:
     if os.path.isdir(path):

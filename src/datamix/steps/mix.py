@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, Context, Resource, StepConfig, register
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +59,15 @@ class MixConfig(StepConfig):
             if self.ratio[self.size_by] <= 0:
                 raise ValueError(f"size_by: {self.size_by!r} has ratio 0, so no total makes it its share; give it a ratio > 0")
         return self
+
+    def columns_out(self, inputs):
+        # every input's columns (null where a source lacks one), plus the mix's own
+        if any(inputs.get(label) is None for label in self.inputs or {}):
+            return None
+        return frozenset().union(*inputs.values()) | {"sample_id", "messages", "source", "est_tokens"}
+
+    def resources(self) -> list[Resource]:
+        return [Resource(("tokenizer",), self.tokenizer, "tokenizer")] if self.tokenizer else []
 
 
 def _tokens(df, cfg: MixConfig):
@@ -116,6 +125,8 @@ def run(cfg: MixConfig, inputs, ctx: Context):
 
     if "all" in ctx.done_keys:
         return
+    if cfg.tokenizer:  # a declared model's name or a folder beside the YAML, whatever the working folder
+        cfg = cfg.model_copy(update={"tokenizer": ctx.resolve_model(cfg.tokenizer)})
     # Arrow end to end: the rows are copied once (the draw's gather), not through Polars.
     weights, tokens = {}, {}
     for label in cfg.inputs:

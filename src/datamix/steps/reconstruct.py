@@ -54,6 +54,10 @@ class ReconstructConfig(StepConfig):
             raise ValueError("give either `pre_query_template:` or `system_prompts:` (variants derive their own templates), not both")
         return self
 
+    def columns_out(self, inputs):
+        return frozenset({"sample_id", "messages", "model", "template", "system_prompt", "params", "seed",
+                          "sample_index", "finish_reason", "tokens_in", "tokens_out"})
+
     def model_calls(self, rows_in: int | None) -> int | None:
         return self.num_samples
 

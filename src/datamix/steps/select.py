@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, InputTable, StepConfig, register
 
 
 class SelectConfig(StepConfig):
@@ -25,6 +25,12 @@ class SelectConfig(StepConfig):
     min_score: float | None = None  # a best candidate below it leaves the group without a winner
     prefer: Literal["shorter", "longer"] = "shorter"  # tie-break on the length of the last message
     chunk_size: int = Field(default=10_000, ge=1, description="groups per committed chunk")
+
+    def columns_read(self) -> list[ColumnUse]:
+        return [ColumnUse("input", ("group_by",), self.group_by), ColumnUse("input", ("score",), self.score)]
+
+    def columns_out(self, inputs):
+        return None if inputs.get("input") is None else inputs["input"] | {"winner_id"}
 
 
 def rank_candidates(df, cfg: SelectConfig):
