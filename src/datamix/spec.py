@@ -765,5 +765,8 @@ def _model_refs(step: StepConfig) -> list[tuple[str, str]]:
 
 
 def models_used(step: StepConfig) -> list[str]:
-    return sorted({name for _, name in _model_refs(step)})
+    """Model names a step refers to, and the tokenizer/model options that may name one (a
+    value that is a folder is no declared model: callers keep the declared ones)."""
+    named = {res.value for res in step.resources() if res.what in ("tokenizer", "model")}
+    return sorted({name for _, name in _model_refs(step)} | named)
 

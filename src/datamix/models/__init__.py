@@ -128,7 +128,10 @@ class TinyModel(BaseModel):
         """build_tiny_model's keyword arguments, data files resolved beside the YAML."""
         import os
 
-        return {"arch": self.arch, "chat_template": self.chat_template, "reward": self.reward, "seed": self.seed,
+        template = self.chat_template  # a bundled name, or a .jinja file beside the YAML (whatever the working folder)
+        if not os.path.isabs(template) and os.path.isfile(os.path.join(base_dir, template)):
+            template = os.path.join(base_dir, template)
+        return {"arch": self.arch, "chat_template": template, "reward": self.reward, "seed": self.seed,
                 "hidden_size": self.hidden, "num_layers": self.layers, "num_heads": self.heads,
                 "vocab_size": self.vocab, "intermediate_size": self.intermediate,
                 "tokenizer_data": [f if os.path.isabs(f) else os.path.join(base_dir, f) for f in self.tokenizer_data]}
