@@ -1,8 +1,8 @@
 """choice: multiple-choice accuracy by comparing the log-likelihood of each option (MMLU/ARC style).
 
 A record has the question (the chat before the last assistant turn, usually one
-user message), a list of options and the answer: a 0-based index ("2" or 2), a
-letter ("C") or the option's text. Each option is scored as the assistant's reply:
+user message), a list of options and the answer: a 0-based index ("2" or 2), the
+option's text, or a letter ("C"), tried in that order. Each option is scored as the assistant's reply:
 log p(option tokens | the chat rendered with the generation prompt), the context
 and the option tokenized apart and joined (as lm-evaluation-harness does), so the
 option's first token is not merged into the template's header.
@@ -25,12 +25,14 @@ from datamix.eval.stats import mean_value
 def answer_index(answer, options: list[str]) -> int:
     """The answer as a 0-based option index: an index, a letter, or the option's text."""
     text = str(answer).strip()
+    # digits are an index even when an option reads the same (MMLU's numeric options); an option's
+    # own text before a letter (an option "A" or "B" is its text, not a position)
     if text.lstrip("-").isdigit():
         index = int(text)
-    elif len(text) == 1 and text.upper() in string.ascii_uppercase:
-        index = string.ascii_uppercase.index(text.upper())
     elif text in options:
         index = options.index(text)
+    elif len(text) == 1 and text.upper() in string.ascii_uppercase:
+        index = string.ascii_uppercase.index(text.upper())
     else:
         raise ValueError(f"answer {text!r} is not an option index, a letter or one of the options")
     if not 0 <= index < len(options):
