@@ -194,3 +194,15 @@ def test_config_checks_and_plan():
     with pytest.raises(ValueError, match="scorer: judges"):
         JudgeConfig(name="j", kind="judge", judges=["a"], scorer="loglik", prompt_file="x.txt")
     assert JudgeConfig(name="j", kind="judge", judges=["a", "b", "c"]).model_calls(9) == 27
+
+
+def test_batches_by_length_pad_only_to_rows_of_similar_size():
+    from datamix.steps.judge import batches_by_length
+
+    lengths = [5, 300, 7, 290, 6, 310]
+    batches = batches_by_length(lengths, batch_size=2)
+    assert batches == [[5, 1], [3, 2], [4, 0]]  # longest first, each index once
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    # a token budget splits a batch of long rows before the row limit does
+    assert batches_by_length([100, 100, 100], batch_size=8, max_tokens=250) == [[0, 1], [2]]
+    assert batches_by_length([], batch_size=4) == []

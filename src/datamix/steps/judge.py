@@ -198,6 +198,38 @@ def _chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool) -> 
     return "\n".join(m["content"] for m in messages) + ("\n" if add_generation_prompt else "")
 
 
+def batches_by_length(lengths: list[int], batch_size: int, max_tokens: int = 32768) -> list[list[int]]:
+    """Row indices in batches of similar length, longest first, at most `batch_size` rows and
+    about `max_tokens` padded tokens each. Scoring real answers in input order padded every
+    batch to its longest row, and attention cost grows with the square of that length: sorted,
+    a batch pads only to rows of its own size (the judge step scored ~12 rows/s before)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        width = lengths[batch[0]] if batch else lengths[i]  # the first row of a batch is its longest
+        if batch and (len(batch) >= batch_size or width * (len(batch) + 1) > max_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _padded(rows: list[list[int]], pad: int):
+    """(ids, attention mask) right-padded to the longest row: positions stay 0..len-1."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, r in enumerate(rows):
+        ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[row, : len(r)] = 1
+    return ids, mask
+
+
 def _reward_scores(tokenizer, model, device, convs, batch_size: int) -> list[float]:
     import torch
 
@@ -205,11 +237,14 @@ def _reward_scores(tokenizer, model, device, convs, batch_size: int) -> list[flo
     tokenizer.padding_side = "right"  # the classification head reads the last non-pad token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out += model(**batch).logits[:, 0].float().tolist()
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out: list[float] = [0.0] * len(texts)
+    with torch.inference_mode():
+        for batch in batches_by_length([len(e) for e in encoded], batch_size):
+            ids, mask = _padded([encoded[i] for i in batch], tokenizer.pad_token_id)
+            scores = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+            for i, score in zip(batch, scores):
+                out[i] = score
     return out
 
 
@@ -217,31 +252,26 @@ def _loglik_scores(tokenizer, model, device, convs, batch_size: int) -> list[flo
     """Mean log p(answer token | everything before it), answer tokens only."""
     import torch
 
-    pairs = []
-    for before, _, response in convs:
-        prompt_ids = tokenizer(_chat_text(tokenizer, before, True), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-        pairs.append((prompt_ids, answer_ids))
+    prompts = [_chat_text(tokenizer, before, True) for before, _, _ in convs]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if convs else []
+    answer_ids = tokenizer([r for _, _, r in convs], add_special_tokens=False)["input_ids"] if convs else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[float | None] = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            width = max(len(p) + len(a) for p, a in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            answer = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, (p, a) in enumerate(batch):  # right padding: positions stay 0..len-1
-                ids[row, : len(p) + len(a)] = torch.tensor(p + a)
-                mask[row, : len(p) + len(a)] = 1
-                answer[row, len(p) : len(p) + len(a)] = True
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            # token t is predicted from position t-1
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            target = answer[:, 1:].to(device)
-            sums = (logp * target).sum(-1)
-            counts = target.sum(-1)
-            out += [None if int(c) == 0 else float(s) / int(c) for s, c in zip(sums.tolist(), counts.tolist())]
+    out: list[float | None] = [None] * len(convs)
+    with torch.inference_mode():
+        for batch in batches_by_length([len(prompt_ids[i]) + len(answer_ids[i]) for i in range(len(convs))], batch_size):
+            ids, mask = _padded([prompt_ids[i] + answer_ids[i] for i in batch], pad)
+            answer = torch.zeros(ids.shape, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                answer[row, len(prompt_ids[i]) : len(prompt_ids[i]) + len(answer_ids[i])] = True
+            ids, target = ids.to(device), answer[:, 1:].to(device)
+            logits = model(input_ids=ids, attention_mask=mask.to(device)).logits.float()
+            # token t is predicted from position t-1; log p = logit - logsumexp, without the
+            # full log_softmax tensor
+            picked = logits[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            logp = picked - torch.logsumexp(logits[:, :-1], dim=-1)
+            sums, counts = (logp * target).sum(-1).tolist(), target.sum(-1).tolist()
+            for i, s, c in zip(batch, sums, counts):
+                out[i] = None if int(c) == 0 else float(s) / int(c)
     return out
 
 
