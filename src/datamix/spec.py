@@ -671,12 +671,15 @@ def _check_columns(parsed: list[tuple[int, StepConfig]], at) -> list[str]:
         parents = s.parent_steps()
         for use in s.columns_read():
             have = columns.get(parents.get(use.input, ""))
-            if have is None or use.column in have or (use.chat_field and use.column in CHAT_FIELDS):
+            if have is None or use.column in have or (use.chat_field and use.column in CHAT_FIELDS and "messages" in have):
                 continue
             where = f"{at(('steps', i) + use.option)}steps[{i}] (name: {s.name}).{_format_loc(use.option, [])}"
             listed = ", ".join(sorted(have))
             hint = f"; {use.hint}" if use.hint else ""
-            if use.chat_field:
+            if use.chat_field and use.column in CHAT_FIELDS:
+                problems.append(f"{where}: the field {use.column!r} is read from `messages`, and input "
+                                f"{parents[use.input]!r} has no messages column (its columns: {listed}){hint}")
+            elif use.chat_field:
                 problems.append(f"{where}: unknown field {use.column!r}: input {parents[use.input]!r} has no such "
                                 f"column (its columns: {listed}; or a chat field: {', '.join(CHAT_FIELDS)}){hint}")
             else:

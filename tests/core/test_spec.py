@@ -240,7 +240,15 @@ steps:
   - {name: tr, kind: train, input: e, model: tm}
 """, "p.yaml:7: steps[2] (name: tr).input", "no column 'folder' (its columns: file, row, sample_id); train on an export "
                                               "step with format: shards"),
+    ("""\
+  - {name: e, kind: export, input: src}
+  - {name: d, kind: dedup, input: e, fields: [response]}
+""", "p.yaml:7: steps[2] (name: d).fields[0]", "the field 'response' is read from `messages`, and input 'e' has no "
+                                                "messages column (its columns: file, row, sample_id)"),
     # paths, tokenizers, models and templates
+    ("""\
+  - {name: d, kind: dedup, input: src, method: semantic, model: ./st-model, threshold: 0.9}
+""", "p.yaml:6: steps[1] (name: d).model", "./st-model does not exist"),
     ("""\
   - {name: sh, kind: export, input: src, format: shards, shards: {tokenizer: /nonexistent, seq_len: 64}}
 """, "p.yaml:6: steps[1] (name: sh).shards.tokenizer", "/nonexistent is neither a model under `models:` (tm) nor a folder"),

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from datamix.dedup.exact import ExactConfig
-from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, StepConfig, register
+from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register
 
 _METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact")}
 try:  # the near-duplicate methods (issue 4) live in their own modules
@@ -117,6 +117,17 @@ class DedupConfig(StepConfig):
 
     def columns_out(self, inputs):
         return inputs.get("input")  # pass-through: its input's rows and columns
+
+    def resources(self) -> list[Resource]:
+        found = super().resources()
+        model = getattr(self.options, "model", None)
+        if model and model not in _OFFLINE_MODELS:  # semantic: a local sentence-transformers folder
+            found.append(Resource(("model",), model, "file"))
+        return found
+
+
+# semantic dedup's default model, installed as a package (datamix.dedup.semantic.resolve_model_path)
+_OFFLINE_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def _looks_like_file(ref: str) -> bool:
@@ -220,11 +231,15 @@ class _StoreCache:
 @register("dedup", DedupConfig, passthrough=True)
 def run(cfg: DedupConfig, inputs, ctx: Context):
     import importlib
+    import os
 
     import polars as pl
 
     if "all" in ctx.done_keys:
         return
+    model = getattr(cfg.options, "model", None)  # semantic: a model folder beside the YAML, whatever the working folder
+    if model and os.path.isdir(ctx.resolve(model)):
+        cfg = cfg.model_copy(update={"options": cfg.options.model_copy(update={"model": ctx.resolve(model)})})
     ids, texts, df = _read(cfg, inputs["input"])
     ref_texts, ref_ids = _reference(cfg, inputs, ctx)
     module = importlib.import_module(_METHODS[cfg.method][1])
