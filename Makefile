@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[models,semantic,ray,test]"
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[models,semantic,ray,openai,test]"
 	touch $@
 
 demo: setup

@@ -5,7 +5,6 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -18,114 +17,9 @@ from datamix.models.openai import (
     parse_retry_after,
     request_body,
 )
+from tests.models.fake_openai import TIMEOUT_S, FlakyServer
 
 KEY = "sk-test-7f3a9c-secret-never-logged"
-TIMEOUT_S = 0.4
-
-
-class FlakyServer:
-    """OpenAI-compatible JSON; answers 429 / 500 / 503 / too slow at random, else echoes the prompt.
-
-    `served` counts, per prompt, the 200 answers the client could actually read
-    (slow answers are written only after the client's timeout, so they do not count).
-    """
-
-    def __init__(self, fail_rate=0.6, honour_n=True, seed=0, keep_alive=False, close_after=None):
-        """keep_alive: HTTP/1.1 (connections stay open between requests, as real servers do);
-        close_after: then close a connection after that many answers, without saying so."""
-        self.rng = random.Random(seed)
-        self.connections = 0
-        self.lock = threading.Lock()
-        self.fail_rate = fail_rate
-        self.honour_n = honour_n
-        self.served = Counter()
-        self.outcomes = Counter()
-        self.auth_headers = set()
-        self.bodies = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def setup(self):
-                super().setup()
-                self.answered = 0
-                with server.lock:
-                    server.connections += 1
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.auth_headers.add(self.headers.get("Authorization"))
-                    server.bodies.append(body)
-                    roll = server.rng.random()
-                outcome = server.pick(roll)
-                with server.lock:
-                    server.outcomes[outcome] += 1
-                if outcome == "429":
-                    return self.reply(429, {"error": "rate limited"}, {"Retry-After": "0"})
-                if outcome in ("500", "503"):
-                    return self.reply(int(outcome), {"error": "boom"})
-                if outcome == "slow":
-                    time.sleep(TIMEOUT_S * 2)
-                    try:
-                        self.reply(200, server.answer(body))
-                    except OSError:
-                        pass
-                    return
-                key = json.dumps(body.get("prompt", body.get("messages")))
-                with server.lock:
-                    server.served[key] += 1
-                self.reply(200, server.answer(body))
-
-            def reply(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                self.answered += 1
-                if close_after is not None and self.answered >= close_after:
-                    self.close_connection = True  # no "Connection: close" header: the client finds out later
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def pick(self, roll):
-        if roll >= self.fail_rate:
-            return "ok"
-        return ["429", "500", "503", "slow"][int(roll / self.fail_rate * 4)]
-
-    def answer(self, body):
-        n = body.get("n", 1) if self.honour_n else 1
-        chat = "messages" in body
-        src = body["messages"][-1]["content"] if chat else body["prompt"]
-        choices = []
-        for i in range(n):
-            text = f"echo:{src}:{body.get('seed')}:{i}"
-            choice = {"index": i, "finish_reason": "length" if body["max_tokens"] <= 3 else "stop"}
-            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            choices.append(choice)
-        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 4 * n}}
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def make_backend(url, **kw):
@@ -166,7 +60,7 @@ def test_connections_are_kept_alive_and_reused(monkeypatch):
         out += b.generate(prompts[:10], SamplingParams(seed=1))  # a second call reuses the first's
     assert [per[0].text for per in out] == [f"echo:p{i}:1:0" for i in range(60)] + [
         f"echo:p{i}:1:0" for i in range(10)]
-    assert server.connections == b._pool.opened <= 8  # one per request in flight at most, not 70
+    assert server.connections <= 8  # one per request in flight at most, not 70
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(monkeypatch):
@@ -204,12 +98,14 @@ def test_server_that_ignores_n_gets_n_requests(monkeypatch):
 
 def test_client_errors_fail_fast_without_the_key(monkeypatch, caplog):
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    seen = []
 
     class Echo401(BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
 
         def do_POST(self):
+            seen.append(self.path)
             data = json.dumps({"error": f"bad key {self.headers['Authorization']}"}).encode()
             self.send_response(401)
             self.send_header("Content-Length", str(len(data)))
@@ -226,6 +122,7 @@ def test_client_errors_fail_fast_without_the_key(monkeypatch, caplog):
         httpd.shutdown()
         httpd.server_close()
     assert KEY not in str(err.value) and "***" in str(err.value)
+    assert len(seen) == 1 and err.value.status == 401  # at once: a wrong key is not retried
 
 
 def test_unreachable_server_gives_up_with_a_clear_error(monkeypatch):
@@ -256,3 +153,96 @@ def test_load_backend_builds_it():
     spec = OpenAIModel(backend="openai", path="m", api_key_env="X")
     assert isinstance(load_backend("r", spec), OpenAIBackend)
     assert load_backend("r", spec).tokenizer() is None
+
+
+# ---------------------------------------------------------------- replies that cannot be used
+
+
+def test_a_reply_with_no_choices_is_a_failed_attempt_not_a_loop(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    with FlakyServer(fail_rate=0.0, script=["empty"] * 50) as server:
+        b = make_backend(server.url, max_retries=3)
+        with pytest.raises(OpenAIBackendError, match="failed after 4 attempts") as err:
+            b.generate([Prompt(messages=[{"role": "user", "content": "hi"}])], SamplingParams())
+    assert server.outcomes == {"empty": 4}  # bounded: 4 requests, not 1,332 a minute
+    assert "a reply with no choices" in str(err.value) and '"choices": []' in str(err.value)  # the server's reply
+
+
+def test_unusable_replies_are_retried_and_counted(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    with FlakyServer(fail_rate=0.0, script=["empty", "notjson", "blank", "500"]) as server:
+        b = make_backend(server.url)
+        (out,) = b.generate([Prompt(messages=[{"role": "user", "content": "hi"}])], SamplingParams(seed=3),
+                            require="text")
+    assert [c.text for c in out] == ["echo:hi:3:0"]
+    assert out[0].retries == 4 and out[0].tokens_in == 5 and out[0].tokens_out == 4 and out[0].latency_s > 0
+    assert server.outcomes == {"empty": 1, "notjson": 1, "blank": 1, "500": 1, "ok": 1}  # one good answer, used
+
+
+def test_empty_text_is_accepted_unless_text_is_required(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    with FlakyServer(fail_rate=0.0, script=["blank"]) as server:
+        (out,) = make_backend(server.url).generate([Prompt(text="x")], SamplingParams())
+    assert out[0].text == "" and out[0].retries == 0  # a pre-query sample may be empty: the step filters it
+
+
+def test_json_where_json_is_required(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    replies = iter(["Score: 4", '{"score": 4, "reason": "ok"}'])
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
+    with FlakyServer(fail_rate=0.0, answer_text=lambda body: next(replies)) as server:
+        (out,) = make_backend(server.url).generate([Prompt(messages=[{"role": "user", "content": "q"}])],
+                                                   SamplingParams(), require="json", response_format=schema)
+    assert json.loads(out[0].text) == {"score": 4, "reason": "ok"} and out[0].retries == 1
+    assert all(body["response_format"] == schema for body in server.bodies)
+
+
+def test_failed_attempts_are_bounded_per_call(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    with FlakyServer(fail_rate=0.0, script=["500"] * 500) as server:
+        b = make_backend(server.url, max_retries=30, max_failures=12, max_concurrency=4)
+        with pytest.raises(OpenAIBackendError, match=r"more than max_failures \(12\)"):
+            b.generate([Prompt(text=f"p{i}") for i in range(20)], SamplingParams())
+        time.sleep(0.1)
+    # 20 prompts x 31 attempts would be 620 requests; the call stops after 13 failures (+ those in flight)
+    assert 13 <= server.outcomes["500"] <= 13 + 4
+
+
+# ---------------------------------------------------------------- rate budgets
+
+
+def _most_in_window(times, window_s):
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t - start < window_s) for i, start in enumerate(times))
+
+
+def test_rpm_budget_is_respected_on_the_server_side(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    prompts = [Prompt(text=f"p{i}") for i in range(45)]
+    with FlakyServer(fail_rate=0.0, keep_alive=True) as server:
+        out = make_backend(server.url, rpm=1200, timeout_s=5).generate(prompts, SamplingParams(seed=1))
+    assert [per[0].text for per in out] == [f"echo:p{i}:1:0" for i in range(45)]
+    # 1200 rpm = 20 a second, at most one second's worth at once: <= 20 + 10 in any half second
+    # (without the budget all 45 arrive within a few hundredths of a second)
+    assert _most_in_window(server.times, 0.5) <= 31
+
+
+def test_the_servers_rate_limit_headers_are_followed(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    prompts = [Prompt(text=f"p{i}") for i in range(40)]
+    with FlakyServer(fail_rate=0.0, keep_alive=True, rate_limit=(10, 0.3)) as server:
+        b = make_backend(server.url, timeout_s=5)
+        out = b.generate(prompts, SamplingParams(seed=1))
+    assert [per[0].text for per in out] == [f"echo:p{i}:1:0" for i in range(40)]
+    assert set(server.served.values()) == {1}
+    # the client waits for the window's reset instead of bouncing off 429s
+    # (blind, 8 in flight, 40 requests against 10 per 0.3 s: most of them would be refused)
+    assert server.outcomes["429"] <= 3, server.outcomes
+
+
+def test_a_429_halves_the_requests_in_flight(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    with FlakyServer(fail_rate=0.0, script=["429", "429"]) as server:
+        b = make_backend(server.url)
+        b.generate([Prompt(text=f"p{i}") for i in range(4)], SamplingParams())
+    assert b.limit.lowest <= 4 and server.outcomes["429"] == 2

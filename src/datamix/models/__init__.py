@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SamplingParams(BaseModel):
@@ -47,6 +47,9 @@ class Completion:
     tokens_in: int
     tokens_out: int
     latency_s: float = 0.0
+    # Failed attempts (429, 5xx, timeouts, unusable replies) before this answer came; on the
+    # first completion of a request only, so a sum over completions counts each request once.
+    retries: int = 0
 
 
 _progress_hook = None  # set by the shared generation path (steps/generate.py) around a backend call
@@ -166,6 +169,18 @@ class VLLMModel(_ModelBase):
     ray: RayReplicas | None = None
 
 
+class BatchOptions(BaseModel):
+    """`batch:` of an openai model: how its calls go as batch files (datamix/models/openai_batch.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    runner: Literal["openai", "vllm"] = "openai"
+    # vllm runner: the command given `-i IN.jsonl -o OUT.jsonl --model PATH`
+    command: list[str] = Field(default_factory=lambda: ["vllm", "run-batch"])
+    poll_s: float = Field(default=30.0, gt=0, description="seconds between status checks of a submitted batch")
+    completion_window: str = "24h"
+    max_lines: int = Field(default=50_000, ge=1, description="requests per batch file (OpenAI allows 50,000)")
+
+
 class OpenAIModel(_ModelBase):
     backend: Literal["openai"]
     base_url: str = "http://localhost:8000/v1"
@@ -178,6 +193,23 @@ class OpenAIModel(_ModelBase):
     # Hosted models have no tokenizer here; name a local tokenizer folder when a
     # step needs one (e.g. pre-query templates through /v1/completions).
     tokenizer: str | None = None
+    # Rate budgets: stay just under the provider's limits instead of bouncing off 429s. The
+    # server's x-ratelimit-* headers are followed too; concurrency adapts within max_concurrency.
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute for this model")
+    tpm: int | None = Field(default=None, ge=1, description="tokens (prompt + max_tokens) per minute")
+    max_failures: int | None = Field(
+        default=None, ge=0, description="failed attempts allowed in one step call over all its requests "
+        "(default: twice the requests, at least 4 x max_retries); past it the step fails")
+    # true: send the calls as an OpenAI Batch (about half the price, results within 24h);
+    # {runner: vllm}: the same JSONL through `vllm run-batch` on this machine.
+    batch: BatchOptions | None = None
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_flag(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 ModelSpec = Annotated[TransformersModel | VLLMModel | OpenAIModel, Field(discriminator="backend")]

@@ -1,23 +1,31 @@
 """The `openai` backend: any OpenAI-compatible server (vllm serve, SGLang, TGI, llama.cpp, hosted APIs).
 
+Transport is the official `openai` SDK (AsyncOpenAI over its httpx client:
+pooled keep-alive connections, proxies from the environment, TLS), with the
+SDK's own retries off (`max_retries=0`): datamix keeps one retry layer, here.
 Raw prompts (text or token ids) go to `/completions` (what pre-query sampling
 needs: the exact prefix, no template applied by the server); chat prompts go to
-`/chat/completions`. Requests run concurrently on asyncio, at most
-`spec.max_concurrency` in flight, each over the standard library's HTTP client in
-a worker thread (no extra dependency). Connections are kept alive and reused (a TLS
-handshake per request would cost a hosted API's round trips); one that the server
-closed while idle is replaced at once, without counting as a failed attempt. Through
-a proxy (HTTPS_PROXY, ...) requests go through urllib, one connection each.
+`/chat/completions`. Requests run concurrently on one event loop per backend
+(a daemon thread, so connections are reused across calls), at most
+`spec.max_concurrency` in flight, fewer while the server throttles
+(datamix/models/ratelimit.py: rpm/tpm budgets and the server's x-ratelimit-*
+headers).
 
-Retries: 429, 5xx, connection errors and timeouts are retried up to
-`spec.max_retries` times with exponential backoff and full jitter
-(sleep ~ U(0, min(cap, base * 2^attempt))), never less than a server's
-Retry-After. Other 4xx fail at once with the server's message. `spec.timeout_s`
-bounds each attempt as a whole.
+Retries: 429, 5xx, connection errors, timeouts and replies that cannot be used
+(no choices, a body that is not JSON, empty text where text is required, a
+choice that is not a JSON object where JSON is required) are failed attempts,
+retried with exponential backoff and full jitter (sleep ~ U(0, min(cap, base *
+2^attempt))), never less than a server's Retry-After. Attempts are bounded per
+request (`spec.max_retries`) and per call (`spec.max_failures` failed attempts
+over all of one step call's requests), so a server that keeps answering badly
+fails the step with its reply quoted instead of looping. Other 4xx (401/403 a
+wrong key) fail at once with the server's message. `spec.timeout_s` bounds each
+attempt as a whole.
 
-The API key: read from `os.environ[spec.api_key_env]` when a request is built and
-kept only in that request's headers; it is on no object, in no log line, and
-removed from any error text that might echo it.
+The API key: read from `os.environ[spec.api_key_env]` when a request is sent and
+given to the SDK as that request's Authorization header only (the client holds a
+placeholder); it is on no object, in no log line, and removed from any error
+text that might echo it.
 
 `n`: asked of the server in one request; a server that returns fewer choices
 (some ignore `n`) gets the missing ones as further single requests, seeded
@@ -25,85 +33,47 @@ seed+1, seed+2, ... so that they differ.
 
 Token counts come from the server's `usage`. A response with several choices
 reports one completion total; it is split over the choices in proportion to
-their text length (exact when n = 1).
+their text length (exact when n = 1). `Completion.retries` is the request's
+failed attempts, on its first completion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import dataclasses
 import email.utils
-import http.client
 import json
 import logging
 import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+from typing import Any
 
-from datamix.models import Completion, OpenAIModel, Prompt, SamplingParams
+from datamix.models import Completion, OpenAIModel, Prompt, SamplingParams, report_progress
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-
-
-class _Pool:
-    """Idle keep-alive connections to one server, shared by the worker threads."""
-
-    def __init__(self, url: str, timeout_s: float):
-        import urllib.parse
-
-        parts = urllib.parse.urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host, self.port = parts.hostname, parts.port
-        self.timeout_s = timeout_s
-        self._idle: list = []
-        self._lock = threading.Lock()
-        self.opened = 0  # connections made, for tests and debugging
-
-    def get(self):
-        """(connection, whether it was used before)."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-            self.opened += 1
-        if self.https:
-            import ssl
-
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
-                                               context=ssl.create_default_context()), False
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s), False
-
-    def put(self, conn) -> None:
-        with self._lock:
-            self._idle.append(conn)
-
-
-# What a kept-alive connection raises when the server closed it while it was idle.
-_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError, BrokenPipeError)
+# What the client is built with instead of the key (the key goes per request, see _auth).
+_NO_KEY_HERE = "datamix-sends-the-key-per-request"
 
 
 class OpenAIBackendError(RuntimeError):
-    """A request that failed for good (non-retryable status, or retries exhausted)."""
+    """A request that failed for good (non-retryable status, or attempts exhausted)."""
 
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes
-    retry_after_s: float | None
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after_s: float | None = None):
+    def __init__(self, reason: str, retry_after_s: float | None = None, throttled: bool = False, headers=None):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.throttled = throttled  # a 429: fewer requests in flight
+        self.headers = headers
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -121,12 +91,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _proxied(url: str) -> bool:
-    """True when the environment routes `url` through a proxy (urllib's rules)."""
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
-
-
 def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None, rng: random.Random) -> float:
     """Full jitter (AWS architecture blog): U(0, min(cap, base*2^attempt)), at least Retry-After."""
     delay = rng.uniform(0.0, min(cap_s, base_s * (2**attempt)))
@@ -135,7 +99,8 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: floa
     return delay
 
 
-def request_body(model: str, prompt: Prompt, params: SamplingParams, n: int, seed: int | None) -> tuple[str, dict]:
+def request_body(model: str, prompt: Prompt, params: SamplingParams, n: int, seed: int | None,
+                 response_format: dict | None = None) -> tuple[str, dict]:
     """(endpoint path, JSON body) for one prompt; non-standard fields only when set."""
     body: dict = {
         "model": model,
@@ -155,7 +120,11 @@ def request_body(model: str, prompt: Prompt, params: SamplingParams, n: int, see
     if params.stop_token_ids:
         body["stop_token_ids"] = list(params.stop_token_ids)
     if prompt.messages is not None:
+        if response_format is not None:
+            body["response_format"] = response_format
         return "/chat/completions", {**body, "messages": prompt.messages}
+    if response_format is not None:
+        raise ValueError("response_format needs a chat prompt")
     if prompt.token_ids is not None:
         return "/completions", {**body, "prompt": list(prompt.token_ids)}
     if prompt.text is not None:
@@ -163,10 +132,46 @@ def request_body(model: str, prompt: Prompt, params: SamplingParams, n: int, see
     raise ValueError("a Prompt needs text, token_ids or messages")
 
 
-def parse_choices(payload: dict, chat: bool, latency_s: float) -> list[Completion]:
+# Fields the SDK's create() takes by name; anything else goes in extra_body.
+_SDK_FIELDS = {
+    "/chat/completions": {"model", "messages", "n", "temperature", "top_p", "max_tokens", "stop", "seed", "response_format"},
+    "/completions": {"model", "prompt", "n", "temperature", "top_p", "max_tokens", "stop", "seed"},
+}
+
+
+def _choice_text(choice: dict, chat: bool) -> str:
+    if chat:
+        return (choice.get("message") or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def unusable(payload: Any, chat: bool, require: str | None) -> str | None:
+    """Why a 200 reply cannot be used (None when it can). `require`: None, "text" or "json"."""
+    if not isinstance(payload, dict):
+        return "a reply that is not a JSON object"
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "a reply with no choices"
+    if not all(isinstance(c, dict) for c in choices):
+        return "a reply whose choices are not objects"
+    for c in choices:
+        text = _choice_text(c, chat)
+        if require in ("text", "json") and not text.strip():
+            return "a choice with empty text"
+        if require == "json":
+            try:
+                ok = isinstance(json.loads(text), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                return "a choice that is not a JSON object"
+    return None
+
+
+def parse_choices(payload: dict, chat: bool, latency_s: float, retries: int = 0) -> list[Completion]:
     """Completions from a /completions or /chat/completions response, in choice index order."""
     choices = sorted(payload.get("choices") or [], key=lambda c: c.get("index", 0))
-    texts = [(c.get("message") or {}).get("content") or "" if chat else c.get("text") or "" for c in choices]
+    texts = [_choice_text(c, chat) for c in choices]
     usage = payload.get("usage") or {}
     tokens_in = int(usage.get("prompt_tokens") or 0)
     out_counts = _split_total(int(usage.get("completion_tokens") or 0), [len(t) for t in texts])
@@ -178,8 +183,9 @@ def parse_choices(payload: dict, chat: bool, latency_s: float) -> list[Completio
             tokens_in=tokens_in,
             tokens_out=k,
             latency_s=latency_s,
+            retries=retries if i == 0 else 0,
         )
-        for c, text, k in zip(choices, texts, out_counts)
+        for i, (c, text, k) in enumerate(zip(choices, texts, out_counts))
     ]
 
 
@@ -194,33 +200,65 @@ def _split_total(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _in_own_thread(fn, *args) -> asyncio.Future:
-    """Run a blocking call on a fresh daemon thread.
+def _shown(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
-    Not a pool: an attempt abandoned at its deadline keeps its thread until the
-    socket timeout ends it, and must not hold up the next attempt in a queue
-    (where its own deadline would already be running). Concurrency is bounded by
-    the caller's semaphore.
-    """
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
 
-    def settle(ok: bool, value) -> None:
-        if not fut.done():
-            fut.set_result(value) if ok else fut.set_exception(value)
+@dataclasses.dataclass
+class _CallBudget:
+    """Failed attempts allowed over one generate() call, across all its requests."""
 
-    def work() -> None:
-        try:
-            result, ok = fn(*args), True
-        except BaseException as e:  # handed to the awaiting task, not lost in the thread
-            result, ok = e, False
-        try:
-            loop.call_soon_threadsafe(settle, ok, result)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits for this abandoned attempt any more
+    allowed: int
+    failures: int = 0
 
-    threading.Thread(target=work, daemon=True, name="datamix-openai").start()
-    return fut
+
+class _LoopThread:
+    """One event loop on a daemon thread: the SDK's async client and its pooled connections
+    live on it from one call to the next (an asyncio.run per call would drop them)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="datamix-openai")
+        self.thread.start()
+
+    def run(self, coro):
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("OpenAIBackend.generate called from its own event loop; await agenerate instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def _transport(limits):
+    """The SDK's httpx transport, plus one thing it lacks: a request that fails on a kept-alive
+    connection the server closed while it was idle is sent again on a new one, without counting
+    as a failed attempt (the server never saw it). Reuse is told by httpcore's trace events: a
+    request that opened no TCP connection went over an old one."""
+    import httpx2
+
+    class StaleSafeTransport(httpx2.AsyncHTTPTransport):
+        async def handle_async_request(self, request):
+            outer = request.extensions.get("trace")
+            for _ in range(3):
+                opened: list[str] = []
+
+                async def trace(name, info, opened=opened):
+                    if name.startswith("connection.connect_tcp"):
+                        opened.append(name)
+                    if outer is not None:
+                        await outer(name, info)
+
+                request.extensions = {**request.extensions, "trace": trace}
+                try:
+                    return await super().handle_async_request(request)
+                except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError):
+                    if opened:
+                        raise  # a new connection failed: this request's failure
+            return await super().handle_async_request(request)
+
+    return StaleSafeTransport(limits=limits)
 
 
 class OpenAIBackend:
@@ -240,7 +278,12 @@ class OpenAIBackend:
         self.backoff_cap_s = backoff_cap_s
         self._tokenizer = None
         self._rng = random.Random()
-        self._pool = _Pool(spec.base_url, spec.timeout_s)
+        self._loop_thread: _LoopThread | None = None
+        self._lock = threading.Lock()
+        # made on the loop at first use (asyncio objects belong to one loop)
+        self._client = None
+        self.limit = None  # ratelimit.AdaptiveLimit
+        self.budget = None  # ratelimit.RateBudget
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(name={self.name!r}, base_url={self.spec.base_url!r}, model={self.spec.path!r})"
@@ -257,120 +300,207 @@ class OpenAIBackend:
 
     # -- public API -------------------------------------------------------------
 
-    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        """Sync wrapper: runs the requests on an event loop (its own thread when one is already running)."""
-        coro = self.agenerate(prompts, params)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, coro).result()
+    def generate(self, prompts: list[Prompt], params: SamplingParams, *, require: str | None = None,
+                 response_format: dict | None = None) -> list[list[Completion]]:
+        """For each prompt, `params.n` completions, in order (runs on the backend's event loop).
 
-    async def agenerate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        require: "text" (a choice with empty text is a failed attempt) or "json" (a choice that
+        is not a JSON object is); response_format: sent as is to /chat/completions."""
+        return self.run(self.agenerate(prompts, params, require=require, response_format=response_format))
+
+    def run(self, coro):
+        """Run a coroutine on the backend's event loop and return its result (batch files use it too)."""
+        with self._lock:
+            if self._loop_thread is None:
+                self._loop_thread = _LoopThread()
+        return self._loop_thread.run(coro)
+
+    def close(self) -> None:
+        """Close the connections and stop the loop thread (a later call starts them again)."""
+        if self._loop_thread is None:
+            return
+        if self._client is not None:
+            self._loop_thread.run(self._client.close())
+        self._loop_thread.close()
+        self._loop_thread, self._client, self.limit, self.budget = None, None, None, None
+
+    async def agenerate(self, prompts: list[Prompt], params: SamplingParams, *, require: str | None = None,
+                        response_format: dict | None = None) -> list[list[Completion]]:
         self._check_key_available()
-        limit = asyncio.Semaphore(self.spec.max_concurrency)
-        return list(await asyncio.gather(*(self._one_prompt(p, params, limit) for p in prompts)))
+        self._ensure_client()
+        allowed = self.spec.max_failures
+        if allowed is None:
+            allowed = max(4 * self.spec.max_retries, 2 * len(prompts))
+        budget = _CallBudget(allowed)
+        tasks = [asyncio.ensure_future(self._one_prompt(p, params, budget, require, response_format)) for p in prompts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # the loop outlives this call: requests still in flight must not go on without a caller
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     # -- one prompt ---------------------------------------------------------------
 
-    async def _one_prompt(self, prompt, params, limit) -> list[Completion]:
+    async def _one_prompt(self, prompt, params, budget, require, response_format) -> list[Completion]:
         chat = prompt.messages is not None
-        got = await self._request(prompt, params, params.n, params.seed, chat, limit)
+        got = await self._request(prompt, params, params.n, params.seed, chat, budget, require, response_format)
         # Servers that ignore n: ask for the rest one at a time, with distinct seeds.
         k = 0
         while len(got) < params.n:
             k += 1
             seed = None if params.seed is None else params.seed + k
-            got += await self._request(prompt, params, 1, seed, chat, limit)
+            got += await self._request(prompt, params, 1, seed, chat, budget, require, response_format)
+        report_progress(params.n)  # the progress bar moves while a long call is in flight
         return got[: params.n]
 
-    async def _request(self, prompt, params, n, seed, chat, limit) -> list[Completion]:
-        path, body = request_body(self.spec.path, prompt, params, n, seed)
+    @staticmethod
+    def estimate_tokens(prompt: Prompt, params: SamplingParams, n: int) -> int:
+        """Tokens a request may use, for the tpm budget: about 4 characters a prompt token, plus max_tokens per choice."""
+        if prompt.token_ids is not None:
+            size = len(prompt.token_ids)
+        elif prompt.text is not None:
+            size = len(prompt.text) // 4 + 1
+        else:
+            size = sum(len(str(m.get("content") or "")) // 4 + 4 for m in prompt.messages or [])
+        return size + params.max_tokens * n
+
+    async def _request(self, prompt, params, n, seed, chat, budget, require, response_format) -> list[Completion]:
+        path, body = request_body(self.spec.path, prompt, params, n, seed, response_format)
         url = self.spec.base_url.rstrip("/") + path
-        data = json.dumps(body).encode()
+        estimate = self.estimate_tokens(prompt, params, n)
         started = time.perf_counter()
         attempt = 0
         while True:
-            async with limit:
+            async with self.limit:
+                # the budget after the slot: a request waiting for a slot must not count as sent
+                ticket = await self.budget.acquire(estimate)
                 try:
-                    resp = await asyncio.wait_for(_in_own_thread(self._post, url, data), timeout=self.spec.timeout_s)
-                    payload = self._check(resp, url)
+                    payload, headers = await asyncio.wait_for(self._post(path, body), timeout=self.spec.timeout_s)
+                    self.budget.observe(headers, ticket)
+                    problem = unusable(payload, chat, require)
+                    if problem:
+                        raise _Retryable(f"{problem}: {_shown(self._redact(json.dumps(payload)))}")
                 except _Retryable as e:
                     failure = e
+                    self.budget.observe(e.headers, ticket)
                 except asyncio.TimeoutError:
                     failure = _Retryable(f"no response within {self.spec.timeout_s}s")
                 else:
-                    return parse_choices(payload, chat, time.perf_counter() - started)
+                    self.limit.succeeded()
+                    usage = payload.get("usage") or {}
+                    used = usage.get("total_tokens")
+                    self.budget.settle(estimate, int(used) if isinstance(used, (int, float)) else None)
+                    return parse_choices(payload, chat, time.perf_counter() - started, retries=attempt)
+            if failure.throttled:
+                self.limit.throttled()
+            budget.failures += 1
             if attempt >= self.spec.max_retries:
                 raise OpenAIBackendError(
-                    f"model {self.name!r}: {url} failed after {attempt + 1} attempts; last error: {failure.reason}. "
-                    "Check that the server is up, or raise max_retries / timeout_s."
+                    f"model {self.name!r}: {url} failed after {attempt + 1} attempts; last: {failure.reason}. "
+                    "Check that the server is up and answers this request, or raise max_retries / timeout_s."
+                )
+            if budget.failures > budget.allowed:
+                raise OpenAIBackendError(
+                    f"model {self.name!r}: {url}: {budget.failures} failed attempts in this call, more than "
+                    f"max_failures ({budget.allowed}); last: {failure.reason}. The server fails too often: "
+                    "check it, or raise max_failures."
                 )
             delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after_s, self._rng)
             logger.debug("model %r: %s (%s); retry %d in %.2fs", self.name, url, failure.reason, attempt + 1, delay)
             attempt += 1
             await asyncio.sleep(delay)
 
-    def _check(self, resp: _Response, url: str) -> dict:
-        if resp.status in RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {resp.status}", resp.retry_after_s)
-        text = self._redact(resp.body.decode("utf-8", "replace"))
-        if resp.status != 200:
-            hint = " Is the key in the environment variable right?" if resp.status in (401, 403) else ""
-            raise OpenAIBackendError(f"model {self.name!r}: {url} answered HTTP {resp.status}: {text[:500]}{hint}")
+    # -- HTTP, through the SDK ----------------------------------------------------
+
+    def _ensure_client(self) -> None:
+        if self._client is not None:
+            return
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _Retryable(f"response is not JSON ({e})") from None
+            import httpx2
+            import openai
+        except ImportError as e:
+            raise OpenAIBackendError(f"model {self.name!r}: the openai backend needs the openai SDK ({e}); "
+                                     "install it with pip install 'datamix[openai]'.") from None
 
-    # -- HTTP, in a worker thread -------------------------------------------------
+        from datamix.models.ratelimit import AdaptiveLimit, RateBudget
 
-    def _post(self, url: str, data: bytes) -> _Response:
-        if _proxied(url):
-            return self._post_urllib(url, data)
-        target = urllib.parse.urlsplit(url)
-        path = target.path + (f"?{target.query}" if target.query else "")
+        n = self.spec.max_concurrency
+        limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
+        # proxies from the environment (HTTPS_PROXY, NO_PROXY) are still the SDK's client's own
+        http = openai.DefaultAsyncHttpxClient(transport=_transport(limits), limits=limits, timeout=self.spec.timeout_s)
+        self._client = openai.AsyncOpenAI(api_key=_NO_KEY_HERE, base_url=self.spec.base_url, max_retries=0,
+                                          timeout=self.spec.timeout_s, http_client=http)
+        # the SDK imports its resource modules on first use: not inside the first timed attempts
+        _ = self._client.completions, self._client.chat.completions
+        self.limit = AdaptiveLimit(n)
+        self.budget = RateBudget(self.spec.rpm, self.spec.tpm)
+
+    async def call(self, what: str, fn):
+        """`await fn(client, headers)` with the retry layer (batch files: uploads, polls, downloads)."""
+        self._check_key_available()
+        self._ensure_client()
+        attempt = 0
         while True:
-            conn, reused = self._pool.get()
             try:
-                conn.request("POST", path, body=data, headers=self._headers())
-                r = conn.getresponse()
-                body = r.read()
-            except _STALE as e:
-                conn.close()
-                if reused:
-                    continue  # closed by the server while idle: not this request's failure
-                raise _Retryable(self._redact(f"{type(e).__name__}: {e}")) from None
-            except (OSError, http.client.HTTPException) as e:
-                # connection refused, socket timeout, a broken response: all worth another try
-                conn.close()
-                raise _Retryable(self._redact(f"{type(e).__name__}: {e}")) from None
-            if r.will_close:
-                conn.close()
-            else:
-                self._pool.put(conn)
-            return _Response(r.status, body, parse_retry_after(r.getheader("Retry-After")))
+                return await asyncio.wait_for(self._sdk(fn), timeout=self.spec.timeout_s)
+            except _Retryable as e:
+                failure = e
+            except asyncio.TimeoutError:
+                failure = _Retryable(f"no response within {self.spec.timeout_s}s")
+            if attempt >= self.spec.max_retries:
+                raise OpenAIBackendError(f"model {self.name!r}: {what} failed after {attempt + 1} attempts; "
+                                         f"last: {failure.reason}.")
+            delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after_s, self._rng)
+            logger.debug("model %r: %s (%s); retry %d in %.2fs", self.name, what, failure.reason, attempt + 1, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
 
-    def _post_urllib(self, url: str, data: bytes) -> _Response:
-        """One request through urllib, which honours the proxy settings of the environment."""
-        req = urllib.request.Request(url, data=data, method="POST", headers=self._headers())
+    async def _post(self, path: str, body: dict) -> tuple[Any, Any]:
+        known = _SDK_FIELDS[path]
+        kwargs = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known} or None
+
+        async def send(client, headers):
+            api = client.chat.completions if path == "/chat/completions" else client.completions
+            return await api.with_raw_response.create(**kwargs, extra_body=extra, extra_headers=headers)
+
+        raw = await self._sdk(send)
+        text = raw.text
         try:
-            with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as r:
-                return _Response(r.status, r.read(), parse_retry_after(r.headers.get("Retry-After")))
-        except urllib.error.HTTPError as e:
-            body = e.read() if e.fp is not None else b""
-            return _Response(e.code, body, parse_retry_after(e.headers.get("Retry-After") if e.headers else None))
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            # connection refused / reset, DNS, socket timeout: all worth another try
-            raise _Retryable(self._redact(f"{type(e).__name__}: {getattr(e, 'reason', e)}")) from None
+            return json.loads(text), raw.headers
+        except ValueError:
+            raise _Retryable(f"a reply that is not JSON: {_shown(self._redact(text))!r}", headers=raw.headers) from None
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    async def _sdk(self, fn):
+        """One SDK call; its errors sorted into failed attempts and failures for good."""
+        import openai
+
+        try:
+            return await fn(self._client, self._auth())
+        except openai.APIStatusError as e:
+            status, headers = e.status_code, e.response.headers
+            text = self._redact(e.response.text)
+            if status in RETRYABLE_STATUS:
+                raise _Retryable(f"HTTP {status}: {_shown(text, 200)}", parse_retry_after(headers.get("retry-after")),
+                                 throttled=status == 429, headers=headers) from None
+            hint = " Is the key in the environment variable right?" if status in (401, 403) else ""
+            raise OpenAIBackendError(f"model {self.name!r}: {e.request.url} answered HTTP {status}: "
+                                     f"{_shown(text, 500)}{hint}", status=status) from None
+        except openai.APITimeoutError:
+            raise _Retryable(f"no response within {self.spec.timeout_s}s") from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            raise _Retryable(self._redact(f"{type(cause).__name__}: {cause}")) from None
+
+    def _auth(self) -> dict:
+        import openai
+
         key = self._key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        # Omit: no Authorization header at all (a local server without a key)
+        return {"Authorization": f"Bearer {key}" if key else openai.Omit()}
 
     def _key(self) -> str | None:
         return os.environ.get(self.spec.api_key_env) if self.spec.api_key_env else None
