@@ -509,6 +509,31 @@ def models():
 @click.argument("more_data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def models_tiny(path, arch, chat_template, reward, seed, hidden, layers, heads, vocab, tokenizer_data, more_data):
     """Write a tiny random model with a tokenizer trained on the spot to PATH.
+@main.command()
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
+@click.option("--store", help="DuckDB file (default: the pipeline's store)")
+@click.option("--out", type=click.Path(dir_okay=False), help="the HTML file (default: beside the store, NAME.report.html)")
+@click.option("--open", "open_", is_flag=True, help="open it in the default browser")
+@click.option("--title", help="the page's title (default: datamix report: PIPELINE)")
+def report(pipeline, store, out, open_, title):
+    """Write one self-contained HTML page about the store: pipeline, funnel, lengths, scores,
+    dedup, mix, shards, training, evaluation and cost. It loads nothing at view time."""
+    from datamix.report import connection_query, default_out, write
+
+    path = _store_path(pipeline, store)
+    con = _open_read_only(path)
+    try:
+        written = write(connection_query(con), os.path.abspath(path), out or default_out(path), title)
+    finally:
+        con.close()
+    click.echo(written)
+    if open_:
+        import pathlib
+        import webbrowser
+
+        webbrowser.open(pathlib.Path(written).resolve().as_uri())
+
+
 
     --tokenizer-data FILE [FILE ...] trains the BPE tokenizer on those files."""
     from datamix.models.tiny import build_tiny_model
