@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean browser
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The report's browser test (tests/report/test_report_browser.py) drives Debian's chromium;
+# without it that test is skipped with its reason. Needs root (or sudo) and apt.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py
