@@ -457,3 +457,16 @@ def test_validate_plan_and_status_import_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import sys, datamix.train.recipe; print('torch' in sys.modules)"],
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True"
+
+
+def test_train_shards_folder_exists_or_is_written_by_an_export_step(tmp_path):
+    steps = HEAD + """\
+  - {name: sh, kind: export, input: src, format: shards, path: out/shards, shards: {tokenizer: tm, seq_len: 64}}
+  - {name: tr, kind: train, model: tm, shards: SHARDS}
+"""
+    result, problems = validate(tmp_path, steps.replace("SHARDS", "out/shards"))
+    assert result.exit_code == 0, problems
+    result, problems = validate(tmp_path, steps.replace("SHARDS", "out/shard"))
+    assert result.exit_code == 2
+    assert problems == [f"p.yaml:7: steps[2] (name: tr).shards: out/shard does not exist (looked for {tmp_path}/out/shard) "
+                        "and no export step with format: shards writes it; or train on the export step with `input:`"]

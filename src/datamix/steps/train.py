@@ -68,6 +68,18 @@ class TrainStepConfig(StepConfig):
     def resources(self) -> list[Resource]:
         return [Resource(("model",), self.model, "model")]  # a declared model, or a folder to fine-tune
 
+    def check_pipeline(self, pipeline, check_files: bool = True) -> list[tuple[tuple, str]]:
+        """`shards:` must be a folder that exists, or one an export step of this pipeline writes."""
+        if not self.shards or not check_files:
+            return []
+        full = os.path.normpath(os.path.join(pipeline.base_dir, self.shards))
+        written = [os.path.normpath(os.path.join(pipeline.base_dir, s.path)) for s in pipeline.steps
+                   if s.kind == "export" and getattr(s, "format", None) == "shards" and getattr(s, "path", None)]
+        if os.path.isdir(full) or full in written:
+            return []
+        return [(("shards",), f"{self.shards} does not exist (looked for {full}) and no export step with "
+                 "format: shards writes it; or train on the export step with `input:`")]
+
     def columns_out(self, inputs):
         return frozenset({"sample_id", "model_path", "base_model", "shards", "shards_manifest_sha256", "steps",
                           "final_loss", "tokens"})
