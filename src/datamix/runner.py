@@ -366,7 +366,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         store.set_rows_out(step.name, store.count(step.name))
     elif not store.output_exists(step.name):
         # a step that produced nothing still gets its (empty) table, so SQL on it works
-        store.con.execute(f'CREATE TABLE "{step.name}" (sample_id VARCHAR)')
+        store.con.execute(f"CREATE TABLE {quote(step.name)} (sample_id VARCHAR)")
     store.finish_step(step.name, "done", time.perf_counter() - t0)
 
 
@@ -503,7 +503,7 @@ class StoreInput(InputTable):
             return super().write(path, fmt, columns)
         # COPY scans the store in the order read_output returns, without the rows passing
         # through Python
-        self._store.con.execute(copy_sql(columns, scan[0], path, fmt), scan[1])
+        self._store.con.execute(copy_sql(columns, scan[0], fmt), [*scan[1], path])
 
 
 def _input_table(store: Store, name: str) -> InputTable:

@@ -188,3 +188,281 @@ def test_crlf_line_endings(tmp_path):
     (tmp_path / "w.jsonl").write_bytes(b"\r\n".join(json.dumps(chat(f"q{i}?", "a")).encode() for i in range(2)) + b"\r\n")
     _, rows = load_one(tmp_path, path="w.jsonl")
     assert [(r[0][0]["content"], r[2]) for r in rows] == [("q0?", 1), ("q1?", 2)]
+
+
+def test_limit_is_a_total_across_files(tmp_path):
+    """limit: counts records over all files, in path order: 3 + 2 of 3 + none of the third."""
+    for name in ("a", "b", "c"):
+        write_jsonl(tmp_path / "d" / f"{name}.jsonl", [chat(f"{name}{i}?", "a") for i in range(3)])
+    _, rows = load_one(tmp_path, path="d", limit=5)
+    assert [(r[1], r[2]) for r in rows] == [("d/a.jsonl", 1), ("d/a.jsonl", 2), ("d/a.jsonl", 3),
+                                            ("d/b.jsonl", 1), ("d/b.jsonl", 2)]
+
+
+def test_limit_counts_quarantined_records_too_in_every_format(tmp_path):
+    (tmp_path / "c.csv").write_text("prompt,response\nq1?,a\nq2?,\nq3?,c\n")
+    (tmp_path / "j.json").write_text(json.dumps([{"prompt": "q1?", "response": 5}, {"prompt": "q2?", "response": "b"}]))
+    pq.write_table(pa.table({"prompt": ["q1?", "q2?", "q3?"], "response": ["a", "b", "c"]}), tmp_path / "p.parquet")
+    for path, lines in (("c.csv", [2]), ("j.json", [2]), ("p.parquet", [1, 2])):
+        _, rows = load_one(tmp_path, path=path, limit=2, max_bad_fraction=1.0)
+        assert [r[2] for r in rows] == lines, path
+        (tmp_path / ".datamix" / "t.duckdb").unlink()
+
+
+# ---- every record is loaded exactly as given or quarantined with file, line and reason ----------------
+#
+# Files mixing good and bad records in every format, drawn from seeded generators. For each file the
+# test knows which records there are (their lines), what each good one must load as, and why each bad
+# one must be refused; blank lines are not records. Then: good + quarantined = records, each exactly once.
+
+# strings that look like other JSON values but are strings: they must load as they are
+TRICKY = ["42", "-3.5e2", "true", "false", "null", "[1, 2]", '{"a":1}', "{x}", "-", "1. First, boil water.",
+          'she said "hi"\\', "tab\there", "new\nline", "café ☕ 日本", "   padded   ", "caf\u00e9 \U0001F600"]
+
+
+def _text(rng) -> str:
+    words = ["river", "bridge", "Q?", "a,b", 'quote"d', "line\nbreak", "ünï", "emoji 🎉", "back\\slash", "x"]
+    return rng.choice(TRICKY) if rng.random() < 0.3 else " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+
+
+def _good_record(rng):
+    """(record, the messages it must load as)."""
+    p, r = _text(rng), _text(rng)
+    kind = rng.choice(["messages", "prompt_response", "alpaca", "sharegpt"])
+    if kind == "messages":
+        m = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+        return {"messages": m}, m
+    if kind == "prompt_response":
+        return {"prompt": p, "response": r, "id": rng.randint(0, 9)}, msgs((U, p), (A, r))
+    if kind == "alpaca":
+        extra = rng.choice(["", "more context", "7"])
+        return ({"instruction": p, "input": extra, "output": r},
+                msgs((U, p + ("\n\n" + extra if extra.strip() else "")), (A, r)))
+    return {"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]}, msgs((U, p), (A, r))
+
+
+NOT_STRINGS = [(5, "a number"), (-1.5, "a number"), (12345678901234567890, "a number"), (True, "a boolean"),
+               (False, "a boolean"), ({"text": "hi"}, "an object"), ([{"type": "text", "text": "hi"}], "a list"),
+               ([], "a list"), ({}, "an object")]
+
+
+def _bad_record(rng):
+    """(record as a dict or raw text, the start of the reason it must be quarantined with)."""
+    value, what = rng.choice(NOT_STRINGS)
+    return rng.choice([
+        ({"messages": [{"role": "user", "content": value}, {"role": "assistant", "content": "ok"}]},
+         f"content of message 1 is {what}, not a string"),
+        ({"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": value}]},
+         f"content of message 2 is {what}, not a string"),
+        ({"messages": [{"role": value, "content": "ok"}]}, f"role of message 1 is {what}"),
+        ({"prompt": "ok?", "response": value}, f"response is {what}"),
+        ({"prompt": value, "response": "ok"}, f"prompt is {what}"),
+        ({"instruction": "ok", "input": value, "output": "fine"}, f"input is {what}"),
+        ({"instruction": "ok", "output": value}, f"output is {what}"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": value}]},
+         f"value of turn 2 is {what}"),
+        ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]},
+         "empty content in a user message"),
+        ({"messages": [{"role": "robot", "content": "beep"}]}, "unknown role: robot"),
+        ({"text": "no shape"}, "missing fields"),
+        ('{"prompt": "cut off', "invalid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('"just a string"', "not a JSON object"),
+    ])
+
+
+def _mixed_records(seed: int, n: int = 40):
+    """[(good: bool, record, messages or reason)] in file order."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            rec, m = _good_record(rng)
+            out.append((True, rec, m))
+        else:
+            rec, why = _bad_record(rng)
+            out.append((False, rec, why))
+    return out
+
+
+def mixed_jsonl(path, seed: int) -> dict:
+    """A JSONL file of mixed records, blank lines and a line that is not UTF-8; returns
+    {line: messages (good) or reason (bad)}."""
+    import random
+
+    rng = random.Random(seed + 1000)
+    expected, line = {}, 0
+    with open(path, "wb") as f:
+        for good, rec, want in _mixed_records(seed):
+            if rng.random() < 0.1:
+                f.write(rng.choice([b"\n", b"   \n"]))
+                line += 1
+            if rng.random() < 0.05:
+                f.write(b'{"prompt": "caf\xe9?", "response": "latin-1"}\n')
+                line += 1
+                expected[line] = "undecodable bytes"
+            text = rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=rng.random() < 0.5)
+            f.write(text.encode() + b"\n")
+            line += 1
+            expected[line] = want
+    return expected
+
+
+def _mixed_json(path, seed: int) -> dict:
+    records = [(good, rec, want) for good, rec, want in _mixed_records(seed) if not isinstance(rec, str)]
+    records.append((False, [1, 2], "not a JSON object"))
+    path.write_text(json.dumps([rec for _, rec, _ in records]))
+    return {i + 1: want for i, (_, _, want) in enumerate(records)}
+
+
+def _mixed_csv(path, seed: int, encoding: str = "utf-8") -> dict:
+    """prompt,response records: good ones (commas, quotes, newlines, JSON-looking text kept as
+    text), wrong field counts, broken quoting, empty responses, bytes not in the encoding."""
+    import csv
+    import io
+    import random
+
+    rng = random.Random(seed)
+    expected, chunks, line = {}, [], 1
+
+    def add(text: str, want):
+        nonlocal line
+        chunks.append(text.encode(encoding, errors="strict") if isinstance(text, str) else text)
+        expected[line + 1] = want
+        line += text.count("\n") if isinstance(text, str) else text.count(b"\n")
+
+    chunks.append("prompt,response\n".encode(encoding))
+    for _ in range(40):
+        roll = rng.random()
+        if roll < 0.08:
+            chunks.append(b"\n")
+            line += 1
+            continue
+        p, r = _text(rng), _text(rng)
+        if encoding != "utf-8":
+            p, r = p.encode(encoding, "replace").decode(encoding), r.encode(encoding, "replace").decode(encoding)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([p, r])
+        if roll < 0.6:
+            add(buf.getvalue(), msgs((U, p), (A, r)))
+        elif roll < 0.68:
+            add("a,b,c\n", "3 fields where the header has 2")
+        elif roll < 0.76:
+            add('"closed"then-more,x\n', "broken CSV record")
+        elif roll < 0.80:
+            add("only one field\n", "1 field where the header has 2")
+        elif roll < 0.84:
+            add("q?,\n", "empty content in a assistant")
+        elif encoding == "utf-8":
+            add(b'caf\xe9?,latin-1 bytes\n', "undecodable bytes (not utf-8)")
+        else:
+            add(buf.getvalue(), msgs((U, p), (A, r)))
+    path.write_bytes(b"".join(chunks))
+    return expected
+
+
+def _mixed_parquet(path, seed: int) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    prompts, responses, expected = [], [], {}
+    for i in range(30):
+        p, r = _text(rng), rng.choice([_text(rng), _text(rng), None, "", " "])
+        prompts.append(p)
+        responses.append(r)
+        expected[i + 1] = (msgs((U, p), (A, r)) if r and r.strip() else
+                           "missing field: response" if r is None else "empty content in a assistant")
+    pq.write_table(pa.table({"prompt": prompts, "response": responses}), path)
+    return expected
+
+
+def load_records(path, **options):
+    """The load step's good rows {line: messages} and quarantine [(line, reason)] for one file."""
+    from datamix.steps import load
+    from datamix.steps.base import Context
+
+    cfg = load.LoadConfig(name="l", kind="load", path=path.name, max_bad_fraction=1.0, chunk_size=7, **options)
+    ctx = Context(step="l", pipeline_dir=str(path.parent), output_dir=str(path.parent), seed=0)
+    good, bad = {}, []
+    for chunk in load.run(cfg, {}, ctx):
+        assert chunk.rows_in == chunk.rows.num_rows + chunk.quarantine.num_rows or path.suffix == ".jsonl"
+        for row in chunk.rows.to_pylist():
+            assert row["origin_line"] not in good
+            good[row["origin_line"]] = row["messages"]
+        for q in chunk.quarantine.to_pylist():
+            assert q["file"] == path.name and q["raw"]
+            bad.append((q["line"], q["reason"]))
+    return good, bad
+
+
+def assert_every_record_accounted_for(expected: dict, good: dict, bad: list):
+    bad_lines = [line for line, _ in bad]
+    assert len(bad_lines) == len(set(bad_lines)) and not set(bad_lines) & set(good)
+    assert sorted([*good, *bad_lines]) == sorted(expected)  # good + quarantined = records, each once
+    for line, messages in good.items():
+        assert messages == expected[line], (line, messages, expected[line])
+    for line, reason in bad:
+        want = expected[line]
+        assert isinstance(want, str), (line, reason, "a good record was quarantined")
+        assert reason.startswith(want), (line, reason, want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_every_record_is_loaded_as_given_or_quarantined(tmp_path, fmt, seed):
+    path = tmp_path / f"mixed.{fmt}"
+    expected = {"jsonl": mixed_jsonl, "json": _mixed_json, "csv": _mixed_csv, "parquet": _mixed_parquet}[fmt](path, seed)
+    good, bad = load_records(path)
+    assert good and bad
+    assert_every_record_accounted_for(expected, good, bad)
+
+
+def test_a_latin1_csv_loads_exactly_with_its_encoding_and_is_quarantined_without(tmp_path):
+    path = tmp_path / "latin.csv"
+    expected = _mixed_csv(path, seed=3, encoding="latin-1")
+    assert_every_record_accounted_for(expected, *load_records(path, encoding="latin-1"))
+    good, bad = load_records(path)  # read as UTF-8: rows with é are refused, named, never lost
+    non_ascii = {line for line, want in expected.items() if not isinstance(want, str)
+                 and any(ord(c) > 127 for m in want for c in m["content"])}
+    assert non_ascii and non_ascii == {line for line, reason in bad if reason.startswith("undecodable bytes")}
+    assert len(good) + len(bad) == len(expected)
+
+
+def test_csv_problems_of_the_whole_file_are_named(tmp_path):
+    from datamix.steps.base import BadInput
+
+    (tmp_path / "dup.csv").write_text("prompt,prompt,response\na,b,c\n")
+    with pytest.raises(BadInput, match="names the column 'prompt' twice"):
+        load_records(tmp_path / "dup.csv")
+    (tmp_path / "semi.csv").write_text("prompt;response\na;b\n")
+    with pytest.raises(BadInput, match="set the step's delimiter"):
+        load_records(tmp_path / "semi.csv")
+    good, bad = load_records(tmp_path / "semi.csv", delimiter=";")
+    assert good == {2: msgs((U, "a"), (A, "b"))} and bad == []
+
+
+def test_an_unclosed_quote_is_one_quarantined_record_to_the_end(tmp_path):
+    (tmp_path / "q.csv").write_text('prompt,response\ngood?,yes\n"never closed,x\nswallowed?,y\n')
+    good, bad = load_records(tmp_path / "q.csv")
+    assert good == {2: msgs((U, "good?"), (A, "yes"))}
+    assert [line for line, _ in bad] == [3] and "broken CSV record" in bad[0][1]
+
+
+def test_a_mixed_file_through_the_store_counts_good_plus_quarantined(tmp_path):
+    expected = mixed_jsonl(tmp_path / "m.jsonl", seed=11)
+    store, rows = load_one(tmp_path, path="m.jsonl", max_bad_fraction=1.0)
+    n_bad = query(store, "SELECT count(*) FROM dm.quarantine WHERE step = 'src'")[0][0]
+    assert len(rows) + n_bad == len(expected)
+    assert {line: m for m, _, line in rows} == {k: v for k, v in expected.items() if not isinstance(v, str)}
+
+
+def test_parquet_columns_that_are_not_text_are_quarantined(tmp_path):
+    pq.write_table(pa.table({"prompt": ["q1?", "q2?"], "response": [1, 2]}), tmp_path / "n.parquet")
+    chats = pa.array([[{"role": "user", "content": 7}], [{"role": "user", "content": 8}]])
+    pq.write_table(pa.table({"messages": chats}), tmp_path / "m.parquet")
+    good, bad = load_records(tmp_path / "n.parquet")
+    assert good == {} and bad == [(1, "response is a number, not a string"), (2, "response is a number, not a string")]
+    good, bad = load_records(tmp_path / "m.parquet")
+    assert good == {} and [reason for _, reason in bad] == ["content of message 1 is a number, not a string"] * 2

@@ -105,3 +105,31 @@ def test_which_files_the_reader_parses_in_one_pass(tmp_path, case, parsed):
     if parsed:
         assert records.column("origin_line").to_pylist() == list(range(1, CASES[case].count("\n") + 1 + (
             not CASES[case].endswith("\n"))))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mixed_files_give_the_same_chunks_on_both_paths(tmp_path, monkeypatch, seed):
+    """Files of good records, values that are not strings, strings that look like numbers or
+    objects, blank lines and bad bytes (tests/core/test_load.py's generator)."""
+    from .test_load import mixed_jsonl
+
+    path = tmp_path / "f.jsonl"
+    mixed_jsonl(path, seed)
+    fast = load_step(path, 5)
+    with monkeypatch.context() as m:
+        assert fast == load_step(path, 5, m)
+
+
+def test_strings_that_look_like_numbers_load_through_the_fast_path_as_strings(tmp_path, monkeypatch):
+    """The reader turns 42 and "42" into the same text; such a file is checked line by line and
+    the string loads while the number is quarantined."""
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"prompt": "42", "response": "true"}) + "\n"
+                    + json.dumps({"prompt": 42, "response": True}) + "\n" + GOOD + "\n")
+    assert read_parsed_records(str(path), LoadConfig(name="l", kind="load", path=str(path))) is not None
+    chunks = load_step(path, 10)
+    (_, rows, quarantine, rows_in), = chunks
+    assert [r["messages"][0]["content"] for r in rows] == ["42", "q?"]
+    assert [(q["line"], q["reason"]) for q in quarantine] == [(2, "prompt is a number, not a string")]
+    with monkeypatch.context() as m:
+        assert chunks == load_step(path, 10, m)

@@ -354,3 +354,54 @@ def test_sql_while_a_writer_holds_the_store_says_why(held_store):
     result = cli("sql", "SELECT count(*) FROM export", pipeline)
     assert result.exit_code == 1
     assert f"being written by process {pid}" in result.stderr
+
+
+# ---- names that reach SQL are values or quoted identifiers, never SQL text ---------------------------
+
+ODD = ["it's", 'say "hi"', "naïve ✓ 名前", "x'); DROP TABLE dm.steps; --", "back\\slash"]
+
+
+def test_odd_step_names_and_mix_labels_stay_values(tmp_path):
+    """The spec restricts names to a safe pattern; the store must be safe without that: labels and
+    step names with quotes, SQL and unicode commit, pass through and walk lineage as themselves."""
+    import pyarrow as pa
+
+    from datamix.lineage import walk
+    from datamix.store import Store, quote
+
+    st = Store(str(tmp_path / "odd.duckdb"))
+    sources = {label: f"src {label}" for label in ODD}
+    for i, (label, name) in enumerate(sources.items()):
+        st.begin_step(name, "load", "fp", {}, {}, False, "r")
+        st.commit_chunk(name, "k", pa.table({"sample_id": [f"s{i}"], "text": [label]}), None, None, 1, [], None)
+    mix = "mix " + ODD[0] + ODD[1]
+    st.begin_step(mix, "mix", "fp", {}, sources, False, "r")
+    rows = pa.table({"sample_id": [f"m{i}" for i in range(len(ODD))], "source": ODD,
+                     "parent_ids": [[f"s{i}"] for i in range(len(ODD))]})
+    st.commit_chunk(mix, "k", rows, None, None, len(ODD), [], sources)
+    edges = st.con.execute("SELECT sample_id, parent_step, parent_id FROM dm.edges ORDER BY sample_id").fetchall()
+    assert edges == [(f"m{i}", f"src {label}", f"s{i}") for i, label in enumerate(ODD)]
+
+    kept = ODD[3] + " kept"  # a pass-through step whose name is an injection attempt
+    st.begin_step(kept, "filter", "fp", {}, {"input": mix}, True, "r")
+    decisions = pa.table({"sample_id": ["m0", "m1"], "kept": [False, True], "reason": ["x", None],
+                          "score": pa.array([None, None], pa.float64()), "related_id": pa.array([None, None], pa.string())})
+    st.commit_chunk(kept, "k", None, decisions, None, len(ODD), [], None)
+    st.create_passthrough_view(kept, mix)
+    assert [r[0] for r in st.con.execute(f"SELECT sample_id FROM {quote(kept)} ORDER BY 1").fetchall()] == \
+        [f"m{i}" for i in range(1, len(ODD))]
+    assert st.con.execute("SELECT count(*) FROM dm.steps").fetchall() == [(len(ODD) + 2,)]
+    assert [(r["sample_id"], r["step"]) for r in walk(st.con, "m3")] == [("m3", kept), ("m3", mix), ("s3", sources[ODD[3]])]
+    st.close()
+
+
+def test_literal_is_a_complete_escape():
+    import duckdb
+
+    from datamix.store import literal
+
+    con = duckdb.connect()
+    for value in ODD + ["", "''", "\\'", "\n'\t"]:
+        assert con.execute(f"SELECT {literal(value)}").fetchall() == [(value,)]
+    with pytest.raises(ValueError, match="NUL"):
+        literal("a\0b")

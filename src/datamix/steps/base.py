@@ -190,11 +190,12 @@ class InputTable:
             yield start, table.slice(start, size)
 
 
-def copy_sql(columns: list[str], source: str, path: str, fmt: str) -> str:
-    """DuckDB's COPY of `columns` of `source` ("FROM ...") to `path` as JSON lines or zstd Parquet."""
+def copy_sql(columns: list[str], source: str, fmt: str) -> str:
+    """DuckDB's COPY of `columns` of `source` ("FROM ...") as JSON lines or zstd Parquet, to the
+    path given as its last parameter (after `source`'s own)."""
     options = {"jsonl": "(FORMAT JSON)", "parquet": "(FORMAT PARQUET, COMPRESSION ZSTD)"}[fmt]
     select = ", ".join(quote(c) for c in columns)
-    return f"COPY (SELECT {select} {source}) TO '{path.replace(chr(39), chr(39) * 2)}' {options}"
+    return f"COPY (SELECT {select} {source}) TO ? {options}"
 
 
 def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
@@ -204,7 +205,7 @@ def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
     con = duckdb.connect()
     try:
         con.register("_rows", table)
-        con.execute(copy_sql(table.column_names, "FROM _rows", path, fmt))
+        con.execute(copy_sql(table.column_names, "FROM _rows", fmt), [path])
     finally:
         con.close()
 

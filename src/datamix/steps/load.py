@@ -5,20 +5,24 @@ Record shapes: OpenAI `messages`, ShareGPT `conversations`, Alpaca
 config. Every row keeps its origin (file, and line for JSONL/CSV or 1-based row
 number for JSON arrays and Parquet). Malformed rows go to quarantine with file,
 line and reason; the step fails only when the bad fraction passes
-`max_bad_fraction`.
+`max_bad_fraction`. Every record is either loaded exactly as given or quarantined:
+a text field that holds a number, boolean, object or list is quarantined (not turned
+into its JSON text), and so is a CSV record with the wrong number of fields, broken
+quoting or bytes that are not in the file's encoding.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
-from datamix.store import quote
+from datamix.store import literal, quote
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -34,7 +38,13 @@ class LoadConfig(StepConfig):
     # Extra record fields to keep as VARCHAR columns (e.g. an id or a category).
     keep_fields: list[str] = Field(default_factory=list)
     max_bad_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
-    limit: int | None = Field(default=None, ge=1, description="read at most this many rows per file")
+    limit: int | None = Field(default=None, ge=1, description=(
+        "read at most this many records in all, across the files in path order (lines of JSONL, "
+        "records of CSV, elements of a JSON array, rows of Parquet; quarantined ones count too)"))
+    encoding: str = Field(default="utf-8", description=(
+        "text encoding of CSV files (e.g. latin-1, cp1252); a record with bytes that are not in it is "
+        "quarantined. JSON and JSONL files are UTF-8"))
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="CSV field separator")
     # Two of DuckDB's row groups (122,880 rows each): a committed chunk that fills whole row
     # groups is written straight into the store file, while a smaller one goes through the
     # write-ahead log and a checkpoint at commit (1.9 s vs 3.5 s per 1M chats); two row
@@ -42,6 +52,16 @@ class LoadConfig(StepConfig):
     chunk_size: int = Field(default=245_760, ge=1)
 
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}: use a Python codec name such as utf-8, latin-1 "
+                             "or cp1252") from None
+        return value
 
     def columns_out(self, inputs):
         return frozenset({"sample_id", "messages", "origin_file", "origin_line", *self.keep_fields})
@@ -147,11 +167,13 @@ def _jsonl_clean_lines(path: str, limit: int | None):
                      "raw": raw, "decode_error": pa.nulls(n, pa.string())})
 
 
-def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool = True):
+def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool = True,
+                     encoding: str = "utf-8", delimiter: str = ","):
     """(origin_line, raw JSON text, decode_error) as an Arrow table, in file order.
 
     JSONL files are read by DuckDB's JSON reader when they are clean (`_jsonl_clean_lines`)
-    unless `fast` is False; the rows are the same either way."""
+    unless `fast` is False; the rows are the same either way. decode_error is the reason a
+    record could not be read at all (bad bytes, a broken CSV record); normalize quarantines it."""
     import duckdb
     import numpy as np
     import pyarrow as pa
@@ -176,50 +198,107 @@ def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool =
             "raw": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
             "decode_error": pa.nulls(len(records), pa.string()),
         })
+    if fmt == "csv":
+        return _csv_records(path, limit, encoding, delimiter)
     con = duckdb.connect()
-    reader = "read_parquet(?)" if fmt == "parquet" else "read_csv(?, all_varchar = true, header = true)"
-    # CSV: line = row + 1 (the header is line 1); Parquet: 1-based row number.
-    offset = 1 if fmt == "csv" else 0
     try:
-        table = con.sql(f"SELECT to_json(t)::VARCHAR AS raw FROM {reader} t" + (f" LIMIT {int(limit)}" if limit else ""),
-                        params=[path]).to_arrow_table()
+        # Parquet: the origin is the 1-based row number
+        table = con.sql("SELECT to_json(t)::VARCHAR AS raw FROM read_parquet($path) t"
+                        + (" LIMIT $limit" if limit else ""),
+                        params={"path": path, **({"limit": limit} if limit else {})}).to_arrow_table()
     except duckdb.Error as e:
         raise BadInput(f"{path}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
     n = table.num_rows
-    lines = np.arange(1 + offset, n + 1 + offset, dtype=np.int64)
-    if fmt == "csv":
-        lines = _csv_record_lines(path, n, lines)
     return pa.table({
-        "origin_line": pa.array(lines),
+        "origin_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
         "raw": table.column("raw"),
         "decode_error": pa.nulls(n, pa.string()),
     })
 
 
-def _csv_record_lines(path: str, n: int, simple):
-    """The physical line each CSV record starts on. Row + 1 holds unless a quoted field spans
-    lines; only then are the records walked with the csv module to count them."""
-    import csv
+def _csv_records(path: str, limit: int | None, encoding: str, delimiter: str):
+    """Every CSV record as (origin_line: the physical line it starts on, raw: a JSON object of
+    header -> field text, decode_error: why the record cannot be used, with its text as raw).
 
-    import numpy as np
+    Python's csv module rather than DuckDB's reader: DuckDB sniffs the dialect, skips or
+    pads records with the wrong number of fields depending on its options, and stops at the
+    first byte that is not UTF-8, so rows were lost or shifted without a word. Here each
+    record is kept exactly (fields as given, "" stays "") or named with its reason: bytes not
+    in `encoding`, broken quoting, a field count unlike the header's. Blank lines are not
+    records. The csv module is strict about quotes and counts physical lines (line_num), so
+    a quoted field over several lines keeps the line its record starts on."""
+    import csv
+    import io
+    import re
+
+    import pyarrow as pa
 
     with open(path, "rb") as f:
-        physical = f.read().count(b"\n")
-    if physical <= n + 1:  # header + one line per record (+ maybe no final newline)
-        return simple
-    starts = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # the header
-        previous = reader.line_num
-        for _ in reader:
-            starts.append(previous + 1)
-            previous = reader.line_num
-            if len(starts) == n:
+        data = f.read()
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        text, undecodable = data.decode(codec), None
+    except UnicodeDecodeError:
+        # keep going: each bad byte becomes a lone surrogate, found again per record below
+        text, undecodable = data.decode(codec, errors="surrogateescape"), re.compile("[\udc80-\udcff]")
+    lines = io.StringIO(text, newline="").readlines()
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # a long answer is one field; the default stops at 128 KiB
+    origin, raw, errors = [], [], []
+    header = None
+    try:
+        reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
+        while limit is None or len(origin) < limit:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
                 break
-    return np.asarray(starts, dtype=np.int64) if len(starts) == n else simple
+            except csv.Error as e:
+                row, problem = None, f"broken CSV record: {e}"
+            else:
+                problem = None
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+            text_of_record = "".join(lines[start - 1:reader.line_num])
+            if problem is None and undecodable is not None and undecodable.search(text_of_record):
+                problem = (f"undecodable bytes (not {encoding}); if the file is in another encoding, "
+                           "set the step's encoding: (e.g. latin-1)")
+            if header is None:
+                if problem is not None:
+                    raise BadInput(f"{path}:{start}: the header cannot be read ({problem})")
+                header = _csv_header(path, row, delimiter)
+                continue
+            if problem is None and len(row) != len(header):
+                problem = f"{len(row)} field{'' if len(row) == 1 else 's'} where the header has {len(header)}"
+            origin.append(start)
+            if problem is None:
+                raw.append(json.dumps(dict(zip(header, row)), ensure_ascii=False))
+                errors.append(None)
+            else:
+                raw.append(text_of_record.rstrip("\r\n").encode("utf-8", "replace").decode("utf-8"))
+                errors.append(problem)
+    finally:
+        csv.field_size_limit(old_limit)
+    return pa.table({
+        "origin_line": pa.array(origin, pa.int64()),
+        "raw": pa.array(raw, pa.string()),
+        "decode_error": pa.array(errors, pa.string()),
+    })
+
+
+def _csv_header(path: str, row: list[str], delimiter: str) -> list[str]:
+    seen = set()
+    for name in row:
+        if name in seen:
+            raise BadInput(f"{path}:1: the header names the column {name!r} twice; rename one")
+        seen.add(name)
+    if len(row) == 1 and delimiter == "," and any(c in row[0] for c in ";\t|"):
+        raise BadInput(f"{path}:1: the header is one column ({row[0][:60]!r}); if fields are separated by "
+                       "something other than a comma, set the step's delimiter: (e.g. ';' or '\\t')")
+    return row
 
 
 def structure(cfg: LoadConfig) -> dict:
@@ -246,11 +325,10 @@ def normalize_sql(cfg: LoadConfig, parsed: bool = False) -> str:
     (sql/parse_records.sql) or over records DuckDB's reader already parsed."""
     from datamix.store import sql_text
 
-    literal = "'" + json.dumps(structure(cfg)).replace("'", "''") + "'"
     keep = "".join(f", f.{quote(k)} AS {quote(k)}" for k in cfg.keep_fields)
     keep_out = "".join(f", {quote(k)}" for k in cfg.keep_fields)
     sql = sql_text("normalize_records.sql").replace("@fields@", PARSED_FIELDS if parsed else sql_text("parse_records.sql"))
-    for key, value in (("structure", literal), ("prompt", quote(cfg.prompt_field)),
+    for key, value in (("prompt", quote(cfg.prompt_field)),
                        ("response", quote(cfg.response_field)), ("system", quote(_system_key(cfg))),
                        ("keep_out", keep_out), ("keep", keep)):
         sql = sql.replace(f"@{key}@", value)
@@ -264,7 +342,7 @@ def _duckdb_type(value) -> str:
     return value
 
 
-def read_parsed_records(path: str, cfg: LoadConfig):
+def read_parsed_records(path: str, cfg: LoadConfig, limit: int | None = None):
     """(origin_line, f) for a clean JSONL file, each record parsed once by DuckDB's JSON
     reader straight into the structure; None when that reader cannot vouch for the file.
 
@@ -279,7 +357,7 @@ def read_parsed_records(path: str, cfg: LoadConfig):
     import pyarrow as pa
 
     size = os.path.getsize(path)
-    if cfg.limit is not None or size == 0:
+    if limit is not None or size == 0:
         return None
     lines = 0
     with open(path, "rb") as f:
@@ -287,14 +365,12 @@ def read_parsed_records(path: str, cfg: LoadConfig):
             lines += block.count(b"\n")
             last = block[-1:]
     lines += last != b"\n"  # a last line without its newline
-    keys = structure(cfg)
-    columns = "{" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}': '{_duckdb_type(v)}'"
-                              for k, v in keys.items()) + "}"
-    record = "{" + ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}': {quote(k)}" for k in keys) + "}"
+    columns = {k: _duckdb_type(v) for k, v in structure(cfg).items()}
     con = duckdb.connect()
     try:
-        table = con.sql(f"SELECT {record} AS f FROM read_json(?, format = 'newline_delimited', columns = {columns})",
-                        params=[path]).to_arrow_table()
+        # t: the whole row as one struct (the structure's keys, in its order)
+        table = con.sql("SELECT t AS f FROM read_json(?, format = 'newline_delimited', columns = ?) t",
+                        params=[path, columns]).to_arrow_table()
     except duckdb.Error:
         return None
     finally:
@@ -312,11 +388,14 @@ def normalize(con, records, origin_file: str, cfg: LoadConfig):
     origin_file, origin_line and the kept fields, in input order."""
     import pyarrow.compute as pc
 
+    parsed = "f" in records.column_names
     con.register("_records", records)
     out = con.sql(
-        normalize_sql(cfg, parsed="f" in records.column_names),
+        normalize_sql(cfg, parsed=parsed),
         params={"origin_file": origin_file, "step": cfg.name, "shape": cfg.shape,
-                "prompt_name": cfg.prompt_field, "response_name": cfg.response_field},
+                "prompt_name": cfg.prompt_field, "response_name": cfg.response_field,
+                "system_name": _system_key(cfg),
+                **({} if parsed else {"structure": json.dumps(structure(cfg))})},
     ).to_arrow_table()
     con.unregister("_records")
     reasons = out.column("reason")
@@ -349,29 +428,33 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
         raise BadInput(f"step {cfg.name}: path {cfg.path} matches no file (looked for {full})")
     con = duckdb.connect()
     total = bad_total = 0
+    remaining = cfg.limit  # records still to read, over all files
     for path in files:
+        if remaining == 0:
+            break
         fmt = _format_of(path, cfg.format)
         origin = os.path.relpath(path, ctx.pipeline_dir)
-        records = read_parsed_records(path, cfg) if fmt == "jsonl" else None
+        records = read_parsed_records(path, cfg, remaining) if fmt == "jsonl" else None
         if records is None:
-            records = read_raw_records(path, fmt, cfg.limit)
+            records = read_raw_records(path, fmt, remaining, encoding=cfg.encoding, delimiter=cfg.delimiter)
+        if remaining is not None:
+            remaining -= records.num_rows
         robust = fmt != "jsonl"  # JSONL may have come through a clean-file fast path
         for start in range(0, records.num_rows, cfg.chunk_size):
             part = records.slice(start, cfg.chunk_size)
-            total += part.num_rows
             key = f"{origin}:{start}"
-            if key in ctx.done_keys:
-                # committed by an earlier run: only its bad-row count is needed here
-                bad_total += part.num_rows - _good_count(con, part, origin, cfg)
-                continue
             # sample ids are minted in the query: mint(cfg.name, origin_file, origin_line)
             rows, quarantine = normalize(con, part, origin, cfg)
             if quarantine.num_rows and not robust:
-                # a bad row: quarantine records what the line-by-line reader gives (same lines)
-                records, robust = read_raw_records(path, fmt, cfg.limit, fast=False), True
+                # a bad row, or one the fast path cannot vouch for ('recheck'): quarantine records
+                # what the line-by-line reader gives (the same lines)
+                records, robust = read_raw_records(path, fmt, None, fast=False), True
                 part = records.slice(start, cfg.chunk_size)
                 rows, quarantine = normalize(con, part, origin, cfg)
+            total += part.num_rows
             bad_total += quarantine.num_rows
+            if key in ctx.done_keys:
+                continue  # committed by an earlier run: only its bad-row count was needed
             ctx.progress(part.num_rows)
             yield Chunk(key=key, rows=rows, quarantine=quarantine, rows_in=part.num_rows)
     con.close()
@@ -379,11 +462,7 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
         raise BadInput(
             f"step {cfg.name}: {bad_total} of {total} input rows are malformed ({bad_total / total:.1%}), over "
             f"max_bad_fraction={cfg.max_bad_fraction}. They are in quarantine with file, line and reason: "
-            f"datamix sql \"SELECT file, line, reason FROM dm.quarantine WHERE step = '{cfg.name}'\". "
+            f"datamix sql \"SELECT file, line, reason FROM dm.quarantine WHERE step = {literal(cfg.name)}\". "
             "Fix those rows, or raise max_bad_fraction to accept them."
         )
 
-
-def _good_count(con, part, origin: str, cfg: LoadConfig) -> int:
-    good, _ = normalize(con, part, origin, cfg)
-    return good.num_rows
