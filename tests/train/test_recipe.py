@@ -212,3 +212,11 @@ def test_activation_checkpointing_gives_the_same_loss_curve(tmp_path, tiny_model
     out = str(tmp_path / "ckpt")
     assert recipe.main(common(tiny_model, shards, out) + ["activation_checkpointing=true"]) == 0
     assert losses(out) == pytest.approx(losses(reference_run), rel=1e-5)
+
+
+def test_the_default_output_folder_is_announced(tmp_path, tiny_model, shards, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert recipe.main([f"model={tiny_model}", f"shards={shards}", "batch_tokens=512", "max_steps=1",
+                        "save_model=false"]) == 0
+    assert f"output_dir not given: writing to {tmp_path / 'train-out'}" in capsys.readouterr().out
+    assert (tmp_path / "train-out" / "metrics.jsonl").is_file()

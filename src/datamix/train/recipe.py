@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = argv.pop(0) if argv and "=" not in argv[0] else None
     cfg = load_config(config_path, argv)
+    if cfg.output_dir == Config.output_dir and os.environ.get("RANK", "0") == "0":
+        # the default is relative to the working folder: say where the model will land
+        print(f"output_dir not given: writing to {os.path.abspath(cfg.output_dir)} (set output_dir=...)", flush=True)
 
     # ------------------------------------------------------------------ distributed setup
     # Under torchrun the env has RANK/WORLD_SIZE; alone we make a 1-rank group in memory
