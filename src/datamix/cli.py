@@ -428,11 +428,24 @@ def show(step, store, pipeline, limit, where):
     from datamix.store import quote
 
     con = _open_read_only(_store_path(pipeline, store))
+    # --where is SQL text: the query it makes is held to `datamix sql`'s rules (one query, no
+    # file access), or "1=1; COPY ... TO 'f'" would write a file
     try:
-        rel = con.sql(f"SELECT * FROM {quote(step)}" + (f" WHERE {where}" if where else "") + f" LIMIT {int(limit)}")
-        columns, rows = rel.columns, rel.fetchall()
-    except duckdb.Error as e:
-        _fail(f"cannot show {step}: {str(e).splitlines()[0]}")
+        try:
+            query = check(con, f"SELECT * FROM {quote(step)}" + (f" WHERE {where}" if where else "") + " LIMIT ?")
+        except (Refused, duckdb.Error) as e:
+            _fail(f"cannot show {step} with --where {where!r}: it must be one SQL condition "
+                  f"({str(e).splitlines()[0]})")
+        spill = lock_down(con)
+        try:
+            rel = con.sql(query, params=[limit])
+            columns, rows = rel.columns, rel.fetchall()
+        except duckdb.Error as e:
+            _fail(f"cannot show {step}: {str(e).splitlines()[0]}")
+        finally:
+            spill.cleanup()
+    finally:
+        con.close()
     console = Console()
     for r in rows:
         rec = dict(zip(columns, r))

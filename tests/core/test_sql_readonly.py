@@ -238,3 +238,24 @@ def test_a_big_sort_spills_nowhere_near_the_store(guarded, core_ran):
     result = guarded(q)
     assert result.exit_code == 0, result.output
     assert not os.path.exists(str(store) + ".tmp")
+
+
+@pytest.mark.parametrize("where", [
+    "1=1; COPY (SELECT 1) TO 'out.csv'; SELECT * FROM general",
+    "1=1; DROP TABLE general; SELECT * FROM general",
+    "true LIMIT 1; ATTACH 'new.duckdb'; SELECT 1",
+    "sample_id IN (SELECT column0 FROM read_csv('/etc/passwd'))",
+    "sample_id IN (SELECT * FROM enable_logging(storage = 'file', storage_path = 'logs'))",
+])
+def test_show_where_cannot_write_or_read_files(core_ran, tmp_path, where):
+    """`show --where` is SQL text too: the query it makes follows the same rules."""
+    store = store_of(core_ran)
+    work = tmp_path / "work"
+    work.mkdir()
+    before = (_digest(store), _listing(store.parent))
+    result = cli("show", "general", "--store", store, "--where", where, cwd=work)
+    assert result.exit_code == 2, result.output
+    assert "cannot show general" in result.stderr
+    assert (_digest(store), _listing(store.parent)) == before and _listing(work) == []
+    ok = cli("show", "general", "--store", store, "--where", "origin_line < 3", cwd=work)
+    assert ok.exit_code == 0 and ok.stdout.count("general ") == 2
