@@ -425,6 +425,7 @@ def show(step, store, pipeline, limit, where):
     from rich.markup import escape
     from rich.panel import Panel
 
+    from datamix.sql_readonly import Refused, check, lock_down
     from datamix.store import quote
 
     con = _open_read_only(_store_path(pipeline, store))
