@@ -424,9 +424,10 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             problems.append(f"{at(('steps', i, 'kind'))}{label}.kind: unknown kind {kind!r}; known kinds: {known}")
             continue
         try:
-            # the declared model names: a step whose options name models and steps alike (evaluate)
-            # tells them apart by this
-            context = {"models": set(raw.get("models") or {}) if isinstance(raw.get("models"), dict) else set()}
+            # the declared model and step names: a step whose options name models and steps alike
+            # (evaluate) tells them apart by these
+            context = {"models": set(raw.get("models") or {}) if isinstance(raw.get("models"), dict) else set(),
+                       "steps": {r.get("name") for r in raw_steps if isinstance(r, dict)}}
             steps.append(REGISTRY[kind].config.model_validate(s, context=context))
             parsed.append((i, steps[-1]))
         except ValidationError as e:

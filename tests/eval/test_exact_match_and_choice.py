@@ -151,6 +151,6 @@ def test_choice_needs_options_and_a_valid_answer():
     from datamix.eval.sets import check_fit
 
     s = EvalSet(path="x.jsonl", metrics=[{"metric": "choice"}])
-    problems = check_fit("s", s, [q("Which?", "0", origin_file="x.jsonl", origin_line=3)], "sets.s")
-    assert problems == ["sets.s.metrics[0] (choice): x.jsonl:3: field 'options' is missing or has fewer than two "
-                        "options; choice needs records with a list of options"]
+    problems = check_fit(s, [q("Which?", "0", origin_file="x.jsonl", origin_line=3)])
+    assert problems == [(0, "choice: x.jsonl:3: field 'options' is missing or has fewer than two "
+                            "options; choice needs records with a list of options")]

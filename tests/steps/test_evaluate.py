@@ -110,3 +110,131 @@ def test_a_changed_set_file_reruns_the_evaluation(tmp_path):
     assert changed.exit_code == 0, changed.output
     assert "run    eval (evaluate)" in changed.output
     assert query(store_of(pipeline), "SELECT DISTINCT n FROM eval WHERE \"set\" = 'domain'") == [(3,)]
+
+
+class ScriptedJudge:
+    """A judge backend whose verdict is the response holding 'REFERENCE' (the set's answers do)."""
+
+    name = "judge"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, params):
+        from datamix.models import Completion
+
+        self.calls += 1
+        out = []
+        for p in prompts:
+            text = p.messages[0]["content"]
+            a = text.split("[Response A]")[1].split("[Response B]")[0]
+            out.append([Completion("Winner: A" if "REFERENCE" in a else "Winner: B", "stop", 1, 1)] * params.n)
+        return out
+
+    def tokenizer(self):
+        return None
+
+
+def test_judge_winrate_in_a_pipeline_calls_the_judge_through_the_response_cache(tmp_path, monkeypatch):
+    import datamix.models as models_mod
+    from datamix.steps import generate as gen
+
+    judge = ScriptedJudge()
+    real = models_mod.load_backend
+    monkeypatch.setattr(models_mod, "load_backend",
+                        lambda name, spec, base_dir=".": judge if name == "judge" else real(name, spec, base_dir))
+    gen.clear_backends()
+    write_jsonl(tmp_path / "data" / "chats.jsonl",
+                [{"prompt": f"Say something about {w}.", "response": f"REFERENCE answer about {w}"}
+                 for w in ("rain", "cats", "tea")])
+    models = {**BASE, "judge": {"backend": "transformers", "path": "models/judge",
+                                "tiny": {"arch": "llama", "chat_template": "chatml"}}}
+    evaluate = {"name": "eval", "kind": "evaluate", "models": ["base"], "batch_size": 4,
+                "sets": {"chat": {"path": "data/chats.jsonl", "role": "general",
+                                  "metrics": [{"metric": "judge_winrate", "judges": ["judge"], "max_tokens": 4}]}}}
+    pipeline = write_pipeline(tmp_path, [evaluate], name="jw", models=models)
+    first = cli("run", pipeline, cwd=tmp_path)
+    assert first.exit_code == 0, first.output
+    values = dict(query(store_of(pipeline), "SELECT metric, value FROM eval"))
+    assert values == {"judge_winrate": 0.0, "judge_ties": 0.0, "judge_unparsed": 0.0}  # the reference always wins
+    assert query(store_of(pipeline), "SELECT n FROM eval WHERE metric = 'judge_winrate'") == [(3,)]
+    calls = judge.calls
+    assert calls >= 1
+    # a rerun forced by a changed option asks the judge nothing new: its verdicts come from the cache
+    again = cli("run", pipeline, "steps.eval.batch_size=2", cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "run    eval (evaluate)" in again.output
+    assert judge.calls == calls
+    gen.clear_backends()
+
+
+def bad_pipeline(tmp_path, sets=None, models=("base",), extra_steps=()):
+    write_jsonl(tmp_path / "data" / "gsm.jsonl", gsm_records(3))
+    evaluate = {"name": "eval", "kind": "evaluate", "models": list(models),
+                "sets": sets or {"domain": {"path": "data/gsm.jsonl", "prompt_field": "question",
+                                            "response_field": "answer", "metrics": ["nll"], "role": "domain"}}}
+    return write_pipeline(tmp_path, [*extra_steps, evaluate], name="bad", models=BASE)
+
+
+def validate_problems(tmp_path, pipeline) -> str:
+    result = cli("validate", pipeline, cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_validate_names_a_missing_or_malformed_set_file(tmp_path):
+    missing = bad_pipeline(tmp_path, sets={"domain": {"path": "data/nope.jsonl", "metrics": ["nll"]}})
+    out = validate_problems(tmp_path, missing)
+    assert "steps[0] (name: eval).sets.domain.path: data/nope.jsonl does not exist" in out
+    assert out.count("nope.jsonl does not exist") == 1
+
+    (tmp_path / "data" / "broken.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "oops"\n')
+    broken = bad_pipeline(tmp_path, sets={"general": {"path": "data/broken.jsonl", "metrics": ["nll"]}})
+    out = validate_problems(tmp_path, broken)
+    assert "sets.general.path" in out and "broken.jsonl:2: invalid JSON" in out
+
+
+def test_validate_refuses_metrics_that_do_not_fit_the_set(tmp_path):
+    write_jsonl(tmp_path / "data" / "mc.jsonl", [{"question": "2+2?", "answer": "1"}])  # no options
+    write_jsonl(tmp_path / "data" / "prompts.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    pipeline = bad_pipeline(tmp_path, sets={
+        "mc": {"path": "data/mc.jsonl", "prompt_field": "question", "response_field": "answer",
+               "metrics": ["choice"]},
+        "open": {"path": "data/prompts.jsonl", "metrics": [{"metric": "exact_match", "preset": "gsm8k"}]}})
+    out = validate_problems(tmp_path, pipeline)
+    assert "(name: eval).sets.mc.metrics[0]: choice: data/mc.jsonl:1: field 'options' is missing" in out
+    assert "(name: eval).sets.open.metrics[0]: exact_match: data/prompts.jsonl:1 has no reference answer" in out
+
+
+def test_validate_refuses_an_unknown_model_or_a_step_that_is_not_a_train_step(tmp_path):
+    load = {"name": "rows", "kind": "load", "path": "data/gsm.jsonl", "prompt_field": "question",
+            "response_field": "answer"}
+    pipeline = bad_pipeline(tmp_path, models=("base", "train_x", "rows"), extra_steps=[load])
+    out = validate_problems(tmp_path, pipeline)
+    assert "steps[1] (name: eval).models[1]: no model or train step named 'train_x' (models: base; train steps: none)" in out
+    assert out.count("train_x") == 1  # said once, not again as a missing input step
+    assert "steps[1] (name: eval).models[2]: 'rows' is a load step; evaluate takes models under `models:` or train steps" in out
+
+
+def test_validate_refuses_an_unknown_judge_and_baseline(tmp_path):
+    pipeline = bad_pipeline(tmp_path, sets={"domain": {"path": "data/gsm.jsonl", "prompt_field": "question",
+                                                       "response_field": "answer",
+                                                       "metrics": [{"metric": "judge_winrate", "judges": ["gpt"]}]}})
+    out = validate_problems(tmp_path, pipeline)
+    assert "(name: eval).sets.domain.metrics[0].judges: no model named 'gpt' under `models:`" in out
+    text = pipeline.read_text().replace("models:\n  - base\n", "models:\n  - base\n  baseline: other\n")
+    pipeline.write_text(text)
+    out = validate_problems(tmp_path, pipeline)
+    assert "baseline: 'other' is not one of the evaluated models ['base']" in out
+
+
+def test_validate_says_what_to_install_for_lm_eval(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    pipeline = bad_pipeline(tmp_path, sets={"harness": {"metrics": [{"metric": "lm_eval", "tasks": ["gsm8k"]}]}})
+    out = validate_problems(tmp_path, pipeline)
+    assert "sets.harness.metrics[0]: metric lm_eval needs lm-evaluation-harness, which is not installed: " \
+           "pip install 'datamix[eval]'" in out

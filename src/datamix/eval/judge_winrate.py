@@ -79,29 +79,18 @@ def verdict_score(verdict: str | None, model_is: str) -> float | None:
     return 1.0 if verdict == model_is else 0.0
 
 
-def judge_pairs(judge, prompts: list[str], max_tokens: int) -> list[str]:
-    """Each judge prompt's greedy verdict text from `judge` (a Backend or a function of the prompts)."""
-    if callable(judge) and not hasattr(judge, "generate"):
-        return judge(prompts)
-    from datamix.models import Prompt, SamplingParams
-
-    params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=0)
-    out = judge.generate([Prompt(messages=[{"role": "user", "content": p}]) for p in prompts], params)
-    return [c[0].text for c in out]
-
-
-def score(instructions: list[str], answers: list[str], references: list[str], judges: dict, max_tokens: int = 256,
+def score(instructions: list[str], answers: list[str], references: list[str], judges: dict,
           template: str = PAIRWISE_PROMPT) -> list[Value]:
     """[judge_winrate, judge_ties, judge_unparsed] of `answers` against `references`.
 
-    `judges`: name -> a Backend (or a function from prompts to verdict texts)."""
+    `judges`: name -> a function from judge prompts (user messages) to the judge's verdict texts."""
     n = len(instructions)
     per_prompt: list[list[float]] = [[] for _ in range(n)]
     ties = total = unparsed = 0
     for _, judge in sorted(judges.items()):
         forward = [pairwise_prompt(template, i, a, r) for i, a, r in zip(instructions, answers, references)]
         backward = [pairwise_prompt(template, i, r, a) for i, a, r in zip(instructions, answers, references)]
-        texts = judge_pairs(judge, forward + backward, max_tokens)
+        texts = judge(forward + backward)
         for k, text in enumerate(texts):
             verdict = parse_verdict(text)
             s = verdict_score(verdict, "A" if k < n else "B")
@@ -142,6 +131,5 @@ def evaluate(model, set_name: str, records: list[dict], m: JudgeWinrateMetric, r
         path = m.prompt_file if os.path.isabs(m.prompt_file) else os.path.join(res.base_dir, m.prompt_file)
         with open(path, encoding="utf-8") as f:
             template = f.read()
-    judges = {name: res.backend_of(name) for name in m.judges}
-    judges = {name: getattr(j, "backend", j) for name, j in judges.items()}
-    return score(instructions, answers, references, judges, m.judge_max_tokens, template)
+    judges = {name: (lambda prompts, name=name: res.judge_texts(name, prompts, m.judge_max_tokens)) for name in m.judges}
+    return score(instructions, answers, references, judges, template)

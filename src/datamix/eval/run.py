@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
-
 from datamix.eval import Value
 from datamix.eval.lm import EvalModel
 from datamix.eval.sets import EvalSet
@@ -19,9 +17,9 @@ from datamix.eval.sets import EvalSet
 class Resources:
     """What metrics beyond the model need: other models (judges, references) and the response cache."""
 
-    # name -> a Backend-like object with generate(prompts, params) (judges, reference models)
-    backend_of: Callable[[str], Any] = lambda name: None
-    # greedy answers of another evaluated model (judge_winrate's reference), by name
+    # judge_texts(judge, prompts, max_tokens): a judge model's greedy replies to user messages
+    judge_texts: Callable[[str, list[str], int], list[str]] | None = None
+    # answers_of(model, set, chats, max_tokens): another model's greedy answers (judge_winrate's reference)
     answers_of: Callable[[str, str, list[list[dict]], int], list[str]] | None = None
     base_dir: str = "."
     seed: int = 0

@@ -181,32 +181,31 @@ def read_file_set(name: str, s: EvalSet, base_dir: str) -> list[dict]:
     return records[: s.limit] if s.limit else records
 
 
-def check_fit(name: str, s: EvalSet, records: list[dict], where: str) -> list[str]:
-    """Problems with metrics that do not fit the set's records (first offending record named)."""
+def check_fit(s: EvalSet, records: list[dict]) -> list[tuple[int, str]]:
+    """(metric index, problem) for metrics that do not fit the set's records (first offending record named)."""
     problems = []
     for i, m in enumerate(s.metrics):
-        at = f"{where}.metrics[{i}] ({m.metric})"
         if m.metric == "choice":
             for r in records:
                 try:
                     options_of(r, m.options_field)
                 except ValueError as e:
-                    problems.append(f"{at}: {_record_name(r)}: {e}; choice needs records with a list of options")
+                    problems.append((i, f"choice: {_record_name(r)}: {e}; choice needs records with a list of options"))
                     break
         answer_field = getattr(m, "answer_field", None)
         if m.metric in ("exact_match", "choice"):
             for r in records:
                 if answer_field and r.get(answer_field) in (None, ""):
-                    problems.append(f"{at}: {_record_name(r)} has no answer field {answer_field!r}")
+                    problems.append((i, f"{m.metric}: {_record_name(r)} has no answer field {answer_field!r}"))
                     break
                 if not answer_field and not _last_assistant(r["messages"]):
-                    problems.append(f"{at}: {_record_name(r)} has no reference answer: give the records an "
-                                    "assistant reply (response_field) or set `answer_field:`")
+                    problems.append((i, f"{m.metric}: {_record_name(r)} has no reference answer: give the records "
+                                        "an assistant reply (response_field) or set `answer_field:`"))
                     break
         if m.metric in ("exact_match", "choice", "judge_winrate"):
             for r in records:
                 if not any(x["role"] == "user" for x in r["messages"]):
-                    problems.append(f"{at}: {_record_name(r)} has no user message to answer")
+                    problems.append((i, f"{m.metric}: {_record_name(r)} has no user message to answer"))
                     break
     return problems
 

@@ -50,6 +50,7 @@ class EvaluateConfig(StepConfig):
     # Which of `models` are declared models (the rest are train steps): set from the
     # pipeline's `models:` while validating (spec.load passes it as validation context).
     _declared: frozenset[str] | None = PrivateAttr(default=None)
+    _step_names: frozenset[str] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo):
@@ -68,6 +69,8 @@ class EvaluateConfig(StepConfig):
         context = info.context if info is not None else None
         if isinstance(context, dict) and "models" in context:
             self._declared = frozenset(context["models"])
+        if isinstance(context, dict) and "steps" in context:
+            self._step_names = frozenset(context["steps"])
         return self
 
     @property
@@ -81,8 +84,10 @@ class EvaluateConfig(StepConfig):
         return [m for m in self.models if m in self._declared]
 
     def train_steps(self) -> list[str]:
+        """The evaluated train steps (a name that is neither a model nor a step is left to
+        check_pipeline, which says so once)."""
         declared = set(self.declared_models())
-        return [m for m in self.models if m not in declared]
+        return [m for m in self.models if m not in declared and (self._step_names is None or m in self._step_names)]
 
     def parent_steps(self) -> dict[str, str]:
         parents = {f"model-{m}": m for m in self.train_steps()}
@@ -93,11 +98,11 @@ class EvaluateConfig(StepConfig):
         """(option, model name) of every declared model this step uses (spec.models_used)."""
         refs = [("models", m) for m in self.declared_models()]
         for n, s in self.sets.items():
-            for m in s.metrics:
-                refs += [(f"sets.{n}.judges", j) for j in getattr(m, "judges", [])]
+            for i, m in enumerate(s.metrics):
+                refs += [(f"sets.{n}.metrics[{i}].judges", j) for j in getattr(m, "judges", [])]
                 ref = getattr(m, "reference", None)
                 if ref and ref != "set" and ref not in self.models:
-                    refs.append((f"sets.{n}.reference", ref))
+                    refs.append((f"sets.{n}.metrics[{i}].reference", ref))
         return refs
 
     def _files(self) -> list[tuple[tuple, str]]:
@@ -151,12 +156,17 @@ class EvaluateConfig(StepConfig):
             if s.input and s.input in kinds and kinds[s.input] == "train":
                 problems.append((where + ("input",), f"{s.input!r} is a train step, not rows to evaluate on"))
             if s.path and check_files:
+                from datamix.steps.load import list_files
+
+                full = s.path if os.path.isabs(s.path) else os.path.join(pipeline.base_dir, s.path)
+                if not list_files(full):
+                    continue  # spec's file check (resources) says it does not exist
                 try:
                     records = read_file_set(name, s, pipeline.base_dir)
                 except SetError as e:
                     problems.append((where + ("path",), str(e)))
                     continue
-                problems += [(where + ("metrics",), p) for p in check_fit(name, s, records, f"sets.{name}")]
+                problems += [(where + ("metrics", i), p) for i, p in check_fit(s, records)]
         return problems
 
     def model_calls(self, rows_in: int | None) -> int | None:
@@ -209,9 +219,9 @@ def _records(cfg: EvaluateConfig, name: str, s: EvalSet, inputs: dict[str, Input
             raise BadInput(f"step {cfg.name!r}.sets.{name}.path: {e}") from None
     else:
         return []  # lm_eval tasks bring their own data
-    problems = check_fit(name, s, records, f"step {cfg.name!r}.sets.{name}")
+    problems = check_fit(s, records)
     if problems:
-        raise BadInput("; ".join(problems))
+        raise BadInput("; ".join(f"step {cfg.name!r}.sets.{name}.metrics[{i}]: {p}" for i, p in problems))
     return records
 
 
@@ -257,20 +267,26 @@ def _schema() -> dict:
 
 
 def _resources(cfg: EvaluateConfig, ctx: Context, models: dict):
-    """Judges and reference answers for judge_winrate, through the pipeline's models and the response cache."""
+    """Judges and reference answers for judge_winrate: the pipeline's declared models, loaded once per
+    process and answered through the store's response cache, as the judge step calls them."""
     from datamix.eval.run import Resources
+    from datamix.models import Prompt
+    from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model
 
-    def backend_of(name: str):
-        from datamix.steps.generate import get_model
-
-        return get_model(ctx, name, f"step {cfg.name!r}.sets")
+    def judge_texts(name: str, prompts: list[str], max_tokens: int) -> list[str]:
+        model = get_model(ctx, name, f"step {cfg.name!r}.sets")
+        chats = [Prompt(messages=[{"role": "user", "content": p}]) for p in prompts]
+        params = Sampling(temperature=0.0, max_tokens=max_tokens).params()
+        out = generate_cached(ctx, model, chats, [[0] for _ in chats], params, seed=ctx.seed,
+                              call_seed=derive_seed(ctx.seed, cfg.name, name))
+        return [r[0]["text"] for r in out]
 
     def answers_of(name: str, set_name: str, chats: list[list[dict]], max_tokens: int) -> list[str]:
-        from datamix.eval.judge_winrate import greedy_answers
+        from datamix.eval.exact_match import greedy
 
         if name in models:
-            return greedy_answers(models[name][0].backend(), chats, max_tokens)
-        return greedy_answers(backend_of(name).backend, chats, max_tokens)
+            return greedy(models[name][0].backend(), chats, max_tokens)
+        return greedy(get_model(ctx, name, f"step {cfg.name!r}.sets.{set_name}.reference").backend, chats, max_tokens)
 
-    return Resources(backend_of=backend_of, answers_of=answers_of, base_dir=ctx.pipeline_dir, seed=ctx.seed,
+    return Resources(judge_texts=judge_texts, answers_of=answers_of, base_dir=ctx.pipeline_dir, seed=ctx.seed,
                      log=ctx.log)
