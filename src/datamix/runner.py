@@ -65,6 +65,9 @@ def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
     return out
 
 
+_NOT_FINGERPRINTED = {"ray", "price", "rpm", "tpm", "max_failures", "batch"}
+
+
 def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     """hash(kind, resolved config, parents' fingerprints, code version, models used, input files)."""
     fps: dict[str, str] = {}
@@ -75,8 +78,9 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
             "config": step.model_dump(mode="json"),
             "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
             "code": _code_version(step.kind),
-            # where a model runs (ray replicas) and what it costs do not change what it generates
-            "models": {m: pipeline.models[m].model_dump(mode="json", exclude={"ray", "price"})
+            # where a model runs (ray replicas, batch files), what it costs and how fast it may be
+            # called (rate budgets, failure bounds) do not change what it generates
+            "models": {m: pipeline.models[m].model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
                        for m in models_used(step) if m in pipeline.models},
             "files": _file_identity(pipeline, step),
             "seed": pipeline.seed,
@@ -131,9 +135,24 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
         if parents and all(counts.get(p) is not None for p in parents):
             rows_in = sum(counts[p] for p in parents)
         calls = None if action == "skip" else step.model_calls(rows_in)  # a skipped step calls no model
+        if action != "skip" and (batched := _batch_note(pipeline, step)):
+            reason += f"; {batched}"
         counts[step.name] = row["rows_out"] if row and action == "skip" else _estimate_rows_out(step, rows_in)
         entries.append(PlanEntry(step.name, step.kind, fp, action, reason, calls))
     return entries
+
+
+def _batch_note(pipeline: Pipeline, step: StepConfig) -> str | None:
+    """What `batch:` on the models a step calls means for its cost and time."""
+    notes = []
+    for m in models_used(step):
+        batch = getattr(pipeline.models.get(m), "batch", None)
+        if batch is not None and batch.runner == "openai":
+            notes.append(f"{m} as an OpenAI Batch: about half the price of live calls, answers within "
+                         f"{batch.completion_window}")
+        elif batch is not None:
+            notes.append(f"{m} through vllm run-batch on this machine")
+    return "; ".join(notes) or None
 
 
 def _missing_reason(missing: list[str]) -> str:

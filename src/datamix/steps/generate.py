@@ -165,10 +165,13 @@ def prompt_hash(prompt: Prompt) -> str:
     return hashlib.md5(json.dumps(_prompt_repr(prompt), ensure_ascii=False).encode()).hexdigest()
 
 
-def cache_key(model: LoadedModel, prompt: Prompt, params: SamplingParams, seed: int, index: int) -> str:
-    """md5 of (model name + path, prompt, sampling params without n/seed, step seed, sample index)."""
+def cache_key(model: LoadedModel, prompt: Prompt, params: SamplingParams, seed: int, index: int,
+              options: dict | None = None) -> str:
+    """md5 of (model name + path, prompt, sampling params without n/seed, step seed, sample index,
+    backend options such as a response_format when there are any)."""
     sampling = params.model_dump(exclude={"n", "seed"})
-    payload = json.dumps([model.cache_id, _prompt_repr(prompt), sampling, seed, index], sort_keys=True, ensure_ascii=False)
+    parts = [model.cache_id, _prompt_repr(prompt), sampling, seed, index] + ([options] if options else [])
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.md5(payload.encode()).hexdigest()
 
 
@@ -181,6 +184,7 @@ def generate_cached(
     *,
     seed: int,
     call_seed: int,
+    options: dict | None = None,
 ) -> list[list[dict]]:
     """For each prompt, one completion per sample index in `indices[p]`, from the cache where present.
 
@@ -188,9 +192,11 @@ def generate_cached(
     missing ones are generated in as few backend calls as possible (prompts
     missing the same indices share a call with n = that many), seeded with
     `call_seed` (derived by the caller from the chunk, so a resumed chunk samples
-    exactly as the first attempt did) and put in the cache together.
+    exactly as the first attempt did) and put in the cache together. `options` go to the
+    backend's generate (an openai judge's `response_format` and `require`) and into the keys.
+    A model declared with `batch:` answers through batch files instead (_generate_batched).
     """
-    keys = [[cache_key(model, prompt, params, seed, i) for i in idx] for prompt, idx in zip(prompts, indices)]
+    keys = [[cache_key(model, prompt, params, seed, i, options) for i in idx] for prompt, idx in zip(prompts, indices)]
     found = ctx.cache_get([k for row in keys for k in row]) if prompts else {}
     price = getattr(model.spec, "price", None)
     cost = {"model": model.name, "price_input_per_m": price.input_per_m if price else None,
@@ -207,10 +213,13 @@ def generate_cached(
         if missing:
             groups.setdefault(missing, []).append(p)
     fresh: dict[str, dict] = {}
+    if groups and getattr(model.spec, "batch", None) is not None and not getattr(ctx, "probe", False):
+        fresh = _generate_batched(ctx, model, prompts, keys, groups, params, call_seed, options, cost)
+        groups = {}
     for missing, members in sorted(groups.items()):
         call = params.model_copy(update={"n": len(missing), "seed": derive_seed(call_seed, *missing)})
         started = time.perf_counter()
-        outputs = _call_backend(ctx, model, [prompts[p] for p in members], call, cost)
+        outputs = _call_backend(ctx, model, [prompts[p] for p in members], call, cost, options)
         elapsed = time.perf_counter() - started
         per_prompt = elapsed / max(len(members), 1)
         if len(outputs) != len(members) or any(len(o) != len(missing) for o in outputs):
@@ -240,7 +249,35 @@ def generate_cached(
     return [[found.get(k) or fresh[k] for k in row] for row in keys]
 
 
-def _call_backend(ctx: Context, model: LoadedModel, prompts: list[Prompt], call: SamplingParams, cost: dict) -> list:
+def _generate_batched(ctx: Context, model: LoadedModel, prompts, keys, groups, params, call_seed, options,
+                      cost) -> dict[str, dict]:
+    """The missing answers as batch files (datamix/models/openai_batch.py): one line per answer,
+    custom_id = its cache key, seeded per chunk and sample index; the batch's ids go into the
+    response cache as soon as they are known, so a killed run resumes the same batch."""
+    import os
+
+    from datamix.models.openai_batch import BatchRequest, generate_batched
+
+    requests = [BatchRequest(keys[p][j], prompts[p], derive_seed(call_seed, "batch", j))
+                for missing, members in sorted(groups.items()) for p in members for j in missing]
+    started = time.perf_counter()
+    got = generate_batched(model.name, model.backend, requests, params, cache_get=ctx.cache_get,
+                           cache_put=ctx.cache_put, work_dir=os.path.join(ctx.output_dir, "batches"), log=ctx.log,
+                           **(options or {}))
+    elapsed = time.perf_counter() - started
+    fresh = {r.key: {"text": got[r.key].text, "finish_reason": got[r.key].finish_reason,
+                     "tokens_in": int(got[r.key].tokens_in), "tokens_out": int(got[r.key].tokens_out),
+                     "latency_s": float(got[r.key].latency_s or elapsed / len(requests))} for r in requests}
+    tokens = sum(v["tokens_out"] for v in fresh.values())
+    ctx.calls({**cost, "cached": False, "prompts": len(requests), "completions": len(requests),
+               "prompt_tokens": sum(v["tokens_in"] for v in fresh.values()), "completion_tokens": tokens,
+               "latency_s": elapsed, "retries": sum(int(c.retries) for c in got.values()), "failed": 0})
+    ctx.progress(0, tokens=tokens)
+    return fresh
+
+
+def _call_backend(ctx: Context, model: LoadedModel, prompts: list[Prompt], call: SamplingParams, cost: dict,
+                  options: dict | None = None) -> list:
     """model.backend.generate with the progress of a long call shown as it goes, and a call
     that fails for good recorded in dm.calls (it may have cost retries) before it propagates."""
     from datamix import models
@@ -248,7 +285,7 @@ def _call_backend(ctx: Context, model: LoadedModel, prompts: list[Prompt], call:
     models._progress_hook = ctx.calls_progress
     started = time.perf_counter()
     try:
-        return model.backend.generate(prompts, call)
+        return model.backend.generate(prompts, call, **(options or {}))
     except Exception:
         ctx.calls({**cost, "cached": False, "prompts": len(prompts), "completions": 0, "prompt_tokens": 0,
                    "completion_tokens": 0, "latency_s": time.perf_counter() - started, "retries": 0,
