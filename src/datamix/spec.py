@@ -77,6 +77,7 @@ class Pipeline(BaseModel):
 # Deeper than any real pipeline (the deepest option is about 6 levels down), shallow enough
 # that composing, interpolating and validating never reach Python's recursion limit.
 MAX_DEPTH = 32
+MAX_NODES = 100_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -113,8 +114,13 @@ def _line_map(root) -> tuple[dict[tuple, int], list[tuple[tuple, int, int]]]:
     duplicate keys as (path, line, line of the first one): YAML keeps the last one silently."""
     lines: dict[tuple, int] = {}
     duplicates: list[tuple[tuple, int, int]] = []
+    count = [0]
 
     def walk(node, path):
+        count[0] += 1
+        if count[0] > MAX_NODES:  # aliases of aliases expand exponentially ("billion laughs")
+            raise SpecError([f"the YAML expands to more than {MAX_NODES:,} values (through aliases *name); "
+                             "a pipeline is far smaller"])
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
@@ -181,6 +187,9 @@ def _apply_override(raw: dict, key: str, value: Any, problems: list[str], refere
     parts = key.split(".")
     if any(not p.strip() for p in parts):
         problems.append(f"override {key!r}: empty name in the key; write KEY=VALUE, {example}")
+        return
+    if len(parts) > MAX_DEPTH:
+        problems.append(f"override {key[:80]}...: nested deeper than {MAX_DEPTH} levels")
         return
     if len(parts) == 1:
         raw.setdefault("vars", {})
@@ -380,7 +389,10 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         raise SpecError([f"{path}: not valid YAML: nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path}: a pipeline is a mapping with `name` and `steps`"])
-    lines, duplicates = _line_map(root)
+    try:
+        lines, duplicates = _line_map(root)
+    except SpecError as e:
+        raise SpecError([f"{path}: {p}" for p in e.problems]) from None
     problems: list[str] = [
         f"{path}:{line}: {_format_loc(loc, raw.get('steps') if isinstance(raw.get('steps'), list) else [])}: duplicate key (first at line {first}); YAML would keep only "
         "the last one: remove or rename one" for loc, line, first in duplicates]

@@ -394,8 +394,17 @@ def test_deep_nesting_is_refused_with_its_line(tmp_path):
     result, problems = validate(tmp_path, f"name: t\nvars:\n  x: {deep}\nsteps: [{{name: src, kind: load, path: a.jsonl}}]\n")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert problems == ["p.yaml:3: not valid YAML: nested deeper than 32 levels; a pipeline is a few levels deep"]
-    result, problems = validate(tmp_path, "name: t\nsteps: [{name: src, kind: load, path: a.jsonl}]\n", f"x={deep}")
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    for override in (f"steps.src.limit={deep}", "steps.src." + ".".join(["a"] * 2000) + "=1"):
+        result, problems = validate(tmp_path, "name: t\nsteps: [{name: src, kind: load, path: a.jsonl}]\n", override)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert len(problems) == 1 and problems[0].startswith(("p.yaml:2: steps[0] (name: src).limit:", "override ")), problems
+
+
+def test_aliases_that_expand_exponentially_are_refused(tmp_path):
+    laughs = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    result, problems = validate(tmp_path, f"name: t\nvars:\n  l0: &l0 lol\n{laughs}steps: [{{name: src, kind: load, path: a.jsonl}}]\n")
+    assert result.exit_code == 2
+    assert problems == ["p.yaml: the YAML expands to more than 100,000 values (through aliases *name); a pipeline is far smaller"]
 
 
 OVERRIDES = """\
