@@ -48,7 +48,9 @@ def evaluate(model: EvalModel, m: LmEvalMetric, base_dir: str) -> list[Value]:
     results = lm_eval.simple_evaluate(
         model=hflm, tasks=list(m.tasks), num_fewshot=m.num_fewshot, limit=m.limit,
         task_manager=TaskManager(include_path=include) if include else TaskManager(),
-        apply_chat_template=m.apply_chat_template, log_samples=False, bootstrap_iters=0,
+        apply_chat_template=m.apply_chat_template, log_samples=False,
+        # means get the harness's analytic standard error; others a (small) bootstrap
+        bootstrap_iters=200,
     )
     return ingest(results)
 
@@ -61,11 +63,12 @@ def ingest(results: dict) -> list[Value]:
         n = samples.get(task, {}).get("effective") or samples.get(task, {}).get("original") or 0
         higher = results.get("higher_is_better", {}).get(task, {})
         for key, value in sorted(metrics.items()):
-            if "_stderr" in key or key == "alias" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            # metric keys are "<metric>,<filter>"; others (alias, sample_len) are bookkeeping
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             name, _, filt = key.partition(",")
             stderr = metrics.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
-            stderr = float(stderr) if isinstance(stderr, (int, float)) else None
+            stderr = float(stderr) if isinstance(stderr, (int, float)) and not isinstance(stderr, bool) else None
             label = f"{task}/{name}" + (f",{filt}" if filt and filt != "none" else "")
             hib = higher.get(name, not any(t in name for t in _LOWER_IS_BETTER))
             out.append(Value(label, float(value), int(n), stderr,
