@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # Order matters: views and macros refer to the tables.
 SQL_FILES = ("schema.sql", "funnel.sql", "lineage.sql", "composition.sql", "clusters.sql", "calls.sql",
-             "metrics.sql", "forgetting.sql")
+             "metrics.sql", "forgetting.sql", "judge_failures.sql")
 
 
 class StoreError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import polars as pl
@@ -206,3 +207,89 @@ def test_batches_by_length_pad_only_to_rows_of_similar_size():
     # a token budget splits a batch of long rows before the row limit does
     assert batches_by_length([100, 100, 100], batch_size=8, max_tokens=250) == [[0, 1], [2]]
     assert batches_by_length([], batch_size=4) == []
+
+
+# ---------------------------------------------------------------- structured judges, against a real local server
+
+
+def _judge_reply(body):
+    """The same verdict for the same response, as JSON when a response_format was asked for, else as text."""
+    prompt = body["messages"][-1]["content"]
+    response = prompt.split("[Response]\n", 1)[1].split("\n", 1)[0]
+    score = {"Apple.": 4, "Hi there, friend.": 2}[response]
+    if "response_format" in body:
+        return json.dumps({"score": score, "reason": "short"})
+    return f"It is short.\nScore: {score}"
+
+
+def _served_judge(monkeypatch, url, **kw):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", "k")
+    gen.clear_backends()
+    return {"j": OpenAIModel(backend="openai", path="judge", base_url=url, api_key_env="DATAMIX_TEST_KEY",
+                             timeout_s=5, max_retries=3, **kw)}
+
+
+@pytest.mark.parametrize("mode", ["auto", "text"])
+def test_structured_and_text_judges_give_the_same_scores(monkeypatch, mode):
+    from tests.models.fake_openai import FlakyServer
+
+    with FlakyServer(fail_rate=0.0, answer_text=_judge_reply) as server:
+        specs = _served_judge(monkeypatch, server.url)
+        rows = judged(JudgeConfig(name="judged", kind="judge", judges=["j"], structured=mode), make_ctx(specs, {}))
+        gen.clear_backends()
+    assert rows["score"].to_list() == [4.0, 2.0]
+    structured = [b for b in server.bodies if "response_format" in b]
+    if mode == "auto":  # asked through the schema, with the JSON instruction in the prompt
+        assert len(structured) == 2 and structured[0]["response_format"] == judge_mod.judge_schema(1.0, 5.0)
+        assert structured[0]["response_format"]["json_schema"]["schema"]["properties"]["score"]["enum"] == [1, 2, 3, 4, 5]
+        assert json.loads(rows["judge_raw"].to_list()[0][0]["text"]) == {"score": 4, "reason": "short"}
+    else:
+        assert not structured
+
+
+def test_a_server_without_structured_output_falls_back_to_text(monkeypatch):
+    """A server that ignores response_format (free text back) costs bounded attempts, then text parsing."""
+    from tests.models.fake_openai import FlakyServer
+
+    judge_mod._NO_STRUCTURED.clear()
+    with FlakyServer(fail_rate=0.0, answer_text=lambda b: _judge_reply({k: v for k, v in b.items()
+                                                                       if k != "response_format"})) as server:
+        specs = _served_judge(monkeypatch, server.url)
+        logs = []
+        ctx = make_ctx(specs, {})
+        ctx.log = logs.append
+        rows = judged(JudgeConfig(name="judged", kind="judge", judges=["j"]), ctx)
+        gen.clear_backends()
+    judge_mod._NO_STRUCTURED.clear()
+    assert rows["score"].to_list() == [4.0, 2.0]
+    assert any("no structured output" in m for m in logs)
+    asked = [b for b in server.bodies if "response_format" in b]
+    assert 1 <= len(asked) <= 8  # bounded (max_retries 3, two prompts), then text only
+    assert len(server.bodies) - len(asked) == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"score": 4, "reason": "ok"}', (4.0, None)),
+    ('{"score": "3", "reason": "ok"}', (3.0, None)),
+    ('{"score": 9, "reason": "ok"}', (None, "out_of_range:9")),
+    ('{"score": null, "reason": "ok"}', (None, "unparsable")),
+    ('{"reason": "no score. Score: 2"}', (2.0, None)),  # not the schema: parsed as text
+    ("Score: 5", (5.0, None)),
+])
+def test_parse_structured(text, expected):
+    assert judge_mod.parse_structured(text, 1.0, 5.0) == expected
+
+
+def test_parse_failures_are_counted_per_judge_in_the_store(judges, tmp_path):
+    from datamix.store import Store
+
+    _, specs = judges
+    rows = judged(JudgeConfig(name="judged", kind="judge", judges=["j1", "j2"]), make_ctx(specs, {}))
+    store = Store(str(tmp_path / "s.duckdb"))
+    try:
+        store.con.register("_rows", rows.select("scores").to_arrow())
+        store.con.execute("CREATE TABLE judged AS SELECT * FROM _rows")
+        counts = store.con.execute("SELECT judge, candidates, failures, reasons FROM dm.judge_failures('judged')").fetchall()
+    finally:
+        store.close()
+    assert counts == [("j1", 2, 0, None), ("j2", 2, 1, {"unparsable": 1})]

@@ -264,6 +264,9 @@ def _transport(limits):
 class OpenAIBackend:
     """Backend over an OpenAI-compatible HTTP server."""
 
+    # generate() takes require= and response_format= (structured judges look for this)
+    supports_response_format = True
+
     def __init__(
         self,
         name: str,

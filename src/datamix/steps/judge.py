@@ -48,6 +48,10 @@ class JudgeConfig(StepConfig):
     batch_size: int = Field(default=8, ge=1, description="candidates per forward pass (reward_model, loglik)")
     seed: int | None = None
     chunk_size: int = Field(default=512, ge=1, description="candidates per committed chunk")
+    structured: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto/json: openai judges answer {score, reason} through the server's "
+        "structured output (response_format JSON schema), falling back to text where it is refused; other "
+        "backends and text: the score is parsed from free text")
 
     path_fields: ClassVar[tuple[str, ...]] = ("prompt_file",)
 
@@ -67,6 +71,52 @@ class JudgeConfig(StepConfig):
         carried = inputs.get("input")
         return None if carried is None else carried | {"sample_id", "score", "score_note", "scores", "judge_raw",
                                                        "candidate_id"}
+
+
+# ---------------------------------------------------------------- structured output
+
+# Appended to the rubric when the judge answers in JSON: the schema constrains the form,
+# the prompt says what goes in it (a model reads the prompt, not the schema).
+JSON_INSTRUCTION = """
+
+Answer with a JSON object only: {"score": N, "reason": "one sentence"}, where N is the rating."""
+
+# Judges whose server refused response_format: text from then on (per process).
+_NO_STRUCTURED: set[str] = set()
+
+
+def judge_schema(low: float, high: float) -> dict:
+    """The response_format asking for {"score": ..., "reason": "..."} on the judge's scale
+    (an enum of the whole numbers on an integer scale: the keyword every server's guided
+    decoding supports)."""
+    if float(low).is_integer() and float(high).is_integer() and high - low <= 100:
+        score: dict = {"type": "integer", "enum": list(range(int(low), int(high) + 1))}
+    else:
+        score = {"type": "number"}
+    return {"type": "json_schema", "json_schema": {"name": "judgement", "strict": True, "schema": {
+        "type": "object", "properties": {"score": score, "reason": {"type": "string"}},
+        "required": ["score", "reason"], "additionalProperties": False}}}
+
+
+def parse_structured(text: str, low: float = 1.0, high: float = 5.0) -> tuple[float | None, str | None]:
+    """(score, None) or (None, reason) from a JSON judgement; text that is not one is parsed as free text."""
+    try:
+        value = json.loads(text)["score"]
+    except (ValueError, TypeError, KeyError):
+        return parse_score(text, low, high)
+    if isinstance(value, str):
+        return parse_score(value, low, high)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None, "unparsable"
+    if not (low <= value <= high):
+        return None, f"out_of_range:{value}"
+    return float(value), None
+
+
+def _structured(cfg: JudgeConfig, model) -> bool:
+    """Whether this judge is asked for JSON: its backend takes a response_format (the openai one)."""
+    return (cfg.structured != "text" and getattr(model.backend, "supports_response_format", False)
+            and model.cache_id not in _NO_STRUCTURED)
 
 
 # ---------------------------------------------------------------- score parsing
@@ -158,11 +208,38 @@ def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[di
     per_candidate: list[list[dict]] = [[] for _ in convs]
     for judge in cfg.judges:
         model = get_model(ctx, judge, f"step {ctx.step!r}.judges")
-        results = generate_cached(ctx, model, prompts, [[0] for _ in prompts], sampling_for(cfg, model.spec).params(), seed=seed,
-                                  call_seed=derive_seed(seed, chunk_index, judge))
+        params = sampling_for(cfg, model.spec).params()
+        call_seed = derive_seed(seed, chunk_index, judge)
+        structured = _structured(cfg, model)
+        if structured:
+            from datamix.models.openai import OpenAIBackendError
+
+            asked = [Prompt(messages=[{"role": "user", "content": p.messages[0]["content"] + JSON_INSTRUCTION}])
+                     for p in prompts]
+            options = {"require": "json", "response_format": judge_schema(*cfg.scale)}
+            try:
+                results = generate_cached(ctx, model, asked, [[0] for _ in prompts], params, seed=seed,
+                                          call_seed=call_seed, options=options)
+            except OpenAIBackendError as e:
+                # refused (400/422), or ignored (replies that are not JSON): this server has no
+                # structured output for us; today's text parsing instead
+                if e.status not in (400, 422) and "not a JSON object" not in str(e):
+                    raise
+                _NO_STRUCTURED.add(model.cache_id)
+                ctx.log(f"step {ctx.step!r}: judge {judge!r} has no structured output here ({str(e)[:200]}); "
+                        "its scores are parsed from text")
+                structured = False
+        if not structured:
+            results = generate_cached(ctx, model, prompts, [[0] for _ in prompts], params, seed=seed,
+                                      call_seed=call_seed)
+        parse = parse_structured if structured else parse_score
+        failed = 0
         for out, (res,) in zip(per_candidate, results):
-            score, reason = parse_score(res["text"], *cfg.scale)
+            score, reason = parse(res["text"], *cfg.scale)
+            failed += score is None
             out.append({"judge": judge, "score": score, "reason": reason, "text": res["text"]})
+        if failed:  # each one is in the rows' scores (reason); dm.judge_failures(step) counts them
+            ctx.log(f"step {ctx.step!r}: judge {judge!r}: {failed} of {len(results)} scores could not be parsed")
     return per_candidate
 
 
