@@ -262,7 +262,7 @@ steps:
   - {name: m, kind: mix, inputs: {a: src}, ratio: {a: 1}, unit: tokens, tokenizer: ./no-tokenizer}
 """, "p.yaml:6: steps[1] (name: m).tokenizer", "./no-tokenizer is neither a model"),
     ("""\
-  - {name: tr, kind: train, shards: out, model: ./checkpoints/none}
+  - {name: tr, kind: train, shards: ., model: ./checkpoints/none}
 """, "p.yaml:6: steps[1] (name: tr).model", "./checkpoints/none is neither a model"),
     # bad values that pydantic lets through
     ("""\
