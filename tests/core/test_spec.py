@@ -479,3 +479,27 @@ def test_train_shards_folder_exists_or_is_written_by_an_export_step(tmp_path):
     assert result.exit_code == 2
     assert problems == [f"p.yaml:7: steps[2] (name: tr).shards: out/shard does not exist (looked for {tmp_path}/out/shard) "
                         "and no export step with format: shards writes it; or train on the export step with `input:`"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("len(messages >= 2", "invalid predicate 'len(messages >= 2': Parser Error"),
+    ("true), false) AS ok FROM sample; COPY (SELECT 1) TO 'x.csv'; SELECT ((true",
+     "write one condition over the sample's columns"),
+])
+def test_sql_rules_are_parsed_at_validate_time(tmp_path, where, message):
+    text = HEAD + "  - {name: f, kind: filter, input: src, rules: [{rule: sql, where: WHERE}]}\n"
+    result, problems = validate(tmp_path, text.replace("WHERE", '"' + where + '"'))
+    assert result.exit_code == 2
+    assert len(problems) == 1 and problems[0].startswith("p.yaml:6: steps[1] (name: f).rules[0].where: "), problems
+    assert message in problems[0]
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_judge_prompt_file_needs_both_placeholders(tmp_path):
+    (tmp_path / "rubric.txt").write_text("Rate this: {response}")
+    result, problems = validate(tmp_path, HEAD + """\
+  - {name: sc, kind: judge, input: src, judges: [tm], prompt_file: rubric.txt}
+""")
+    assert result.exit_code == 2
+    assert problems == [f"p.yaml:6: steps[1] (name: sc).prompt_file: {tmp_path}/rubric.txt lacks {{instruction}}; "
+                        "put both placeholders where the texts go"]

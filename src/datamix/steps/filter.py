@@ -118,6 +118,22 @@ class SqlRule(_Rule):
     rule: Literal["sql"]
     where: str = Field(description="a DuckDB predicate over the sample's columns; samples where it is not true are dropped")
 
+    @field_validator("where")
+    @classmethod
+    def _one_predicate(cls, where: str) -> str:
+        """Parsed by DuckDB now, so a typo fails `validate` rather than the run after hours of
+        generation; and one predicate, never a second statement after it."""
+        import duckdb
+
+        try:
+            statements = duckdb.extract_statements(f"SELECT coalesce(({where}), false) AS ok FROM sample")
+        except duckdb.Error as e:
+            raise ValueError(f"invalid predicate {where!r}: {str(e).splitlines()[0]}") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise ValueError(f"invalid predicate {where!r}: write one condition over the sample's columns, "
+                             "e.g. len(messages) >= 2")
+        return where
+
 
 Rule = Annotated[LengthRule | RegexRule | RepetitionRule | PhrasesRule | ShapeRule | SqlRule, Field(discriminator="rule")]
 

@@ -66,6 +66,20 @@ class JudgeConfig(StepConfig):
     def model_calls(self, rows_in: int | None) -> int | None:
         return None if rows_in is None else rows_in * len(self.judges)
 
+    def check_pipeline(self, pipeline, check_files: bool = True) -> list[tuple[tuple, str]]:
+        """The prompt file's placeholders, read at validate time (the file itself is a Resource)."""
+        import os
+
+        if not self.prompt_file or not check_files:
+            return []
+        path = os.path.join(pipeline.base_dir, self.prompt_file)
+        if not os.path.isfile(path):
+            return []  # reported with the files
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        missing = [p for p in ("{instruction}", "{response}") if p not in text]
+        return [(("prompt_file",), f"{path} lacks {', '.join(missing)}; put both placeholders where the texts go")] if missing else []
+
     def columns_out(self, inputs):
         # the candidates' columns, carried, plus the scores
         carried = inputs.get("input")
