@@ -500,29 +500,6 @@ def _origin_text(o: dict) -> str:
     return f"{o.get('shard')} sequence {o.get('sequence')}"
 
 
-# ---- models and training --------------------------------------------------------
-
-
-@main.group()
-def models():
-    """Model helpers (tiny offline models for tests and the quickstart)."""
-
-
-@models.command("tiny")
-@click.argument("path", type=click.Path(file_okay=False))
-@click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
-@click.option("--chat-template", default="chatml", show_default=True, help="a bundled name or a .jinja file")
-@click.option("--reward", is_flag=True, help="a reward model (sequence classification, 1 label)")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=8), help="hidden size")
-@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1), help="attention heads")
-@click.option("--vocab", default=1000, show_default=True, type=click.IntRange(min=300), help="BPE vocabulary size")
-@click.option("--tokenizer-data", "tokenizer_data", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL / JSON / text files to train the tokenizer on (default: a small built-in text)")
-@click.argument("more_data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-def models_tiny(path, arch, chat_template, reward, seed, hidden, layers, heads, vocab, tokenizer_data, more_data):
-    """Write a tiny random model with a tokenizer trained on the spot to PATH.
 @main.command()
 @click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
 @click.option("--store", help="DuckDB file (default: the pipeline's store)")
@@ -548,6 +525,29 @@ def report(pipeline, store, out, open_, title):
         webbrowser.open(pathlib.Path(written).resolve().as_uri())
 
 
+# ---- models and training --------------------------------------------------------
+
+
+@main.group()
+def models():
+    """Model helpers (tiny offline models for tests and the quickstart)."""
+
+
+@models.command("tiny")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
+@click.option("--chat-template", default="chatml", show_default=True, help="a bundled name or a .jinja file")
+@click.option("--reward", is_flag=True, help="a reward model (sequence classification, 1 label)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=8), help="hidden size")
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1), help="attention heads")
+@click.option("--vocab", default=1000, show_default=True, type=click.IntRange(min=300), help="BPE vocabulary size")
+@click.option("--tokenizer-data", "tokenizer_data", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL / JSON / text files to train the tokenizer on (default: a small built-in text)")
+@click.argument("more_data", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def models_tiny(path, arch, chat_template, reward, seed, hidden, layers, heads, vocab, tokenizer_data, more_data):
+    """Write a tiny random model with a tokenizer trained on the spot to PATH.
 
     --tokenizer-data FILE [FILE ...] trains the BPE tokenizer on those files."""
     from datamix.models.tiny import build_tiny_model

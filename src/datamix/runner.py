@@ -31,7 +31,12 @@ class PlanEntry:
     fingerprint: str
     action: str  # run | resume | skip
     reason: str
-    model_calls: int | None = None
+    model_calls: int | None = None  # new calls: those the response cache would answer are not counted
+    cached_calls: int | None = None  # None: not known (the step's inputs do not exist yet)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usd: float | None = None  # with a `price:` on the step's models
+    calls_exact: bool = False  # probed against the store's cache, not the kind's formula
 
 
 def _code_version(kind: str) -> str:
@@ -138,7 +143,17 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
         if action != "skip" and (batched := _batch_note(pipeline, step)):
             reason += f"; {batched}"
         counts[step.name] = row["rows_out"] if row and action == "skip" else _estimate_rows_out(step, rows_in)
-        entries.append(PlanEntry(step.name, step.kind, fp, action, reason, calls))
+        entry = PlanEntry(step.name, step.kind, fp, action, reason, calls)
+        if calls is not None:  # what the calls cost, the cache taken into account where it can be
+            from datamix.estimate import estimate
+
+            done = {e.name for e in entries if e.action == "skip"}
+            cost = estimate(pipeline, store, step, action, all(p in done for p in parents), calls)
+            if cost is not None:
+                entry.model_calls, entry.cached_calls, entry.calls_exact = cost.calls, cost.cached, cost.exact
+                entry.prompt_tokens, entry.completion_tokens, entry.usd = (cost.prompt_tokens, cost.completion_tokens,
+                                                                           cost.usd)
+        entries.append(entry)
     return entries
 
 

@@ -95,7 +95,8 @@ models:
     price: {{input_per_m: 2.0, output_per_m: 8.0}}
 steps:
   - {{name: instructions, kind: load, path: instructions.jsonl}}
-  - {{name: answers, kind: generate, input: instructions, models: [remote], n: 2, chunk_size: {chunk}}}
+  - {{name: {name}, kind: generate, input: instructions, models: [remote], n: 2, chunk_size: 4}}
+  - {{name: clean, kind: filter, input: {name}, rules: [{{rule: length, field: response, max: 40, unit: chars}}]}}
 """
 
 
@@ -106,7 +107,7 @@ def datamix(*args, cwd, **kw):
 def write_instructions(folder, n):
     with open(folder / "instructions.jsonl", "w") as f:
         for i in range(n):
-            f.write(json.dumps({"prompt": f"Say something about {i}.", "response": "-"}) + "\n")
+            f.write(json.dumps({"prompt": f"Say something about {'very ' * (i % 3)}{i}.", "response": "-"}) + "\n")
 
 
 def wait_for(predicate, what, timeout=120):
@@ -128,7 +129,7 @@ def server():
 
 def test_status_and_sql_on_a_store_a_run_holds_and_the_cost_of_its_calls(tmp_path, server):
     write_instructions(tmp_path, 6)
-    (tmp_path / "costs.yaml").write_text(PIPELINE.format(url=server.url, chunk=4))
+    (tmp_path / "costs.yaml").write_text(PIPELINE.format(url=server.url, name="answers"))
     store = tmp_path / ".datamix" / "costs.duckdb"
     run = subprocess.Popen([sys.executable, "-m", "datamix.cli", "run", "costs.yaml", "-v"], cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,7 +144,8 @@ def test_status_and_sql_on_a_store_a_run_holds_and_the_cost_of_its_calls(tmp_pat
         progress_file = str(store) + ".progress.json"
         progress = json.loads(open(progress_file).read())
         assert progress["pid"] == run.pid and progress["step"]["name"] == "answers"
-        assert {s["name"]: s["state"] for s in progress["steps"]} == {"instructions": "done", "answers": "running"}
+        assert {s["name"]: s["state"] for s in progress["steps"]} == {"instructions": "done", "answers": "running",
+                                                                      "clean": "pending"}
         assert progress["step"]["calls"]["total"] == 6 * 2 and progress["step"]["calls"]["done"] == 0
 
         status = datamix("status", "costs.yaml", cwd=tmp_path)
@@ -161,8 +163,9 @@ def test_status_and_sql_on_a_store_a_run_holds_and_the_cost_of_its_calls(tmp_pat
         server.gate.set()
         out, err = run.communicate(timeout=180)
     assert run.returncode == 0, err
-    # pass-through-free pipeline; every chunk logs rows in and out
     assert "committed answers chunk rows-0-4: 4 rows in, 8 out" in err
+    # a pass-through step writes no rows: -v says what it kept, not "0 out"
+    assert "committed clean chunk rows-0: 12 rows in, 8 kept, 4 dropped" in err
     assert not os.path.exists(str(store) + ".progress.json")  # removed when the run ends
 
     con = duckdb.connect(str(store), read_only=True)
@@ -180,12 +183,12 @@ def test_status_and_sql_on_a_store_a_run_holds_and_the_cost_of_its_calls(tmp_pat
     if "retries" in Completion.__dataclass_fields__:  # the backend reports its retries (engineer D's change)
         assert retries == server.failures == 2
 
-    # a rerun that changes how the step is chunked makes no request: every answer is a cache hit
-    (tmp_path / "costs.yaml").write_text(PIPELINE.format(url=server.url, chunk=3))
+    # the same step under another name asks the same questions: no request, every answer a cache hit
+    (tmp_path / "costs.yaml").write_text(PIPELINE.format(url=server.url, name="answers_again"))
     again = datamix("run", "costs.yaml", "-q", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert server.requests == 6
     con = duckdb.connect(str(store), read_only=True)
-    hits, saved = con.execute("SELECT sum(cache_hits), sum(saved_usd) FROM dm.cost WHERE step = 'answers'").fetchall()[0]
+    hits, saved = con.execute("SELECT sum(cache_hits), sum(saved_usd) FROM dm.cost WHERE step = 'answers_again'").fetchall()[0]
     con.close()
     assert hits == 12 and saved == pytest.approx(usd)

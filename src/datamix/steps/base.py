@@ -235,6 +235,9 @@ class Context:
     # query(sql, params) -> list of row dicts: SQL on the store, for steps that look at the
     # whole run (report); other steps get their rows through `inputs`
     query: Callable[..., Any] | None = None
+    # probe: `datamix plan` runs the step to count what it would ask its models; the shared
+    # generation path answers from the cache and records the rest without calling a model
+    probe: bool = False
 
     def resolve(self, path: str) -> str:
         import os

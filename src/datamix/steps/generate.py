@@ -92,10 +92,64 @@ def get_model(ctx: Context, name: str, where: str) -> LoadedModel:
         declared = ", ".join(sorted(ctx.models)) or "none"
         raise BadInput(f"{where}: model {name!r} is not declared under `models:` (declared: {declared}).")
     spec = ctx.models[name]
+    if ctx.probe:  # plan: no model is loaded, at most its tokenizer
+        return LoadedModel(name=name, spec=spec, backend=_ProbeBackend(name, spec, ctx.pipeline_dir))
     key = (name, spec.model_dump_json(), ctx.pipeline_dir)
     if key not in _BACKENDS:
         _BACKENDS[key] = models.load_backend(name, spec, ctx.pipeline_dir)
     return LoadedModel(name=name, spec=spec, backend=_BACKENDS[key])
+
+
+class _ProbeBackend:
+    """What a step sees of a model while `datamix plan` probes it: the tokenizer (pre-query
+    templates need it), never a generation (generate_cached does not call it in a probe)."""
+
+    def __init__(self, name: str, spec, base_dir: str):
+        self.name, self.spec, self.base_dir = name, spec, base_dir
+        self._tokenizer: Any = False
+
+    def tokenizer(self):
+        if self._tokenizer is False:
+            from datamix import models
+
+            path = getattr(self.spec, "tokenizer", None) if self.spec.backend == "openai" else self.spec.path
+            if path is None:
+                self._tokenizer = None
+            else:
+                spec = models.resolve_spec(self.spec.model_copy(update={"path": path}), self.base_dir)
+                self._tokenizer = models.load_tokenizer(spec.path, spec.chat_template, self.name)
+        return self._tokenizer
+
+    def generate(self, prompts, params, **options):
+        raise RuntimeError("a plan probe does not generate")
+
+    def __getattr__(self, attr: str):
+        """What the real backend declares about itself (supports_response_format, ...), read from
+        its class without loading a model, so a probed step asks exactly what a run would."""
+        import importlib
+
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        module, name = {"openai": ("datamix.models.openai", "OpenAIBackend"),
+                        "transformers": ("datamix.models.transformers", "TransformersBackend"),
+                        "vllm": ("datamix.models.vllm", "VLLMBackend")}.get(self.spec.backend, (None, None))
+        try:
+            cls = getattr(importlib.import_module(module), name) if module else None
+        except ImportError:
+            cls = None
+        value = vars(cls).get(attr) if cls is not None else None
+        if value is None or callable(value) or isinstance(value, (property, staticmethod, classmethod)):
+            raise AttributeError(attr)
+        return value
+
+
+def _prompt_tokens_estimate(prompt: Prompt) -> int:
+    """Tokens of a prompt for a plan: exact for token ids, about 4 characters a token otherwise."""
+    if prompt.token_ids is not None:
+        return len(prompt.token_ids)
+    if prompt.text is not None:
+        return len(prompt.text) // 4 + 1
+    return sum(len(str(m.get("content") or "")) // 4 + 4 for m in prompt.messages or [])
 
 
 def clear_backends() -> None:
@@ -218,6 +272,17 @@ def generate_cached(
         groups = {}
     for missing, members in sorted(groups.items()):
         call = params.model_copy(update={"n": len(missing), "seed": derive_seed(call_seed, *missing)})
+        if ctx.probe:  # plan: count the call; a placeholder answer lets the step carry on (next turns)
+            ctx.calls({**cost, "cached": False, "probe": True, "prompts": len(members),
+                       "completions": len(members) * len(missing),
+                       "prompt_tokens": sum(_prompt_tokens_estimate(prompts[p]) for p in members),
+                       "completion_tokens": len(members) * len(missing) * params.max_tokens,
+                       "latency_s": 0.0, "retries": 0, "failed": 0})
+            for p in members:
+                for j in missing:
+                    fresh[keys[p][j]] = {"text": "...", "finish_reason": "stop", "tokens_in": 0, "tokens_out": 0,
+                                         "latency_s": 0.0}
+            continue
         started = time.perf_counter()
         outputs = _call_backend(ctx, model, [prompts[p] for p in members], call, cost, options)
         elapsed = time.perf_counter() - started
@@ -244,7 +309,7 @@ def generate_cached(
                    "prompt_tokens": prompt_tokens, "completion_tokens": tokens, "latency_s": elapsed,
                    "retries": retries, "failed": 0})
         ctx.progress(0, tokens=tokens)
-    if fresh:
+    if fresh and not ctx.probe:
         ctx.cache_put(fresh)
     return [[found.get(k) or fresh[k] for k in row] for row in keys]
 
