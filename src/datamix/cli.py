@@ -200,10 +200,20 @@ def plan(pipeline, overrides, store, fmt):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("step", "kind", "action", "why", "model calls")
+    table = Table("step", "kind", "action", "why", "model calls", "cached", "tokens in / out", "USD")
     for e in entries:
-        table.add_row(e.name, e.kind, e.action, Text(e.reason), "" if e.model_calls is None else f"{e.model_calls:,}")
+        calls = "" if e.model_calls is None else f"{e.model_calls:,}" + ("" if e.calls_exact else " (at most)")
+        cached = "" if e.model_calls is None else ("?" if e.cached_calls is None else f"{e.cached_calls:,}")
+        tokens = "" if e.model_calls is None else (
+            f"{'?' if e.prompt_tokens is None else format(e.prompt_tokens, ',')} / "
+            f"{'?' if e.completion_tokens is None else format(e.completion_tokens, ',')}")
+        table.add_row(e.name, e.kind, e.action, Text(e.reason), calls, cached, tokens,
+                      "" if e.usd is None else f"{'' if e.prompt_tokens is not None else '>= '}${e.usd:,.4f}")
     Console().print(table)
+    if any(e.model_calls for e in entries):
+        click.echo("calls the response cache would answer are not counted; tokens are estimates (completions: the "
+                   "step's earlier average, else its max_tokens); USD from each model's price: per million tokens",
+                   err=True)
 
 
 @main.command()
