@@ -503,3 +503,17 @@ def test_a_judge_prompt_file_needs_both_placeholders(tmp_path):
     assert result.exit_code == 2
     assert problems == [f"p.yaml:6: steps[1] (name: sc).prompt_file: {tmp_path}/rubric.txt lacks {{instruction}}; "
                         "put both placeholders where the texts go"]
+
+
+@pytest.mark.parametrize("path, place, message", [
+    ("data.txt", "steps[1] (name: l).format", "cannot tell the format of data.txt from its extension; set `format:`"),
+    ("empty", "steps[1] (name: l).path", "has no .csv, .json, .jsonl, .ndjson, .parquet file"),
+])
+def test_load_files_are_checked_at_validate_time(tmp_path, path, place, message):
+    (tmp_path / "data.txt").write_text("{}\n")
+    (tmp_path / "empty").mkdir()
+    result, problems = validate(tmp_path, HEAD + f"  - {{name: l, kind: load, path: {path}}}\n")
+    assert result.exit_code == 2 and len(problems) == 1, problems
+    assert problems[0].startswith(f"p.yaml:6: {place}: ") and message in problems[0], problems
+    result, problems = validate(tmp_path, HEAD + "  - {name: l, kind: load, path: data.txt, format: jsonl}\n")
+    assert result.exit_code == 0, problems

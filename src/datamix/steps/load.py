@@ -66,6 +66,21 @@ class LoadConfig(StepConfig):
     def columns_out(self, inputs):
         return frozenset({"sample_id", "messages", "origin_file", "origin_line", *self.keep_fields})
 
+    def check_pipeline(self, pipeline, check_files: bool = True) -> list[tuple[tuple, str]]:
+        """What the files are, at validate time: a folder with no data file, or a file whose format
+        its extension does not tell (a missing path is reported with the files)."""
+        if not check_files:
+            return []
+        full = os.path.normpath(os.path.join(pipeline.base_dir, self.path))
+        files = list_files(full)
+        if os.path.isdir(full) and not files:
+            return [(("path",), f"the folder {full} has no {', '.join(sorted(FORMATS))} file")]
+        unknown = [f for f in files if os.path.splitext(f)[1].lower() not in FORMATS]
+        if self.format == "auto" and unknown:
+            return [(("format",), f"cannot tell the format of {os.path.relpath(unknown[0], pipeline.base_dir)} from "
+                     "its extension; set `format:` (jsonl, json, parquet, csv)")]
+        return []
+
 
 def list_files(path: str) -> list[str]:
     if os.path.isdir(path):
