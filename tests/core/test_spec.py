@@ -517,3 +517,11 @@ def test_load_files_are_checked_at_validate_time(tmp_path, path, place, message)
     assert problems[0].startswith(f"p.yaml:6: {place}: ") and message in problems[0], problems
     result, problems = validate(tmp_path, HEAD + "  - {name: l, kind: load, path: data.txt, format: jsonl}\n")
     assert result.exit_code == 0, problems
+
+
+def test_a_dedup_reference_file_must_be_readable(tmp_path):
+    (tmp_path / "bench.txt").write_text("{}\n")
+    result, problems = validate(tmp_path, HEAD + "  - {name: d, kind: dedup, input: src, reference: bench.txt}\n")
+    assert result.exit_code == 2
+    assert problems == ["p.yaml:6: steps[1] (name: d).reference: cannot tell the format of bench.txt from its "
+                        "extension: use .jsonl, .json, .parquet or .csv"]

@@ -118,6 +118,16 @@ class DedupConfig(StepConfig):
     def columns_out(self, inputs):
         return inputs.get("input")  # pass-through: its input's rows and columns
 
+    def check_pipeline(self, pipeline, check_files: bool = True) -> list[tuple[tuple, str]]:
+        """A reference file must be one the step can read (a missing one is reported with the files)."""
+        if not check_files or not self.reference or "reference" in self.parent_steps():
+            return []
+        from datamix.steps.load import files_problem
+
+        problem = files_problem(self.reference, "auto", pipeline.base_dir)
+        return [] if problem is None else [(("reference",), problem.replace("; set `format:` (jsonl, json, parquet, csv)",
+                                                                          ": use .jsonl, .json, .parquet or .csv"))]
+
     def resources(self) -> list[Resource]:
         found = super().resources()
         model = getattr(self.options, "model", None)

@@ -71,15 +71,22 @@ class LoadConfig(StepConfig):
         its extension does not tell (a missing path is reported with the files)."""
         if not check_files:
             return []
-        full = os.path.normpath(os.path.join(pipeline.base_dir, self.path))
-        files = list_files(full)
-        if os.path.isdir(full) and not files:
-            return [(("path",), f"the folder {full} has no {', '.join(sorted(FORMATS))} file")]
-        unknown = [f for f in files if os.path.splitext(f)[1].lower() not in FORMATS]
-        if self.format == "auto" and unknown:
-            return [(("format",), f"cannot tell the format of {os.path.relpath(unknown[0], pipeline.base_dir)} from "
-                     "its extension; set `format:` (jsonl, json, parquet, csv)")]
-        return []
+        problem = files_problem(self.path, self.format, pipeline.base_dir)
+        return [] if problem is None else [(("format",) if "format" in problem else ("path",), problem)]
+
+
+def files_problem(path: str, fmt: str, base_dir: str) -> str | None:
+    """Why the data files at `path` (beside the YAML) cannot be read as `fmt`, before reading them:
+    a folder without a data file, or a file whose extension does not tell its format."""
+    full = os.path.normpath(os.path.join(base_dir, path))
+    files = list_files(full)
+    if os.path.isdir(full) and not files:
+        return f"the folder {full} has no {', '.join(sorted(FORMATS))} file"
+    unknown = [f for f in files if os.path.splitext(f)[1].lower() not in FORMATS]
+    if fmt == "auto" and unknown:
+        return (f"cannot tell the format of {os.path.relpath(unknown[0], base_dir)} from its extension; "
+                "set `format:` (jsonl, json, parquet, csv)")
+    return None
 
 
 def list_files(path: str) -> list[str]:
