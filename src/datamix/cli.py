@@ -239,6 +239,22 @@ def status(pipeline, store, fmt):
     _print_status(rows, path, fmt)
     if fmt == "table" and os.path.exists(path):
         _print_trained_on(path)
+        _print_forgetting(path)
+
+
+def _print_forgetting(path: str) -> None:
+    """dm.forgetting, when an evaluate step has filled it: forgetting and domain gain per arm and metric."""
+    from datamix.eval.report import forgetting_table
+
+    con = _open_read_only(path)
+    try:
+        table = forgetting_table(con)
+    finally:
+        con.close()
+    if table is not None:
+        from rich.console import Console
+
+        Console(width=max(120, Console().width)).print(table)
 
 
 def _status_of_busy_store(path: str, fmt: str) -> None:
@@ -594,6 +610,38 @@ def template(model_path, fmt, system_prompt):
         click.echo(pq.text, nl=False)
         if sys.stdout.isatty():
             click.echo()
+
+
+@main.command("eval")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--set", "set_args", multiple=True, metavar="NAME=FILE[:metric[,metric]]",
+              help="an evaluation set (a file load reads) and its metrics: nll (default), exact_match, choice")
+@click.option("--role", "role_args", multiple=True, metavar="NAME=general|domain", help="which side a set is on")
+@click.option("--option", "option_args", multiple=True, metavar="NAME.KEY=VALUE",
+              help="a set option (prompt_field, response_field, shape, limit) or metric option (preset, max_tokens, "
+                   "options_field, answer_field, regex)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--chat-template", default=None, help="a bundled template name or .jinja file (default: the model's)")
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu")
+def eval_(model_dir, set_args, role_args, option_args, fmt, batch_size, chat_template, device):
+    """Evaluate MODEL_DIR on evaluation sets and print the metrics (the evaluate step outside a pipeline)."""
+    from datamix.eval.adhoc import AdhocError, build_sets, evaluate_folder
+    from datamix.eval.report import metrics_rows
+
+    try:
+        sets = build_sets(list(set_args), list(role_args), list(option_args))
+        rows = evaluate_folder(model_dir, sets, batch_size, chat_template, device)
+    except AdhocError as e:
+        _fail(str(e))
+    columns, table = metrics_rows(rows, for_table=fmt == "table")
+    out = _render(columns, table, fmt)
+    if fmt == "table":
+        from rich.console import Console
+
+        Console(width=max(120, Console().width)).print(out)
+    else:
+        click.echo(out)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -86,6 +86,11 @@ def test_evaluate_writes_metrics_forgetting_and_lineage_and_is_cached(tmp_path):
     steps_seen = {r["step"] for r in json.loads(out.output)}
     assert {"eval", "train_m"} <= steps_seen
 
+    status = cli("status", pipeline, cwd=tmp_path)
+    assert status.exit_code == 0, status.output
+    table = status.output[status.output.index("forgetting vs the baseline"):]
+    assert "train_d" in table and "train_m" in table and "100%" in table  # train_d keeps 100% of its own gain
+
     again = cli("run", pipeline, cwd=tmp_path)
     assert again.exit_code == 0, again.output
     assert "skip   eval (evaluate): up to date" in again.output

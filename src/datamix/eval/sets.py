@@ -163,13 +163,15 @@ def read_file_set(name: str, s: EvalSet, base_dir: str) -> list[dict]:
             fmt = _format_of(path, s.format)
             raw = read_parsed_records(path, cfg) if fmt == "jsonl" else None
             raw = raw if raw is not None else read_raw_records(path, fmt, s.limit)
-            good, bad = normalize(con, raw, os.path.relpath(path, base_dir), cfg)
+            # records name their file as the user did: relative to the YAML (or the working folder)
+            origin = path if os.path.isabs(s.path) else os.path.relpath(path, base_dir)
+            good, bad = normalize(con, raw, origin, cfg)
             if bad.num_rows and fmt == "jsonl":  # the fast reader does not name bad lines: read them one by one
-                good, bad = normalize(con, read_raw_records(path, fmt, s.limit, fast=False),
-                                      os.path.relpath(path, base_dir), cfg)
+                good, bad = normalize(con, read_raw_records(path, fmt, s.limit, fast=False), origin, cfg)
             if bad.num_rows:
                 first = bad.slice(0, 1).to_pylist()[0]
-                raise SetError(f"{path}:{first['line']}: {first['reason']} ({bad.num_rows} bad record(s)); "
+                hint = ' (write it as a string, e.g. "2")' if "not a string" in first["reason"] else ""
+                raise SetError(f"{origin}:{first['line']}: {first['reason']}{hint} ({bad.num_rows} bad record(s)); "
                                "an evaluation set must be clean: fix or remove those records")
             records += good.to_pylist()
     except BadInput as e:
