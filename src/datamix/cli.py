@@ -59,7 +59,25 @@ def _open_read_only(path: str):
         _fail(str(e), EXIT_FAILED if "being written" in str(e) else EXIT_BAD_INPUT)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Every command's last word on a store that cannot be read or a full disk: one message
+    saying what happened and what to do (datamix.store.explain), never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            from datamix.store import explain
+
+            problem = explain(e)
+            if problem is None:
+                raise
+            _fail(*problem)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="datamix")
 def main():
     """datamix: rebuild an instruct model's general SFT data from the model itself and mix it
@@ -106,6 +124,11 @@ def run(pipeline, overrides, store, quiet, verbose, sweep_spec, pick_rule):
     except StoreError as e:
         _fail(str(e), EXIT_FAILED)
     if not result.ok:
+        from datamix.store import explain
+
+        problem = explain(result.error or "", path)  # a damaged store or a full disk met by a step
+        if problem:
+            _fail(f"step {result.failed_step} stopped: {problem[0]}", problem[1])
         click.echo(f"step {result.failed_step} failed: {result.error}", err=True)
         click.echo(f"committed work is kept; fix the cause and rerun `datamix run {pipeline}` to resume.", err=True)
         sys.exit(EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED)
@@ -365,6 +388,7 @@ def sql(query, pipeline, store, fmt, out, allow_files):
     import duckdb
 
     from datamix.sql_readonly import Refused, check, lock_down
+    from datamix.store import explain
 
     path = _store_path(pipeline, store)
     con = _open_read_only(path)
@@ -387,7 +411,7 @@ def sql(query, pipeline, store, fmt, out, allow_files):
             _fail(f"query refused: {str(e).splitlines()[0]}. datamix sql reads only the store; "
                   "pass --allow-files to let a query read other files.")
         except duckdb.Error as e:
-            _fail(f"query failed: {str(e).splitlines()[0]}")
+            _fail(*(explain(e, path) or (f"query failed: {str(e).splitlines()[0]}", EXIT_BAD_INPUT)))
         finally:
             spill.cleanup()
     finally:
@@ -452,7 +476,7 @@ def show(step, store, pipeline, limit, where):
     from rich.panel import Panel
 
     from datamix.sql_readonly import Refused, check, lock_down
-    from datamix.store import quote
+    from datamix.store import explain, quote
 
     con = _open_read_only(_store_path(pipeline, store))
     # --where is SQL text: the query it makes is held to `datamix sql`'s rules (one query, no
@@ -468,7 +492,7 @@ def show(step, store, pipeline, limit, where):
             rel = con.sql(query, params=[limit])
             columns, rows = rel.columns, rel.fetchall()
         except duckdb.Error as e:
-            _fail(f"cannot show {step}: {str(e).splitlines()[0]}")
+            _fail(*(explain(e) or (f"cannot show {step}: {str(e).splitlines()[0]}", EXIT_BAD_INPUT)))
         finally:
             spill.cleanup()
     finally:

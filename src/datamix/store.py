@@ -27,6 +27,70 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says why and what to do."""
 
 
+class StoreDamaged(Exception):
+    """The store file is not a readable DuckDB database (corrupt, truncated, overwritten).
+    Not a StoreError: commands let it through to the CLI's one handler (exit 2)."""
+
+
+# Stores this process opened, latest last: an error DuckDB raises later (a corrupt block met
+# by a query) does not always name the file, and the message must say which store it is.
+OPENED: list[str] = []
+
+# DuckDB's words for a file it cannot read as a database; a truncated file shows up as a short
+# read of the store's own path (a short read of an input file is not the store's problem)
+_DAMAGED = ("corrupt database file", "not a valid duckdb database file", "checksum", "database file is corrupted")
+_SHORT_READ = ("could not read enough bytes from file", "failed to read")
+_DISK_FULL = ("no space left on device", "disk quota exceeded")
+
+
+def damaged(path: str, detail: str) -> StoreDamaged:
+    detail = detail.splitlines()[0] if detail else "unreadable"
+    return StoreDamaged(
+        f"the store {path} is damaged and cannot be read ({detail}). Nothing in it can be trusted. "
+        f"Restore it from a copy if you have one; otherwise move it aside (mv {path} {path}.damaged) and run "
+        "the pipeline again to rebuild it. Files it exported stay where they are, and other stores are not affected."
+    )
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def explain(error: "BaseException | str", path: str | None = None) -> tuple[str, int] | None:
+    """(message, exit status) when `error` (or anything in its chain) is a damaged store (2) or a
+    full disk (1); None for anything else. `path`: the store, else the last one opened."""
+    import errno
+
+    path = path or (OPENED[-1] if OPENED else None)
+    errors = [error] if isinstance(error, str) else list(_chain(error))
+    for e in errors:
+        text = e if isinstance(e, str) else str(e)
+        low = text.lower()
+        if isinstance(e, StoreDamaged):
+            return str(e), 2
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or any(m in low for m in _DISK_FULL):
+            named = None if isinstance(e, OSError) else re.search(r'file "([^"]+)"', text)
+            where = getattr(e, "filename", None) or (named and named.group(1)) or path or "the output"
+            return (f"the disk is full: writing {where} failed ({text.splitlines()[0]}). Work committed before "
+                    f"this point is kept in the store{f' {path}' if path else ''} and a rerun resumes from it: "
+                    f"free some space (df -h {os.path.dirname(os.path.abspath(where))}) and run the same command "
+                    "again.", 1)
+        if path is None:
+            continue
+        named = re.search(r'file "([^"]+)"', text)
+        is_store = named is None or os.path.abspath(named.group(1)) in (
+            os.path.abspath(path), os.path.abspath(path) + ".wal")
+        if is_store and (any(m in low for m in _DAMAGED)
+                         or (named is not None and any(m in low for m in _SHORT_READ))):
+            return str(damaged(path, text)), 2
+    return None
+
+
 def sql_text(name: str) -> str:
     path = SQL_DIR / name
     if not path.exists():
@@ -76,9 +140,17 @@ def connect(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
         raise StoreError(f"no store at {path}: run the pipeline first (datamix run PIPELINE.yaml)")
     if not read_only:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    OPENED.append(path)
     try:
         return duckdb.connect(path, read_only=read_only)
-    except duckdb.IOException as e:
+    except duckdb.Error as e:
+        problem = explain(e, path)
+        if problem and problem[1] == 2:
+            raise damaged(path, str(e)) from None
+        if problem:
+            raise StoreError(problem[0]) from None
+        if not isinstance(e, duckdb.IOException):
+            raise
         if "lock" in str(e).lower():
             holder = _holder_of_lock(str(e))
             if read_only:
