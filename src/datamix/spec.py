@@ -425,6 +425,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
 
     steps: list[StepConfig] = []
     parsed: list[tuple[int, StepConfig]] = []  # (YAML index, step) of the steps that parsed
+    salvaged: list[tuple[int, StepConfig]] = []  # steps that parse once their bad options are left out
     for i, s in enumerate(raw_steps):
         label = f"steps[{i}]" + (f" (name: {s.get('name')})" if isinstance(s, dict) and s.get("name") else "")
         if not isinstance(s, dict):
@@ -447,6 +448,13 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
                 loc = _yaml_loc(tuple(err["loc"]))
                 problems.append(f"{at(('steps', i) + loc)}{label}.{_format_loc(loc, [])}: "
                                 f"{_friendly(err, REGISTRY[kind].config, loc)}")
+            # the rest of the step, without the bad options, so its files are checked in the same report
+            rest = _without(s, [_yaml_loc(tuple(err["loc"])) for err in e.errors()])
+            if rest is not None:
+                try:
+                    salvaged.append((i, REGISTRY[kind].config.model_validate(rest, context=context)))
+                except ValidationError:
+                    pass
 
     top = {k: v for k, v in raw.items() if k != "steps"}
     pipeline = None
@@ -466,6 +474,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     if check_files:
         base_dir = os.path.dirname(os.path.abspath(path))
         problems += _check_files(base_dir, parsed, raw_steps, models, at)
+        problems += _check_files(base_dir, salvaged, raw_steps, models, at, only_written=True)
         problems += _check_model_files(base_dir, models, at)
     problems += _check_models(models, parsed, at)
     problems += _check_columns(parsed, at)
@@ -568,6 +577,33 @@ def _check_graph(entries: list[tuple[int, str | None, dict, Any, Any]], at) -> l
     return problems
 
 
+def _without(raw: dict, locs: list[tuple]) -> dict | None:
+    """A copy of a step's YAML mapping without the options at `locs`; None when a location is
+    the step itself or a list item (nothing sensible is left to check)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for loc in locs:
+        if not loc or isinstance(loc[-1], int):
+            return None
+        parent = _at_path(out, loc[:-1])
+        if isinstance(parent, dict):
+            parent.pop(loc[-1], None)
+    return out
+
+
+def _at_path(value: Any, loc: tuple) -> Any:
+    """The value at a YAML location (keys and list indexes), or None."""
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            return None
+    return value
+
+
 def _declared_models(raw: dict, pipeline: Pipeline | None) -> dict[str, Any]:
     """name -> parsed model declaration (None where the declaration itself is wrong: reported
     already, and a step naming it is not told the model does not exist)."""
@@ -624,12 +660,15 @@ def _resource_problem(what: str, value: str, base_dir: str, models: dict[str, An
 
 
 def _check_files(base_dir: str, parsed: list[tuple[int, StepConfig]], raw_steps: list, models: dict[str, Any],
-                 at) -> list[str]:
-    """Every file, tokenizer, model folder and chat template a step names (StepConfig.resources)."""
+                 at, only_written: bool = False) -> list[str]:
+    """Every file, tokenizer, model folder and chat template a step names (StepConfig.resources);
+    with `only_written`, only those the YAML gives (a salvaged step's defaults are not the user's)."""
     problems = []
     names = {r.get("name") for r in raw_steps if isinstance(r, dict)}  # a step name is not a file
     for i, s in parsed:
         for res in s.resources():
+            if only_written and _at_path(raw_steps[i], res.option) != res.value:
+                continue
             problem = _resource_problem(res.what, res.value, base_dir, models, names)
             if problem:
                 problems.append(f"{at(('steps', i) + res.option)}steps[{i}] (name: {s.name})."

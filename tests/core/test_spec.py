@@ -525,3 +525,21 @@ def test_a_dedup_reference_file_must_be_readable(tmp_path):
     assert result.exit_code == 2
     assert problems == ["p.yaml:6: steps[1] (name: d).reference: cannot tell the format of bench.txt from its "
                         "extension: use .jsonl, .json, .parquet or .csv"]
+
+
+def test_a_bad_option_does_not_hide_the_files_of_the_same_step(tmp_path):
+    result, problems = validate(tmp_path, HEAD + """\
+  - {name: sh, kind: export, input: src, format: shards, shards: {tokenizer: /nonexistent, seq_len: 64, colour: red}}
+  - {name: d, kind: dedup, input: src, method: minhash, threshold: 2, reference: bench/none.jsonl}
+  - {name: ex, kind: export, input: src, format: shard}
+  - {name: tr, kind: train, input: sh, model: tm, options: {lr: x}}
+""")
+    assert result.exit_code == 2
+    assert [p.split(": ")[0] + ": " + p.split(": ")[1].split(" ")[0] for p in problems] == [
+        "p.yaml:6: steps[1]", "p.yaml:6: steps[1]", "p.yaml:7: steps[2]", "p.yaml:7: steps[2]", "p.yaml:8: steps[3]",
+        "p.yaml:9: steps[4]"]
+    assert "(name: sh).shards.colour: unknown option" in problems[0]
+    assert "(name: sh).shards.tokenizer: /nonexistent is neither a model" in problems[1]
+    assert "(name: d).threshold: must be between 0 and 1" in problems[2]
+    assert "(name: d).reference: bench/none.jsonl does not exist" in problems[3]
+    assert "(name: ex).format:" in problems[4] and "(name: tr).options: train option lr" in problems[5]
