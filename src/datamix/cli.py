@@ -533,7 +533,8 @@ def lineage(sample_id, store, pipeline, fmt):
         where = f"  <- {_origin_text(r['origin'])}" if r.get("origin") else ""
         facts = ", ".join(f"{k}={_cell(r[k]) if k != 'score' else format(r[k], '.3g')}" for k in ("source", "model", "score")
                           if r.get(k) is not None)
-        click.echo(f"{pad}{r['sample_id']}  [{r['step']} ({r['kind']})]{where}" + (f"  {facts}" if facts else ""))
+        shown = r["sample_id"] if r["sample_id"] is not None else "*"  # * : a whole step's rows (a model's input)
+        click.echo(f"{pad}{shown}  [{r['step']} ({r['kind']})]{where}" + (f"  {facts}" if facts else ""))
         if r.get("summary"):
             click.echo(f"{pad}    {r['summary']}")
         for d in r.get("decisions", []):

@@ -88,7 +88,33 @@ def walk(con, sample_id: str) -> list[dict]:
                 rec["summary"] = "user: " + (text if len(text) <= 80 else text[:77] + "...")
         rec["decisions"] = _decisions(con, sid, via, steps)
         records.append(rec)
-    return records
+    return records + _whole_inputs(con, records, steps)
+
+
+# Step kinds whose one output row is made from ALL of its input (a trained model): it has no
+# per-row edges, so its lineage continues at the level of steps (the shards, the mix, ...).
+WHOLE_INPUT_KINDS = ("train",)
+
+
+def _whole_inputs(con, records: list[dict], steps: dict) -> list[dict]:
+    """Step-level ancestors of the records made from a whole input (a train step's model): every
+    upstream step with its row count, so a model's metrics lead to the mix it was trained on."""
+    out: list[dict] = []
+    seen: set[str] = set()
+    frontier = [(r["step"], r["depth"]) for r in records if steps.get(r["step"], {}).get("kind") in WHOLE_INPUT_KINDS]
+    while frontier:
+        step, depth = frontier.pop(0)
+        for parent in steps.get(step, {}).get("parents", {}).values():
+            if parent in seen or parent not in steps:
+                continue
+            seen.add(parent)
+            rows = first(con.execute("SELECT rows_out FROM dm.steps WHERE name = ?", [parent]))
+            out.append({"sample_id": None, "step": parent, "kind": steps[parent]["kind"], "depth": depth + 1,
+                        "via_step": step, "whole_step": True,
+                        "summary": f"all {rows[0] if rows else '?'} rows of {parent} (the input as a whole)",
+                        "decisions": []})
+            frontier.append((parent, depth + 1))
+    return out
 
 
 def _decisions(con, sample_id: str, via: str | None, steps: dict) -> list[dict]:

@@ -83,8 +83,12 @@ def test_evaluate_writes_metrics_forgetting_and_lineage_and_is_cached(tmp_path):
     sid = query(store, "SELECT sample_id FROM eval WHERE model = 'train_m' AND metric = 'nll' AND \"set\" = 'general'")
     out = cli("lineage", sid[0][0], "--store", str(store), "--format", "json", cwd=tmp_path)
     assert out.exit_code == 0, out.output
-    steps_seen = {r["step"] for r in json.loads(out.output)}
-    assert {"eval", "train_m"} <= steps_seen
+    records = json.loads(out.stdout)
+    assert [(r["step"], r["depth"]) for r in records[:2]] == [("eval", 0), ("train_m", 1)]
+    # ... and on, step by step, to the mix the model was trained on
+    whole = {r["step"]: r for r in records if r.get("whole_step")}
+    assert set(whole) == {"shards_m", "mix_m", "general", "domain"}
+    assert whole["mix_m"]["summary"] == "all 8 rows of mix_m (the input as a whole)"
 
     status = cli("status", pipeline, cwd=tmp_path)
     assert status.exit_code == 0, status.output
