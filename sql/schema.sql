@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS dm.chunks (
 -- keeps_ids: every output row has its single parent's sample_id (export's placement
 -- rows), so the step writes no edges and the lineage walk follows `parents` instead.
 ALTER TABLE dm.steps ADD COLUMN IF NOT EXISTS keeps_ids BOOLEAN DEFAULT false;
+-- code: {file: hash} of every module and sql/ file the step ran (its fingerprint hashes
+-- them), so `datamix plan` can say which file changed.
+ALTER TABLE dm.steps ADD COLUMN IF NOT EXISTS code JSON;
 
 -- child (step, sample_id) was made from parent (parent_step, parent_id).
 -- Pass-through and keeps_ids steps write no edges: their rows keep their parent's ids.

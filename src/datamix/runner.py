@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -39,14 +38,24 @@ class PlanEntry:
     calls_exact: bool = False  # probed against the store's cache, not the kind's formula
 
 
-def _code_version(kind: str) -> str:
-    """The step kind's declared version plus a hash of its module's source."""
-    entry = REGISTRY[kind]
-    try:
-        source = inspect.getsource(inspect.getmodule(entry.run))
-    except (OSError, TypeError):
-        source = ""
-    return entry.version + ":" + hashlib.sha256(source.encode()).hexdigest()[:12]
+def step_code(pipeline: Pipeline, step: StepConfig) -> dict[str, str]:
+    """{file: hash} of the code the step runs: its module and every datamix module and sql/ file
+    that reaches (datamix.codehash), plus the backend of each model it calls."""
+    from datamix.codehash import backend_files, code_files
+
+    files = dict(code_files(REGISTRY[step.kind].run.__module__))
+    for name in models_used(step):
+        spec = pipeline.models.get(name)
+        if spec is not None:
+            files.update(backend_files(spec.backend, tiny=getattr(spec, "tiny", None) is not None))
+            if getattr(spec, "ray", None):
+                files.update(backend_files("ray"))
+    return files
+
+
+# Run settings that do not change a step's output: a changed chunk size reruns nothing (a
+# partial step whose chunk keys it changes starts over, see _starts_over).
+RUN_SETTINGS = {"chunk_size"}
 
 
 def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
@@ -80,9 +89,9 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     for step in pipeline.order():
         payload = {
             "kind": step.kind,
-            "config": step.model_dump(mode="json"),
+            "config": step.model_dump(mode="json", exclude=RUN_SETTINGS),
             "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
-            "code": _code_version(step.kind),
+            "code": [REGISTRY[step.kind].version, step_code(pipeline, step)],
             # where a model runs (ray replicas, batch files), what it costs and how fast it may be
             # called (rate budgets, failure bounds) do not change what it generates
             "models": {m: pipeline.models[m].model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
@@ -117,6 +126,25 @@ def _trained_models(pipeline: Pipeline) -> dict[str, str]:
     return out
 
 
+def decide(pipeline: Pipeline, store: Store | None, step: StepConfig, fp: str, row: dict | None) -> tuple[str, str]:
+    """(action, why) for one step: "skip" (up to date), "resume" (after its committed chunks) or
+    "run" (from scratch: whatever the step wrote before is discarded first). The one decision
+    that `plan` shows, `run` carries out and the secrets check looks ahead with."""
+    if row is None:
+        return "run", "never run"
+    if row["fingerprint"] != fp:
+        return "run", f"changed: {_what_changed(row, step, pipeline)}"
+    if row["state"] == "done":
+        missing = store.missing_files(step.name)
+        return ("run", _missing_reason(missing)) if missing else ("skip", "up to date")
+    old_settings = {k: v for k, v in json.loads(row["config"] or "{}").items() if k in RUN_SETTINGS}
+    new_settings = step.model_dump(mode="json", include=RUN_SETTINGS)
+    if old_settings != new_settings:  # its committed chunk keys no longer line up with the new chunks
+        changed = ", ".join(_changed_options(old_settings, new_settings))
+        return "run", f"{row['state']}: {changed} changed, so it starts over"
+    return "resume", f"{row['state']}: resumes after its committed chunks"
+
+
 def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
     fps = fingerprints(pipeline)
     entries = []
@@ -124,17 +152,7 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
     for step in pipeline.order():
         row = store.step_row(step.name) if store else None
         fp = fps[step.name]
-        if row is None:
-            action, reason = "run", "never run"
-        elif row["fingerprint"] != fp:
-            changed = _what_changed(row, step, fps)
-            action, reason = "run", f"changed: {changed}"
-        elif row["state"] == "done" and (missing := store.missing_files(step.name)):
-            action, reason = "run", _missing_reason(missing)
-        elif row["state"] == "done":
-            action, reason = "skip", "up to date"
-        else:
-            action, reason = "resume", f"{row['state']}: resumes after its committed chunks"
+        action, reason = decide(pipeline, store, step, fp, row)
         rows_in = None
         parents = list(step.parent_steps().values())
         if parents and all(counts.get(p) is not None for p in parents):
@@ -187,14 +205,21 @@ def _estimate_rows_out(step: StepConfig, rows_in: int | None) -> int | None:
     return rows_in
 
 
-def _what_changed(row: dict, step: StepConfig, fps: dict[str, str]) -> str:
-    old = json.loads(row["config"]) if row["config"] else {}
-    new = step.model_dump(mode="json")
+def _what_changed(row: dict, step: StepConfig, pipeline: Pipeline) -> str:
+    old = {k: v for k, v in json.loads(row["config"] or "{}").items() if k not in RUN_SETTINGS}
+    new = step.model_dump(mode="json", exclude=RUN_SETTINGS)
     changes = _changed_options(old, new)
     if changes:
         return "config (" + ", ".join(changes) + ")"
+    if row.get("code"):  # stores written before the column existed have none
+        from datamix.codehash import changed_files
+
+        files = changed_files(json.loads(row["code"]), step_code(pipeline, step))
+        if files:
+            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+            return "code (" + ", ".join(files[:3]) + more + ")"
     parents = list(step.parent_steps().values())
-    return "an upstream step (" + ", ".join(parents) + ")" if parents else "code, model or input files"
+    return "an upstream step (" + ", ".join(parents) + ")" if parents else "model or input files"
 
 
 def _changed_options(old, new, path: str = "") -> list[str]:
@@ -202,11 +227,14 @@ def _changed_options(old, new, path: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         return [c for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)
                 for c in _changed_options(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [c for i, (a, b) in enumerate(zip(old, new)) if a != b for c in _changed_options(a, b, f"{path}.{i}")]
+    if isinstance(old, list) and isinstance(new, list):
+        out = [c for i, (a, b) in enumerate(zip(old, new)) if a != b for c in _changed_options(a, b, f"{path}.{i}")]
+        out += [f"{path}.{i}: removed" for i in range(len(new), len(old))]
+        out += [f"{path}.{i}: added" for i in range(len(old), len(new))]
+        return out
 
     def short(v) -> str:
-        text = json.dumps(v, default=str)
+        text = json.dumps(v, default=str, sort_keys=True)
         return text if len(text) <= 40 else text[:37] + "..."
 
     return [f"{path}: {short(old)} -> {short(new)}"]
@@ -242,23 +270,22 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                 entry = REGISTRY[step.kind]
                 row = store.step_row(step.name)
                 fp = fps[step.name]
-                missing = []
-                if row is not None and row["state"] == "done" and row["fingerprint"] == fp:
-                    missing = store.missing_files(step.name)
-                    if not missing:
-                        log(f"skip   {step.name} ({step.kind}): up to date")
-                        bars.mark(step.name, "skipped")
-                        continue
-                    log(f"rerun  {step.name} ({step.kind}): {_missing_reason(missing)}")
+                action, reason = decide(pipeline, store, step, fp, row)
+                if action == "skip":
+                    log(f"skip   {step.name} ({step.kind}): {reason}")
+                    bars.mark(step.name, "skipped")
+                    continue
+                if row is not None and action == "run":
+                    log(f"rerun  {step.name} ({step.kind}): {reason}")
                 try:
-                    if row is not None and (row["fingerprint"] != fp or missing):
-                        # config, code, inputs or upstream changed, or files gone: the step starts
-                        # clean, so no output of the old fingerprint (a checkpoint, a shard) is reused
+                    if action == "run":
+                        # never run here, or changed (config, code, inputs, upstream), or files gone:
+                        # the step starts clean, so no output of an old fingerprint (a checkpoint, a
+                        # shard, a folder left by another store) is reused
                         _discard_outputs(store, step.name, _output_dir(store, step.name))
-                        store.reset_step(step.name)
+                        if row is not None:
+                            store.reset_step(step.name)
                         row = None
-                    elif row is None:  # never run in this store: a folder left from another store goes
-                        _discard_outputs(store, step.name, _output_dir(store, step.name))
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
                     _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log)
                     bars.mark(step.name, "done")
@@ -304,8 +331,7 @@ def _use_jemalloc_for_arrow() -> None:
 def _missing_secrets(pipeline: Pipeline, store: Store, fps: dict[str, str]) -> tuple[str, str] | None:
     """(step, message) for the first step that will run with a model whose key variable is unset."""
     for step in pipeline.order():
-        row = store.step_row(step.name)
-        if row is not None and row["state"] == "done" and row["fingerprint"] == fps[step.name]:
+        if decide(pipeline, store, step, fps[step.name], store.step_row(step.name))[0] == "skip":
             continue
         for name in models_used(step):
             env = getattr(pipeline.models.get(name), "api_key_env", None)
@@ -343,6 +369,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     parents = step.parent_steps()
     store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id,
                      keeps_ids=entry.keeps_ids)
+    store.set_step_code(step.name, step_code(pipeline, step))  # so `plan` can name the file that changed
     if entry.passthrough:
         store.create_passthrough_view(step.name, parents["input"])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}

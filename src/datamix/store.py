@@ -251,6 +251,10 @@ class Store:
                 [run_id, name],
             )
 
+    def set_step_code(self, name: str, code: dict[str, str]) -> None:
+        """{file: hash} of the code the step runs (datamix.runner.step_code), to name what changed."""
+        self.con.execute("UPDATE dm.steps SET code = ? WHERE name = ?", [json.dumps(code, sort_keys=True), name])
+
     def finish_step(self, name: str, state: str, seconds: float, error: str | None = None) -> None:
         self.con.execute(
             "UPDATE dm.steps SET state = ?, seconds = seconds + ?, finished_at = now(), error = ? WHERE name = ?",

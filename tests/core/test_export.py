@@ -72,8 +72,9 @@ def test_export_table_records_file_and_row_of_every_sample(core_pipeline):
     in_file = [json.loads(line)["sample_id"] for line in (out / "data.jsonl").read_text().splitlines()]
     rows = query(store, "SELECT sample_id, file, row FROM export ORDER BY row")
     assert rows == [(sid, "data.jsonl", i + 1) for i, sid in enumerate(in_file)]
+    # every file the step wrote is recorded: a rerun removes them, a deleted one reruns the step
     assert query(store, "SELECT files FROM dm.chunks WHERE step = 'export'")[0][0] == json.dumps(
-        [str(out / "data.jsonl")])
+        [str(out / "data.jsonl"), str(out / "manifest.json"), str(out / "sample_ids.txt")])
 
 
 def test_export_default_folder_is_beside_the_store(core_pipeline):
