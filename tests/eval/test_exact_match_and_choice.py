@@ -154,3 +154,14 @@ def test_choice_needs_options_and_a_valid_answer():
     problems = check_fit(s, [q("Which?", "0", origin_file="x.jsonl", origin_line=3)])
     assert problems == [(0, "choice: x.jsonl:3: field 'options' is missing or has fewer than two "
                             "options; choice needs records with a list of options")]
+
+
+def test_accuracy_intervals_are_wilson_intervals():
+    from datamix.eval.stats import proportion_value
+
+    none_right = proportion_value("acc", [0.0] * 10)
+    assert none_right.value == 0.0 and none_right.ci_low == 0.0
+    assert none_right.ci_high == pytest.approx(0.2775, abs=1e-4)  # Wilson 95% upper bound for 0/10
+    half = proportion_value("acc", [1.0, 0.0] * 10)
+    assert (half.ci_low, half.ci_high) == (pytest.approx(0.2993, abs=1e-4), pytest.approx(0.7007, abs=1e-4))
+    assert half.stderr == pytest.approx((0.25 * 20 / 19 / 20) ** 0.5)

@@ -19,7 +19,7 @@ import string
 from datamix.eval import Value
 from datamix.eval.lm import EvalModel, sequence_logprobs
 from datamix.eval.sets import ChoiceMetric, options_of, prompt_and_reference
-from datamix.eval.stats import mean_value
+from datamix.eval.stats import proportion_value
 
 
 def answer_index(answer, options: list[str]) -> int:
@@ -68,4 +68,4 @@ def evaluate(model: EvalModel, records: list[dict], m: ChoiceMetric) -> list[Val
     acc = [float(max(range(len(s)), key=s.__getitem__) == g) for s, g in zip(per_record, gold)]
     acc_norm = [float(max(range(len(s)), key=lambda i: s[i] / b[i]) == g)
                 for s, b, g in zip(per_record, option_bytes, gold)]
-    return [mean_value("acc", acc), mean_value("acc_norm", acc_norm)]
+    return [proportion_value("acc", acc), proportion_value("acc_norm", acc_norm)]

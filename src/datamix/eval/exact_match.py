@@ -20,7 +20,7 @@ import re
 
 from datamix.eval import Value
 from datamix.eval.sets import ExactMatchMetric, prompt_and_reference
-from datamix.eval.stats import mean_value
+from datamix.eval.stats import proportion_value
 
 GSM8K = r"#### (\-?[0-9\.\,]+)"
 # lm-eval's flexible-extract: the last number-like run (with $, commas and a sign)
@@ -85,4 +85,4 @@ def evaluate(backend, records: list[dict], m: ExactMatchMetric) -> list[Value]:
     answers = greedy(backend, prompts, m.max_tokens)
     scores = [float(normalise(extract(a, pattern, last_number)) == ref and ref is not None)
               for a, ref in zip(answers, references)]
-    return [mean_value("exact_match", scores)]
+    return [proportion_value("exact_match", scores)]

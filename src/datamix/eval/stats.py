@@ -1,7 +1,8 @@
 """Uncertainty of a metric value: n, standard error and a 95% interval.
 
 Per-example means (accuracy, win rate) get the standard error of the mean, as
-lm-evaluation-harness reports it (sample standard deviation / sqrt(n)). Per-token
+lm-evaluation-harness reports it (sample standard deviation / sqrt(n)); 0/1 outcomes
+get a Wilson score interval (sensible at 0% and 100%, where the normal one is empty). Per-token
 means (nll) are a ratio of sums over examples (total loss / total tokens); their
 standard error is the delta-method one of a ratio estimator with examples as the
 sampling unit (tokens of one chat are not independent). Intervals are normal
@@ -28,6 +29,20 @@ def mean_value(metric: str, xs: list[float], higher_is_better: bool = True) -> V
     var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
     se = math.sqrt(var / n)
     return Value(metric, mean, n, se, mean - Z95 * se, mean + Z95 * se, higher_is_better)
+
+
+def proportion_value(metric: str, hits: list[float]) -> Value:
+    """The fraction of 0/1 outcomes (accuracy): lm-eval's standard error, and a Wilson score interval,
+    which stays inside [0, 1] and is not empty at 0 or 1 correct (the normal one collapses there)."""
+    v = mean_value(metric, hits)
+    n = len(hits)
+    if n == 0 or v.value is None:
+        return v
+    p, z2 = v.value, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    v.ci_low, v.ci_high = max(0.0, centre - half), min(1.0, centre + half)
+    return v
 
 
 def ratio_value(metric: str, num: list[float], den: list[float], higher_is_better: bool = False,
