@@ -144,6 +144,9 @@ RUNTIME = [
     ("SELECT * FROM glob('*')", "--allow-files"),
     ("SELECT * FROM read_parquet('../*.parquet')", "--allow-files"),
     ("SELECT * FROM sniff_csv('/etc/passwd')", "--allow-files"),
+    ("SELECT * FROM '/etc/passwd'", "does not exist"),  # replacement scans are off with file access
+    ("FROM '../data/general.jsonl'", "--allow-files"),
+    ("SELECT * FROM read_json_objects('/etc/hostname')", "--allow-files"),
     ("SELECT * FROM enable_logging(storage = 'file', storage_path = 'logs')", "locked"),
     ("SELECT * FROM disable_logging()", "locked"),
     ("SELECT * FROM query('DROP TABLE general')", "SELECT"),
