@@ -138,6 +138,26 @@ def run(pipeline, overrides, store, quiet, verbose, sweep_spec, pick_rule):
         _print_sweep(sweep, rule, path)
 
 
+def _print_replicates(sweep, rows: list[dict], metric: str) -> None:
+    """Per arm over the sweep's values (seeds): mean +- standard deviation and the range."""
+    from datamix.sweep import replicates
+
+    click.echo(f"per arm over the {len(sweep.values)} values of {sweep.var} ({metric}; mean +- sd [min, max]):")
+
+    def cell(stat, places=4):
+        if stat is None:
+            return ""
+        mean, low, high, sd = stat
+        return f"{mean:.{places}f} +- {sd:.{places}f} [{low:.{places}f}, {high:.{places}f}]"
+
+    head = ["arm", "n", "forgetting", "domain gain", "forgetting removed", "gain kept"]
+    table = [[e["arm"], str(e["n"]), cell(e["forgetting"]), cell(e["domain_gain"]), cell(e["forgetting_removed"], 3),
+              cell(e["domain_gain_kept"], 3)] for e in replicates(rows)]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
+    for line in [head, ["-" * w for w in widths], *table]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
 def _load_sweep(pipeline, overrides, sweep_spec, pick_rule):
     from datamix.spec import SpecError
     from datamix.sweep import expand, parse_pick, parse_sweep
@@ -179,6 +199,9 @@ def _print_sweep(sweep, rule, path: str) -> None:
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
     for line in [head, ["-" * w for w in widths], *table]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    if sweep.evaluate_value:  # every value evaluated apart (against its own no-replay arm): replicates
+        _print_replicates(sweep, rows, metric)
+        return
     best, why = pick(rows, rule)
     if best is None:
         click.echo(f"best {sweep.var}: none; {why}")

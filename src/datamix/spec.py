@@ -475,7 +475,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         base_dir = os.path.dirname(os.path.abspath(path))
         problems += _check_files(base_dir, parsed, raw_steps, models, at)
         problems += _check_files(base_dir, salvaged, raw_steps, models, at, only_written=True)
-        problems += _check_model_files(base_dir, models, at)
+        problems += _check_model_files(base_dir, models, at, _step_output_dirs(pipeline, raw_steps, base_dir))
     problems += _check_models(models, parsed, at)
     problems += _check_columns(parsed, at)
     problems += _check_values(pipeline, raw, parsed, raw_steps, at)
@@ -676,7 +676,18 @@ def _check_files(base_dir: str, parsed: list[tuple[int, StepConfig]], raw_steps:
     return problems
 
 
-def _check_model_files(base_dir: str, models: dict[str, Any], at) -> list[str]:
+def _step_output_dirs(pipeline: Pipeline | None, raw_steps: list, base_dir: str) -> tuple[str, ...]:
+    """The output folders the pipeline's steps write (<store folder>/outputs/<step>): a model
+    declared there is made by the pipeline (a train step's saved model) before a later step uses it."""
+    if pipeline is not None:
+        root = os.path.dirname(pipeline.store_path())
+    else:
+        root = os.path.join(base_dir, ".datamix")
+    return tuple(os.path.normpath(os.path.join(root, "outputs", str(r.get("name"))))
+                 for r in raw_steps if isinstance(r, dict) and r.get("name"))
+
+
+def _check_model_files(base_dir: str, models: dict[str, Any], at, made: tuple[str, ...] = ()) -> list[str]:
     """The folders, templates and data files of the models declared under `models:`."""
     problems = []
     for name, spec in models.items():
@@ -684,7 +695,10 @@ def _check_model_files(base_dir: str, models: dict[str, Any], at) -> list[str]:
             continue
         found: list[tuple[tuple, str, str]] = []
         tiny = getattr(spec, "tiny", None)
-        if spec.backend in ("transformers", "vllm") and tiny is None:
+        full = os.path.normpath(spec.path if os.path.isabs(spec.path) else os.path.join(base_dir, spec.path))
+        if any(full == d or full.startswith(d + os.sep) for d in made):
+            pass  # a step of this pipeline writes it (train's saved model)
+        elif spec.backend in ("transformers", "vllm") and tiny is None:
             found.append((("path",), spec.path, "folder"))
         if spec.chat_template:
             found.append((("chat_template",), spec.chat_template, "chat_template"))

@@ -13,6 +13,10 @@ models together (its `models:` list gets each copy of a variant train step), so 
 dm.forgetting table holds the whole trade-off. After the run, `report` reads that table
 per arm, and `pick` applies the stated rule (default: the most domain gain with at most
 50% of the no-replay arm's forgetting).
+
+When the evaluate step's baseline or no-replay arm itself varies (a sweep of seeds, where
+every value is a replicate with its own domain-only arm), the evaluate step is copied per
+value like any variant, and `replicates` gives each arm's mean, spread and range.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class Sweep:
     values: list[Any]
     variants: list[str]  # the original names of the steps copied per value
     arms: dict[str, dict[str, str]]  # value tag -> {original step name: its copy}
-    evaluates: list[str]  # the evaluate steps that compare every arm
+    evaluates: list[str]  # the evaluate steps: shared ones compare every arm, copies one value's arms
+    evaluate_value: dict[str, Any] = dataclasses.field(default_factory=dict)  # evaluate copy -> its value
 
     def train_arms(self) -> dict[str, tuple[Any, str]]:
         """copy name of every variant train step -> (its value, the original step name)."""
@@ -102,7 +107,12 @@ def expand(path: str, overrides: list[str], var: str, values: list[Any], check_f
     for step in base.order():
         dumps = {json.dumps(p.step(step.name).model_dump(mode="json"), sort_keys=True, default=str) for p in per_value}
         parents = set(step.parent_steps().values())
-        if step.kind != "evaluate" and (len(dumps) > 1 or step.name in uses or parents & variant):
+        if step.kind == "evaluate":
+            # an evaluate step measured against a per-value arm (a sweep of seeds: each replicate's own
+            # no-replay arm) is copied per value; otherwise it compares every arm at once
+            if len(dumps) > 1 or step.name in uses or {step.baseline_model, step.no_replay} & variant:
+                variant.add(step.name)
+        elif len(dumps) > 1 or step.name in uses or parents & variant:
             variant.add(step.name)
     if not variant:
         raise SpecError([f"--sweep {var}: no step's resolved config depends on ${{{var}}}; nothing to sweep"])
@@ -111,6 +121,7 @@ def expand(path: str, overrides: list[str], var: str, values: list[Any], check_f
     arms: dict[str, dict[str, str]] = {t: {} for t in tags}
     steps = []
     evaluates = []
+    evaluate_value: dict[str, Any] = {}
     for step in base.steps:  # YAML order, so the combined pipeline reads like the original
         if step.name in variant:
             for value, tag, p in zip(values, tags, per_value):
@@ -122,6 +133,9 @@ def expand(path: str, overrides: list[str], var: str, values: list[Any], check_f
                 raw = _rename(raw, rename)
                 raw["name"] = copy
                 steps.append(REGISTRY[step.kind].config.model_validate(raw, context=context))
+                if step.kind == "evaluate":
+                    evaluates.append(copy)
+                    evaluate_value[copy] = value
         elif step.kind == "evaluate" and set(step.parent_steps().values()) & variant:
             steps.append(_evaluate_over_arms(step, per_value, variant, values, var, context))
             evaluates.append(step.name)
@@ -130,7 +144,7 @@ def expand(path: str, overrides: list[str], var: str, values: list[Any], check_f
             if step.kind == "evaluate":
                 evaluates.append(step.name)
     combined = base.model_copy(update={"steps": steps})
-    return Sweep(combined, var, list(values), sorted(variant), arms, evaluates)
+    return Sweep(combined, var, list(values), sorted(variant), arms, evaluates, evaluate_value)
 
 
 def _steps_using(path: str, var: str) -> set[str]:
@@ -157,18 +171,10 @@ def _rename(value: Any, names: dict[str, str]) -> Any:
 def _evaluate_over_arms(step, per_value, variant: set[str], values, var: str, context):
     from datamix.steps.base import REGISTRY
 
-    dumps = {json.dumps(p.step(step.name).model_dump(mode="json"), sort_keys=True, default=str) for p in per_value}
-    if len(dumps) > 1:
-        raise SpecError([f"step {step.name!r} (evaluate) changes with ${{{var}}}; an evaluate step compares "
-                         "every arm of a sweep and must be the same for all of them"])
     for label, parent in step.parent_steps().items():
         if parent in variant and label.startswith("set-"):
             raise SpecError([f"step {step.name!r}: set {label[4:]!r} reads {parent!r}, which changes with ${{{var}}}; "
                              "evaluation sets must be the same for every arm"])
-    for option in ("baseline", "no_replay"):
-        if getattr(step, option, None) in variant:
-            raise SpecError([f"step {step.name!r}.{option}: {getattr(step, option)!r} changes with ${{{var}}}; "
-                             "name a model or train step that every arm shares"])
     raw = step.model_dump(mode="json", exclude_unset=True)
     models = []
     for m in step.models:
@@ -237,11 +243,33 @@ def report(con, sweep: Sweep, metric: str | None = None) -> tuple[list[dict], st
     for r in rows:
         if r["metric"] != metric:
             continue
-        value, original = arms.get(r["model"], (None, None))
+        value, original = arms.get(r["model"], (None, r["model"]))
+        if value is None and r["step"] in sweep.evaluate_value:  # an evaluate copy: its value's arms
+            value = sweep.evaluate_value[r["step"]]
         out.append({**r, "value": value, "arm_of": original})
     order = {json.dumps(v): i for i, v in enumerate(sweep.values)}
     out.sort(key=lambda r: (r["step"], r["value"] is not None, order.get(json.dumps(r["value"]), -1), r["model"]))
     return out, metric
+
+
+def replicates(rows: list[dict]) -> list[dict]:
+    """Per arm (the original step name), over the sweep's values: mean, min and max of forgetting,
+    domain gain and the two fractions. For a sweep of seeds, where every value is a replicate."""
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["value"] is not None:
+            groups.setdefault(r["arm_of"], []).append(r)
+    out = []
+    for arm, rs in groups.items():
+        entry = {"arm": arm, "n": len(rs)}
+        for key in ("forgetting", "domain_gain", "forgetting_removed", "domain_gain_kept"):
+            vals = [r[key] for r in rs if r[key] is not None]
+            entry[key] = (statistics.fmean(vals), min(vals), max(vals),
+                          statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+        out.append(entry)
+    return out
 
 
 def pick(rows: list[dict], rule: PickRule) -> tuple[dict | None, str]:

@@ -112,7 +112,7 @@ def fake_store():
 
 
 class FakeSweep:
-    var, values, evaluates = "s", [0, 0.5, 0.8, 0.9], ["eval"]
+    var, values, evaluates, evaluate_value = "s", [0, 0.5, 0.8, 0.9], ["eval"], {}
 
     def train_arms(self):
         return {f"train_m__s_{value_tag(v)}": (v, "train_m") for v in self.values}
@@ -132,3 +132,38 @@ def test_report_rows_per_value_and_the_pick():
     assert none is None and "no arm meets the rule" in why
     bpb, metric = report(fake_store(), FakeSweep(), metric="bpb")
     assert metric == "bpb" and [r["value"] for r in bpb] == [0.9]
+
+
+def arms_pipeline(tmp_path, seed="0"):
+    write_jsonl(tmp_path / "d.jsonl", [chat("q?", "a.")])
+    shards = {"tokenizer": "base", "seq_len": 64}
+    return write_pipeline(tmp_path, [
+        {"name": "general", "kind": "load", "path": "d.jsonl"},
+        {"name": "domain", "kind": "load", "path": "d.jsonl"},
+        {"name": "mix", "kind": "mix", "inputs": {"general": "general", "domain": "domain"},
+         "ratio": {"general": "${general_share}", "domain": 0.17}, "size_by": "domain"},
+        {"name": "shards_m", "kind": "export", "input": "mix", "format": "shards", "shards": shards},
+        {"name": "shards_d", "kind": "export", "input": "domain", "format": "shards", "shards": shards},
+        {"name": "train_m", "kind": "train", "input": "shards_m", "model": "base", "options": {"seed": seed}},
+        {"name": "train_d", "kind": "train", "input": "shards_d", "model": "base", "options": {"seed": seed}},
+        {"name": "eval", "kind": "evaluate", "models": ["base", "train_d", "train_m"], "no_replay": "train_d",
+         "sets": {"general": {"path": "d.jsonl", "metrics": ["nll"], "role": "general"}}},
+    ], vars={"general_share": 0.83, "rep": 0}, models={"base": {"backend": "transformers", "path": "base"}})
+
+
+def test_a_ratio_sweep_evaluates_every_arm_in_one_step(tmp_path):
+    sweep = expand(str(arms_pipeline(tmp_path)), [], "general_share", [0, 0.83], check_files=False)
+    ev = sweep.pipeline.step("eval")
+    assert ev.models == ["base", "train_d", "train_m__general_share_0", "train_m__general_share_0p83"]
+    assert ev.no_replay == "train_d" and sweep.evaluates == ["eval"] and sweep.evaluate_value == {}
+    assert "train_d" in [s.name for s in sweep.pipeline.steps]  # the no-replay arm is shared
+    assert sweep.train_arms() == {"train_m__general_share_0": (0, "train_m"), "train_m__general_share_0p83": (0.83, "train_m")}
+
+
+def test_a_sweep_of_seeds_gives_every_replicate_its_own_evaluation(tmp_path):
+    sweep = expand(str(arms_pipeline(tmp_path, seed="${rep}")), [], "rep", [0, 1], check_files=False)
+    assert sweep.evaluates == ["eval__rep_0", "eval__rep_1"]
+    ev = sweep.pipeline.step("eval__rep_1")
+    assert ev.models == ["base", "train_d__rep_1", "train_m__rep_1"] and ev.no_replay == "train_d__rep_1"
+    assert sweep.evaluate_value == {"eval__rep_0": 0, "eval__rep_1": 1}
+    assert [s.name for s in sweep.pipeline.steps][:3] == ["general", "domain", "mix"]  # nothing seeded: shared

@@ -27,3 +27,17 @@ def test_retraining_a_model_reruns_the_steps_that_use_it(tmp_path):
     assert a["pool"] != b["pool"]  # samples the retrained model
     assert a["other"] == b["other"]  # uses a model no step of the pipeline makes
     assert runner._trained_models(spec.load(str(pipeline(tmp_path / "a", 1e-3)), check_files=False)) == {"v": "train_v"}
+
+
+def test_validate_accepts_a_model_a_step_will_save_and_refuses_other_missing_folders(tmp_path):
+    from .helpers import cli
+
+    (tmp_path / "m").mkdir()
+    p = pipeline(tmp_path, 1e-3)
+    # "m" exists; v lives in train_v's output folder, made by the run
+    result = cli("validate", str(p))
+    assert "models.v.path" not in result.stderr, result.stderr
+    text = p.read_text().replace(".datamix/outputs/train_v/model", ".datamix/outputs/nope/model")
+    p.write_text(text)
+    result = cli("validate", str(p))
+    assert result.exit_code == 2 and "models.v.path: .datamix/outputs/nope/model does not exist" in result.stderr
