@@ -466,3 +466,12 @@ def test_parquet_columns_that_are_not_text_are_quarantined(tmp_path):
     assert good == {} and bad == [(1, "response is a number, not a string"), (2, "response is a number, not a string")]
     good, bad = load_records(tmp_path / "m.parquet")
     assert good == {} and [reason for _, reason in bad] == ["content of message 1 is a number, not a string"] * 2
+
+
+@pytest.mark.parametrize("content", ["5", '"text"', "null"])
+def test_a_json_file_that_holds_no_records_is_named(tmp_path, content):
+    from datamix.steps.base import BadInput
+
+    (tmp_path / "x.json").write_text(content)
+    with pytest.raises(BadInput, match="not records: write a JSON array of objects"):
+        load_records(tmp_path / "x.json")

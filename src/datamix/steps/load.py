@@ -213,6 +213,9 @@ def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool =
             raise BadInput(f"{path}:{e.lineno}: invalid JSON ({e.msg}); for one record per line use .jsonl") from None
         if isinstance(records, dict):
             records = [records]
+        elif not isinstance(records, list):
+            raise BadInput(f"{path}: the file holds {type(records).__name__} {json.dumps(records)[:40]}, not records: "
+                           "write a JSON array of objects (or one object), or one object per line as .jsonl")
         if limit is not None:
             records = records[:limit]
         return pa.table({
