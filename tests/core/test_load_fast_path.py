@@ -29,7 +29,7 @@ CASES = {
     "non-object in a later chunk": "\n".join([GOOD] * 5 + ["[1, 2]", OTHER]) + "\n",
     "invalid json": f"{GOOD}\nnot json\n{OTHER}\n",
     "missing field": f"{GOOD}\n" + json.dumps({"instruction": "x"}) + f"\n{OTHER}\n",
-    # values the structure converts: numbers, booleans and objects as text, escapes, extra keys
+    # values that are not strings (quarantined on both paths), escapes, extra keys
     "converted values": "\n".join([
         json.dumps({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 1.5}]}),
         json.dumps({"messages": [{"role": "user", "content": {"a": [1, 2]}}, {"role": "assistant", "content": True}]}),
