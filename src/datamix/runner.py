@@ -371,7 +371,8 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
                      keeps_ids=entry.keeps_ids)
     store.set_step_code(step.name, step_code(pipeline, step))  # so `plan` can name the file that changed
     if entry.passthrough:
-        store.create_passthrough_view(step.name, parents["input"])
+        stored, deciders = _stored_ancestor(store, parents["input"])
+        store.create_passthrough_view(step.name, stored, [step.name, *deciders])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}
     output_dir = _output_dir(store, step.name)
     total = sum(len(t) for t in inputs.values()) or getattr(step, "num_samples", None)
@@ -539,12 +540,14 @@ def _filter_in_arrow(store: Store, stored: str, deciders: list[str], columns: st
 
 def _stored_ancestor(store: Store, name: str) -> tuple[str, list[str]]:
     """(the first step up the chain whose rows are stored, the pass-through steps between)."""
+    # one query for every step, then a walk in Python: a query per level made reading the end
+    # of a long chain of filters cost a query per filter, on every read
+    chain = {n: json.loads(p)["input"] for n, p in store.con.execute(
+        "SELECT name, parents FROM dm.steps WHERE passthrough").fetchall()}
     deciders = []
-    row = store.step_row(name)
-    while row is not None and row["passthrough"]:
-        deciders.append(row["name"])
-        name = json.loads(row["parents"])["input"]
-        row = store.step_row(name)
+    while name in chain:
+        deciders.append(name)
+        name = chain[name]
     return name, deciders
 
 

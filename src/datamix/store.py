@@ -284,12 +284,17 @@ class Store:
 
         return _Tx()
 
-    def create_passthrough_view(self, name: str, parent: str) -> None:
-        """A pass-through step's output: its parent's rows minus the ones it dropped."""
-        # a view cannot hold a parameter: the step name goes in as a literal (see `literal`)
+    def create_passthrough_view(self, name: str, stored: str, deciders: list[str] | None = None) -> None:
+        """A pass-through step's output: the rows of `stored` (the first step up its chain whose rows
+        are stored) minus those it or any pass-through step between dropped (`deciders`; default:
+        the step alone, `stored` being its parent). One level over the stored table: a view over
+        the parent's view made a chain of 199 filters re-walk every level on each read (3 s for
+        a count at the end of it)."""
+        # a view cannot hold a parameter: the step names go in as literals (see `literal`)
+        steps = ", ".join(literal(s) for s in (deciders or [name]))
         self.con.execute(
-            f"CREATE OR REPLACE VIEW {quote(name)} AS SELECT p.* FROM {quote(parent)} p "
-            f"ANTI JOIN (SELECT sample_id FROM dm.decisions WHERE step = {literal(name)} "
+            f"CREATE OR REPLACE VIEW {quote(name)} AS SELECT p.* FROM {quote(stored)} p "
+            f"ANTI JOIN (SELECT sample_id FROM dm.decisions WHERE step IN ({steps}) "
             "AND NOT kept) d USING (sample_id)"
         )
 

@@ -496,3 +496,25 @@ def test_a_full_disk_ends_in_one_message_and_a_rerun_finishes_the_same(small_dis
         sql = f"SELECT sample_id FROM {step} ORDER BY sample_id"
         assert query(store_of(pipeline), sql) == query(store_of(reference), sql), step
     assert (pipeline.parent / "out" / "data.jsonl").read_text() == (reference.parent / "out" / "data.jsonl").read_text()
+
+
+def test_a_long_chain_of_filters_reads_the_stored_table_once(tmp_path):
+    # issue 14: 199 chained filters took 6 minutes, each level's view reading the one before it
+    import duckdb
+
+    rows = [chat(f"Question number {i}?", f"Answer number {i} is here.") for i in range(60)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    steps = [{"name": "src", "kind": "load", "path": "in.jsonl"}]
+    for i in range(40):  # each filter drops exactly one row: the one numbered i
+        steps.append({"name": f"f{i}", "kind": "filter", "input": steps[-1]["name"],
+                      "rules": [{"rule": "regex", "field": "instruction", "exclude": f"number {i}\\?"}]})
+    pipeline = write_pipeline(tmp_path, steps, name="chain")
+    assert run_pipeline(pipeline).ok
+    store = store_of(pipeline)
+    assert query(store, "SELECT count(*) FROM f39") == [(20,)]
+    assert query(store, "SELECT rows_out FROM dm.steps WHERE name = 'f39'") == [(20,)]
+    con = duckdb.connect(str(store), read_only=True)
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'f39'").fetchall()[0][0]
+    con.close()
+    # the last view reads the stored rows of the load directly, not the 39 views before it
+    assert view.startswith("CREATE VIEW f39 AS SELECT p.* FROM (src AS p ANTI JOIN"), view
