@@ -38,7 +38,7 @@ class AnswerServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 model, n, last = body["model"], body.get("n", 1), body["messages"][-1]["content"]
-                texts = [server.answer(model, last, i) for i in range(n)]
+                texts = [server.answer(model, last, i, "response_format" in body) for i in range(n)]
                 usage = {"prompt_tokens": len(last.split()), "completion_tokens": sum(len(t.split()) for t in texts)}
                 with server.lock:
                     server.requests[model] = server.requests.get(model, 0) + 1
@@ -58,11 +58,13 @@ class AnswerServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @staticmethod
-    def answer(model: str, prompt: str, i: int) -> str:
+    def answer(model: str, prompt: str, i: int, structured: bool = False) -> str:
         if "[Response]" in prompt:  # a judge's rubric: score by the response's length, each judge a little apart
             response = prompt.split("[Response]", 1)[1].split("Give a one-sentence", 1)[0].strip()
             offset = 0 if model == "writer" else 1
-            return f"Reasonable.\nScore: {1 + (len(response.split()) + offset * (len(response) % 2)) % 5}"
+            score = 1 + (len(response.split()) + offset * (len(response) % 2)) % 5
+            # asked for JSON (response_format), a real server answers JSON
+            return json.dumps({"score": score, "reason": "reasonable"}) if structured else f"Reasonable.\nScore: {score}"
         topic = re.sub(r"[^a-z0-9 ]", "", prompt.lower())
         k = int(re.sub(r"\D", "", prompt) or 0)
         if model == "critic":  # both samples the same: exact duplicates for dedup

@@ -163,8 +163,8 @@ class _Report:
         funnel_items = [(f"{d['step']}: {d['reason']}", d["dropped"]) for ds in drops.values() for d in ds]
         funnel = (svg.hbars(funnel_items, "samples dropped per step and reason") if funnel_items
                   else '<p class="empty">no step dropped a sample.</p>')
-        return (f'<div class="figure dag">{svg.dag(self.steps, edges, "the pipeline: steps and their inputs")}</div>'
-                f"{table}<h3>Funnel: drops per step and reason</h3><div class=\"figure\">{funnel}</div>"
+        return (f'<div class="side"><div class="figure dag">{svg.dag(self.steps, edges, "the pipeline: steps and their inputs")}'
+                f"</div>{table}</div><h3>Funnel: drops per step and reason</h3><div class=\"figure\">{funnel}</div>"
                 + self._drop_examples())
 
     def _drop_examples(self) -> str:

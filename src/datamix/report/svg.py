@@ -238,20 +238,27 @@ def dag(nodes: list[dict], edges: list[tuple[str, str]], label: str) -> str:
     columns: dict[int, list[str]] = {}
     for n in names:
         columns.setdefault(depth[n], []).append(n)
-    box_w, box_h, gap_x, gap_y = 150, 56, 40, 14
-    width = 20 + len(columns) * (box_w + gap_x)
-    height = 20 + max(len(c) for c in columns.values()) * (box_h + gap_y)
+    # top to bottom: a layer per depth, so a long chain of steps stays narrow beside its table
+    box_w, box_h, gap_x, gap_y = 160, 56, 16, 26
+    width = 20 + max(len(c) for c in columns.values()) * (box_w + gap_x)
+    height = 20 + len(columns) * (box_h + gap_y)
     pos = {n: (10 + col * (box_w + gap_x), 10 + row * (box_h + gap_y))
-           for col, members in columns.items() for row, n in enumerate(members)}
+           for row, members in columns.items() for col, n in enumerate(members)}
     by_name = {n["name"]: n for n in nodes}
     body = ['<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#888"/></marker></defs>']
     for c, ps in parents.items():
         for p in ps:
             (x1, y1), (x2, y2) = pos[p], pos[c]
-            x1, y1, x2, y2 = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
-            mid = (x1 + x2) / 2
-            body.append(f'<path d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} {mid:.1f},{y2:.1f} {x2 - 2:.1f},{y2:.1f}" '
+            x1, y1, x2, y2 = x1 + box_w / 2, y1 + box_h, x2 + box_w / 2, y2
+            if y2 - y1 > box_h + gap_y:  # skips layers: around the boxes on the right, not through them
+                side = width - 6
+                body.append(f'<path d="M{x1 + box_w / 2:.1f},{y1 - box_h / 2:.1f} C{side:.1f},{y1:.1f} {side:.1f},{y2:.1f} '
+                            f'{x2 + box_w / 2:.1f},{y2 + box_h / 2:.1f}" fill="none" stroke="#888" stroke-width="1.4" '
+                            'marker-end="url(#arrow)"/>')
+                continue
+            mid = (y1 + y2) / 2
+            body.append(f'<path d="M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2 - 2:.1f}" '
                         f'fill="none" stroke="#888" stroke-width="1.4" marker-end="url(#arrow)"/>')
     for n in names:
         x, y = pos[n]
