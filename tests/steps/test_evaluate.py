@@ -247,3 +247,34 @@ def test_validate_says_what_to_install_for_lm_eval(tmp_path, monkeypatch):
     out = validate_problems(tmp_path, pipeline)
     assert "sets.harness.metrics[0]: metric lm_eval needs lm-evaluation-harness, which is not installed: " \
            "pip install 'datamix[eval]'" in out
+
+
+def test_validate_checks_the_columns_a_step_sourced_set_needs(tmp_path):
+    write_jsonl(tmp_path / "data" / "mc.jsonl", [{"question": "Pick", "answer": "kiwi"}])
+    load = {"name": "mc_rows", "kind": "load", "path": "data/mc.jsonl", "prompt_field": "question",
+            "response_field": "answer"}  # no options kept
+    pipeline = bad_pipeline(tmp_path, sets={"mc": {"input": "mc_rows", "metrics": [{"metric": "choice"}]}},
+                            extra_steps=[load])
+    out = validate_problems(tmp_path, pipeline)
+    assert "(name: eval).sets.mc.metrics[0].options_field: input 'mc_rows' has no column 'options'" in out
+
+
+def test_sets_from_steps_with_choice_and_exact_match(tmp_path):
+    write_jsonl(tmp_path / "data" / "mc.jsonl", [{"question": "Pick one", "answer": str(i % 2),
+                                                  "options": ["kiwi", "stone"]} for i in range(4)])
+    write_jsonl(tmp_path / "data" / "gsm.jsonl", gsm_records(3))
+    steps_ = [{"name": "mc_rows", "kind": "load", "path": "data/mc.jsonl", "prompt_field": "question",
+               "response_field": "answer", "keep_fields": ["options"]},
+              {"name": "gsm_rows", "kind": "load", "path": "data/gsm.jsonl", "prompt_field": "question",
+               "response_field": "answer"},
+              {"name": "eval", "kind": "evaluate", "models": ["base"],
+               "sets": {"mc": {"input": "mc_rows", "metrics": ["choice"], "role": "general"},
+                        "gsm": {"input": "gsm_rows", "limit": 2, "role": "domain",
+                                "metrics": [{"metric": "exact_match", "preset": "gsm8k", "max_tokens": 4}]}}}]
+    pipeline = write_pipeline(tmp_path, steps_, name="fromsteps", models=BASE)
+    result = cli("run", pipeline, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = query(store_of(pipeline), "SELECT \"set\", metric, n, value FROM eval ORDER BY ALL")
+    # the same question offered with both answers: whichever option the model prefers, half are right
+    assert rows[:2] == [("gsm", "exact_match", 2, 0.0), ("mc", "acc", 4, 0.5)]
+    assert rows[2][:3] == ("mc", "acc_norm", 4) and rows[2][3] == 0.5

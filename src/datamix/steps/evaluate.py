@@ -105,6 +105,26 @@ class EvaluateConfig(StepConfig):
                     refs.append((f"sets.{n}.metrics[{i}].reference", ref))
         return refs
 
+    def columns_read(self) -> list:
+        """The columns each step-sourced set's metrics read (messages, and options/answer fields)."""
+        from datamix.steps.base import ColumnUse
+
+        uses = []
+        for n, s in self.sets.items():
+            if not s.input:
+                continue
+            uses.append(ColumnUse(f"set-{n}", ("sets", n, "input"), "messages",
+                                  hint="an evaluation set's rows are chats (a messages column)"))
+            for i, m in enumerate(s.metrics):
+                for option in ("options_field", "answer_field"):
+                    if getattr(m, option, None):
+                        uses.append(ColumnUse(f"set-{n}", ("sets", n, "metrics", i, option), getattr(m, option)))
+        return uses
+
+    def columns_out(self, inputs) -> frozenset[str]:
+        return frozenset(("sample_id", "model", "model_path", "set", "role", "metric", "value", "n", "stderr",
+                          "ci_low", "ci_high", "higher_is_better", "source"))
+
     def _files(self) -> list[tuple[tuple, str]]:
         """(YAML location, path) of every file the options name: set files and judge prompt files."""
         out = [(("sets", n, "path"), s.path) for n, s in self.sets.items() if s.path]
