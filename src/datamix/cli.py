@@ -255,7 +255,7 @@ def plan(pipeline, overrides, store, fmt):
             f"{'?' if e.completion_tokens is None else format(e.completion_tokens, ',')}")
         table.add_row(e.name, e.kind, e.action, Text(e.reason), calls, cached, tokens,
                       "" if e.usd is None else f"{'' if e.prompt_tokens is not None else '>= '}${e.usd:,.4f}")
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)  # a narrow terminal wrapped "up to date"
     if any(e.model_calls for e in entries):
         click.echo("calls the response cache would answer are not counted; tokens are estimates (completions: the "
                    "step's earlier average, else its max_tokens); USD from each model's price: per million tokens",
