@@ -130,12 +130,13 @@ class StepProgress:
             if self.calls is not None:
                 calls = self.calls.snapshot()
                 calls["done"] += self._in_flight
-                if calls["total"] and calls["rate_per_s"]:
-                    dt = max(time.perf_counter() - self.calls.t0, 1e-9)
-                    rate = calls["done"] / dt
-                    calls["rate_per_s"] = round(rate, 3)
-                    left = calls["total"] - calls["done"]
-                    calls["eta_s"] = round(left / rate, 1) if rate > 0 and left > 0 else None
+                # the rate of calls a model answered: cache hits come in thousands a second and
+                # would make the ETA of the calls left to a model far too short
+                dt = max(time.perf_counter() - self.calls.t0, 1e-9)
+                rate = (calls["done"] - self.cached) / dt
+                calls["rate_per_s"] = round(rate, 3)
+                left = (calls["total"] or 0) - calls["done"]
+                calls["eta_s"] = round(left / rate, 1) if rate > 0 and left > 0 else None
                 out["calls"] = {**calls, "cached": self.cached, "retried": self.retried, "failed": self.failed}
             return out
 
@@ -148,12 +149,12 @@ class StepProgress:
         elapsed = max(time.perf_counter() - self.rows.t0, 1e-9)
         if self.tokens:
             rate += f"  {self.tokens / elapsed:,.0f} tok/s"
-        bar.update(self._row_task, completed=snap["done"], info=f"{snap['unit']}  {rate}")
+        bar.update(self._row_task, completed=snap["done"], info=f"{snap['unit']}  {rate}  ETA {_duration(snap['eta_s'])}")
         if self._call_task is not None and "calls" in snap:
             c = snap["calls"]
             bar.update(self._call_task, completed=c["done"],
                        info=f"calls  {c['rate_per_s']:,.1f}/s  cached {c['cached']:,}  retried {c['retried']:,}  "
-                            f"failed {c['failed']:,}")
+                            f"failed {c['failed']:,}  ETA {_duration(c['eta_s'])}")
 
     def finish(self) -> None:
         if self.owner._bar is not None:
@@ -180,8 +181,7 @@ class Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
             self._bar = RichProgress(
                 TextColumn("{task.description:<18}"),
@@ -189,8 +189,6 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
                 transient=False,
                 refresh_per_second=4,
             )

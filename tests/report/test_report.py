@@ -125,3 +125,15 @@ def test_evaluation_section_renders_the_forgetting_view(report_run, tmp_path):
         row = re.search(rf'<tr data-model="{model}">(.*?)</tr>', section).group(1)
         cells = re.findall(r'<td class="num">([^<]*)</td>', row)
         assert float(cells[0]) == pytest.approx(forgetting, rel=1e-2) and float(cells[2]) == pytest.approx(gain, rel=1e-2)
+
+
+def test_a_store_with_nothing_in_it_still_gets_every_section(tmp_path):
+    from datamix.store import Store
+
+    store = Store(str(tmp_path / "empty.duckdb"))
+    page = build(connection_query(store.con), store.path)
+    store.close()
+    for key in SECTIONS:
+        assert f'data-section="{key}"' in page
+    assert "no steps in this store" in page and "no evaluation in this store" in page
+    assert "no model calls recorded in this store" in page
