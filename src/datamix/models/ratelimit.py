@@ -149,25 +149,48 @@ class RateBudget:
 class AdaptiveLimit:
     """At most `limit` requests in flight; the limit halves on a 429 and creeps back up on success.
 
+    Waiters queue in order and a release wakes only as many as may go (a condition variable
+    woke every waiter on every release: quadratic with thousands of queued requests).
     Create and use it on one event loop."""
 
     def __init__(self, maximum: int):
+        import collections
+
         self.maximum = maximum
         self.limit = float(maximum)
         self.in_flight = 0
         self.lowest = float(maximum)  # for logs and tests
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque = collections.deque()
+
+    def _room(self) -> int:
+        return max(1, int(self.limit)) - self.in_flight
 
     async def __aenter__(self):
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+        if self._room() > 0 and not self._waiters:
             self.in_flight += 1
+            return self
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser counted us in
+        except asyncio.CancelledError:
+            if not fut.cancelled():
+                self._release()  # woken and cancelled at once: hand the slot on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
         return self
 
     async def __aexit__(self, *exc):
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
+        self._release()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        while self._waiters and self._room() > 0:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
 
     def succeeded(self) -> None:
         self.limit = min(float(self.maximum), self.limit + 1.0 / max(self.limit, 1.0))
