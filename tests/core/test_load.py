@@ -475,3 +475,10 @@ def test_a_json_file_that_holds_no_records_is_named(tmp_path, content):
     (tmp_path / "x.json").write_text(content)
     with pytest.raises(BadInput, match="not records: write a JSON array of objects"):
         load_records(tmp_path / "x.json")
+
+
+def test_an_unknown_encoding_fails_validate(tmp_path):
+    (tmp_path / "c.csv").write_text("prompt,response\nq?,a\n")
+    pipeline = write_pipeline(tmp_path, [{"name": "src", "kind": "load", "path": "c.csv", "encoding": "klingon-8"}])
+    result = cli("validate", pipeline)
+    assert result.exit_code == 2 and "unknown encoding 'klingon-8'" in result.stderr, result.output
