@@ -518,3 +518,37 @@ def test_a_long_chain_of_filters_reads_the_stored_table_once(tmp_path):
     con.close()
     # the last view reads the stored rows of the load directly, not the 39 views before it
     assert view.startswith("CREATE VIEW f39 AS SELECT p.* FROM (src AS p ANTI JOIN"), view
+
+
+def test_odd_names_run_end_to_end_when_validation_is_bypassed(core_pipeline):
+    """`validate` limits names to a safe pattern; past it (a spec built in code), a mix label it's
+    and a step name with quotes and unicode still run, skip on rerun and walk lineage."""
+    from datamix import runner, spec
+    from datamix.lineage import walk
+    from datamix.store import Store, quote
+
+    odd_step, odd_label = "cl\"ean 'x' ✓", "it's"
+    pipe = spec.load(str(core_pipeline), [])
+    steps = []
+    for s in pipe.steps:
+        if s.name == "clean":
+            s = s.model_copy(update={"name": odd_step})
+        elif s.name == "dedup":
+            s = s.model_copy(update={"input": odd_step})
+        elif s.name == "mix":
+            s = s.model_copy(update={"inputs": {odd_label: "dedup", "domain": "domain"},
+                                     "ratio": {odd_label: s.ratio["general"], "domain": s.ratio["domain"]}})
+        steps.append(s)
+    pipe = pipe.model_copy(update={"steps": steps})
+    logged = []
+    first = runner.run(pipe, pipe.store_path(), log=lambda m: None)
+    assert first.ok, first.error
+    again = runner.run(pipe, pipe.store_path(), log=logged.append)
+    assert again.ok and all(line.startswith("skip") for line in logged), logged
+    store = store_of(core_pipeline)
+    assert query(store, "SELECT source, count(*) FROM mix GROUP BY 1 ORDER BY 1") == [("domain", 8), (odd_label, 12)]
+    assert query(store, f"SELECT count(*) FROM {quote(odd_step)}") == [(13,)]
+    (sid,) = query(store, "SELECT sample_id FROM mix WHERE source = ? LIMIT 1", [odd_label])[0]
+    st = Store(str(store), read_only=True)
+    assert [r["step"] for r in walk(st.con, sid)][:4] == ["export", "mix", "dedup", odd_step]
+    st.close()
