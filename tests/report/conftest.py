@@ -98,7 +98,9 @@ steps:
     input: scored
     rules: [{{rule: length, field: response, min: 12, unit: chars}}]
   - {{name: dedup, kind: dedup, input: clean, method: exact, fields: [response], keep: highest, keep_column: score}}
-  - {{name: best, kind: select, input: dedup}}
+  - {{name: benchmark, kind: load, path: benchmark.jsonl}}
+  - {{name: decon, kind: dedup, input: dedup, method: exact, fields: [response], reference: benchmark}}
+  - {{name: best, kind: select, input: decon}}
   - {{name: domain, kind: load, path: domain.jsonl, prompt_field: question, response_field: answer}}
   - name: mix
     kind: mix
@@ -113,6 +115,9 @@ steps:
     options: {{max_steps: 3, batch_tokens: 256, lr: 1.0e-3, warmup_steps: 1}}
   - {{name: report, kind: report, inputs: {{model: train}}, path: report.html}}
 """
+
+
+CONTAMINATED = "In short, tell me about topic 3 and why it matters is a good question and here is a plain answer."
 
 
 def datamix(*args, cwd, **kw):
@@ -131,6 +136,8 @@ def report_run(tmp_path_factory):
         for i in range(10):
             f.write(json.dumps({"question": f"Domain question {i}?", "answer": f"Domain answer {i}, " + "detail " * i})
                     + "\n")
+    with open(folder / "benchmark.jsonl", "w") as f:  # holds one of the critic's answers: a contamination hit
+        f.write(json.dumps({"prompt": "a benchmark question", "response": CONTAMINATED}) + "\n")
     server = AnswerServer()
     (folder / "report.yaml").write_text(PIPELINE.format(url=server.url, model=model))
     run = datamix("run", "report.yaml", "-q", cwd=folder)

@@ -12,7 +12,7 @@ import pytest
 
 from datamix.report import SECTIONS, build, connection_query
 
-from .conftest import datamix
+from .conftest import CONTAMINATED, datamix
 
 
 def page_of(store) -> str:
@@ -62,7 +62,7 @@ def test_rows_per_step_and_composition_equal_the_store(report_run):
     drops = con.execute("SELECT step, reason, count(*) FROM dm.decisions WHERE NOT kept GROUP BY ALL").fetchall()
     con.close()
     shown = {r["step"]: (int(r["rows-in"]), int(r["rows-out"])) for r in attrs(page, "data-rows-in")}
-    assert shown == steps and len(shown) == 11
+    assert shown == steps and len(shown) == 13
     assert {r["source"]: (int(r["samples"]), int(r["tokens"])) for r in attrs(page, "data-samples")} == comp
     for step, reason, n in drops:  # every drop reason links to its examples
         assert f'href="#drop-{step}-' in page and f"{html.escape(reason)}</a>: {n:,}" in page
@@ -137,3 +137,13 @@ def test_a_store_with_nothing_in_it_still_gets_every_section(tmp_path):
         assert f'data-section="{key}"' in page
     assert "no steps in this store" in page and "no evaluation in this store" in page
     assert "no model calls recorded in this store" in page
+
+
+def test_dedup_shows_clusters_pairs_and_the_contamination_hit_with_both_texts(report_run):
+    _, store, _ = report_run
+    section = re.search(r'<section id="dedup".*?</section>', page_of(store), re.S).group(0)
+    assert "contamination hit, similarity 1" in section and "near-duplicate pair" in section
+    hit = re.search(r"<details[^>]*><summary>decon: contamination hit.*?</details>", section, re.S).group(0)
+    assert hit.count(html.escape(CONTAMINATED)) == 2  # the removed sample and the reference row it matched
+    assert "decontamination: 1 samples matched a reference" in section
+    assert "dedup: size 2" in section  # every critic answer was given twice

@@ -277,8 +277,12 @@ class _Report:
             parts.append('<p class="note">no duplicate clusters: every sample was unique at the threshold.</p>')
         pairs = self.run("duplicate_pairs", EXAMPLES)
         for p in pairs:
-            parent = self.parents(self.by_name.get(p["step"], {"parents": "{}"})).get("input")
+            step = self.by_name.get(p["step"], {"parents": "{}", "config": "{}"})
+            parent = self.parents(step).get("input")
             texts = self.messages(parent, [p["sample_id"], p["related_id"]]) if parent else {}
+            reference = self.config(step).get("reference")
+            if p["reason"] == "contamination" and reference in self.by_name:  # the matched row is the reference's
+                texts.update(self.messages(reference, [p["related_id"]]))
             label = "contamination hit" if p["reason"] == "contamination" else "near-duplicate pair"
             parts.append(f'<details class="examples"><summary>{escape(p["step"])}: {label}, similarity '
                          f'{fmt(p["similarity"])}</summary><div class="pair">'
