@@ -107,3 +107,15 @@ def test_a_partial_step_whose_chunks_change_starts_over(tmp_path):
     assert run_pipeline(pipeline, ["steps.clean.chunk_size=2"]).ok
     # started over: the same decisions once each, not the old ones plus new ones
     assert query(store_of(pipeline), "SELECT count(*) FROM dm.decisions WHERE step = 'clean'") == [(2,)]
+
+
+def test_chunk_size_is_a_run_setting_only_where_it_changes_no_output():
+    from datamix.runner import run_settings
+    from datamix.steps.filter import FilterConfig
+    from datamix.steps.reconstruct import ReconstructConfig
+
+    flt = FilterConfig(name="f", kind="filter", input="x", rules=[{"rule": "length", "min": 1}])
+    assert run_settings(flt) == {"chunk_size"}
+    # reconstruct seeds its draws per chunk: another chunking gives other samples, so it reruns
+    rec = ReconstructConfig(name="r", kind="reconstruct", model="m", num_samples=4)
+    assert run_settings(rec) == set()

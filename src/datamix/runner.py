@@ -54,8 +54,13 @@ def step_code(pipeline: Pipeline, step: StepConfig) -> dict[str, str]:
 
 
 # Run settings that do not change a step's output: a changed chunk size reruns nothing (a
-# partial step whose chunk keys it changes starts over, see _starts_over).
+# partial step whose chunk keys it changes starts over, see decide). A kind whose samples are
+# seeded per chunk (reconstruct) says so with `chunk_size_changes_output`.
 RUN_SETTINGS = {"chunk_size"}
+
+
+def run_settings(step: StepConfig) -> set[str]:
+    return set() if type(step).chunk_size_changes_output else RUN_SETTINGS
 
 
 def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
@@ -89,7 +94,7 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     for step in pipeline.order():
         payload = {
             "kind": step.kind,
-            "config": step.model_dump(mode="json", exclude=RUN_SETTINGS),
+            "config": step.model_dump(mode="json", exclude=run_settings(step)),
             "parents": {label: fps[p] for label, p in sorted(step.parent_steps().items())},
             "code": [REGISTRY[step.kind].version, step_code(pipeline, step)],
             # where a model runs (ray replicas, batch files), what it costs and how fast it may be
@@ -206,8 +211,8 @@ def _estimate_rows_out(step: StepConfig, rows_in: int | None) -> int | None:
 
 
 def _what_changed(row: dict, step: StepConfig, pipeline: Pipeline) -> str:
-    old = {k: v for k, v in json.loads(row["config"] or "{}").items() if k not in RUN_SETTINGS}
-    new = step.model_dump(mode="json", exclude=RUN_SETTINGS)
+    old = {k: v for k, v in json.loads(row["config"] or "{}").items() if k not in run_settings(step)}
+    new = step.model_dump(mode="json", exclude=run_settings(step))
     changes = _changed_options(old, new)
     if changes:
         return "config (" + ", ".join(changes) + ")"

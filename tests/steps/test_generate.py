@@ -188,3 +188,19 @@ def test_sampling_per_model_under_the_steps_keys(monkeypatch):
     assert backends["cool"].params == [] and backends["plain"].params == []  # unchanged models: from the cache
     assert rows_h.filter(pl.col("model") == "warm")["messages"].to_list()[0][-1]["content"] == "t=1.3"
     gen.clear_backends()
+
+
+def test_answers_do_not_depend_on_the_chunk_size(tiny_pair):
+    # chunk_size is a run setting (it does not enter the fingerprint), so the answers a fresh
+    # store gets must be the same whatever the chunking: seeds come from the step, the model,
+    # the prompt and the sample index, never from the chunk
+    specs = {"a": TransformersModel(backend="transformers", path=tiny_pair[0])}
+    texts = ["Name a fruit.", "Say hi.", "Count to three.", "Name a colour.", "Spell cat."]
+    outs = []
+    for size in (1, 2, 5):
+        cfg = GenerateConfig(name="answers", kind="generate", models=["a"], n=2, chunk_size=size,
+                             sampling={"max_tokens": 5, "temperature": 1.0})
+        _, rows = collect(cfg, instructions(texts), make_ctx(specs, {}))  # a fresh cache each time
+        outs.append(rows.select("sample_id", pl.col("messages").list.last().struct.field("content")).sort("sample_id"))
+    assert outs[0].equals(outs[1]) and outs[0].equals(outs[2])
+    assert outs[0]["content"].n_unique() > 1  # really sampled

@@ -90,6 +90,9 @@ class StepConfig(BaseModel):
     input: str | None = None
     inputs: dict[SafeName, str] | None = None
     chunk_size: int = Field(default=10_000, ge=1, description="rows per committed chunk")
+    # True for a kind whose output depends on its chunking (samples seeded per chunk): then a
+    # changed chunk_size reruns it; for the others it is a run setting (datamix.runner.run_settings)
+    chunk_size_changes_output: ClassVar[bool] = False
 
     # Step kinds that read files set this to the config fields holding paths, so
     # `validate` can check they exist (relative paths resolve beside the YAML).

@@ -431,7 +431,7 @@ def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_
             results = generate_cached(
                 ctx, model, prompts, indices, params,
                 seed=derive_seed(seed, "answer", turn) if turn else seed,
-                call_seed=derive_seed(seed, chunk_index, model_name, "answer", turn),
+                call_seed=derive_seed(seed, model_name, "answer", turn),
             )
             if turn == 0:
                 prompts = [prompts[i] for i, _ in live]
@@ -472,7 +472,7 @@ def _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn,
     prompts = [raw_prompt(tokenizer, next_user_turn_prefix(convs[i][k], tokenizer, chat_template=template, bos_token=bos)) for i, k in live]
     results = generate_cached(
         ctx, model, prompts, [[k] for _, k in live], params,
-        seed=derive_seed(seed, "followup", turn), call_seed=derive_seed(seed, chunk_index, model.name, "followup", turn),
+        seed=derive_seed(seed, "followup", turn), call_seed=derive_seed(seed, model.name, "followup", turn),
     )
     still = []
     for (i, k), (res,) in zip(live, results):

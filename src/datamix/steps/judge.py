@@ -16,6 +16,7 @@ import json
 import math
 import re
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -223,7 +224,7 @@ def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[di
     for judge in cfg.judges:
         model = get_model(ctx, judge, f"step {ctx.step!r}.judges")
         params = sampling_for(cfg, model.spec).params()
-        call_seed = derive_seed(seed, chunk_index, judge)
+        call_seed = derive_seed(seed, judge)  # not the chunk: a changed chunk_size changes no score
         structured = _structured(cfg, model)
         if structured:
             from datamix.models.openai import OpenAIBackendError
@@ -375,10 +376,19 @@ def _score_with_hf(cfg: JudgeConfig, ctx: Context, convs) -> list[list[dict]]:
         keys = [hashlib.md5(json.dumps([ident, before, r], ensure_ascii=False).encode()).hexdigest() for before, _, r in convs]
         found = ctx.cache_get(keys) if keys else {}
         todo = [i for i, k in enumerate(keys) if k not in found]
+        # dm.calls: one forward pass per candidate; no tokens are generated and the prompt's are
+        # not counted (NULL), so the cost section shows these calls and their time
+        call = {"model": name, "prompt_tokens": None, "completion_tokens": 0, "retries": 0, "failed": 0}
+        if len(keys) > len(todo):
+            hits = len(keys) - len(todo)
+            ctx.calls({**call, "cached": True, "prompts": hits, "completions": hits, "latency_s": 0.0})
         if todo:
+            started = time.perf_counter()
             tokenizer, model, device = _hf_model(ctx, name, cfg.scorer)
             fn = _reward_scores if cfg.scorer == "reward_model" else _loglik_scores
             values = fn(tokenizer, model, device, [convs[i] for i in todo], cfg.batch_size)
+            ctx.calls({**call, "cached": False, "prompts": len(todo), "completions": len(todo),
+                       "latency_s": time.perf_counter() - started})
             fresh = {keys[i]: {"score": v} for i, v in zip(todo, values)}
             ctx.cache_put(fresh)
             found = {**found, **fresh}

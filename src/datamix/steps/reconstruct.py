@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,6 +47,7 @@ class ReconstructConfig(StepConfig):
     min_chars: int = Field(default=3, ge=0, description="shorter instructions are dropped as too_short")
     seed: int | None = None  # default: the pipeline seed
     chunk_size: int = Field(default=1000, ge=1, description="samples per committed chunk")
+    chunk_size_changes_output: ClassVar[bool] = True  # chunk c's draws are seeded from (seed, c)
 
     @model_validator(mode="after")
     def _one_template_source(self):
