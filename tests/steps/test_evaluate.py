@@ -278,3 +278,13 @@ def test_sets_from_steps_with_choice_and_exact_match(tmp_path):
     # the same question offered with both answers: whichever option the model prefers, half are right
     assert rows[:2] == [("gsm", "exact_match", 2, 0.0), ("mc", "acc", 4, 0.5)]
     assert rows[2][:3] == ("mc", "acc_norm", 4) and rows[2][3] == 0.5
+
+
+def test_a_record_a_metric_cannot_use_fails_the_run_as_bad_input(tmp_path):
+    write_jsonl(tmp_path / "data" / "mc.jsonl", [{"question": "Pick", "answer": "Z?", "options": ["kiwi", "stone"]}])
+    pipeline = bad_pipeline(tmp_path, sets={"mc": {"path": "data/mc.jsonl", "prompt_field": "question",
+                                                   "response_field": "answer", "metrics": [{"metric": "choice"}]}})
+    result = cli("run", pipeline, cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "step eval failed: step 'eval'.sets.mc (base): data/mc.jsonl:1: answer 'Z?' is not an option index, " \
+           "a letter or one of the options" in result.output

@@ -18,6 +18,7 @@ class EvalModel:
     chat_template: str | None = None  # a bundled name or .jinja file overriding the folder's template
     device: str = "auto"
     batch_size: int = 8
+    dtype: str = "auto"  # auto: the checkpoint's own (bf16 for most released models, fp32 for tiny ones)
     _loaded: Any = None
     _backend: Any = None
     _shards_tokenizer: Any = None
@@ -32,7 +33,9 @@ class EvalModel:
 
             device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
             tok = load_tokenizer(self.path, self.chat_template, self.name)
-            model = AutoModelForCausalLM.from_pretrained(self.path).to(device).eval()
+            from datamix.models.transformers import _torch_dtype
+
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_torch_dtype(self.dtype)).to(device).eval()
             self._loaded = (tok, model, device)
         return self._loaded
 
@@ -51,7 +54,7 @@ class EvalModel:
             from datamix.models.transformers import TransformersBackend
 
             spec = TransformersModel(backend="transformers", path=self.path, chat_template=self.chat_template,
-                                     device=self.device, batch_size=self.batch_size)
+                                     device=self.device, batch_size=self.batch_size, dtype=self.dtype)
             self._backend = TransformersBackend(self.name, spec)
         return self._backend
 
@@ -85,13 +88,15 @@ def sequence_logprobs(model, device: str, sequences: list[tuple[list[int], list[
                 ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
                 mask[row, : len(toks)] = 1
                 scored[row, : len(toks)] = torch.tensor(marks, dtype=torch.bool)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            # the token at t is predicted from position t-1
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            keep = scored[:, 1:]
-            logp = logp.cpu()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, i in enumerate(idx):
-                results[i] = logp[row][keep[row]].tolist()
+                # the token at t is predicted from position t-1; only the scored positions go to
+                # float32 (a batch's full [rows, length, vocab] in float32 is gigabytes for a real vocabulary)
+                at = torch.nonzero(scored[row, 1:]).squeeze(-1).to(device)
+                picked = logits[row].index_select(0, at).float()
+                targets = ids[row, 1:].to(device).index_select(0, at)
+                logp = torch.log_softmax(picked, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                results[i] = logp.cpu().tolist()
     for i in range(len(sequences)):
         out.append(results[i])
     return out

@@ -44,6 +44,7 @@ class EvaluateConfig(StepConfig):
                                   "fraction of forgetting removed and of domain gain kept")
     batch_size: int = Field(default=8, ge=1, description="sequences per forward pass")
     device: str = Field(default="auto", description="auto: cuda when available, else cpu")
+    dtype: str = Field(default="auto", description="auto: the checkpoint's own; float32, bfloat16, float16")
     chat_template: str | None = Field(default=None, description="a bundled template name or .jinja file for every "
                                       "model (default: a declared model's own, else the model folder's)")
     sets: dict[str, EvalSet] = Field(min_length=1)
@@ -203,17 +204,19 @@ def _models(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context):
     out = {}
     for name in cfg.models:
         if name in cfg.declared_models():
-            spec = ctx.models.get(name)
-            if spec is None or spec.backend != "transformers":
-                raise BadInput(f"step {cfg.name!r}.models: {name!r} must be a transformers model (a local folder) "
-                               "to evaluate")
-            spec = resolve_spec(spec, ctx.pipeline_dir)
-            out[name] = (EvalModel(name, spec.path, template or spec.chat_template, cfg.device, cfg.batch_size), None)
+            # any declared model whose weights are in a local folder (vllm's too): evaluation runs
+            # it with transformers; a hosted (openai) model has no weights to score with
+            spec = resolve_spec(ctx.models[name], ctx.pipeline_dir)
+            if not os.path.isfile(os.path.join(spec.path, "config.json")):
+                raise BadInput(f"step {cfg.name!r}.models: {name!r} is not a local model folder ({spec.path}); "
+                               "evaluate scores weights with transformers, so give a folder with config.json")
+            out[name] = (EvalModel(name, spec.path, template or spec.chat_template, cfg.device, cfg.batch_size,
+                                   cfg.dtype), None)
         else:
             table = inputs[f"model-{name}"].arrow("sample_id, model_path").to_pylist()
             if not table:
                 raise BadInput(f"step {cfg.name!r}.models: train step {name!r} has no saved model row")
-            out[name] = (EvalModel(name, table[0]["model_path"], template, cfg.device, cfg.batch_size),
+            out[name] = (EvalModel(name, table[0]["model_path"], template, cfg.device, cfg.batch_size, cfg.dtype),
                          table[0]["sample_id"])
     return out
 
@@ -262,7 +265,10 @@ def run(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context) -> Ite
         rows = []
         for set_name, s in cfg.sets.items():
             ctx.log(f"evaluate {name} on {set_name}")
-            rows += rows_for(model, set_name, s, sets[set_name], res)
+            try:
+                rows += rows_for(model, set_name, s, sets[set_name], res)
+            except ValueError as e:  # a record a metric cannot use (an answer that is no option, ...)
+                raise BadInput(f"step {cfg.name!r}.sets.{set_name} ({name}): {e}") from None
             ctx.progress(len(sets[set_name]))
         model.release()
         schema = _schema()
