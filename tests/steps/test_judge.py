@@ -293,3 +293,19 @@ def test_parse_failures_are_counted_per_judge_in_the_store(judges, tmp_path):
     finally:
         store.close()
     assert counts == [("j1", 2, 0, None), ("j2", 2, 1, {"unparsable": 1})]
+
+
+def test_reward_model_passes_go_to_dm_calls_and_a_rerun_is_all_cache_hits(tiny_models):
+    rm_path, _ = tiny_models
+    specs = {"rm": TransformersModel(backend="transformers", path=rm_path)}
+    cfg = JudgeConfig(name="judged", kind="judge", judges=["rm"], scorer="reward_model", batch_size=2)
+    cache: dict = {}
+    calls: list[dict] = []
+    ctx = make_ctx(specs, cache)
+    ctx.calls = calls.append
+    judged(cfg, ctx)
+    assert [(c["model"], c["cached"], c["completions"]) for c in calls] == [("rm", False, 2)]
+    assert calls[0]["latency_s"] > 0 and calls[0]["prompt_tokens"] is None  # a forward pass: no tokens billed
+    calls.clear()
+    judged(cfg, ctx)
+    assert [(c["model"], c["cached"], c["completions"]) for c in calls] == [("rm", True, 2)]
