@@ -246,3 +246,22 @@ def test_a_429_halves_the_requests_in_flight(monkeypatch):
         b = make_backend(server.url)
         b.generate([Prompt(text=f"p{i}") for i in range(4)], SamplingParams())
     assert b.limit.lowest <= 4 and server.outcomes["429"] == 2
+
+
+def test_a_run_against_a_server_with_no_choices_fails_the_step_naming_the_reply(monkeypatch, tmp_path):
+    """Issue 14: 1,332 requests in 60 s against such a server; now a bounded few and exit 1."""
+    from tests.core.helpers import cli, general_records, write_jsonl, write_pipeline
+
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    write_jsonl(tmp_path / "g.jsonl", general_records(3))
+    with FlakyServer(fail_rate=0.0, script=["empty"] * 1000) as server:
+        model = {"backend": "openai", "path": "served", "base_url": server.url, "api_key_env": "DATAMIX_TEST_KEY",
+                 "max_retries": 2, "timeout_s": 5}
+        pipeline = write_pipeline(tmp_path, [{"name": "src", "kind": "load", "path": "g.jsonl"},
+                                             {"name": "answers", "kind": "generate", "input": "src",
+                                              "models": ["remote"]}], models={"remote": model})
+        result = cli("run", pipeline, "-q")
+    assert result.exit_code == 1
+    assert "a reply with no choices" in result.output and '"choices": []' in result.output
+    assert 3 <= server.outcomes["empty"] <= 9  # at most 3 attempts for each of 3 prompts
+    assert KEY not in result.output
