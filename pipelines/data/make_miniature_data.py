@@ -9,7 +9,8 @@ JSONL, deterministic (no randomness beyond a fixed hash of each instruction):
 
 - vendor.jsonl       the "vendor's SFT set": AlpacaEval instructions from the conversational
                      subsets (helpful_base, oasst, koala, vicuna), each answered by four models
-                     (gpt4, Llama-3-70B, Qwen2-72B, Mixtral-8x7B): one chat per (instruction, model);
+                     (gpt4, Llama-3-70B, Qwen2-72B, Mixtral-8x7B): one chat per (instruction, model),
+                     model by model (the first 497 rows are gpt4's, the next 497 Llama-3-70B's, ...);
 - vendor_eval.jsonl  held-out chats of the same distribution: 1 in 9 of those instructions
                      (chosen by a hash of the text), with the same four answerers; no instruction
                      is in vendor.jsonl, and none is near one (word 3-gram Jaccard < 0.3);
@@ -19,7 +20,9 @@ JSONL, deterministic (no randomness beyond a fixed hash of each instruction):
                      human-written instances; every instruction near a vendor or eval instruction
                      (3-gram Jaccard >= 0.3) is left out;
 - gsm8k_train.jsonl  the domain set: the first 600 GSM8K train problems (question -> worked answer);
-- gsm8k_test.jsonl   the domain evaluation set: the first 250 GSM8K test problems.
+- gsm8k_test.jsonl   the domain evaluation set: the first 250 GSM8K test problems;
+- alpaca_eval.jsonl  all 805 AlpacaEval instructions with gpt4's answers (uncut), for the judge
+                     win rate of pipelines/forgetting-mitigation.yaml (the real-model recipe).
 
 Answers are cut to at most MAX_ANSWER characters at a sentence or line end (the same rule for
 every file): the miniature's models are a few million parameters on 2 CPU cores, and long
@@ -72,10 +75,16 @@ def held_out(instruction: str) -> bool:
 
 
 def write(path: str, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"{path}: {len(rows)} rows, {os.path.getsize(path) / 1e6:.2f} MB")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    try:
+        with open(path, encoding="utf-8") as f:
+            same = f.read() == text
+    except OSError:
+        same = False
+    if not same:  # an unchanged file keeps its mtime, so pipelines reading it are not rerun
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(f"{path}: {len(rows)} rows, {os.path.getsize(path) / 1e6:.2f} MB{' (unchanged)' if same else ''}")
 
 
 def main() -> None:
@@ -96,7 +105,8 @@ def main() -> None:
     train_grams = [grams(first[i]["instruction"]) for i in train_idx]
     eval_idx = [i for i in vendor_idx if held_out(first[i]["instruction"])
                 and not near(grams(first[i]["instruction"]), train_grams)]
-    vendor = [chat(first[i]["instruction"], answers[m][i]["output"]) for i in train_idx for m in VENDOR_MODELS]
+    # model-major: the first N rows are whole answerers (limit: 994 = gpt4's and Llama-3-70B's answers)
+    vendor = [chat(first[i]["instruction"], answers[m][i]["output"]) for m in VENDOR_MODELS for i in train_idx]
     vendor_eval = [chat(first[i]["instruction"], answers[m][i]["output"]) for i in eval_idx for m in VENDOR_MODELS]
 
     seen = train_grams + [grams(first[i]["instruction"]) for i in eval_idx]
@@ -125,6 +135,9 @@ def main() -> None:
     write(os.path.join(args.out, "public.jsonl"), public)
     write(os.path.join(args.out, "gsm8k_train.jsonl"), gsm8k("train", DOMAIN_TRAIN))
     write(os.path.join(args.out, "gsm8k_test.jsonl"), gsm8k("test", DOMAIN_TEST))
+    write(os.path.join(args.out, "alpaca_eval.jsonl"),
+          [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+           for r in first])
 
 
 if __name__ == "__main__":
