@@ -24,19 +24,12 @@ class EvalModel:
     _shards_tokenizer: Any = None
 
     def load(self):
-        """(tokenizer, model, device), loaded on first use."""
+        """(tokenizer, model, device), loaded on first use: the generation backend's own, so scoring
+        and greedy answers share one copy of the weights."""
         if self._loaded is None:
-            import torch
-            from transformers import AutoModelForCausalLM
-
-            from datamix.models import load_tokenizer
-
-            device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-            tok = load_tokenizer(self.path, self.chat_template, self.name)
-            from datamix.models.transformers import _torch_dtype
-
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_torch_dtype(self.dtype)).to(device).eval()
-            self._loaded = (tok, model, device)
+            backend = self.backend()
+            model = backend.model()
+            self._loaded = (backend.tokenizer(), model, str(model.device))
         return self._loaded
 
     def shards_tokenizer(self):
