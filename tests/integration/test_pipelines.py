@@ -59,3 +59,34 @@ def test_the_quickstart_runs_offline_with_every_step_non_empty(tmp_path):
     trained = json.loads(datamix("sql", "SELECT steps, final_loss FROM train", "quickstart.yaml", "--format", "json",
                                  cwd=work).stdout)
     assert trained[0]["steps"] == 4 and trained[0]["final_loss"] > 0
+
+
+def test_the_gpu_recipe_has_the_arms_and_real_benchmarks():
+    import yaml
+
+    spec = yaml.safe_load(open(os.path.join(PIPELINES, "forgetting-mitigation.yaml")))
+    steps = {s["name"]: s for s in spec["steps"]}
+    ev = next(s for s in spec["steps"] if s["kind"] == "evaluate")
+    trains = [s for s in spec["steps"] if s["kind"] == "train"]
+    assert sorted(ev["models"]) == sorted(["base", *(t["name"] for t in trains)]) and ev["baseline"] == "base"
+    assert ev["no_replay"] == "sft_d" and steps["sft_d"]["input"] == "export_d" and steps["export_d"]["input"] == "domain"
+    tasks = {t for s in ev["sets"].values() for m in s["metrics"] if isinstance(m, dict) for t in m.get("tasks", [])}
+    assert {"gsm8k", "mmlu_pro", "ifeval"} <= tasks
+    judged = [m for s in ev["sets"].values() for m in s["metrics"] if isinstance(m, dict) and m["metric"] == "judge_winrate"]
+    assert judged and judged[0]["reference"] == "base"
+    assert {s["role"] for s in ev["sets"].values()} == {"general", "domain"}
+
+    def resolved(v):
+        return spec["vars"][v.strip("${}")] if isinstance(v, str) and v.startswith("${") else v
+
+    # the same optimiser settings and steps in every arm; each step holds the same domain tokens on average
+    opts = [{k: resolved(v) for k, v in t["options"].items()} for t in trains]
+    for key in ("lr", "warmup_steps", "max_steps"):
+        assert len({o[key] for o in opts}) == 1, key
+    share = spec["vars"]["domain_share"] / (spec["vars"]["domain_share"] + spec["vars"]["general_share"])
+    domain_batch = next(o["batch_tokens"] for o, t in zip(opts, trains) if t["name"] == "sft_d")
+    for o, t in zip(opts, trains):
+        if t["name"] != "sft_d":
+            assert o["batch_tokens"] * share == pytest.approx(domain_batch, rel=0.03)
+    for mix in (s for s in spec["steps"] if s["kind"] == "mix"):
+        assert mix["size_by"] == "domain"
