@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean browser
+.PHONY: setup demo test bench clean browser experiment
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ browser:
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py
+
+# The forgetting miniature (pipelines/forgetting-miniature.yaml): a vendor model trained from scratch,
+# four fine-tuning arms, three replicates; prints dm.forgetting per replicate and the mean and spread.
+experiment: setup
+	cd pipelines && ../$(BIN)/datamix run forgetting-miniature.yaml --sweep rep=0,1,2
 
 clean:
 	rm -rf pipelines/.datamix .pytest_cache
