@@ -47,6 +47,9 @@ def test_a_judge_that_prefers_longer_answers_in_both_orders():
     # the longer one: the answer, then the reference three times (in both orders): 1 win of 4
     assert values["judge_winrate"].value == pytest.approx(0.25)
     assert values["judge_winrate"].n == 4
+    # a bootstrap interval over the four prompts' outcomes (1, 0, 0, 0): inside [0, 1], around the mean
+    win = values["judge_winrate"]
+    assert 0.0 == win.ci_low <= win.value <= win.ci_high <= 1.0 and win.ci_high >= 0.5
     assert values["judge_ties"].value == 0.0 and values["judge_unparsed"].value == 0.0
 
 

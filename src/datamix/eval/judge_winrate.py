@@ -8,7 +8,8 @@ bias. A verdict is a win (1), a tie (0.5) or a loss (0) for the model; a verdict
 parser cannot read is left out and counted (metric judge_unparsed).
 
 - judge_winrate: the mean verdict over prompts (each prompt's mean over judges and
-  orders), with its standard error over prompts;
+  orders), with its standard error over prompts and a bootstrap 95% interval (prompts
+  resampled, seeded);
 - judge_ties: the fraction of verdicts that were ties.
 
 Judges are called through the judge step's machinery (datamix.steps.generate:
@@ -21,7 +22,7 @@ import re
 
 from datamix.eval import Value
 from datamix.eval.sets import JudgeWinrateMetric, prompt_and_reference
-from datamix.eval.stats import mean_value
+from datamix.eval.stats import bootstrap_interval, mean_value
 
 PAIRWISE_PROMPT = """Please act as an impartial judge and compare the two responses to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Do not let the order of the responses or their length influence you.
 
@@ -102,6 +103,11 @@ def score(instructions: list[str], answers: list[str], references: list[str], ju
             per_prompt[k % n].append(s)
     means = [sum(v) / len(v) for v in per_prompt if v]
     win = mean_value("judge_winrate", means)
+    # a bootstrap over prompts: win rates sit in [0, 1] and often near its ends, where a normal
+    # interval would cross them
+    interval = bootstrap_interval(means)
+    if interval is not None:
+        win.ci_low, win.ci_high = interval
     parsed = total - unparsed
     return [win,
             Value("judge_ties", ties / parsed if parsed else None, parsed),
