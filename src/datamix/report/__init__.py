@@ -196,10 +196,11 @@ class _Report:
         mix = self.steps_of("mix")
         if mix and self.has_columns(mix[-1]["name"], "source", "est_tokens", "messages"):
             groups.append(("lengths_by_source", mix[-1]["name"], "per source", "est. tokens (mix's estimate)"))
-        for kind in ("generate", "reconstruct"):
+        # tokens_out is what the model wrote: the answer (generate) or the instruction (reconstruct)
+        for kind, written in (("reconstruct", "instruction tokens"), ("generate", "response tokens")):
             for s in self.steps_of(kind):
                 if self.has_columns(s["name"], "model", "tokens_out", "messages"):
-                    groups.append(("lengths_by_model", s["name"], "per generating model", "response tokens"))
+                    groups.append(("lengths_by_model", s["name"], "per generating model", written))
         if not groups:
             return '<p class="empty">no step with chats and a source or model column.</p>'
         for query, table, by, token_label in groups:
