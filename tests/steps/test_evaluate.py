@@ -288,3 +288,36 @@ def test_a_record_a_metric_cannot_use_fails_the_run_as_bad_input(tmp_path):
     assert result.exit_code == 2, result.output
     assert "step eval failed: step 'eval'.sets.mc (base): data/mc.jsonl:1: answer 'Z?' is not an option index, " \
            "a letter or one of the options" in result.output
+
+
+def test_a_crashed_evaluation_resumes_after_the_models_it_finished(tmp_path, monkeypatch):
+    import datamix.eval.run as eval_run
+
+    write_jsonl(tmp_path / "data" / "chats.jsonl", general_records(3))
+    models = {**BASE, "other": {"backend": "transformers", "path": "models/other",
+                                "tiny": {"arch": "llama", "chat_template": "chatml", "seed": 1}}}
+    evaluate = {"name": "eval", "kind": "evaluate", "models": ["base", "other"],
+                "sets": {"chat": {"path": "data/chats.jsonl", "metrics": ["nll"], "role": "general"}}}
+    pipeline = write_pipeline(tmp_path, [evaluate], name="resume", models=models)
+    real = eval_run.rows_for
+    evaluated = []
+
+    def crash_on_other(model, *args):
+        evaluated.append(model.name)
+        if model.name == "other":
+            raise RuntimeError("the machine went away")
+        return real(model, *args)
+
+    monkeypatch.setattr(eval_run, "rows_for", crash_on_other)
+    assert cli("run", pipeline, cwd=tmp_path).exit_code == 1
+    store = store_of(pipeline)
+    assert query(store, "SELECT model, metric FROM dm.metrics ORDER BY ALL") == [("base", "bpb"), ("base", "nll")]
+
+    monkeypatch.setattr(eval_run, "rows_for", lambda model, *args: (evaluated.append(model.name), real(model, *args))[1])
+    evaluated.clear()
+    resumed = cli("run", pipeline, cwd=tmp_path)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resume eval (evaluate)" in resumed.output
+    assert evaluated == ["other"]  # base was committed: not evaluated again
+    assert query(store, "SELECT model, count(*) FROM dm.metrics GROUP BY model ORDER BY model") == [("base", 2), ("other", 2)]
+    assert query(store, "SELECT count(*) FROM eval") == [(4,)]
