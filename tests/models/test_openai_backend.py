@@ -265,3 +265,18 @@ def test_a_run_against_a_server_with_no_choices_fails_the_step_naming_the_reply(
     assert "a reply with no choices" in result.output and '"choices": []' in result.output
     assert 3 <= server.outcomes["empty"] <= 9  # at most 3 attempts for each of 3 prompts
     assert KEY not in result.output
+
+
+def test_tpm_budget_is_respected_on_the_server_side(monkeypatch):
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    prompts = [Prompt(text=f"p{i}") for i in range(40)]
+    with FlakyServer(fail_rate=0.0, keep_alive=True) as server:
+        # each request: ~1 prompt token + max_tokens 19 = 20 estimated; 6,000 tpm = 100 a second
+        out = make_backend(server.url, tpm=6000, timeout_s=5).generate(prompts, SamplingParams(max_tokens=19))
+    assert len(out) == 40
+    # the server counts 9 tokens a request (usage), and the rest of each estimate comes back:
+    # 40 x 9 = 360 tokens at 100 a second after a burst of 100 take at least 2.6 s, and any half
+    # second holds at most (100 + 50 + one estimate) / 9 = 18 requests (without the budget all 40
+    # arrive within a tenth of a second)
+    assert max(server.times) - min(server.times) >= 2.0
+    assert _most_in_window(server.times, 0.5) <= 19
