@@ -193,3 +193,23 @@ def test_plan_says_what_a_batch_costs_and_batch_options_are_not_fingerprinted(tm
     assert "Batch" not in next(e for e in live_entries if e["name"] == "answers")["reason"]
     # batch files and rate budgets change no answer: the same fingerprints
     assert [e["fingerprint"] for e in entries] == [e["fingerprint"] for e in live_entries]
+
+
+def test_datamix_run_generates_through_a_batch(monkeypatch, tmp_path):
+    from tests.core.helpers import cli, general_records, query, store_of, write_jsonl, write_pipeline
+
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    write_jsonl(tmp_path / "g.jsonl", general_records(3))
+    with FlakyServer(fail_rate=0.0, batch_fail_lines={2}) as server:
+        model = {"backend": "openai", "path": "served", "base_url": server.url, "api_key_env": "DATAMIX_TEST_KEY",
+                 "timeout_s": 5, "batch": {"poll_s": 0.01}}
+        pipeline = write_pipeline(tmp_path, [{"name": "src", "kind": "load", "path": "g.jsonl"},
+                                             {"name": "answers", "kind": "generate", "input": "src",
+                                              "models": ["remote"], "n": 2}], models={"remote": model})
+        first = cli("run", pipeline, "-q")
+        again = cli("run", pipeline, "steps.answers.chunk_size=1")  # same answers: from the cache
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    assert server.calls["submit"] == 1 and sum(server.served.values()) == 1  # one batch; its failed line live
+    rows = query(store_of(pipeline), "SELECT messages[-1].content FROM answers ORDER BY sample_id")
+    assert len(rows) == 6 and all(r[0].startswith("echo:") for r in rows)
