@@ -672,14 +672,15 @@ def template(model_path, fmt, system_prompt):
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--chat-template", default=None, help="a bundled template name or .jinja file (default: the model's)")
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu")
-def eval_(model_dir, set_args, role_args, option_args, fmt, batch_size, chat_template, device):
+@click.option("--dtype", default="auto", show_default=True, help="auto: the checkpoint's own; float32, bfloat16, float16")
+def eval_(model_dir, set_args, role_args, option_args, fmt, batch_size, chat_template, device, dtype):
     """Evaluate MODEL_DIR on evaluation sets and print the metrics (the evaluate step outside a pipeline)."""
     from datamix.eval.adhoc import AdhocError, build_sets, evaluate_folder
     from datamix.eval.report import metrics_rows
 
     try:
         sets = build_sets(list(set_args), list(role_args), list(option_args))
-        rows = evaluate_folder(model_dir, sets, batch_size, chat_template, device)
+        rows = evaluate_folder(model_dir, sets, batch_size, chat_template, device, dtype=dtype)
     except AdhocError as e:
         _fail(str(e))
     columns, table = metrics_rows(rows, for_table=fmt == "table")

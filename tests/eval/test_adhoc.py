@@ -44,7 +44,8 @@ def test_eval_prints_the_metrics_of_every_set_as_json(folder):
 
 def test_eval_choice_as_csv(folder):
     result = cli("eval", str(folder / "model"), "--set", f"mc={folder / 'mc.jsonl'}:choice",
-                 "--option", "mc.prompt_field=question", "--option", "mc.response_field=answer", "--format", "csv")
+                 "--option", "mc.prompt_field=question", "--option", "mc.response_field=answer", "--format", "csv",
+                 "--dtype", "float32")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "model,model_path,set,role,metric,value,n,stderr,ci_low,ci_high,higher_is_better"

@@ -93,7 +93,7 @@ def build_sets(set_args: list[str], role_args: list[str], option_args: list[str]
 
 
 def evaluate_folder(model_dir: str, sets: dict[str, EvalSet], batch_size: int = 8, chat_template: str | None = None,
-                    device: str = "auto", base_dir: str = ".") -> list[dict]:
+                    device: str = "auto", base_dir: str = ".", dtype: str = "auto") -> list[dict]:
     """Every set's metrics on the model folder: dicts with datamix.eval.ROW_COLUMNS. Sets are read and
     checked against their metrics before the model loads (AdhocError)."""
     from datamix.eval.lm import EvalModel
@@ -111,7 +111,7 @@ def evaluate_folder(model_dir: str, sets: dict[str, EvalSet], batch_size: int = 
             raise AdhocError("; ".join(f"--set {name}: {p}" for _, p in problems))
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise AdhocError(f"{model_dir}: no config.json; give a Hugging Face model folder")
-    model = EvalModel(os.path.basename(os.path.normpath(model_dir)), model_dir, chat_template, device, batch_size)
+    model = EvalModel(os.path.basename(os.path.normpath(model_dir)), model_dir, chat_template, device, batch_size, dtype)
     rows = []
     for name, s in sets.items():
         rows += rows_for(model, name, s, records[name], Resources(base_dir=base_dir))
