@@ -14,6 +14,8 @@ from datamix.report import SECTIONS, build, connection_query
 
 from .conftest import CONTAMINATED, datamix
 
+pytestmark = pytest.mark.slow  # one real pipeline run (about a minute on 2 cores), shared by the report tests
+
 
 def page_of(store) -> str:
     con = duckdb.connect(str(store), read_only=True)

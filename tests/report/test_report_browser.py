@@ -17,6 +17,8 @@ from datamix.report import SECTIONS
 
 CHART_SECTIONS = ("pipeline", "lengths", "scores", "dedup", "mix", "shards", "training", "cost")
 
+pytestmark = pytest.mark.slow  # one real pipeline run (about a minute on 2 cores), shared by the report tests
+
 
 def chromium() -> str | None:
     for name in (os.environ.get("DATAMIX_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
