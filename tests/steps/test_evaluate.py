@@ -321,3 +321,38 @@ def test_a_crashed_evaluation_resumes_after_the_models_it_finished(tmp_path, mon
     assert evaluated == ["other"]  # base was committed: not evaluated again
     assert query(store, "SELECT model, count(*) FROM dm.metrics GROUP BY model ORDER BY model") == [("base", 2), ("other", 2)]
     assert query(store, "SELECT count(*) FROM eval") == [(4,)]
+
+
+def test_a_reference_model_answers_once_for_every_model_compared_with_it(tmp_path, monkeypatch):
+    import datamix.eval.judge_winrate as jw
+    import datamix.models as models_mod
+    from datamix.steps import generate as gen
+
+    judge = ScriptedJudge()
+    real_load = models_mod.load_backend
+    monkeypatch.setattr(models_mod, "load_backend",
+                        lambda name, spec, base_dir=".": judge if name == "judge" else real_load(name, spec, base_dir))
+    gen.clear_backends()
+    answered = []
+    real_greedy = jw.greedy_answers
+
+    def counting(backend, chats, max_tokens):
+        answered.append(backend.name)
+        return real_greedy(backend, chats, max_tokens)
+
+    monkeypatch.setattr(jw, "greedy_answers", counting)
+    write_jsonl(tmp_path / "data" / "chats.jsonl", general_records(2))
+    models = {**BASE, "other": {"backend": "transformers", "path": "models/other",
+                                "tiny": {"arch": "llama", "chat_template": "chatml", "seed": 1}},
+              "judge": {"backend": "transformers", "path": "models/judge", "tiny": {"chat_template": "chatml"}}}
+    evaluate = {"name": "eval", "kind": "evaluate", "models": ["base", "other"],
+                "sets": {"chat": {"path": "data/chats.jsonl", "role": "general", "metrics": [
+                    {"metric": "judge_winrate", "judges": ["judge"], "reference": "base", "max_tokens": 4}]}}}
+    pipeline = write_pipeline(tmp_path, [evaluate], name="ref", models=models)
+    result = cli("run", pipeline, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sorted(answered) == ["base", "other"]  # base's answers serve as its own and as the reference
+    # against itself a model ties on every prompt, whatever the judge says in each order
+    assert query(store_of(pipeline), "SELECT model, value FROM eval WHERE metric = 'judge_winrate' ORDER BY model"
+                 )[0] == ("base", 0.5)
+    gen.clear_backends()

@@ -124,14 +124,20 @@ def evaluate(model, set_name: str, records: list[dict], m: JudgeWinrateMetric, r
         chats.append(chat)
         replies.append(reply)
         instructions.append(next((x["content"] for x in reversed(chat) if x["role"] == "user"), ""))
-    answers = greedy_answers(model.backend(), chats, m.max_tokens)
+    key = (model.name, set_name, m.max_tokens)
+    if key not in res.answers:
+        res.answers[key] = greedy_answers(model.backend(), chats, m.max_tokens)
+    answers = res.answers[key]
     if m.reference == "set":
         if any(r is None for r in replies):
             raise ValueError(f"set {set_name!r}: judge_winrate with reference: set needs an assistant reply in every "
                              "record; name a reference model instead")
         references = replies
     else:
-        references = res.answers_of(m.reference, set_name, chats, m.max_tokens)
+        ref_key = (m.reference, set_name, m.max_tokens)
+        if ref_key not in res.answers:
+            res.answers[ref_key] = res.answers_of(m.reference, set_name, chats, m.max_tokens)
+        references = res.answers[ref_key]
     template = PAIRWISE_PROMPT
     if m.prompt_file:
         path = m.prompt_file if os.path.isabs(m.prompt_file) else os.path.join(res.base_dir, m.prompt_file)

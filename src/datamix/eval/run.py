@@ -21,6 +21,9 @@ class Resources:
     judge_texts: Callable[[str, list[str], int], list[str]] | None = None
     # answers_of(model, set, chats, max_tokens): another model's greedy answers (judge_winrate's reference)
     answers_of: Callable[[str, str, list[list[dict]], int], list[str]] | None = None
+    # greedy answers already made in this run, by (model, set, max_tokens): a reference model's
+    # answers are made once for all the models compared with it
+    answers: dict = dataclasses.field(default_factory=dict)
     base_dir: str = "."
     seed: int = 0
     log: Callable[[str], None] = lambda msg: None
