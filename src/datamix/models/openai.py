@@ -42,11 +42,13 @@ failed attempts, on its first completion.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import email.utils
 import json
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -214,6 +216,36 @@ class _CallBudget:
 
     allowed: int
     failures: int = 0
+
+
+class _DaemonPool(concurrent.futures.Executor):
+    """Worker threads for the SDK's blocking calls. Daemon threads, unlike ThreadPoolExecutor's:
+    a process that gives up on a stuck attempt must not wait at exit for its socket timeout."""
+
+    def __init__(self, workers: int):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = workers
+        for i in range(workers):
+            threading.Thread(target=self._work, daemon=True, name=f"datamix-openai-{i}").start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # handed to the awaiting attempt
+                fut.set_exception(e)
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((lambda *a: fn(*a, **kwargs), args, fut))
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in range(self._workers):
+            self._queue.put(None)
 
 
 class _LoopThread:
@@ -437,8 +469,6 @@ class OpenAIBackend:
 
         from datamix.models.ratelimit import AdaptiveLimit, RateBudget
 
-        import concurrent.futures
-
         n = self.spec.max_concurrency
         limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
         # The SDK's sync client in worker threads, driven by the async retry layer: on 2 cores it
@@ -450,7 +480,7 @@ class OpenAIBackend:
                                      timeout=self.spec.timeout_s, http_client=http)
         # twice the slots: an attempt abandoned at its deadline keeps its thread until the SDK's
         # own timeout (the same) ends it, and must not hold up the next attempt in a queue
-        self._pool = concurrent.futures.ThreadPoolExecutor(2 * n + 2, thread_name_prefix="datamix-openai")
+        self._pool = _DaemonPool(2 * n + 2)
         self.limit = AdaptiveLimit(n)
         self.budget = RateBudget(self.spec.rpm, self.spec.tpm)
 
