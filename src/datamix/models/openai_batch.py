@@ -110,6 +110,10 @@ def generate_batched(
     spec = backend.spec
     opts = spec.batch
     os.makedirs(work_dir, exist_ok=True)
+    if opts.runner == "openai" and len(requests) < 1000:
+        # a batch holds one chunk of the step and the next chunk's waits for it (up to the window)
+        log(f"model {name!r}: a batch of {len(requests)} requests; a larger chunk_size on the step puts more in "
+            f"each batch (up to {opts.max_lines}), so fewer wait one after another")
     chat_by_key = {r.key: r.prompt.messages is not None for r in requests}
     answers: dict[str, Completion] = {}
     failed: dict[str, str] = {}
