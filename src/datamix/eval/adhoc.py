@@ -43,7 +43,7 @@ def build_sets(set_args: list[str], role_args: list[str], option_args: list[str]
         name, eq, rest = arg.partition("=")
         if not eq or not name or not rest:
             raise AdhocError(f"--set {arg!r}: write NAME=FILE or NAME=FILE:metric[,metric]")
-        path, colon, metrics = rest, "", ""
+        path, metrics = rest, ""
         head, sep, tail = rest.rpartition(":")
         if sep and tail and all(m.strip() in METRICS for m in tail.split(",")):
             path, metrics = head, tail
