@@ -164,11 +164,7 @@ class EvaluateConfig(StepConfig):
                                  "`models:` or train steps"))
         for name, s in self.sets.items():
             where = ("sets", name)
-            for i, metric in enumerate(s.metrics):
-                ref = getattr(metric, "reference", None)
-                if ref and ref != "set" and ref not in self.models and ref not in pipeline.models:
-                    problems.append((where + ("metrics", i, "reference"), f"reference {ref!r} is not 'set', an "
-                                     "evaluated model or a model under `models:`"))
+            for i, metric in enumerate(s.metrics):  # an unknown judge or reference: spec's model check
                 if metric.metric == "lm_eval":
                     from datamix.eval.lm_eval import missing_extra
 
@@ -189,9 +185,6 @@ class EvaluateConfig(StepConfig):
                     continue
                 problems += [(where + ("metrics", i), p) for i, p in check_fit(s, records)]
         return problems
-
-    def model_calls(self, rows_in: int | None) -> int | None:
-        return None
 
 
 def _models(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context):
