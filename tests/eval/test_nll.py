@@ -105,3 +105,26 @@ def test_bpb_counts_the_same_bytes_under_two_tokenizers(chatml, chatml_small_voc
         assert nbytes == sum(b for _, _, b in rows_big)
         assert values["bpb"] == pytest.approx(total / math.log(2) / nbytes, abs=1e-4)
         assert values["bpb"] == pytest.approx(values["nll"] * tokens / math.log(2) / nbytes, rel=1e-6)
+
+
+def _no_gpu() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_no_gpu() is not None, reason=_no_gpu() or "")
+def test_nll_and_choice_on_a_gpu_equal_the_cpu(chatml):
+    from datamix.eval import choice, nll
+    from datamix.eval.lm import EvalModel
+    from datamix.eval.sets import ChoiceMetric
+
+    cpu = {v.metric: v.value for v in nll.evaluate(EvalModel("m", chatml, device="cpu"), CHATS)}
+    gpu = {v.metric: v.value for v in nll.evaluate(EvalModel("m", chatml, device="cuda"), CHATS)}
+    assert gpu == pytest.approx(cpu, abs=1e-3)  # float32 on both; kernels differ in the last bits
+    records = [{"messages": [{"role": "user", "content": "Which is a fruit?"}, {"role": "assistant", "content": "0"}],
+                "options": ["kiwi", "stone", "rain"]}]
+    m = ChoiceMetric(metric="choice")
+    assert [v.value for v in choice.evaluate(EvalModel("m", chatml, device="cuda"), records, m)] == \
+           [v.value for v in choice.evaluate(EvalModel("m", chatml, device="cpu"), records, m)]
