@@ -52,6 +52,10 @@ def _serve_forever(delay_s: float, queue) -> None:
 def _server(delay_s: float):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # one send per answer, sent at once: unbuffered headers then body with Nagle on made
+        # every kept-alive request wait ~40 ms for a delayed ACK (the server, not a client, bound)
+        disable_nagle_algorithm = True
+        wbufsize = 1 << 16
 
         def log_message(self, *args):
             pass

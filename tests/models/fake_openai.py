@@ -64,6 +64,9 @@ class FlakyServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            # headers and body go in two sends: with Nagle on, a kept-alive connection waited
+            # ~40 ms a request for a delayed ACK
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output quiet
                 pass
