@@ -280,3 +280,14 @@ def test_tpm_budget_is_respected_on_the_server_side(monkeypatch):
     # arrive within a tenth of a second)
     assert max(server.times) - min(server.times) >= 2.0
     assert _most_in_window(server.times, 0.5) <= 19
+
+
+def test_requests_go_through_a_proxy_from_the_environment(monkeypatch):
+    """The SDK's httpx client honours HTTP(S)_PROXY; the proxy here is the test server itself."""
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with FlakyServer(fail_rate=0.0) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/v1", 1)[0])
+        out = make_backend("http://api.example.invalid/v1").generate([Prompt(text="x")], SamplingParams(seed=1))
+    assert out[0][0].text == "echo:x:1:0" and proxy.auth_headers == {f"Bearer {KEY}"}

@@ -268,6 +268,16 @@ class _LoopThread:
         self.thread.join(timeout=5)
 
 
+def _proxied(url: str) -> bool:
+    """True when the environment routes `url` through a proxy (the rules httpx follows too)."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    return (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 def _transport(limits):
     """The SDK's httpx transport, plus one thing it lacks: a request that fails on a kept-alive
     connection the server closed while it was idle is sent again on a new one, without counting
@@ -473,9 +483,11 @@ class OpenAIBackend:
         limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
         # The SDK's sync client in worker threads, driven by the async retry layer: on 2 cores it
         # answered 1.7x the requests per second of AsyncOpenAI, whose asyncio HTTP stack costs
-        # more CPU per request than blocking sockets (benchmarks/openai_client.py). Proxies from
-        # the environment (HTTPS_PROXY, NO_PROXY) are the SDK client's own.
-        http = openai.DefaultHttpxClient(transport=_transport(limits), limits=limits, timeout=self.spec.timeout_s)
+        # more CPU per request than blocking sockets (benchmarks/openai_client.py). A transport of
+        # our own turns off httpx's proxies from the environment: through a proxy (HTTPS_PROXY,
+        # NO_PROXY, ...) the SDK's own transport goes, without the stale-connection resend.
+        own = {} if _proxied(self.spec.base_url) else {"transport": _transport(limits)}
+        http = openai.DefaultHttpxClient(limits=limits, timeout=self.spec.timeout_s, **own)
         self._client = openai.OpenAI(api_key=_NO_KEY_HERE, base_url=self.spec.base_url, max_retries=0,
                                      timeout=self.spec.timeout_s, http_client=http)
         # twice the slots: an attempt abandoned at its deadline keeps its thread until the SDK's
