@@ -64,6 +64,12 @@ def test_evaluate_writes_metrics_forgetting_and_lineage_and_is_cached(tmp_path):
     # a random tiny model: positive losses with standard errors; it answers no GSM8K question right
     assert all(r[5] > 0 and r[6] > 0 for r in rows if r[3] in ("nll", "bpb"))
     assert [r[5] for r in rows if r[3] == "exact_match"] == [0.0, 0.0, 0.0]
+    # every GSM8K answer is kept beside the store, with what was extracted and the reference
+    (path,) = query(store, "SELECT samples_file FROM eval WHERE model = 'base' AND metric = 'exact_match'")[0]
+    samples = [json.loads(line) for line in open(path)]
+    assert [(s["reference"], s["correct"]) for s in samples] == [("2", False), ("4", False), ("6", False), ("8", False)]
+    assert all(isinstance(s["answer"], str) for s in samples)
+    assert query(store, "SELECT count(*) FROM eval WHERE metric IN ('nll', 'bpb') AND samples_file IS NULL") == [(12,)]
     assert {r[2] for r in rows if r[1] == "general"} == {"general"} and {r[2] for r in rows if r[1] == "domain"} == {"domain"}
     models = sorted({r[0] for r in rows})
     assert models == ["base", "train_d", "train_m"]
@@ -166,6 +172,11 @@ def test_judge_winrate_in_a_pipeline_calls_the_judge_through_the_response_cache(
     assert first.exit_code == 0, first.output
     values = dict(query(store_of(pipeline), "SELECT metric, value FROM eval"))
     assert values == {"judge_winrate": 0.0, "judge_ties": 0.0, "judge_unparsed": 0.0}  # the reference always wins
+    (path,) = query(store_of(pipeline), "SELECT samples_file FROM eval WHERE metric = 'judge_winrate'")[0]
+    samples = [json.loads(line) for line in open(path)]
+    assert [s["reference"] for s in samples] == [f"REFERENCE answer about {w}" for w in ("rain", "cats", "tea")]
+    assert [[(v["model_is"], v["verdict"], v["score"]) for v in s["verdicts"]] for s in samples] == \
+        [[("A", "B", 0.0), ("B", "A", 0.0)]] * 3
     assert query(store_of(pipeline), "SELECT n FROM eval WHERE metric = 'judge_winrate'") == [(3,)]
     calls = judge.calls
     assert calls >= 1

@@ -30,6 +30,9 @@ class Value:
     ci_low: float | None = None
     ci_high: float | None = None
     higher_is_better: bool = True
+    # per-example detail (the model's answer, what was extracted, the verdicts, ...) for the
+    # metrics that generate or choose, written beside the store so a score can be checked by eye
+    samples: list[dict] | None = dataclasses.field(default=None, repr=False)
 
 
 # The columns a metric row has, in dm.metrics order (run_id, step and created_at come from the store).

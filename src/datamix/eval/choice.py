@@ -68,4 +68,7 @@ def evaluate(model: EvalModel, records: list[dict], m: ChoiceMetric) -> list[Val
     acc = [float(max(range(len(s)), key=s.__getitem__) == g) for s, g in zip(per_record, gold)]
     acc_norm = [float(max(range(len(s)), key=lambda i: s[i] / b[i]) == g)
                 for s, b, g in zip(per_record, option_bytes, gold)]
-    return [proportion_value("acc", acc), proportion_value("acc_norm", acc_norm)]
+    values = [proportion_value("acc", acc), proportion_value("acc_norm", acc_norm)]
+    values[0].samples = [{"sample_id": r.get("sample_id"), "gold": g, "loglik": s, "correct": bool(a)}
+                         for r, g, s, a in zip(records, gold, per_record, acc)]
+    return values

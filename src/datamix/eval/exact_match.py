@@ -83,6 +83,10 @@ def evaluate(backend, records: list[dict], m: ExactMatchMetric) -> list[Value]:
         # a reference in the GSM8K format has its answer after '####'; a bare one is the answer itself
         references.append(normalise(extract(str(reference), pattern, last_number) or str(reference)))
     answers = greedy(backend, prompts, m.max_tokens)
-    scores = [float(normalise(extract(a, pattern, last_number)) == ref and ref is not None)
-              for a, ref in zip(answers, references)]
-    return [proportion_value("exact_match", scores)]
+    extracted = [normalise(extract(a, pattern, last_number)) for a in answers]
+    scores = [float(x == ref and ref is not None) for x, ref in zip(extracted, references)]
+    value = proportion_value("exact_match", scores)
+    value.samples = [{"sample_id": r.get("sample_id"), "prompt": chat[-1]["content"] if chat else "", "answer": a,
+                      "extracted": x, "reference": ref, "correct": bool(sc)}
+                     for r, chat, a, x, ref, sc in zip(records, prompts, answers, extracted, references, scores)]
+    return [value]

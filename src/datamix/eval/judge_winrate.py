@@ -87,14 +87,16 @@ def score(instructions: list[str], answers: list[str], references: list[str], ju
     `judges`: name -> a function from judge prompts (user messages) to the judge's verdict texts."""
     n = len(instructions)
     per_prompt: list[list[float]] = [[] for _ in range(n)]
+    verdicts: list[list[dict]] = [[] for _ in range(n)]
     ties = total = unparsed = 0
-    for _, judge in sorted(judges.items()):
+    for judge_name, judge in sorted(judges.items()):
         forward = [pairwise_prompt(template, i, a, r) for i, a, r in zip(instructions, answers, references)]
         backward = [pairwise_prompt(template, i, r, a) for i, a, r in zip(instructions, answers, references)]
         texts = judge(forward + backward)
         for k, text in enumerate(texts):
             verdict = parse_verdict(text)
             s = verdict_score(verdict, "A" if k < n else "B")
+            verdicts[k % n].append({"judge": judge_name, "model_is": "A" if k < n else "B", "verdict": verdict, "score": s})
             total += 1
             if s is None:
                 unparsed += 1
@@ -108,6 +110,9 @@ def score(instructions: list[str], answers: list[str], references: list[str], ju
     interval = bootstrap_interval(means)
     if interval is not None:
         win.ci_low, win.ci_high = interval
+    win.samples = [{"instruction": i, "answer": a, "reference": r, "verdicts": v,
+                    "score": sum(p) / len(p) if p else None}
+                   for i, a, r, v, p in zip(instructions, answers, references, verdicts, per_prompt)]
     parsed = total - unparsed
     return [win,
             Value("judge_ties", ties / parsed if parsed else None, parsed),

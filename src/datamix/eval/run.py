@@ -62,5 +62,5 @@ def rows_for(model: EvalModel, set_name: str, s: EvalSet, records: list[dict], r
     for v in metric_values(model, set_name, s, records, res):
         out.append({"model": model.name, "model_path": model.path, "set": set_name, "role": s.role,
                     "metric": v.metric, "value": v.value, "n": v.n, "stderr": v.stderr, "ci_low": v.ci_low,
-                    "ci_high": v.ci_high, "higher_is_better": v.higher_is_better})
+                    "ci_high": v.ci_high, "higher_is_better": v.higher_is_better, "samples": v.samples})
     return out

@@ -17,7 +17,9 @@ an unchanged evaluation is skipped like any step. One chunk per model (a crash r
 after the models already evaluated). Output: one row per (model, set, metric) with the
 value, n, stderr and 95% interval; a trained model's rows link to the train step's row
 (lineage reaches the mix it was trained on). The same rows go to dm.metrics, which the
-dm.forgetting view reads (sql/forgetting.sql).
+dm.forgetting view reads (sql/forgetting.sql). Metrics that generate or choose (exact_match,
+choice, judge_winrate) also write every example's answer, extraction and verdicts to
+outputs/<step>/<model>/<set>.<metric>.jsonl, named in the row's `samples_file`.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class EvaluateConfig(StepConfig):
 
     def columns_out(self, inputs) -> frozenset[str]:
         return frozenset(("sample_id", "model", "model_path", "set", "role", "metric", "value", "n", "stderr",
-                          "ci_low", "ci_high", "higher_is_better", "source"))
+                          "ci_low", "ci_high", "higher_is_better", "samples_file", "source"))
 
     def _files(self) -> list[tuple[tuple, str]]:
         """(YAML location, path) of every file the options name: set files and judge prompt files."""
@@ -264,6 +266,9 @@ def run(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context) -> Ite
                 raise BadInput(f"step {cfg.name!r}.sets.{set_name} ({name}): {e}") from None
             ctx.progress(len(sets[set_name]))
         model.release()
+        for r in rows:  # per-example detail beside the store: outputs/<step>/<model>/<set>.<metric>.jsonl
+            samples = r.pop("samples", None)
+            r["samples_file"] = _write_samples(ctx.output_dir, name, r["set"], r["metric"], samples) if samples else None
         schema = _schema()
         metrics = pl.DataFrame([[r[c] for c in schema] for r in rows], schema=schema, orient="row")
         out = metrics.with_columns(
@@ -271,9 +276,23 @@ def run(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context) -> Ite
             pl.Series("parent_ids", [[parent_id] if parent_id else [] for _ in rows], pl.List(pl.Utf8)),
             # which parent the row's parent id belongs to (the runner maps labels to steps)
             pl.lit(f"model-{name}" if parent_id else None, pl.Utf8).alias("source"),
+            pl.Series("samples_file", [r["samples_file"] for r in rows], pl.Utf8),
         )
-        yield Chunk(key=key, rows=out.select(["sample_id", *schema, "source", "parent_ids"]), metrics=metrics,
+        columns = ["sample_id", *schema, "samples_file", "source", "parent_ids"]
+        yield Chunk(key=key, rows=out.select(columns), metrics=metrics,
                     rows_in=sum(len(r) for r in sets.values()))
+
+
+def _write_samples(output_dir: str, model: str, set_name: str, metric: str, samples: list[dict]) -> str:
+    import json
+
+    folder = os.path.join(output_dir, model)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{set_name}.{metric}.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+    return path
 
 
 def _schema() -> dict:
