@@ -103,7 +103,7 @@ def _history(store, step: str) -> dict[str, dict[str, float]]:
 def _probe(pipeline: Pipeline, store, step: StepConfig, action: str) -> list[dict] | None:
     """The dm.calls records the step would write, from a run of its code against the cache;
     None when the step cannot be probed (kind, scorer, or it failed on placeholder answers)."""
-    from datamix.runner import StoreInput
+    from datamix.runner import StoreInput, step_chunks
 
     if step.kind not in PROBED_KINDS or getattr(step, "scorer", "judges") != "judges":
         return None
@@ -118,7 +118,7 @@ def _probe(pipeline: Pipeline, store, step: StepConfig, action: str) -> list[dic
             cache_get=store.cache_get, calls=records.append, probe=True,
         )
         try:
-            for _ in REGISTRY[step.kind].run(step, inputs, ctx):
+            for _ in step_chunks(REGISTRY[step.kind], step, inputs, ctx):
                 pass
         except Exception:  # a step that cannot go on with placeholder answers: fall back to its formula
             return None

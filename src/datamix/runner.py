@@ -15,11 +15,13 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from datamix.progress import Progress
 from datamix.spec import Pipeline, models_used
-from datamix.steps.base import REGISTRY, BadInput, Context, InputTable, StepConfig, StepError, copy_sql
+from datamix.steps.base import (REGISTRY, BadInput, Chunk, Context, InputTable, Output, StepConfig, StepError, StepKind,
+                                copy_sql)
 from datamix.store import Store, quote
 
 
@@ -404,7 +406,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         parent_step_of = None
     t0 = time.perf_counter()
     try:
-        for chunk in entry.run(step, inputs, ctx):
+        for chunk in step_chunks(entry, step, inputs, ctx):
             if chunk.key in ctx.done_keys:
                 continue  # a step that re-yields a committed key is tolerated, not duplicated
             n_out = store.commit_chunk(
@@ -464,6 +466,48 @@ def _dropped_in(decisions) -> int:
 def _records(cursor) -> list[dict]:
     cols = [d[0] for d in cursor.description]
     return [dict(zip(cols, r)) for r in cursor.fetchall()]
+
+
+WHOLE_KEY = "all"  # the one chunk of a `whole` step
+
+
+def step_chunks(entry: StepKind, step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+    """The loop every step runs in, whatever its shape (see steps.base.StepKind)."""
+    if entry.shape == "source":
+        yield from entry.run(step, inputs, ctx)
+    elif entry.shape == "whole":
+        if WHOLE_KEY in ctx.done_keys:
+            return
+        out = entry.run(step, inputs, ctx)
+        if out is not None:
+            rows_in = out.rows_in if out.rows_in is not None else sum(len(t) for t in inputs.values())
+            yield _chunk(WHOLE_KEY, out, rows_in)
+    else:  # batch: slices of the single input, each a pure function call
+        if "input" not in inputs:
+            raise BadInput(f"step {step.name!r}: a {step.kind} step needs `input: <step>`")
+        columns = entry.columns(step) if entry.columns else None
+        for offset, batch in inputs["input"].slices(step.chunk_size, columns):
+            key = f"rows-{offset}-{offset + batch.num_rows}"
+            if key in ctx.done_keys:
+                continue
+            out = run_batch(entry, step, batch, ctx)
+            ctx.progress(batch.num_rows)
+            yield _chunk(key, out, out.rows_in if out.rows_in is not None else batch.num_rows)
+
+
+def chunks_of(step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> list[Chunk]:
+    """Every chunk a step makes of `inputs`, without a store: for tests and notebooks."""
+    return list(step_chunks(REGISTRY[step.kind], step, inputs, ctx))
+
+
+def run_batch(entry: StepKind, step: StepConfig, batch, ctx: Context) -> Output:
+    """One `batch` step call: the seam another executor (Ray Data's map_batches) calls instead."""
+    return entry.run(step, batch, ctx) or Output()
+
+
+def _chunk(key: str, out: Output, rows_in: int) -> Chunk:
+    return Chunk(key=key, rows=out.rows, decisions=out.decisions, quarantine=out.quarantine, rows_in=rows_in,
+                 files=list(out.files), metrics=out.metrics)
 
 
 def _arrow(frame):

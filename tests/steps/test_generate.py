@@ -12,7 +12,8 @@ from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
 from datamix.steps import generate as gen
 from datamix.steps.base import BadInput, Context, InputTable
-from datamix.steps.generate import GenerateConfig, run
+from datamix.runner import chunks_of
+from datamix.steps.generate import GenerateConfig
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 
@@ -42,7 +43,7 @@ def make_ctx(models, cache, done=frozenset()):
 
 
 def collect(cfg, inputs, ctx):
-    chunks = list(run(cfg, inputs, ctx))
+    chunks = chunks_of(cfg, inputs, ctx)
     return chunks, pl.concat([c.rows for c in chunks])
 
 
@@ -133,7 +134,7 @@ def test_errors():
     with pytest.raises(BadInput, match="not declared"):
         collect(cfg, instructions(["x"]), make_ctx({}, {}))
     with pytest.raises(BadInput, match="input"):
-        list(run(cfg, {}, make_ctx({}, {})))
+        chunks_of(cfg, {}, make_ctx({}, {}))
 
 
 class Recording:

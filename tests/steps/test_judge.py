@@ -14,7 +14,8 @@ from datamix.models import Completion, OpenAIModel, TransformersModel
 from datamix.steps import generate as gen
 from datamix.steps import judge as judge_mod
 from datamix.steps.base import BadInput, Context, InputTable, StepError
-from datamix.steps.judge import JudgeConfig, aggregate_scores, parse_score, run
+from datamix.runner import chunks_of
+from datamix.steps.judge import JudgeConfig, aggregate_scores, parse_score
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 
@@ -101,7 +102,7 @@ def judges(monkeypatch):
 
 
 def judged(cfg, ctx, inputs=None):
-    return pl.concat([c.rows for c in run(cfg, inputs or candidates(), ctx)])
+    return pl.concat([c.rows for c in chunks_of(cfg, inputs or candidates(), ctx)])
 
 
 def test_judges_score_every_candidate(judges):

@@ -7,7 +7,8 @@ import pytest
 
 from datamix.ids import mint
 from datamix.steps.base import BadInput, Context, InputTable
-from datamix.steps.select import SelectConfig, run
+from datamix.runner import chunks_of
+from datamix.steps.select import SelectConfig
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 
@@ -40,7 +41,7 @@ def ctx(done=frozenset()):
 
 
 def collect(cfg, done=frozenset()):
-    chunks = list(run(cfg, inputs(), ctx(done)))
+    chunks = chunks_of(cfg, inputs(), ctx(done))
     return chunks, pl.concat([c.rows for c in chunks]), pl.concat([c.decisions for c in chunks])
 
 
@@ -64,14 +65,13 @@ def test_prefer_longer_and_no_min_score():
     assert rows["winner_id"].to_list() == ["a2", "b1", "c2"]
 
 
-def test_rerun_is_identical_and_resume_skips_committed_groups():
-    cfg = SelectConfig(name="best", kind="select", chunk_size=2)
+def test_rerun_is_identical_and_a_committed_select_is_not_redone():
+    cfg = SelectConfig(name="best", kind="select")
     chunks, rows, decisions = collect(cfg)
-    assert [c.key for c in chunks] == ["groups-0-2", "groups-2-3"]
+    assert [c.key for c in chunks] == ["all"]  # a whole step: one chunk
     _, again, again_dec = collect(cfg)
     assert again.equals(rows) and again_dec.equals(decisions)
-    resumed, rest, _ = collect(cfg, done={"groups-0-2"})
-    assert [c.key for c in resumed] == ["groups-2-3"] and rest.equals(rows.filter(pl.col("instruction_id") == "C"))
+    assert chunks_of(cfg, inputs(), ctx({"all"})) == []
 
 
 def test_missing_column_is_an_actionable_error():

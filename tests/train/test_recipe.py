@@ -190,12 +190,13 @@ def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
     from pydantic import ValidationError
 
     from datamix.steps.base import Context
-    from datamix.steps.train import TrainStepConfig, run
+    from datamix.runner import chunks_of
+    from datamix.steps.train import TrainStepConfig
 
     cfg = TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards,
                           options={"batch_tokens": 512, "max_steps": 2, "lr": 1e-3})
     ctx = Context(step="sft", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "sft"), seed=0)
-    chunks = list(run(cfg, {}, ctx))
+    chunks = chunks_of(cfg, {}, ctx)
     assert [c.files for c in chunks] == [[str(tmp_path / "sft" / "model")]]
     summary = chunks[0].rows.to_dicts()  # one row: the trained model and how training ended
     assert len(summary) == 1 and summary[0]["steps"] == 2

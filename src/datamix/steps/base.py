@@ -127,12 +127,30 @@ class StepConfig(BaseModel):
 
 
 @dataclasses.dataclass
+class Output:
+    """What a `batch` or `whole` step returns for its input: rows, decisions, quarantined
+    input, files written, metrics. The runner keys it, counts it and commits it."""
+
+    rows: pa.Table | pl.DataFrame | None = None
+    decisions: pl.DataFrame | None = None
+    quarantine: pl.DataFrame | None = None  # columns: file, line, reason, raw
+    # Files a sink step wrote (export, train); recorded in dm.chunks.
+    files: list[str] = dataclasses.field(default_factory=list)
+    # Metric values an evaluate step measured (columns: datamix.eval.ROW_COLUMNS).
+    metrics: pl.DataFrame | None = None
+    # input rows it stands for; None: the runner counts them (the batch, or all inputs)
+    rows_in: int | None = None
+
+
+@dataclasses.dataclass
 class Chunk:
     """One unit of work the runner commits atomically with its completion marker.
 
     `key` must be stable across reruns (e.g. "rows-0-10000" or a file path plus
     batch index): on resume the runner passes the keys already committed in
-    `Context.done_keys` and the step must not yield them again.
+    `Context.done_keys` and the step must not yield them again. `source` steps
+    yield chunks themselves (their units come from outside: files, sample ranges);
+    the runner makes them for `batch` and `whole` steps from their Output.
     """
 
     key: str
@@ -186,9 +204,9 @@ class InputTable:
         or zstd Parquet ("parquet") file. The runner's version copies straight from the store."""
         write_arrow(self.arrow(", ".join(quote(c) for c in columns)), path, fmt)
 
-    def slices(self, size: int) -> Iterator[tuple[int, pa.Table]]:
+    def slices(self, size: int, columns: str | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(offset, table) pairs of `size` rows, in the stable order."""
-        table = self.arrow()
+        table = self.arrow(columns)
         for start in range(0, table.num_rows, size):
             yield start, table.slice(start, size)
 
@@ -266,9 +284,25 @@ class Context:
 
 @dataclasses.dataclass
 class StepKind:
+    """A registered step kind. Its `shape` says how the runner drives `run`:
+
+    - "batch": run(config, batch: pa.Table, ctx) -> Output, a pure function of one slice of
+      its single input (`chunk_size` rows, only the `columns` it reads). The runner slices,
+      keys ("rows-<start>-<end>"), skips committed slices, shows progress and commits; any
+      executor that can map a function over Arrow batches can run it (filter, generate, judge, map);
+    - "whole": run(config, inputs, ctx) -> Output | None, over all of its inputs at once,
+      committed as one chunk (dedup, select, mix, export, train, report);
+    - "source": run(config, inputs, ctx) -> Iterator[Chunk], for kinds whose units come from
+      outside and carry their own keys (load: files; reconstruct: sample ranges; evaluate:
+      one model on one set).
+    """
+
     kind: str
     config: type[StepConfig]
-    run: Callable[[StepConfig, dict[str, InputTable], Context], Iterator[Chunk]]
+    run: Callable[..., Any]
+    shape: str = "source"
+    # batch kinds: the SQL select list of the input columns a batch needs (None: all)
+    columns: Callable[[StepConfig], str | None] | None = None
     # Bump when the step's behaviour changes: it is part of the fingerprint, so
     # stores built by the old code are recomputed.
     version: str = "1"
@@ -287,12 +321,14 @@ REGISTRY: dict[str, StepKind] = {}
 
 
 def register(kind: str, config: type[StepConfig], version: str = "1", passthrough: bool = False,
-             keeps_ids: bool = False):
-    """Decorator: register `run` as the step kind `kind` with its config model."""
+             keeps_ids: bool = False, shape: str = "source", columns: Callable[[StepConfig], str | None] | None = None):
+    """Decorator: register `run` as the step kind `kind` with its config model (see StepKind)."""
+    if shape not in ("source", "batch", "whole"):
+        raise ValueError(f"step kind {kind}: shape must be source, batch or whole, not {shape!r}")
 
     def wrap(run):
         REGISTRY[kind] = StepKind(kind=kind, config=config, run=run, version=version, passthrough=passthrough,
-                                  keeps_ids=keeps_ids)
+                                  keeps_ids=keeps_ids, shape=shape, columns=columns)
         return run
 
     return wrap

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from datamix.dedup.exact import ExactConfig
-from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register
+from datamix.steps.base import BadInput, ColumnUse, Context, Output, Resource, StepConfig, register
 
 _METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact")}
 try:  # the near-duplicate methods (issue 4) live in their own modules
@@ -238,15 +238,13 @@ class _StoreCache:
         self.get, self.put = ctx.cache_get, ctx.cache_put
 
 
-@register("dedup", DedupConfig, passthrough=True)
-def run(cfg: DedupConfig, inputs, ctx: Context):
+@register("dedup", DedupConfig, passthrough=True, shape="whole")
+def run(cfg: DedupConfig, inputs, ctx: Context) -> Output:
     import importlib
     import os
 
     import polars as pl
 
-    if "all" in ctx.done_keys:
-        return
     model = getattr(cfg.options, "model", None)  # semantic: a model folder beside the YAML, whatever the working folder
     if model and os.path.isdir(ctx.resolve(model)):
         cfg = cfg.model_copy(update={"options": cfg.options.model_copy(update={"model": ctx.resolve(model)})})
@@ -275,4 +273,4 @@ def run(cfg: DedupConfig, inputs, ctx: Context):
         "related_id": pl.Series(related, dtype=pl.Utf8),
     })
     ctx.progress(len(df))
-    yield Chunk(key="all", decisions=decisions, rows_in=len(df))
+    return Output(decisions=decisions, rows_in=len(df))

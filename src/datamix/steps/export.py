@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, field_serializer, model_validator
 
 from datamix.export.shards import ShardsConfig
-from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register, write_arrow
+from datamix.steps.base import BadInput, ColumnUse, Context, Output, Resource, StepConfig, register, write_arrow
 
 
 class ExportConfig(StepConfig):
@@ -109,13 +109,11 @@ def _write_lines(path: str, ids) -> None:
 
 
 # Every placement row keeps the exported sample's id: no lineage edges (see StepKind.keeps_ids).
-@register("export", ExportConfig, keeps_ids=True)
-def run(cfg: ExportConfig, inputs, ctx: Context):
+@register("export", ExportConfig, keeps_ids=True, shape="whole")
+def run(cfg: ExportConfig, inputs, ctx: Context) -> Output:
     import numpy as np
     import pyarrow as pa
 
-    if "all" in ctx.done_keys:
-        return
     source = inputs["input"]
     if cfg.format == "shards":
         table = source.arrow()  # the shard writer tokenizes every chat
@@ -190,4 +188,4 @@ def run(cfg: ExportConfig, inputs, ctx: Context):
     _write_manifest(out, manifest)
     ctx.progress(n)
     files = [*files, "manifest.json", "sample_ids.txt"]
-    yield Chunk(key="all", rows=rows, decisions=decisions, rows_in=n, files=[os.path.join(out, f) for f in files])
+    return Output(rows=rows, decisions=decisions, rows_in=n, files=[os.path.join(out, f) for f in files])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, Resource, StepConfig, register
+from datamix.steps.base import BadInput, ColumnUse, Context, Output, Resource, StepConfig, register
 
 if TYPE_CHECKING:
     import polars as pl
@@ -368,19 +368,16 @@ def _columns_read(rules) -> str | None:
     return "sample_id, messages"
 
 
-@register("filter", FilterConfig, passthrough=True)
-def run(cfg: FilterConfig, inputs, ctx: Context):
+def _columns(cfg: FilterConfig) -> str | None:
+    return _columns_read(cfg.rules)
+
+
+@register("filter", FilterConfig, passthrough=True, shape="batch", columns=_columns)
+def run(cfg: FilterConfig, batch, ctx: Context) -> Output:
+    """Decisions for one batch of the input: the samples that fail a rule, with the reason."""
     import polars as pl
 
-    table = inputs["input"].arrow(_columns_read(cfg.rules))
     # a tokenizer is a declared model's name or a folder beside the YAML, whatever the working folder
     rules = [r.model_copy(update={"tokenizer": ctx.resolve_model(r.tokenizer)}) if getattr(r, "tokenizer", None) else r
              for r in cfg.rules]
-    for offset in range(0, table.num_rows, cfg.chunk_size):
-        part = table.slice(offset, cfg.chunk_size)
-        key = f"rows-{offset}"
-        if key in ctx.done_keys:
-            continue
-        decisions = decide(pl.from_arrow(part), rules)
-        ctx.progress(part.num_rows)
-        yield Chunk(key=key, decisions=decisions, rows_in=part.num_rows)
+    return Output(decisions=decide(pl.from_arrow(batch), rules))

@@ -12,12 +12,11 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
+from datamix.steps.base import BadInput, Context, Output, StepConfig, StepError, register
 
 if TYPE_CHECKING:
     import polars as pl
@@ -401,7 +400,7 @@ def _clean_followup(text: str, end_of_turn: str | None) -> str:
     return text
 
 
-def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_index: int) -> pl.DataFrame:
+def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame) -> pl.DataFrame:
     """All answers (every model, every sample index, every turn) for one chunk of instructions."""
     import polars as pl
 
@@ -421,7 +420,7 @@ def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_
         live = [(i, k) for i in range(len(chats)) for k in range(cfg.n)]
         for turn in range(cfg.turns):
             if turn > 0:
-                live = _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn, derive_pre_query_template, next_user_turn_prefix)
+                live = _ask_followups(ctx, model, cfg, convs, stats, live, seed, turn, derive_pre_query_template, next_user_turn_prefix)
             if turn == 0:  # one prompt per instruction, n samples of it (backends share the prefix)
                 prompts = [Prompt(messages=chat) for chat in chats]
                 indices = [list(range(cfg.n)) for _ in chats]
@@ -462,7 +461,7 @@ def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame, chunk_
     return frame.select(first + [c for c in frame.columns if c not in first])
 
 
-def _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn, derive_pre_query_template, next_user_turn_prefix):
+def _ask_followups(ctx, model, cfg, convs, stats, live, seed, turn, derive_pre_query_template, next_user_turn_prefix):
     """Sample the user's next message from the model itself; conversations whose follow-up fails stop here."""
     tokenizer, template, bos = chat_template_source(ctx, model)
     end_of_turn = derive_pre_query_template(tokenizer, chat_template=template, bos_token=bos).end_of_turn
@@ -486,18 +485,9 @@ def _ask_followups(ctx, model, cfg, convs, stats, live, seed, chunk_index, turn,
     return still
 
 
-@register("generate", GenerateConfig)
-def run(cfg: GenerateConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+@register("generate", GenerateConfig, shape="batch", columns=lambda cfg: "sample_id, messages")
+def run(cfg: GenerateConfig, batch, ctx: Context) -> Output:
+    """Every model's answers to one batch of instructions."""
     import polars as pl
 
-    if "input" not in inputs:
-        raise BadInput(f"step {ctx.step!r}: generate needs `input:` (the step whose rows hold the instructions).")
-    table = inputs["input"]
-    for chunk_index, (offset, batch) in enumerate(table.slices(cfg.chunk_size)):
-        key = f"rows-{offset}-{offset + batch.num_rows}"
-        if key in ctx.done_keys:
-            continue
-        frame = pl.from_arrow(batch.select(["sample_id", "messages"]))
-        rows = _answer_chunk(cfg, ctx, frame, chunk_index)
-        ctx.progress(rows.height, tokens=0)
-        yield Chunk(key=key, rows=rows, rows_in=frame.height)
+    return Output(rows=_answer_chunk(cfg, ctx, pl.from_arrow(batch)))

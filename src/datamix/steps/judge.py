@@ -17,13 +17,12 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, StepError, register
+from datamix.steps.base import BadInput, Context, Output, StepConfig, StepError, register
 from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model, sampling_for
 
 DEFAULT_RUBRIC = """Please act as an impartial judge and evaluate the quality of the response to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Rate the response on a scale of 1 to 5: 1 = very poor, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent.
@@ -212,7 +211,7 @@ def _load_rubric(cfg: JudgeConfig, ctx: Context) -> str:
     return text
 
 
-def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[dict], str, str]], chunk_index: int) -> list[list[dict]]:
+def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[dict], str, str]]) -> list[list[dict]]:
     """Per candidate, per judge: {judge, score, reason, text}."""
     from datamix.models import Prompt
 
@@ -402,7 +401,7 @@ def _score_with_hf(cfg: JudgeConfig, ctx: Context, convs) -> list[list[dict]]:
 # ---------------------------------------------------------------- the step
 
 
-def _score_chunk(cfg: JudgeConfig, ctx: Context, frame, chunk_index: int):
+def _score_chunk(cfg: JudgeConfig, ctx: Context, frame):
     import polars as pl
 
     from datamix.ids import mint
@@ -414,7 +413,7 @@ def _score_chunk(cfg: JudgeConfig, ctx: Context, frame, chunk_index: int):
         except ValueError as exc:
             raise BadInput(f"step {ctx.step!r}, sample {sid}: {exc}; judge expects answers (the output of generate).") from exc
     if cfg.scorer == "judges":
-        per_candidate = _judge_with_models(cfg, ctx, convs, chunk_index)
+        per_candidate = _judge_with_models(cfg, ctx, convs)
     else:
         per_candidate = _score_with_hf(cfg, ctx, convs)
     aggregated, notes = [], []
@@ -447,16 +446,9 @@ def _score_chunk(cfg: JudgeConfig, ctx: Context, frame, chunk_index: int):
     )
 
 
-@register("judge", JudgeConfig)
-def run(cfg: JudgeConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+@register("judge", JudgeConfig, shape="batch")
+def run(cfg: JudgeConfig, batch, ctx: Context) -> Output:
+    """Every judge's score of one batch of candidates, aggregated."""
     import polars as pl
 
-    if "input" not in inputs:
-        raise BadInput(f"step {ctx.step!r}: judge needs `input:` (the step whose rows hold the candidate answers).")
-    for chunk_index, (offset, batch) in enumerate(inputs["input"].slices(cfg.chunk_size)):
-        key = f"rows-{offset}-{offset + batch.num_rows}"
-        if key in ctx.done_keys:
-            continue
-        rows = _score_chunk(cfg, ctx, pl.from_arrow(batch), chunk_index)
-        ctx.progress(rows.height)
-        yield Chunk(key=key, rows=rows, rows_in=batch.num_rows)
+    return Output(rows=_score_chunk(cfg, ctx, pl.from_arrow(batch)))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, Resource, StepConfig, register
+from datamix.steps.base import BadInput, Context, Output, Resource, StepConfig, register
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,15 +116,13 @@ def draw(n_avail: int, weights, need: float, cfg: MixConfig, label: str, rng) ->
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, dtype=np.int64)
 
 
-@register("mix", MixConfig)
-def run(cfg: MixConfig, inputs, ctx: Context):
+@register("mix", MixConfig, shape="whole")
+def run(cfg: MixConfig, inputs, ctx: Context) -> Output:
     import numpy as np
     import pyarrow as pa
 
     from datamix.ids import mint
 
-    if "all" in ctx.done_keys:
-        return
     if cfg.tokenizer:  # a declared model's name or a folder beside the YAML, whatever the working folder
         cfg = cfg.model_copy(update={"tokenizer": ctx.resolve_model(cfg.tokenizer)})
     # Arrow end to end: the rows are copied once (the draw's gather), not through Polars.
@@ -171,7 +169,7 @@ def run(cfg: MixConfig, inputs, ctx: Context):
     # Rows stay grouped by source, each source in random draw order: shuffling the whole
     # table would copy every row once more, and the trainer's sampler shuffles anyway.
     ctx.progress(rows_in)
-    yield Chunk(key="all", rows=mixed, rows_in=rows_in)
+    return Output(rows=mixed, rows_in=rows_in)
 
 
 def _repeated(text: str, n: int):

@@ -13,12 +13,11 @@ rows, only the file, which the chunk records so that a deleted page is written a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field
 
-from datamix.steps.base import Chunk, Context, InputTable, StepConfig, StepError, register
+from datamix.steps.base import Context, InputTable, Output, StepConfig, StepError, register
 
 
 class ReportConfig(StepConfig):
@@ -27,16 +26,13 @@ class ReportConfig(StepConfig):
     title: str | None = None
 
 
-@register("report", ReportConfig)
-def run(cfg: ReportConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+@register("report", ReportConfig, shape="whole")
+def run(cfg: ReportConfig, inputs: dict[str, InputTable], ctx: Context) -> Output:
     from datamix.report import write
 
-    key = "report"
-    if key in ctx.done_keys:
-        return
     if ctx.query is None:
         raise StepError(f"step {cfg.name!r}: a report step needs the runner's store (ctx.query); run it with datamix run")
     out = ctx.resolve(cfg.path) if cfg.path else os.path.join(ctx.output_dir, "report.html")
     store = ctx.query("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     write(ctx.query, store[0]["path"] if store else "", out, cfg.title)
-    yield Chunk(key=key, rows_in=sum(len(t) for t in inputs.values()), files=[out])
+    return Output(files=[out])

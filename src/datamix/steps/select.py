@@ -10,12 +10,9 @@ winner as parent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import Field
-
-from datamix.steps.base import BadInput, Chunk, ColumnUse, Context, InputTable, StepConfig, register
+from datamix.steps.base import BadInput, ColumnUse, Context, InputTable, Output, StepConfig, register
 
 
 class SelectConfig(StepConfig):
@@ -24,7 +21,6 @@ class SelectConfig(StepConfig):
     score: str = "score"  # the column to maximise
     min_score: float | None = None  # a best candidate below it leaves the group without a winner
     prefer: Literal["shorter", "longer"] = "shorter"  # tie-break on the length of the last message
-    chunk_size: int = Field(default=10_000, ge=1, description="groups per committed chunk")
 
     def columns_read(self) -> list[ColumnUse]:
         return [ColumnUse("input", ("group_by",), self.group_by), ColumnUse("input", ("score",), self.score)]
@@ -59,8 +55,9 @@ def rank_candidates(df, cfg: SelectConfig):
     return df.with_columns(reason.alias("_reason"), pl.when(pl.col("_winner")).then(None).otherwise(winner_id).alias("_related"))
 
 
-@register("select", SelectConfig)
-def run(cfg: SelectConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+@register("select", SelectConfig, shape="whole")
+def run(cfg: SelectConfig, inputs: dict[str, InputTable], ctx: Context) -> Output | None:
+    """The best candidate of every group; every candidate gets a decision (the winner kept)."""
     import polars as pl
 
     from datamix.ids import mint
@@ -72,23 +69,17 @@ def run(cfg: SelectConfig, inputs: dict[str, InputTable], ctx: Context) -> Itera
         if column not in df.columns:
             raise BadInput(f"step {ctx.step!r}: input {inputs['input'].name!r} has no column {column!r} (has: {', '.join(df.columns)}).")
     if df.height == 0:
-        return
+        return None
     ranked = rank_candidates(df.with_columns(pl.col(cfg.score).cast(pl.Float64)), cfg)
-    groups = ranked[cfg.group_by].unique(maintain_order=True).to_list()  # sorted: ranked is sorted by group
-    for start in range(0, len(groups), cfg.chunk_size):
-        key = f"groups-{start}-{min(start + cfg.chunk_size, len(groups))}"
-        if key in ctx.done_keys:
-            continue
-        part = ranked.filter(pl.col(cfg.group_by).is_in(groups[start : start + cfg.chunk_size]))
-        decisions = part.select(
-            "sample_id", pl.col("_winner").alias("kept"), pl.col("_reason").alias("reason"),
-            pl.col(cfg.score).alias("score"), pl.col("_related").alias("related_id"),
-        )
-        winners = part.filter(pl.col("_winner"))
-        rows = winners.drop([c for c in winners.columns if c.startswith("_") or c == "parent_ids"]).with_columns(
-            mint(ctx.step, winners["sample_id"]).alias("sample_id"),
-            winners["sample_id"].map_elements(lambda x: [x], return_dtype=pl.List(pl.Utf8)).alias("parent_ids"),
-            winners["sample_id"].alias("winner_id"),
-        )
-        ctx.progress(part.height)
-        yield Chunk(key=key, rows=rows, decisions=decisions, rows_in=part.height)
+    decisions = ranked.select(
+        "sample_id", pl.col("_winner").alias("kept"), pl.col("_reason").alias("reason"),
+        pl.col(cfg.score).alias("score"), pl.col("_related").alias("related_id"),
+    )
+    winners = ranked.filter(pl.col("_winner"))
+    rows = winners.drop([c for c in winners.columns if c.startswith("_") or c == "parent_ids"]).with_columns(
+        mint(ctx.step, winners["sample_id"]).alias("sample_id"),
+        winners["sample_id"].map_elements(lambda x: [x], return_dtype=pl.List(pl.Utf8)).alias("parent_ids"),
+        winners["sample_id"].alias("winner_id"),
+    )
+    ctx.progress(ranked.height)
+    return Output(rows=rows, decisions=decisions, rows_in=ranked.height)

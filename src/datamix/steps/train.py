@@ -14,12 +14,11 @@ records that folder and no rows.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from datamix.steps.base import (BadInput, Chunk, ColumnUse, Context, InputTable, Resource, StepConfig, StepError,
+from datamix.steps.base import (BadInput, ColumnUse, Context, InputTable, Output, Resource, StepConfig, StepError,
                                 register)
 
 
@@ -111,13 +110,10 @@ def recipe_options() -> set[str]:
     return set(recipe_defaults())
 
 
-@register("train", TrainStepConfig)
-def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+@register("train", TrainStepConfig, shape="whole")
+def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> Output:
     from datamix.train.launch import train_command
 
-    key = "model"
-    if key in ctx.done_keys:
-        return
     if cfg.shards:
         shards = ctx.resolve(cfg.shards)
     elif "input" in inputs and "folder" in inputs["input"].arrow("*").schema.names:
@@ -138,8 +134,8 @@ def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> It
     status = train_command(None, overrides, cfg.nproc_per_node, cfg.torchrun_args)
     if status != 0:
         raise StepError(f"step {cfg.name!r}: training exited with status {status}; see the log above and {ctx.output_dir}/metrics.jsonl")
-    yield Chunk(key=key, rows=_summary(cfg, model, shards, ctx), rows_in=_sequences(shards),
-                files=[os.path.join(ctx.output_dir, "model")])
+    return Output(rows=_summary(cfg, model, shards, ctx), rows_in=_sequences(shards),
+                  files=[os.path.join(ctx.output_dir, "model")])
 
 
 def _sequences(shards: str) -> int:
