@@ -171,7 +171,7 @@ def test_a_reply_with_no_choices_is_a_failed_attempt_not_a_loop(monkeypatch):
 def test_unusable_replies_are_retried_and_counted(monkeypatch):
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     with FlakyServer(fail_rate=0.0, script=["empty", "notjson", "blank", "500"]) as server:
-        b = make_backend(server.url)
+        b = make_backend(server.url, timeout_s=5)  # no timeouts of a loaded machine among the counted attempts
         (out,) = b.generate([Prompt(messages=[{"role": "user", "content": "hi"}])], SamplingParams(seed=3),
                             require="text")
     assert [c.text for c in out] == ["echo:hi:3:0"]
@@ -182,17 +182,19 @@ def test_unusable_replies_are_retried_and_counted(monkeypatch):
 def test_empty_text_is_accepted_unless_text_is_required(monkeypatch):
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     with FlakyServer(fail_rate=0.0, script=["blank"]) as server:
-        (out,) = make_backend(server.url).generate([Prompt(text="x")], SamplingParams())
+        (out,) = make_backend(server.url, timeout_s=5).generate([Prompt(text="x")], SamplingParams())
     assert out[0].text == "" and out[0].retries == 0  # a pre-query sample may be empty: the step filters it
 
 
 def test_json_where_json_is_required(monkeypatch):
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
-    replies = iter(["Score: 4", '{"score": 4, "reason": "ok"}'])
+    replies = ["Score: 4"]  # the first reply is free text, every later one JSON
     schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
-    with FlakyServer(fail_rate=0.0, answer_text=lambda body: next(replies)) as server:
-        (out,) = make_backend(server.url).generate([Prompt(messages=[{"role": "user", "content": "q"}])],
-                                                   SamplingParams(), require="json", response_format=schema)
+    with FlakyServer(fail_rate=0.0, answer_text=lambda body: replies.pop() if replies else
+                     '{"score": 4, "reason": "ok"}') as server:
+        (out,) = make_backend(server.url, timeout_s=5).generate(
+            [Prompt(messages=[{"role": "user", "content": "q"}])], SamplingParams(), require="json",
+            response_format=schema)
     assert json.loads(out[0].text) == {"score": 4, "reason": "ok"} and out[0].retries == 1
     assert all(body["response_format"] == schema for body in server.bodies)
 
