@@ -103,7 +103,8 @@ def _history(store, step: str) -> dict[str, dict[str, float]]:
 def _probe(pipeline: Pipeline, store, step: StepConfig, action: str) -> list[dict] | None:
     """The dm.calls records the step would write, from a run of its code against the cache;
     None when the step cannot be probed (kind, scorer, or it failed on placeholder answers)."""
-    from datamix.runner import StoreInput, step_chunks
+    from datamix.outputs import StoreInput
+    from datamix.loop import step_chunks
 
     if step.kind not in PROBED_KINDS or getattr(step, "scorer", "judges") != "judges":
         return None

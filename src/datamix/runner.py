@@ -15,13 +15,13 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from datamix.progress import Progress
 from datamix.spec import Pipeline, models_used
-from datamix.steps.base import (REGISTRY, BadInput, Chunk, Context, InputTable, Output, StepConfig, StepError, StepKind,
-                                copy_sql)
+from datamix.loop import step_chunks
+from datamix.outputs import StoreInput, stored_ancestor
+from datamix.steps.base import REGISTRY, BadInput, Context, InputTable, StepConfig, StepError
 from datamix.store import Store, quote
 
 
@@ -378,7 +378,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
                      keeps_ids=entry.keeps_ids)
     store.set_step_code(step.name, step_code(pipeline, step))  # so `plan` can name the file that changed
     if entry.passthrough:
-        stored, deciders = _stored_ancestor(store, parents["input"])
+        stored, deciders = stored_ancestor(store, parents["input"])
         store.create_passthrough_view(step.name, stored, [step.name, *deciders])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}
     output_dir = _output_dir(store, step.name)
@@ -468,155 +468,12 @@ def _records(cursor) -> list[dict]:
     return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
 
-WHOLE_KEY = "all"  # the one chunk of a `whole` step
-
-
-def step_chunks(entry: StepKind, step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
-    """The loop every step runs in, whatever its shape (see steps.base.StepKind)."""
-    if entry.shape == "source":
-        yield from entry.run(step, inputs, ctx)
-    elif entry.shape == "whole":
-        if WHOLE_KEY in ctx.done_keys:
-            return
-        out = entry.run(step, inputs, ctx)
-        if out is not None:
-            rows_in = out.rows_in if out.rows_in is not None else sum(len(t) for t in inputs.values())
-            yield _chunk(WHOLE_KEY, out, rows_in)
-    else:  # batch: slices of the single input, each a pure function call
-        if "input" not in inputs:
-            raise BadInput(f"step {step.name!r}: a {step.kind} step needs `input: <step>`")
-        columns = entry.columns(step) if entry.columns else None
-        for offset, batch in inputs["input"].slices(step.chunk_size, columns):
-            key = f"rows-{offset}-{offset + batch.num_rows}"
-            if key in ctx.done_keys:
-                continue
-            out = run_batch(entry, step, batch, ctx)
-            ctx.progress(batch.num_rows)
-            yield _chunk(key, out, out.rows_in if out.rows_in is not None else batch.num_rows)
-
-
-def chunks_of(step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> list[Chunk]:
-    """Every chunk a step makes of `inputs`, without a store: for tests and notebooks."""
-    return list(step_chunks(REGISTRY[step.kind], step, inputs, ctx))
-
-
-def run_batch(entry: StepKind, step: StepConfig, batch, ctx: Context) -> Output:
-    """One `batch` step call: the seam another executor (Ray Data's map_batches) calls instead."""
-    return entry.run(step, batch, ctx) or Output()
-
-
-def _chunk(key: str, out: Output, rows_in: int) -> Chunk:
-    return Chunk(key=key, rows=out.rows, decisions=out.decisions, quarantine=out.quarantine, rows_in=rows_in,
-                 files=list(out.files), metrics=out.metrics)
-
-
 def _arrow(frame):
     if frame is None:
         return None
     if hasattr(frame, "to_arrow"):  # polars
         return frame.to_arrow()
     return frame
-
-
-def read_output(store: Store, name: str, columns: str | None = None):
-    """A step's output rows in a stable order (the order its stored table was written in).
-
-    A pass-through step's rows are its first stored ancestor's rows minus those it
-    or any pass-through step between them dropped (see _output_scan).
-    """
-    scan = _output_scan(store, name)
-    if scan is None:
-        stored, deciders = _stored_ancestor(store, name)
-        return _filter_in_arrow(store, stored, deciders, columns)
-    sql, params = scan
-    return store.con.sql(f"SELECT {columns or '*'} {sql}", params=params).to_arrow_table()
-
-
-def _output_scan(store: Store, name: str) -> tuple[str, list] | None:
-    """(`FROM ... WHERE ...` SQL, its parameters) that scans a step's output in its stable order.
-
-    Rows a pass-through chain dropped are skipped during the scan with a bitmap of the
-    kept row ids: a filter keeps the scan's order (an anti join would not), and only the
-    kept rows reach Arrow (filtering 1M chats in Arrow afterwards copied them all: 0.75 s
-    against 0.25 s). None when the stored table has a column named rowid, which hides
-    DuckDB's row id."""
-    stored, deciders = _stored_ancestor(store, name)
-    if not deciders:
-        return f"FROM {quote(stored)}", []
-    if "rowid" in store.con.sql(f"SELECT * FROM {quote(stored)} LIMIT 0").columns:
-        return None
-    kept = _kept_bitmap(store, stored, deciders)
-    if kept is None:
-        return f"FROM {quote(stored)}", []
-    return f"FROM {quote(stored)} WHERE get_bit(?::BIT, rowid::INTEGER) = 1", [kept]
-
-
-def _dropped(deciders: list[str]) -> tuple[str, list[str]]:
-    """(SQL selecting the sample ids any of `deciders` dropped, its parameters)."""
-    marks = ", ".join("?" * len(deciders))
-    return f"SELECT sample_id FROM dm.decisions WHERE step IN ({marks}) AND NOT kept", list(deciders)
-
-
-def _kept_bitmap(store: Store, stored: str, deciders: list[str]) -> str | None:
-    """A bit string over `stored`'s row ids, '1' for a kept row; None when none was dropped."""
-    import numpy as np
-
-    dropped_sql, params = _dropped(deciders)
-    dropped = store.con.sql(f"SELECT rowid FROM {quote(stored)} WHERE sample_id IN ({dropped_sql})",
-                            params=params).to_arrow_table().column(0).to_numpy()
-    if not len(dropped):
-        return None
-    size = store.con.sql(f"SELECT max(rowid) + 1 FROM {quote(stored)}").fetchall()[0][0]
-    bits = np.full(size, ord("1"), dtype=np.uint8)
-    bits[dropped] = ord("0")
-    return bits.tobytes().decode("ascii")
-
-
-def _filter_in_arrow(store: Store, stored: str, deciders: list[str], columns: str | None):
-    """read_output's filter for a table with a column named rowid: by sample id, in Arrow."""
-    import pyarrow.compute as pc
-
-    cols = columns
-    if columns and "sample_id" not in [c.strip().strip('"') for c in columns.split(",")]:
-        cols = "sample_id, " + columns
-    table = store.read(stored, cols)
-    dropped_sql, params = _dropped(deciders)
-    dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0)
-    if len(dropped):
-        table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
-    return table if cols is columns else table.drop_columns(["sample_id"])
-
-
-def _stored_ancestor(store: Store, name: str) -> tuple[str, list[str]]:
-    """(the first step up the chain whose rows are stored, the pass-through steps between)."""
-    # one query for every step, then a walk in Python: a query per level made reading the end
-    # of a long chain of filters cost a query per filter, on every read
-    chain = {n: json.loads(p)["input"] for n, p in store.con.execute(
-        "SELECT name, parents FROM dm.steps WHERE passthrough").fetchall()}
-    deciders = []
-    while name in chain:
-        deciders.append(name)
-        name = chain[name]
-    return name, deciders
-
-
-class StoreInput(InputTable):
-    """An upstream step's output, read from the store."""
-
-    def __init__(self, store: Store, name: str):
-        super().__init__(name, lambda columns=None: read_output(store, name, columns), store.step_row(name)["rows_out"])
-        self._store = store
-
-    def column_names(self) -> list[str]:
-        return self._store.con.sql(f"SELECT * FROM {quote(self.name)} LIMIT 0").columns
-
-    def write(self, path: str, fmt: str, columns: list[str]) -> None:
-        scan = _output_scan(self._store, self.name)
-        if scan is None:
-            return super().write(path, fmt, columns)
-        # COPY scans the store in the order read_output returns, without the rows passing
-        # through Python
-        self._store.con.execute(copy_sql(columns, scan[0], fmt), [*scan[1], path])
 
 
 def _input_table(store: Store, name: str) -> InputTable:

@@ -456,7 +456,7 @@ def _check_keeps_ids(step: str, rows, single_parent: bool) -> None:
     ok = single_parent and (rows.num_rows == 0 or pc.all(pc.equal(
         rows.column("sample_id"), pc.list_element(rows.column("parent_ids"), 0))).as_py())
     if not ok:
-        from datamix.steps.base import StepError
+        from datamix.errors import StepError
 
         raise StepError(f"step {step} is registered with keeps_ids=True, but some of its rows do not have "
                          "parent_ids == [sample_id]; register it without keeps_ids so that edges are written")

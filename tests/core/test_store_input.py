@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datamix.runner import StoreInput, read_output
+from datamix.outputs import StoreInput, read_output
 from datamix.steps.base import InputTable
 from datamix.store import Store
 

@@ -12,7 +12,7 @@ from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
 from datamix.steps import generate as gen
 from datamix.steps.base import BadInput, Context, InputTable
-from datamix.runner import chunks_of
+from datamix.loop import chunks_of
 from datamix.steps.generate import GenerateConfig
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))

@@ -14,7 +14,7 @@ from datamix.models import Completion, OpenAIModel, TransformersModel
 from datamix.steps import generate as gen
 from datamix.steps import judge as judge_mod
 from datamix.steps.base import BadInput, Context, InputTable, StepError
-from datamix.runner import chunks_of
+from datamix.loop import chunks_of
 from datamix.steps.judge import JudgeConfig, aggregate_scores, parse_score
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))

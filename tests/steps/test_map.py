@@ -9,7 +9,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from datamix.runner import chunks_of
+from datamix.loop import chunks_of
 from datamix.steps.base import BadInput, Context, InputTable, StepError
 from datamix.steps.map import MapConfig
 from tests.core.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline

@@ -6,7 +6,7 @@ import pytest
 
 from datamix.report import connection_query
 from datamix.steps.base import Context, StepError
-from datamix.runner import chunks_of
+from datamix.loop import chunks_of
 from datamix.steps.report import ReportConfig
 from datamix.store import Store
 

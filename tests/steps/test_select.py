@@ -7,7 +7,7 @@ import pytest
 
 from datamix.ids import mint
 from datamix.steps.base import BadInput, Context, InputTable
-from datamix.runner import chunks_of
+from datamix.loop import chunks_of
 from datamix.steps.select import SelectConfig
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))

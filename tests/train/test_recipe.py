@@ -190,7 +190,7 @@ def test_train_step_yields_the_model_folder(tmp_path, tiny_model, shards):
     from pydantic import ValidationError
 
     from datamix.steps.base import Context
-    from datamix.runner import chunks_of
+    from datamix.loop import chunks_of
     from datamix.steps.train import TrainStepConfig
 
     cfg = TrainStepConfig(name="sft", kind="train", model=tiny_model, shards=shards,

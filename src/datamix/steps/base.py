@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from datamix.errors import BadInput, StepError  # noqa: F401 - re-exported for the step modules
 from datamix.store import quote
 
 if TYPE_CHECKING:  # heavy imports stay out of start-up
@@ -332,11 +333,3 @@ def register(kind: str, config: type[StepConfig], version: str = "1", passthroug
         return run
 
     return wrap
-
-
-class StepError(Exception):
-    """A step failed for a reason the user can act on (exit status 1)."""
-
-
-class BadInput(Exception):
-    """The input or spec is wrong (exit status 2). Say what, where, and what to do."""

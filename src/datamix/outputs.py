@@ -1,0 +1,116 @@
+"""The read path of step outputs: what a step's rows are, read from the store.
+
+A stored step's rows are its table, in the order it was written. A pass-through step
+(filter, dedup) stores no rows: its output is the rows of the first step up its chain
+whose rows are stored, minus those it or any pass-through step between them dropped
+(`stored_ancestor`). That one definition serves the SQL view the runner creates for the
+step (`Store.create_passthrough_view`), the scans here, and DuckDB's COPY of an export.
+"""
+
+from __future__ import annotations
+
+import json
+
+from datamix.steps.base import InputTable, copy_sql
+from datamix.store import Store, quote
+
+
+def read_output(store: Store, name: str, columns: str | None = None):
+    """A step's output rows in a stable order (the order its stored table was written in).
+
+    A pass-through step's rows are its first stored ancestor's rows minus those it
+    or any pass-through step between them dropped (see _output_scan).
+    """
+    scan = _output_scan(store, name)
+    if scan is None:
+        stored, deciders = stored_ancestor(store, name)
+        return _filter_in_arrow(store, stored, deciders, columns)
+    sql, params = scan
+    return store.con.sql(f"SELECT {columns or '*'} {sql}", params=params).to_arrow_table()
+
+
+def _output_scan(store: Store, name: str) -> tuple[str, list] | None:
+    """(`FROM ... WHERE ...` SQL, its parameters) that scans a step's output in its stable order.
+
+    Rows a pass-through chain dropped are skipped during the scan with a bitmap of the
+    kept row ids: a filter keeps the scan's order (an anti join would not), and only the
+    kept rows reach Arrow (filtering 1M chats in Arrow afterwards copied them all: 0.75 s
+    against 0.25 s). None when the stored table has a column named rowid, which hides
+    DuckDB's row id."""
+    stored, deciders = stored_ancestor(store, name)
+    if not deciders:
+        return f"FROM {quote(stored)}", []
+    if "rowid" in store.con.sql(f"SELECT * FROM {quote(stored)} LIMIT 0").columns:
+        return None
+    kept = _kept_bitmap(store, stored, deciders)
+    if kept is None:
+        return f"FROM {quote(stored)}", []
+    return f"FROM {quote(stored)} WHERE get_bit(?::BIT, rowid::INTEGER) = 1", [kept]
+
+
+def _dropped(deciders: list[str]) -> tuple[str, list[str]]:
+    """(SQL selecting the sample ids any of `deciders` dropped, its parameters)."""
+    marks = ", ".join("?" * len(deciders))
+    return f"SELECT sample_id FROM dm.decisions WHERE step IN ({marks}) AND NOT kept", list(deciders)
+
+
+def _kept_bitmap(store: Store, stored: str, deciders: list[str]) -> str | None:
+    """A bit string over `stored`'s row ids, '1' for a kept row; None when none was dropped."""
+    import numpy as np
+
+    dropped_sql, params = _dropped(deciders)
+    dropped = store.con.sql(f"SELECT rowid FROM {quote(stored)} WHERE sample_id IN ({dropped_sql})",
+                            params=params).to_arrow_table().column(0).to_numpy()
+    if not len(dropped):
+        return None
+    size = store.con.sql(f"SELECT max(rowid) + 1 FROM {quote(stored)}").fetchall()[0][0]
+    bits = np.full(size, ord("1"), dtype=np.uint8)
+    bits[dropped] = ord("0")
+    return bits.tobytes().decode("ascii")
+
+
+def _filter_in_arrow(store: Store, stored: str, deciders: list[str], columns: str | None):
+    """read_output's filter for a table with a column named rowid: by sample id, in Arrow."""
+    import pyarrow.compute as pc
+
+    cols = columns
+    if columns and "sample_id" not in [c.strip().strip('"') for c in columns.split(",")]:
+        cols = "sample_id, " + columns
+    table = store.read(stored, cols)
+    dropped_sql, params = _dropped(deciders)
+    dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0)
+    if len(dropped):
+        table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
+    return table if cols is columns else table.drop_columns(["sample_id"])
+
+
+def stored_ancestor(store: Store, name: str) -> tuple[str, list[str]]:
+    """(the first step up the chain whose rows are stored, the pass-through steps between)."""
+    # one query for every step, then a walk in Python: a query per level made reading the end
+    # of a long chain of filters cost a query per filter, on every read
+    chain = {n: json.loads(p)["input"] for n, p in store.con.execute(
+        "SELECT name, parents FROM dm.steps WHERE passthrough").fetchall()}
+    deciders = []
+    while name in chain:
+        deciders.append(name)
+        name = chain[name]
+    return name, deciders
+
+
+class StoreInput(InputTable):
+    """An upstream step's output, read from the store."""
+
+    def __init__(self, store: Store, name: str):
+        super().__init__(name, lambda columns=None: read_output(store, name, columns), store.step_row(name)["rows_out"])
+        self._store = store
+
+    def column_names(self) -> list[str]:
+        return self._store.con.sql(f"SELECT * FROM {quote(self.name)} LIMIT 0").columns
+
+    def write(self, path: str, fmt: str, columns: list[str]) -> None:
+        scan = _output_scan(self._store, self.name)
+        if scan is None:
+            return super().write(path, fmt, columns)
+        # COPY scans the store in the order read_output returns, without the rows passing
+        # through Python
+        self._store.con.execute(copy_sql(columns, scan[0], fmt), [*scan[1], path])
