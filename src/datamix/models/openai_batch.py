@@ -215,7 +215,12 @@ def _run_openai(name, backend, opts, lines, chat_by_key, require, work_dir, log,
 
 def _find_submitted(backend, digest: str) -> str | None:
     """A batch submitted with these lines whose id was not recorded (a run killed in between)."""
-    page = backend.run(backend.call("listing of batches", lambda c, h: c.batches.list(limit=100, extra_headers=h)))
+    try:
+        page = backend.run(backend.call("listing of batches", lambda c, h: c.batches.list(limit=100, extra_headers=h)))
+    except OpenAIBackendError as e:
+        if e.status in (404, 405, 501):  # a server without the listing: only the recorded id resumes
+            return None
+        raise
     for b in getattr(page, "data", None) or []:
         if (b.metadata or {}).get("datamix_batch") == digest and b.status not in ("failed", "expired", "cancelled"):
             return b.id
