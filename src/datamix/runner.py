@@ -268,6 +268,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
         store.close()
         return RunResult(ok=False, steps=[], failed_step=missing[0], error=missing[1], bad_input=True)
     run_id = uuid.uuid4().hex[:12]
+    pool: dict = {}  # the models this run loads, shared by its steps (datamix.llm.get_model)
     store.start_run(run_id, pipeline.name, pipeline.spec_path)
     result = RunResult(ok=True, steps=[])
     try:
@@ -294,7 +295,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                             store.reset_step(step.name)
                         row = None
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
-                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log)
+                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log, pool=pool)
                     bars.mark(step.name, "done")
                 except (StepError, BadInput) as e:
                     bars.mark(step.name, "failed")
@@ -372,7 +373,7 @@ def _discard_outputs(store: Store, step: str, output_dir: str) -> None:
 
 
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
-              log_chunk=None, log=print) -> None:
+              log_chunk=None, log=print, pool: dict | None = None) -> None:
     parents = step.parent_steps()
     store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id,
                      keeps_ids=entry.keeps_ids)
@@ -394,6 +395,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         cache_put=store.cache_put,
         query=lambda sql, params=None: _records(store.con.execute(sql, params or [])),
         log=log,  # a step's warnings (a pre-query template full of whitespace) reach the user
+        pool=pool,
     )
     sp = bars.step(step.name, step.kind, *_progress_unit(step, total, output_dir))
     ctx.progress, ctx.calls_progress = sp.advance, sp.call_progress

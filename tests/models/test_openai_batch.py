@@ -152,7 +152,7 @@ def test_a_runner_that_fails_says_so(tmp_path, store):
 def test_the_generation_path_sends_a_batch_model_through_batch_files(monkeypatch, tmp_path, store):
     """generate_cached (every model-calling step): misses go as one batch, hits come from the cache."""
     from datamix.steps.base import Context
-    from datamix.steps.generate import clear_backends, generate_cached, get_model
+    from datamix.llm import generate_cached, get_model
 
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     calls = []
@@ -161,12 +161,10 @@ def test_the_generation_path_sends_a_batch_model_through_batch_files(monkeypatch
         ctx = Context(step="answers", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0,
                       models={"remote": spec}, cache_get=store.cache_get, cache_put=store.cache_put,
                       calls=calls.append)
-        clear_backends()
         model = get_model(ctx, "remote", "test")
         prompts = [Prompt(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(3)]
         first = generate_cached(ctx, model, prompts, [[0, 1]] * 3, SamplingParams(max_tokens=8), seed=0, call_seed=7)
         again = generate_cached(ctx, model, prompts, [[0, 1]] * 3, SamplingParams(max_tokens=8), seed=0, call_seed=7)
-        clear_backends()
     assert server.calls["submit"] == 1 and sum(server.served.values()) == 0  # no live call, one batch
     assert [[r["text"].split(":")[1] for r in row] for row in first] == [[f"q{i}", f"q{i}"] for i in range(3)]
     assert first == again  # the second call is answered by the cache

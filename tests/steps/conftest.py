@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import datamix.models as models_mod
-from datamix.steps import generate as gen
 
 
 class Counting:
@@ -37,6 +36,4 @@ def counted(monkeypatch):
         return wrappers[-1]
 
     monkeypatch.setattr(models_mod, "load_backend", load)
-    gen.clear_backends()
     yield wrappers
-    gen.clear_backends()

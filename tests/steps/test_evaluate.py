@@ -152,13 +152,11 @@ class ScriptedJudge:
 
 def test_judge_winrate_in_a_pipeline_calls_the_judge_through_the_response_cache(tmp_path, monkeypatch):
     import datamix.models as models_mod
-    from datamix.steps import generate as gen
 
     judge = ScriptedJudge()
     real = models_mod.load_backend
     monkeypatch.setattr(models_mod, "load_backend",
                         lambda name, spec, base_dir=".": judge if name == "judge" else real(name, spec, base_dir))
-    gen.clear_backends()
     write_jsonl(tmp_path / "data" / "chats.jsonl",
                 [{"prompt": f"Say something about {w}.", "response": f"REFERENCE answer about {w}"}
                  for w in ("rain", "cats", "tea")])
@@ -185,7 +183,6 @@ def test_judge_winrate_in_a_pipeline_calls_the_judge_through_the_response_cache(
     assert again.exit_code == 0, again.output
     assert "run    eval (evaluate)" in again.output
     assert judge.calls == calls
-    gen.clear_backends()
 
 
 def bad_pipeline(tmp_path, sets=None, models=("base",), extra_steps=()):
@@ -337,13 +334,11 @@ def test_a_crashed_evaluation_resumes_after_the_models_it_finished(tmp_path, mon
 def test_a_reference_model_answers_once_for_every_model_compared_with_it(tmp_path, monkeypatch):
     import datamix.eval.judge_winrate as jw
     import datamix.models as models_mod
-    from datamix.steps import generate as gen
 
     judge = ScriptedJudge()
     real_load = models_mod.load_backend
     monkeypatch.setattr(models_mod, "load_backend",
                         lambda name, spec, base_dir=".": judge if name == "judge" else real_load(name, spec, base_dir))
-    gen.clear_backends()
     answered = []
     real_greedy = jw.greedy_answers
 
@@ -366,4 +361,3 @@ def test_a_reference_model_answers_once_for_every_model_compared_with_it(tmp_pat
     # against itself a model ties on every prompt, whatever the judge says in each order
     assert query(store_of(pipeline), "SELECT model, value FROM eval WHERE metric = 'judge_winrate' ORDER BY model"
                  )[0] == ("base", 0.5)
-    gen.clear_backends()

@@ -10,7 +10,6 @@ import pytest
 import datamix.models as models_mod
 from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
-from datamix.steps import generate as gen
 from datamix.steps.base import BadInput, Context, InputTable
 from datamix.loop import chunks_of
 from datamix.steps.generate import GenerateConfig
@@ -110,11 +109,9 @@ class Scripted:
 def test_multi_turn_append_asks_the_model_for_the_next_user_turn(monkeypatch):
     script = Scripted()
     monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": script)
-    gen.clear_backends()
     specs = {"m": OpenAIModel(backend="openai", path="served", chat_template="chatml")}
     cfg = GenerateConfig(name="answers", kind="generate", models=["m"], turns=2)
     _, rows = collect(cfg, instructions(["Why is the sky blue?"]), make_ctx(specs, {}))
-    gen.clear_backends()
     assert rows["messages"].to_list()[0] == [
         {"role": "user", "content": "Why is the sky blue?"},
         {"role": "assistant", "content": "Because 1."},
@@ -156,7 +153,6 @@ def test_sampling_per_model_under_the_steps_keys(monkeypatch):
     sets wins over the model's; the model's sampling is part of the response-cache key."""
     backends = {}
     monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": backends.setdefault(name, Recording(name)))
-    gen.clear_backends()
     specs = {"cool": TransformersModel(backend="transformers", path="same", sampling={"temperature": 0.2, "max_tokens": 9}),
              "warm": TransformersModel(backend="transformers", path="same", sampling={"temperature": 0.9}),
              "plain": TransformersModel(backend="transformers", path="same")}
@@ -182,13 +178,11 @@ def test_sampling_per_model_under_the_steps_keys(monkeypatch):
     # the same name with another temperature misses the cache: a new call, a new answer
     calls = len(backends["warm"].params)
     hotter = {**specs, "warm": TransformersModel(backend="transformers", path="same", sampling={"temperature": 1.3})}
-    gen.clear_backends()
     backends.clear()
     _, rows_h = collect(cfg, inputs, make_ctx(hotter, cache))
     assert "warm" in backends and len(backends["warm"].params) == 1 and calls >= 1
     assert backends["cool"].params == [] and backends["plain"].params == []  # unchanged models: from the cache
     assert rows_h.filter(pl.col("model") == "warm")["messages"].to_list()[0][-1]["content"] == "t=1.3"
-    gen.clear_backends()
 
 
 def test_answers_do_not_depend_on_the_chunk_size(tiny_pair):

@@ -11,7 +11,6 @@ import pytest
 import datamix.models as models_mod
 from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
-from datamix.steps import generate as gen
 from datamix.steps import judge as judge_mod
 from datamix.steps.base import BadInput, Context, InputTable, StepError
 from datamix.loop import chunks_of
@@ -96,9 +95,7 @@ def judges(monkeypatch):
         "j2": ScriptedJudge("j2", {"Apple.": '{"score": 5}', "Hi there": "I cannot decide."}),
     }
     monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": backends[name])
-    gen.clear_backends()
     yield backends, {n: OpenAIModel(backend="openai", path=n) for n in backends}
-    gen.clear_backends()
 
 
 def judged(cfg, ctx, inputs=None):
@@ -168,7 +165,6 @@ def test_reward_model_scorer_matches_unpadded_forward(tiny_models, monkeypatch):
         with torch.no_grad():
             assert score == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-4)
     # rerun: no model is loaded, scores come from the cache
-    judge_mod._HF_MODELS.clear()
     monkeypatch.setattr(judge_mod, "_hf_model", lambda *a: pytest.fail("model loaded on a cached rerun"))
     assert judged(cfg, make_ctx(specs, cache)).equals(rows)
 
@@ -225,7 +221,6 @@ def _judge_reply(body):
 
 def _served_judge(monkeypatch, url, **kw):
     monkeypatch.setenv("DATAMIX_TEST_KEY", "k")
-    gen.clear_backends()
     return {"j": OpenAIModel(backend="openai", path="judge", base_url=url, api_key_env="DATAMIX_TEST_KEY",
                              timeout_s=5, max_retries=3, **kw)}
 
@@ -237,7 +232,6 @@ def test_structured_and_text_judges_give_the_same_scores(monkeypatch, mode):
     with FlakyServer(fail_rate=0.0, answer_text=_judge_reply) as server:
         specs = _served_judge(monkeypatch, server.url)
         rows = judged(JudgeConfig(name="judged", kind="judge", judges=["j"], structured=mode), make_ctx(specs, {}))
-        gen.clear_backends()
     assert rows["score"].to_list() == [4.0, 2.0]
     structured = [b for b in server.bodies if "response_format" in b]
     if mode == "auto":  # asked through the schema, with the JSON instruction in the prompt
@@ -260,7 +254,6 @@ def test_a_server_without_structured_output_falls_back_to_text(monkeypatch):
         ctx = make_ctx(specs, {})
         ctx.log = logs.append
         rows = judged(JudgeConfig(name="judged", kind="judge", judges=["j"]), ctx)
-        gen.clear_backends()
     judge_mod._NO_STRUCTURED.clear()
     assert rows["score"].to_list() == [4.0, 2.0]
     assert any("no structured output" in m for m in logs)

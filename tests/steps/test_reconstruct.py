@@ -8,7 +8,6 @@ import pytest
 import datamix.models as models_mod
 from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
-from datamix.steps import generate as gen
 from datamix.steps.base import BadInput, Context
 from datamix.steps.reconstruct import ReconstructConfig, run
 
@@ -66,15 +65,15 @@ def test_rerun_hits_cache_and_resume_regenerates_exactly(tiny_qwen, counted):
     spec = {"base": TransformersModel(backend="transformers", path=tiny_qwen, batch_size=16)}
     cache: dict = {}
     _, first, first_dec = collect(config(), make_ctx(spec, cache))
-    calls_first = counted[0].calls
-    _, again, again_dec = collect(config(), make_ctx(spec, cache))
-    assert counted[0].calls == calls_first  # second run: zero model calls
+    assert sum(c.calls for c in counted) == 3
+    _, again, again_dec = collect(config(), make_ctx(spec, cache))  # a new run: its own pool of models
+    assert sum(c.calls for c in counted) == 3  # second run: zero model calls
     assert again.equals(first) and again_dec.equals(first_dec)
 
     # killed after the first chunk committed, cache lost: the rest comes out exactly as uninterrupted
     chunks, rest, _ = collect(config(), make_ctx(spec, {}, done={"samples-0-4"}))
     assert [c.key for c in chunks] == ["samples-4-8", "samples-8-10"]
-    assert counted[0].completions == 10 + 6
+    assert sum(c.completions for c in counted) == 10 + 6
     assert rest.equals(first.filter(pl.col("sample_index") >= 4))
 
 
@@ -114,10 +113,8 @@ def test_cleaning_records_why_samples_are_dropped(monkeypatch):
     script = Scripted([("  What is 2+2?  ", "stop"), ("", "stop"), ("Write a poem about", "length"),
                        ("Hi<|im_end|>", "stop"), ("Name a color.", "abort")])
     monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": script)
-    gen.clear_backends()
     spec = {"base": OpenAIModel(backend="openai", path="served", chat_template="chatml")}
     _, rows, decisions = collect(config(num_samples=5, chunk_size=5, min_chars=3), make_ctx(spec, {}))
-    gen.clear_backends()
     # no tokenizer: the ChatML pre-query goes as text, its BOS included
     assert script.prompts[0].text == "<s><|im_start|>user\n" and script.prompts[0].token_ids is None
     assert rows["messages"].to_list() == [[{"role": "user", "content": "What is 2+2?"}]]
@@ -131,10 +128,8 @@ def test_cleaning_records_why_samples_are_dropped(monkeypatch):
 def test_explicit_template_is_sent_verbatim(monkeypatch):
     script = Scripted([("Tell me a joke.", "stop")])
     monkeypatch.setattr(models_mod, "load_backend", lambda name, spec, base_dir=".": script)
-    gen.clear_backends()
     spec = {"base": OpenAIModel(backend="openai", path="served")}
     _, rows, _ = collect(config(num_samples=1, pre_query_template="### User:\n"), make_ctx(spec, {}))
-    gen.clear_backends()
     assert script.prompts[0].text == "### User:\n"
     assert rows["template"].to_list() == ["### User:\n"]
 
@@ -144,9 +139,7 @@ def test_errors_and_plan():
         config(pre_query_template="x", system_prompts=[{"name": "a", "text": "b"}])
     with pytest.raises(BadInput, match="not declared"):
         list(run(config(), {}, make_ctx({}, {})))
-    gen.clear_backends()
     spec = {"base": OpenAIModel(backend="openai", path="served")}  # no tokenizer, no chat_template
     with pytest.raises(BadInput, match="pre_query_template"):
         list(run(config(), {}, make_ctx(spec, {})))
-    gen.clear_backends()
     assert config(num_samples=1234).model_calls(None) == 1234

@@ -243,6 +243,9 @@ class Context:
     done_keys: frozenset[str] = frozenset()
     # name -> resolved model declaration (spec.ModelSpec) from the YAML `models:` section
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The models this run has loaded (datamix.llm.get_model): the runner gives every step of a
+    # run the same pool, so a model used by two steps loads once; nothing outlives the run.
+    pool: dict[Any, Any] = dataclasses.field(default_factory=dict)
     # progress(rows, tokens=0): advance the progress bar; the runner shows rows/s and tokens/s
     progress: Callable[..., None] = lambda rows, tokens=0: None
     # The response cache in the store: get(keys) -> {key: value}, put({key: value}).

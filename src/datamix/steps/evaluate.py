@@ -309,7 +309,7 @@ def _resources(cfg: EvaluateConfig, ctx: Context, models: dict):
     process and answered through the store's response cache, as the judge step calls them."""
     from datamix.eval.run import Resources
     from datamix.models import Prompt
-    from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model
+    from datamix.llm import Sampling, derive_seed, generate_cached, get_model
 
     def judge_texts(name: str, prompts: list[str], max_tokens: int) -> list[str]:
         model = get_model(ctx, name, f"step {cfg.name!r}.sets")

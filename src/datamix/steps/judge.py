@@ -18,12 +18,12 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from datamix.steps.base import BadInput, Context, Output, StepConfig, StepError, register
-from datamix.steps.generate import Sampling, derive_seed, generate_cached, get_model, sampling_for
+from datamix.llm import Sampling, derive_seed, generate_cached, get_model, sampling_for
 
 DEFAULT_RUBRIC = """Please act as an impartial judge and evaluate the quality of the response to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Rate the response on a scale of 1 to 5: 1 = very poor, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent.
 
@@ -259,19 +259,16 @@ def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[di
 
 # ---------------------------------------------------------------- reward model and log-likelihood scorers
 
-_HF_MODELS: dict[tuple[str, str], Any] = {}
-
-
 def _hf_model(ctx: Context, name: str, head: str):
-    """(tokenizer, model, device) loaded with transformers directly, once per process."""
+    """(tokenizer, model, device) loaded with transformers directly, once per run (ctx.pool)."""
     spec = ctx.models.get(name)
     if spec is None:
         raise BadInput(f"step {ctx.step!r}.judges: model {name!r} is not declared under `models:`.")
     from datamix.models import load_tokenizer, resolve_spec
 
     spec = resolve_spec(spec, ctx.pipeline_dir)
-    key = (spec.path, head)
-    if key not in _HF_MODELS:
+    key = ("hf", spec.path, head)
+    if key not in ctx.pool:
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -279,8 +276,8 @@ def _hf_model(ctx: Context, name: str, head: str):
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         cls = AutoModelForSequenceClassification if head == "reward_model" else AutoModelForCausalLM
         tokenizer = load_tokenizer(spec.path, spec.chat_template, name)
-        _HF_MODELS[key] = (tokenizer, cls.from_pretrained(spec.path).to(device).eval(), device)
-    return _HF_MODELS[key]
+        ctx.pool[key] = (tokenizer, cls.from_pretrained(spec.path).to(device).eval(), device)
+    return ctx.pool[key]
 
 
 def _chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:

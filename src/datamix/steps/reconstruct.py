@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, register
-from datamix.steps.generate import (
+from datamix.llm import (
     Sampling,
     chat_template_source,
     derive_seed,
