@@ -149,7 +149,7 @@ def read_file_set(name: str, s: EvalSet, base_dir: str) -> list[dict]:
     import duckdb
 
     from datamix.steps.base import BadInput
-    from datamix.steps.load import _format_of, list_files, normalize, read_parsed_records, read_raw_records
+    from datamix.steps.load import format_of, list_files, normalize, read_parsed_records, read_raw_records
 
     full = s.path if os.path.isabs(s.path) else os.path.join(base_dir, s.path)
     files = list_files(full)
@@ -160,7 +160,7 @@ def read_file_set(name: str, s: EvalSet, base_dir: str) -> list[dict]:
     records: list[dict] = []
     try:
         for path in files:
-            fmt = _format_of(path, s.format)
+            fmt = format_of(path, s.format)
             raw = read_parsed_records(path, cfg) if fmt == "jsonl" else None
             raw = raw if raw is not None else read_raw_records(path, fmt, s.limit)
             # records name their file as the user did: relative to the YAML (or the working folder)

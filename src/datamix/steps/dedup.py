@@ -196,7 +196,7 @@ def _reference(cfg: DedupConfig, inputs, ctx: Context):
     if "reference" in inputs:
         ref = inputs["reference"].polars()
         return _reference_text(cfg, ref, f"step {cfg.reference!r}"), ref["sample_id"]
-    from datamix.steps.load import LoadConfig, list_files, normalize, read_raw_records, _format_of
+    from datamix.steps.load import LoadConfig, format_of, list_files, normalize, read_raw_records
     import duckdb
 
     files = list_files(ctx.resolve(cfg.reference))
@@ -208,7 +208,7 @@ def _reference(cfg: DedupConfig, inputs, ctx: Context):
     frames = []
     for path in files:
         origin = _relpath(path, ctx)
-        good, _bad = normalize(con, read_raw_records(path, _format_of(path, "auto")), origin, load_cfg)
+        good, _bad = normalize(con, read_raw_records(path, format_of(path, "auto")), origin, load_cfg)
         frames.append(pl.from_arrow(good))
     ref = pl.concat(frames)
     ids = ref.select(pl.concat_str([pl.col("origin_file"), pl.col("origin_line").cast(pl.Utf8)], separator=":"))

@@ -97,7 +97,7 @@ def list_files(path: str) -> list[str]:
     return matches if matches else ([path] if os.path.exists(path) else [])
 
 
-def _format_of(path: str, declared: str) -> str:
+def format_of(path: str, declared: str) -> str:
     if declared != "auto":
         return declared
     ext = os.path.splitext(path)[1].lower()
@@ -457,7 +457,7 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
     for path in files:
         if remaining == 0:
             break
-        fmt = _format_of(path, cfg.format)
+        fmt = format_of(path, cfg.format)
         origin = os.path.relpath(path, ctx.pipeline_dir)
         records = read_parsed_records(path, cfg, remaining) if fmt == "jsonl" else None
         if records is None:
