@@ -7,6 +7,7 @@ first, so one `datamix validate` shows everything to fix.
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -329,9 +330,10 @@ def _friendly(err: dict, model: type | None = None, loc: tuple = ()) -> str:
         if holder is not None:
             hidden = ("spec_path",) if holder is Pipeline else ("name", "kind", "method", "rule", "backend")
             names = [n for n in holder.model_fields if n not in hidden]
-            if err["loc"][0] == "options" and "options" in getattr(model, "model_fields", {}):
-                # dedup: the method's options sit beside the step's own
-                own = [n for n in model.model_fields if n not in ("name", "kind", "options", "chunk_size")]
+            flat = getattr(model, "flat_options", None)
+            if flat and err["loc"][0] == flat:
+                # the union's options sit beside the step's own (dedup's method options)
+                own = [n for n in model.model_fields if n not in ("name", "kind", flat, "chunk_size")]
                 names = own + [n for n in names if n not in own]
             return f"unknown option; the options here are: {', '.join(names)}"
     if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -495,20 +497,63 @@ def _in_yaml_order(problems: list[str], path: str) -> list[str]:
     return sorted(problems, key=line)
 
 
-# Parts of a pydantic error location that are not in the YAML: union tags.
-_UNION_TAGS = {"transformers", "vllm", "openai", "exact", "minhash", "semantic",
-               "length", "regex", "repetition", "phrases", "shape", "sql"}
-_METHOD_TAGS = {"exact", "minhash", "semantic"}
+@functools.cache
+def _union_tags() -> frozenset[str]:
+    """Parts of a pydantic error location that are not in the YAML: the tags of discriminated
+    unions (a backend, a dedup method, a filter rule), read from the step and model configs
+    themselves, so a new rule or backend needs no edit here."""
+    import typing
+
+    from pydantic.fields import FieldInfo
+
+    tags: set[str] = set()
+    seen: set[type] = set()
+
+    def walk(model) -> None:
+        if not isinstance(model, type) or not hasattr(model, "model_fields") or model in seen:
+            return
+        seen.add(model)
+        for field in model.model_fields.values():
+            visit(field.annotation, field.discriminator)
+
+    def visit(ann, discriminator=None) -> None:
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if origin is typing.Annotated:
+            info = next((a for a in args[1:] if isinstance(a, FieldInfo)), None)
+            visit(args[0], discriminator or (info.discriminator if info else None))
+            return
+        members = args if args else (ann,)
+        for member in members:
+            if discriminator and hasattr(member, "model_fields") and discriminator in member.model_fields:
+                tags.update(a for a in typing.get_args(member.model_fields[discriminator].annotation) if isinstance(a, str))
+            if typing.get_args(member):
+                visit(member)
+            walk(member)
+
+    from datamix.steps import load_registry
+
+    for entry in load_registry().values():
+        walk(entry.config)
+    visit(ModelSpec)
+    return frozenset(tags)
+
+
+@functools.cache
+def _flat_options() -> frozenset[str]:
+    """Fields where a kind gathers a union's flat YAML options (dedup: its method's)."""
+    from datamix.steps import load_registry
+
+    return frozenset(entry.config.flat_options for entry in load_registry().values() if entry.config.flat_options)
 
 
 def _yaml_loc(loc: tuple) -> tuple:
-    """A pydantic error location as the YAML spells it: no union tags, and no `options`
-    where the dedup step gathered its method's flat options (options.minhash.threshold)."""
+    """A pydantic error location as the YAML spells it: no union tags, and no field where a
+    step gathered a union's flat options (dedup: options.minhash.threshold is `threshold`)."""
     out = []
     for i, part in enumerate(loc):
-        if part == "options" and i + 1 < len(loc) and loc[i + 1] in _METHOD_TAGS:
+        if part in _flat_options() and i + 1 < len(loc) and loc[i + 1] in _union_tags():
             continue
-        if isinstance(part, str) and part in _UNION_TAGS:
+        if isinstance(part, str) and part in _union_tags():
             continue
         if part == "[key]":  # a mapping's key was wrong (a mix label): the location is the key itself
             continue
@@ -820,17 +865,9 @@ def _check_in_pipeline(p: Pipeline, parsed: list[tuple[int, StepConfig]], check_
 
 
 def _model_refs(step: StepConfig) -> list[tuple[str, str]]:
-    """(field, model name) for every model a step refers to: fields named model/models/judges."""
-    if hasattr(step, "model_refs"):  # a kind whose options name models in nested places (evaluate)
-        return step.model_refs()
-    refs = []
-    for field in ("model", "models", "judges", "reference_model"):
-        value = getattr(step, field, None)
-        if isinstance(value, str):
-            refs.append((field, value))
-        elif isinstance(value, list):
-            refs += [(field, v) for v in value if isinstance(v, str)]
-    return refs
+    """(option, model name) for every model a step refers to, as its kind declares them
+    (StepConfig.model_options, or the kind's own model_refs for nested places)."""
+    return step.model_refs()
 
 
 def models_used(step: StepConfig) -> list[str]:

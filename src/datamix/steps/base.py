@@ -94,6 +94,13 @@ class StepConfig(BaseModel):
     # True for a kind whose output depends on its chunking (samples seeded per chunk): then a
     # changed chunk_size reruns it; for the others it is a run setting (datamix.runner.run_settings)
     chunk_size_changes_output: ClassVar[bool] = False
+    # The options whose values name models declared under `models:` (a name or a list of names);
+    # `validate` checks them and fingerprints include those models. A kind that names models in
+    # nested places overrides model_refs().
+    model_options: ClassVar[tuple[str, ...]] = ()
+    # A kind whose YAML keeps a union's options flat beside its own (dedup's method options)
+    # gathers them under this field; error locations leave it out, as the YAML does.
+    flat_options: ClassVar[str | None] = None
 
     # Step kinds that read files set this to the config fields holding paths, so
     # `validate` can check they exist (relative paths resolve beside the YAML).
@@ -110,6 +117,15 @@ class StepConfig(BaseModel):
         return None
 
     # ---- what `validate` checks before any work (datamix.spec) ----
+
+    def model_refs(self) -> list[tuple[str, str]]:
+        """(option, model name) for every declared model this step names (see model_options)."""
+        refs = []
+        for option in type(self).model_options:
+            value = getattr(self, option, None)
+            values = value if isinstance(value, list) else [value]
+            refs += [(option, v) for v in values if isinstance(v, str)]
+        return refs
 
     def columns_read(self) -> list[ColumnUse]:
         """Every column this step's options name in its inputs (a kind's fixed columns, such as

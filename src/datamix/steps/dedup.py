@@ -23,7 +23,7 @@ method's reason, e.g. `near_duplicate`). Without a reference it deduplicates its
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -55,6 +55,7 @@ COMMON = {"name", "kind", "input", "inputs", "fields", "keep", "keep_column", "r
 
 class DedupConfig(StepConfig):
     kind: Literal["dedup"]
+    flat_options: ClassVar[str | None] = "options"  # the method's options sit beside the step's own
     fields: list[str] = Field(default_factory=lambda: ["conversation"], min_length=1)
     keep: Literal["first", "longest", "highest"] = "first"
     keep_column: str | None = Field(default=None, description="with keep: highest, the column to maximise")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 class GenerateConfig(StepConfig):
     kind: Literal["generate"]
+    model_options: ClassVar[tuple[str, ...]] = ("models",)
     models: list[str] = Field(min_length=1, description="declared model names; each answers every instruction")
     n: int = Field(default=1, ge=1, description="answers per instruction per model")
     system_prompt: str | None = None

@@ -38,6 +38,7 @@ Give a one-sentence justification, then the final rating on its own line as "Sco
 
 class JudgeConfig(StepConfig):
     kind: Literal["judge"]
+    model_options: ClassVar[tuple[str, ...]] = ("judges",)
     judges: list[str] = Field(min_length=1, description="declared model names")
     scorer: Literal["judges", "reward_model", "loglik"] = "judges"
     prompt_file: str | None = None  # a user-message template with {instruction} and {response}

@@ -39,6 +39,7 @@ class SystemPromptVariant(BaseModel):
 
 class ReconstructConfig(StepConfig):
     kind: Literal["reconstruct"]
+    model_options: ClassVar[tuple[str, ...]] = ("model",)
     model: str
     num_samples: int = Field(ge=1)
     pre_query_template: str | None = None  # explicit prefix; default: derived from the model's chat template

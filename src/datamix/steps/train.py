@@ -14,7 +14,7 @@ records that folder and no rows.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -24,6 +24,7 @@ from datamix.steps.base import (BadInput, ColumnUse, Context, InputTable, Output
 
 class TrainStepConfig(StepConfig):
     kind: Literal["train"]
+    model_options: ClassVar[tuple[str, ...]] = ("model",)
     model: str = Field(description="a model declared under `models:`, or an HF model folder to fine-tune")
     shards: str | None = Field(default=None, description="shards folder (manifest.json); default: the input export step's")
     nproc_per_node: int = Field(default=1, ge=1)
