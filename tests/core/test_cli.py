@@ -172,7 +172,7 @@ def test_show_limit_and_where(ran):
     assert len(shown) == 3
     assert "user: What is" in result.stdout and "assistant: The sum of" in result.stdout
     assert "source=general" not in result.stdout
-    default = cli("show", "clean", "-p", pipeline)
+    default = cli("show", "clean", pipeline)
     assert default.exit_code == 0 and default.stdout.count("clean ") == 5  # --limit defaults to 5
     bad = cli("show", "mix", "--store", store, "--where", "no_column = 1")
     assert bad.exit_code == 2 and "cannot show mix" in bad.stderr
@@ -185,9 +185,24 @@ def test_lineage_unknown_sample(ran):
 
 
 def test_help_lists_every_command():
+    # the first word of each line of the help's command list (a substring match passed for
+    # "run" as long as any word of the help contained it)
     result = cli("--help")
-    for command in ("run", "validate", "plan", "status", "sql", "show", "lineage"):
-        assert command in result.stdout
+    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")}
+    assert listed == {"run", "validate", "plan", "status", "sql", "show", "lineage", "report", "eval", "models",
+                      "template", "train"}
+
+
+def test_every_command_that_reads_a_store_takes_the_pipeline_or_store_the_same_way():
+    import click
+
+    from datamix.cli import main
+
+    for name in ("status", "sql", "show", "lineage", "report"):
+        params = {p.name: p for p in main.commands[name].params}
+        assert isinstance(params["pipeline"], click.Argument) and not params["pipeline"].required, name
+        assert params["store"].opts == ["--store"], name
 
 
 def test_sql_out_with_the_default_table_format_writes_the_rows(ran, tmp_path):

@@ -49,7 +49,7 @@ def test_exported_domain_sample_and_the_tree(core_ran):
     line = json.loads((core_ran.parent / origin["file"]).read_text().splitlines()[origin["line"] - 1])
     mixed = query(store, "SELECT messages FROM mix WHERE sample_id = ?", [sid])[0][0]
     assert [m["content"] for m in mixed] == [line["question"], line["answer"]]
-    tree = cli("lineage", sid, "-p", core_ran)
+    tree = cli("lineage", sid, core_ran)
     assert tree.exit_code == 0
     lines = tree.stdout.splitlines()
     assert lines[0].startswith(f"{sid}  [export (export)]  <- data.jsonl row ")

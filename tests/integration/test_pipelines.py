@@ -49,7 +49,7 @@ def test_the_quickstart_runs_offline_with_every_step_non_empty(tmp_path):
     data = [json.loads(line) for line in open(work / ".datamix" / "outputs" / "export" / "data.jsonl")]
     assert {d["source"] for d in data} == {"general", "domain"}
     domain_id = next(d["sample_id"] for d in data if d["source"] == "domain")
-    chain = json.loads(datamix("lineage", domain_id, "-p", "quickstart.yaml", "--format", "json", cwd=work).stdout)
+    chain = json.loads(datamix("lineage", domain_id, "quickstart.yaml", "--format", "json", cwd=work).stdout)
     assert chain[0]["depth"] == 0 and chain[-1]["kind"] == "load"
     assert chain[-1]["origin"]["file"] == "data/domain.jsonl" and chain[-1]["origin"]["line"] >= 1
     # lineage continues into the training data: the file row and the shard sequence it went to
