@@ -25,7 +25,8 @@ PACKAGE = "datamix"
 ROOT = Path(__file__).resolve().parent  # src/datamix
 SQL_DIR = ROOT.parents[1] / "sql"
 # the runner's and the store's own code: how a step's output is recorded, not what it is
-BOOKKEEPING = {"datamix.store", "datamix.runner", "datamix.cli", "datamix.spec", "datamix.progress"}
+BOOKKEEPING = {"datamix.store", "datamix.runner", "datamix.cli", "datamix.spec", "datamix.progress", "datamix.loop",
+               "datamix.outputs", "datamix.estimate", "datamix.sweep"}
 # A backend runs for the steps that call a model through it: the fingerprint adds
 # `backend_files(backend)` for each model a step uses, instead of every backend for every
 # step that can reach the model registry.
@@ -63,6 +64,11 @@ def _imports(name: str, path: Path) -> set[str]:
     return {m for m in found if (m == PACKAGE or m.startswith(PACKAGE + ".")) and _module_path(m) is not None}
 
 
+def _bookkeeping(module: str) -> bool:
+    """A bookkeeping module, or one inside a bookkeeping package (datamix.spec.checks)."""
+    return any(module == b or module.startswith(b + ".") for b in BOOKKEEPING)
+
+
 @functools.lru_cache(maxsize=None)
 def module_closure(name: str) -> frozenset[str]:
     """`name` and every datamix module it reaches through imports, bookkeeping modules excepted."""
@@ -70,7 +76,7 @@ def module_closure(name: str) -> frozenset[str]:
     todo = [name]
     while todo:
         current = todo.pop()
-        if current in seen or current in BOOKKEEPING or current in _BACKEND_MODULES:
+        if current in seen or _bookkeeping(current) or current in _BACKEND_MODULES:
             continue
         path = _module_path(current)
         if path is None:

@@ -1,0 +1,75 @@
+"""The pipeline as pydantic models (Pipeline, its steps and models), and what a step refers to."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from datamix.models import ModelSpec
+from datamix.steps.base import StepConfig
+
+
+class SpecError(Exception):
+    """The spec is wrong. `problems` lists every error with its place."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Pipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    store: str | None = None
+    seed: int = 0
+    vars: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    steps: list[StepConfig]
+    # Set by load(): where the YAML lives (relative paths resolve against it).
+    spec_path: str = ""
+
+    @property
+    def base_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.spec_path)) if self.spec_path else os.getcwd()
+
+    def store_path(self, override: str | None = None) -> str:
+        path = override or self.store or os.path.join(".datamix", f"{self.name}.duckdb")
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    def step(self, name: str) -> StepConfig:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def order(self) -> list[StepConfig]:
+        """Steps in dependency order (stable: YAML order among independent steps)."""
+        done: set[str] = set()
+        out: list[StepConfig] = []
+        pending = list(self.steps)
+        while pending:
+            for s in pending:
+                if all(p in done for p in s.parent_steps().values()):
+                    out.append(s)
+                    done.add(s.name)
+                    pending.remove(s)
+                    break
+            else:  # validated against cycles in load(); kept as a guard
+                raise SpecError([f"steps: cycle among {', '.join(s.name for s in pending)}"])
+        return out
+
+
+def _model_refs(step: StepConfig) -> list[tuple[str, str]]:
+    """(option, model name) for every model a step refers to, as its kind declares them
+    (StepConfig.model_options, or the kind's own model_refs for nested places)."""
+    return step.model_refs()
+
+
+def models_used(step: StepConfig) -> list[str]:
+    """Model names a step refers to, and the tokenizer/model options that may name one (a
+    value that is a folder is no declared model: callers keep the declared ones)."""
+    named = {res.value for res in step.resources() if res.what in ("tokenizer", "model")}
+    return sorted({name for _, name in _model_refs(step)} | named)
