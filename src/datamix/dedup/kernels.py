@@ -20,7 +20,9 @@ import numpy as np
 from numba import njit, prange
 
 from datamix.dedup import shingle
-from datamix.dedup.shingle import ngram_hashes, serial_and_parallel, word_hashes_into, word_pass_scratch
+from datamix.dedup.hashing import ngram_hashes
+from datamix.dedup.shingle import serial_and_parallel
+from datamix.dedup.text import word_hashes_into, word_pass_scratch
 
 # ---------------------------------------------------------------- union-find (clusters)
 
