@@ -88,7 +88,8 @@ def module_closure(name: str) -> frozenset[str]:
 
 
 _BACKEND_MODULES = {f"{PACKAGE}.models.{b}" for b in BACKENDS} | {
-    f"{PACKAGE}.models.tiny", f"{PACKAGE}.models.openai_batch", f"{PACKAGE}.models.ratelimit"}
+    f"{PACKAGE}.models.tiny", f"{PACKAGE}.models.openai_batch", f"{PACKAGE}.models.openai_wire",
+    f"{PACKAGE}.models.ratelimit"}
 
 
 def backend_files(backend: str, tiny: bool = False) -> tuple[tuple[str, str], ...]:

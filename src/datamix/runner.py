@@ -52,6 +52,8 @@ def step_code(pipeline: Pipeline, step: StepConfig) -> dict[str, str]:
             files.update(backend_files(spec.backend, tiny=getattr(spec, "tiny", None) is not None))
             if getattr(spec, "ray", None):
                 files.update(backend_files("ray"))
+            if getattr(spec, "batch", None) is not None:  # answers through batch files
+                files.update(backend_files("openai_batch"))
     return files
 
 

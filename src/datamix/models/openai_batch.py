@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from datamix.models import Completion, Prompt, SamplingParams
-from datamix.models.openai import OpenAIBackendError, parse_choices, request_body, unusable
+from datamix.models.openai_wire import OpenAIBackendError, parse_choices, request_body, unusable
 
 logger = logging.getLogger(__name__)
 
