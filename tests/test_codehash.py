@@ -10,7 +10,7 @@ import pytest
 
 from datamix import codehash
 
-from tests.core.helpers import cli, make_core, query, run_pipeline, store_of
+from tests.helpers import cli, make_core, query, run_pipeline, store_of
 
 
 def test_closure_follows_imports_inside_functions_and_names_sql_files():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.core.helpers import cli, general_records, write_jsonl
+from tests.helpers import cli, general_records, write_jsonl
 
 
 @pytest.fixture(scope="module")

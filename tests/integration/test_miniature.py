@@ -14,6 +14,9 @@ from click.testing import CliRunner
 
 from datamix.cli import main
 
+# About a minute on 2 free cores; a machine shared with other jobs can take several times that.
+pytestmark = pytest.mark.timeout(1800)
+
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 ARMS = ["train_d", "train_m", "train_p", "train_r"]
 
@@ -31,12 +34,23 @@ def test_the_full_miniature_validates():
     assert "24 steps" in out.output
 
 
-def test_scaled_down_miniature_fills_every_row_of_dm_forgetting(tmp_path):
+@pytest.fixture(scope="module")
+def replicates(tmp_path_factory):
+    """The scaled-down miniature, two replicates: (folder, the run's CLI result)."""
     pytest.importorskip("torch")
-    shutil.copy(PIPELINES / "forgetting-miniature.yaml", tmp_path)
+    folder = tmp_path_factory.mktemp("miniature")
+    shutil.copy(PIPELINES / "forgetting-miniature.yaml", folder)
+    result = run(folder, "--sweep", "rep=0,1")
+    return folder, result
+
+
+def run(folder, *args):
     data = f"data={PIPELINES / 'data' / 'miniature'}"
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "forgetting-miniature.yaml"), data, *TINY,
-                                       "--sweep", "rep=0,1", "-q"])
+    return CliRunner().invoke(main, ["run", str(folder / "forgetting-miniature.yaml"), data, *TINY, *args, "-q"])
+
+
+def test_scaled_down_miniature_fills_every_row_of_dm_forgetting(replicates):
+    tmp_path, result = replicates
     assert result.exit_code == 0, result.output
     store = tmp_path / ".datamix" / "forgetting-miniature.duckdb"
     con = duckdb.connect(str(store), read_only=True)
@@ -63,3 +77,38 @@ def test_scaled_down_miniature_fills_every_row_of_dm_forgetting(tmp_path):
     assert "per arm over the 2 values of rep" in result.output
     for arm in ARMS:
         assert f"\n{arm} " in result.output
+
+
+def test_a_ratio_sweep_on_the_same_store_reuses_v_and_picks_a_ratio(replicates):
+    """--sweep general_share: one M/P/R arm per ratio, V and everything upstream of the ratio shared
+    through the store (run once), every arm evaluated together, and a pick under the default rule."""
+    folder, first = replicates
+    assert first.exit_code == 0, first.output
+    store = folder / ".datamix" / "forgetting-miniature.duckdb"
+
+    def steps():
+        con = duckdb.connect(str(store), read_only=True)
+        try:
+            return dict(con.execute("SELECT name, run_id FROM dm.steps").fetchall())
+        finally:
+            con.close()
+
+    before = steps()
+    result = run(folder, "--sweep", "general_share=0.5,0.83")
+    assert result.exit_code == 0, result.output
+    after = steps()
+    for shared in ("vendor_data", "vendor_shards", "train_vendor", "domain", "public"):
+        assert after[shared] == before[shared]  # found in the store, not run again
+    new_run = set(after.values()) - set(before.values())
+    assert len(new_run) == 1
+    ran = {n for n, r in after.items() if r in new_run}
+    assert {f"train_{a}__general_share_{t}" for a in "mpr" for t in ("0p5", "0p83")} <= ran
+    assert "train_d" in ran and not any(n.startswith("train_d__general_share") for n in after)  # D does not mix
+    assert "instructions" in ran and "instructions__general_share_0p5" not in after  # the pool is shared by the ratios
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        models = {m for (m,) in con.execute("SELECT model FROM dm.forgetting WHERE step = 'eval' AND metric = 'nll'").fetchall()}
+    finally:
+        con.close()
+    assert models == {"train_d"} | {f"train_{a}__general_share_{t}" for a in "mpr" for t in ("0p5", "0p83")}
+    assert "best general_share:" in result.output

@@ -252,7 +252,7 @@ def test_a_429_halves_the_requests_in_flight(monkeypatch):
 
 def test_a_run_against_a_server_with_no_choices_fails_the_step_naming_the_reply(monkeypatch, tmp_path):
     """Issue 14: 1,332 requests in 60 s against such a server; now a bounded few and exit 1."""
-    from tests.core.helpers import cli, general_records, write_jsonl, write_pipeline
+    from tests.helpers import cli, general_records, write_jsonl, write_pipeline
 
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     write_jsonl(tmp_path / "g.jsonl", general_records(3))

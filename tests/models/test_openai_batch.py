@@ -174,7 +174,7 @@ def test_the_generation_path_sends_a_batch_model_through_batch_files(monkeypatch
 
 
 def test_plan_says_what_a_batch_costs_and_batch_options_are_not_fingerprinted(tmp_path):
-    from tests.core.helpers import cli, general_records, write_jsonl, write_pipeline
+    from tests.helpers import cli, general_records, write_jsonl, write_pipeline
 
     write_jsonl(tmp_path / "g.jsonl", general_records(4))
     steps = [{"name": "src", "kind": "load", "path": "g.jsonl"},
@@ -194,7 +194,7 @@ def test_plan_says_what_a_batch_costs_and_batch_options_are_not_fingerprinted(tm
 
 
 def test_datamix_run_generates_through_a_batch(monkeypatch, tmp_path):
-    from tests.core.helpers import cli, general_records, query, store_of, write_jsonl, write_pipeline
+    from tests.helpers import cli, general_records, query, store_of, write_jsonl, write_pipeline
 
     monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
     write_jsonl(tmp_path / "g.jsonl", general_records(3))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.core.helpers import cli, domain_records, general_records, query, store_of, write_jsonl, write_pipeline
+from tests.helpers import cli, domain_records, general_records, query, store_of, write_jsonl, write_pipeline
 
 BASE = {"base": {"backend": "transformers", "path": "models/base",
                  "tiny": {"arch": "qwen2", "chat_template": "qwen2.5-instruct"}}}

@@ -1,68 +1,111 @@
-"""export (format: shards): every path in the YAML resolves beside the YAML, whatever the working folder.
+"""export: JSONL and Parquet files that `datasets.load_dataset("json"|"parquet")` reads, manifest, sample ids.
 
-`datamix run pipelines/quickstart.yaml` from the project root failed at the shards step while
-`cd pipelines && datamix run quickstart.yaml` worked: the tokenizer folder was looked up in the
-working folder. These runs start from another folder on purpose.
+`datasets` is not a dependency; its json/parquet loaders are pyarrow's readers, so the
+files are checked with pyarrow (and polars): one record per line, `messages` a list
+of {role, content}.
 """
 
 from __future__ import annotations
 
 import json
 
-import yaml
+import polars as pl
+import pyarrow.json as pj
+import pyarrow.parquet as pq
 
-from datamix.chat_templates import load_chat_template
-from tests.core.helpers import cli, general_records, write_jsonl
-
-
-def _project(tmp_path):
-    """A pipeline in tmp_path/proj whose tiny model, template and data live beside it; nothing built yet."""
-    proj = tmp_path / "proj"
-    write_jsonl(proj / "data" / "d.jsonl", general_records(6))
-    (proj / "tpl").mkdir()
-    (proj / "tpl" / "chat.jinja").write_text(load_chat_template("chatml"))
-    spec = {
-        "name": "t",
-        "models": {"tm": {"backend": "transformers", "path": ".datamix/models/tm",
-                          "tiny": {"chat_template": "tpl/chat.jinja", "vocab": 300, "hidden": 16, "heads": 2}}},
-        "steps": [
-            {"name": "src", "kind": "load", "path": "data/d.jsonl"},
-            # a token count with the tiny model's folder: built first, found beside the YAML
-            {"name": "f", "kind": "filter", "input": "src",
-             "rules": [{"rule": "length", "unit": "tokens", "min": 1, "tokenizer": ".datamix/models/tm"}]},
-            # the tokenizer by model name: its folder and its declared template
-            {"name": "sh", "kind": "export", "input": "f", "format": "shards", "shards": {"tokenizer": "tm", "seq_len": 64}},
-            {"name": "sh2", "kind": "export", "input": "f", "format": "shards", "path": "out/sh2",
-             "shards": {"tokenizer": ".datamix/models/tm", "chat_template": "tpl/chat.jinja", "seq_len": 64}},
-        ],
-    }
-    (proj / "p.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    return proj, elsewhere
+from tests.helpers import cli, query, run_pipeline, store_of, write_pipeline
 
 
-def test_a_pipeline_runs_the_same_from_another_folder(tmp_path):
-    proj, elsewhere = _project(tmp_path)
-    assert cli("validate", "../proj/p.yaml", cwd=elsewhere).exit_code == 0
-    result = cli("run", "-q", "../proj/p.yaml", cwd=elsewhere)
-    assert result.exit_code == 0, result.output
-    model = proj / ".datamix" / "models" / "tm"
-    assert (model / "config.json").is_file()  # the tiny model was built beside the YAML, from its template file
-    for manifest in (proj / ".datamix" / "outputs" / "sh" / "manifest.json", proj / "out" / "sh2" / "manifest.json"):
-        shards = json.loads(manifest.read_text())
-        assert shards["tokenizer"] == str(model) and shards["samples"] == 6
-    assert list(elsewhere.iterdir()) == []  # nothing written where the command ran
-    again = cli("run", "../proj/p.yaml", cwd=elsewhere)  # and a rerun from there finds everything up to date
-    assert again.exit_code == 0 and "run   " not in again.stderr, again.stderr
+def exported(core_pipeline, **changes):
+    import yaml
+
+    spec = yaml.safe_load(core_pipeline.read_text())
+    spec["steps"][-1].update(changes)
+    core_pipeline.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_pipeline(core_pipeline)
+    assert result.ok, result.error
+    return store_of(core_pipeline), core_pipeline.parent / "out"
 
 
-def test_validate_from_another_folder_finds_what_is_missing_beside_the_yaml(tmp_path):
-    proj, elsewhere = _project(tmp_path)
-    (proj / "tpl" / "chat.jinja").unlink()
-    result = cli("validate", "../proj/p.yaml", cwd=elsewhere)
+def check_records(records: list[dict], store) -> None:
+    mix = {sid: (msgs, src) for sid, msgs, src in query(store, "SELECT sample_id, messages, source FROM mix")}
+    assert len(records) == len(mix) == 20
+    for r in records:
+        assert set(r) >= {"sample_id", "messages", "source"}
+        assert [set(m) for m in r["messages"]] == [{"role", "content"}] * len(r["messages"])
+        assert (r["messages"], r["source"]) == mix[r["sample_id"]]
+
+
+def test_jsonl_is_one_record_per_line_readable_by_pyarrow_and_polars(core_pipeline):
+    store, out = exported(core_pipeline)
+    lines = (out / "data.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    check_records(records, store)
+    table = pj.read_json(out / "data.jsonl")  # what load_dataset("json") uses
+    assert table.num_rows == 20
+    assert table.schema.field("messages").type.value_type.names == ["role", "content"]
+    assert pl.read_ndjson(out / "data.jsonl")["sample_id"].to_list() == [r["sample_id"] for r in records]
+
+
+def test_parquet_readable_with_messages_as_list_of_structs(core_pipeline):
+    store, out = exported(core_pipeline, format="parquet", fields=["est_tokens"])
+    table = pq.read_table(out / "data.parquet")
+    assert table.column_names == ["sample_id", "messages", "source", "est_tokens"]
+    check_records(table.to_pylist(), store)
+    assert pl.read_parquet(out / "data.parquet").height == 20
+
+
+def test_manifest_counts_per_source_and_sample_ids_file(core_pipeline):
+    store, out = exported(core_pipeline)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["samples"] == 20
+    assert manifest["samples_per_source"] == {"domain": 8, "general": 12}
+    assert manifest["files"] == ["data.jsonl"] and manifest["input"] == "mix"
+    ids = (out / manifest["sample_ids_file"]).read_text().splitlines()
+    in_file = [json.loads(line)["sample_id"] for line in (out / "data.jsonl").read_text().splitlines()]
+    assert ids == in_file
+    assert not (out / "manifest.json.tmp").exists()
+
+
+def test_export_table_records_file_and_row_of_every_sample(core_pipeline):
+    store, out = exported(core_pipeline)
+    in_file = [json.loads(line)["sample_id"] for line in (out / "data.jsonl").read_text().splitlines()]
+    rows = query(store, "SELECT sample_id, file, row FROM export ORDER BY row")
+    assert rows == [(sid, "data.jsonl", i + 1) for i, sid in enumerate(in_file)]
+    # every file the step wrote is recorded: a rerun removes them, a deleted one reruns the step
+    assert query(store, "SELECT files FROM dm.chunks WHERE step = 'export'")[0][0] == json.dumps(
+        [str(out / "data.jsonl"), str(out / "manifest.json"), str(out / "sample_ids.txt")])
+
+
+def test_export_default_folder_is_beside_the_store(core_pipeline):
+    import yaml
+
+    spec = yaml.safe_load(core_pipeline.read_text())
+    del spec["steps"][-1]["path"]
+    core_pipeline.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert run_pipeline(core_pipeline).ok
+    assert (core_pipeline.parent / ".datamix" / "outputs" / "export" / "data.jsonl").exists()
+
+
+def test_unknown_field_exits_2_naming_the_columns(core_pipeline):
+    import yaml
+
+    spec = yaml.safe_load(core_pipeline.read_text())
+    spec["steps"][-1]["fields"] = ["nope"]
+    core_pipeline.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = cli("run", core_pipeline)
     assert result.exit_code == 2
-    problems = [line.strip() for line in result.stderr.splitlines()[1:]]
-    assert any("models.tm.tiny.chat_template: no template file" in p and str(proj / "tpl" / "chat.jinja") in p
-               for p in problems), problems
-    assert any("steps[3] (name: sh2).shards.chat_template: no template file" in p for p in problems), problems
+    # found by validation, before any step runs
+    assert "input 'mix' has no column 'nope'" in result.stderr and "est_tokens" in result.stderr
+
+
+def test_export_of_an_unmixed_step_has_null_source(tmp_path):
+    from tests.helpers import chat, write_jsonl
+
+    write_jsonl(tmp_path / "a.jsonl", [chat("q?", "a"), chat("r?", "b")])
+    pipeline = write_pipeline(tmp_path, [{"name": "src", "kind": "load", "path": "a.jsonl"},
+                                         {"name": "out", "kind": "export", "input": "src", "path": "o"}])
+    assert run_pipeline(pipeline).ok
+    records = [json.loads(x) for x in (tmp_path / "o" / "data.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in records] == [None, None]
+    assert sum(json.loads((tmp_path / "o" / "manifest.json").read_text())["samples_per_source"].values()) == 2

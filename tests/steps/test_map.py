@@ -12,7 +12,7 @@ import pytest
 from datamix.loop import chunks_of
 from datamix.steps.base import BadInput, Context, InputTable, StepError
 from datamix.steps.map import MapConfig
-from tests.core.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 def rows(n=5):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from tests.core.helpers import cli, domain_records, general_records, query, store_of, write_jsonl, write_pipeline
+from tests.helpers import cli, domain_records, general_records, query, store_of, write_jsonl, write_pipeline
 
 STEPS = [
     {"name": "general", "kind": "load", "path": "data/general.jsonl"},

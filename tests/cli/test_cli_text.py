@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .helpers import cli, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import cli, run_pipeline, store_of, write_jsonl, write_pipeline
 
 TRICKY = "keep [/] and [bold]this[/bold] and [red]that"
 

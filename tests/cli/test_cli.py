@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .helpers import cli, query, store_of
+from tests.helpers import cli, query, store_of
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 U, A = "user", "assistant"
 

@@ -17,7 +17,7 @@ import pytest
 
 from datamix.sql_readonly import Refused, check
 
-from .helpers import cli, store_of
+from tests.helpers import cli, store_of
 
 
 @pytest.fixture(scope="module")

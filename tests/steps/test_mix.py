@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 def mix_pipeline(tmp_path, n_a=12, n_b=8, a_text=None, b_text=None, **mix):

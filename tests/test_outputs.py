@@ -19,7 +19,7 @@ from datamix.outputs import StoreInput, read_output
 from datamix.steps.base import InputTable
 from datamix.store import Store
 
-from .helpers import chat, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import polars as pl
 from datamix.steps.base import REGISTRY, Chunk, StepConfig, register
 from datamix.store import Store
 
-from .helpers import cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 def test_export_writes_no_edges_and_lineage_still_reaches_the_source_line(core_ran):

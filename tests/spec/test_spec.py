@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from .helpers import chat, cli, write_jsonl
+from tests.helpers import chat, cli, write_jsonl
 
 
 def validate(tmp_path, text: str, *overrides: str):

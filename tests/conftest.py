@@ -1,4 +1,4 @@
-"""Fixtures for the core tests (helpers live in helpers.py so tests can import them)."""
+"""Fixtures shared by the tests (helpers live in tests/helpers.py so tests can import them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import make_core, run_pipeline
+from tests.helpers import make_core, run_pipeline
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import (chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline)
+from tests.helpers import (chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline)
 
 N_FILES, PER_FILE, CHUNK = 6, 4, 2  # 12 load chunks of 2 rows
 
@@ -479,7 +479,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_ends_in_one_message_and_a_rerun_finishes_the_same(small_disk, tmp_path):
-    from .helpers import make_core
+    from tests.helpers import make_core
 
     pipeline = make_core(small_disk / "p")
     full = datamix("run", pipeline, "-q", cwd=pipeline.parent)

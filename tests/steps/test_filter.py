@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 def run_filters(tmp_path, records, filters: dict[str, list], **step):

@@ -8,7 +8,7 @@ import pytest
 from datamix.spec import SpecError
 from datamix.sweep import arm_name, expand, parse_pick, parse_sweep, pick, report, value_tag
 
-from .helpers import chat, cli, query, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, store_of, write_jsonl, write_pipeline
 
 
 def sweep_pipeline(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datamix import runner, spec
 
-from .helpers import chat, write_jsonl, write_pipeline
+from tests.helpers import chat, write_jsonl, write_pipeline
 
 
 def pipeline(tmp_path, lr):
@@ -30,7 +30,7 @@ def test_retraining_a_model_reruns_the_steps_that_use_it(tmp_path):
 
 
 def test_validate_accepts_a_model_a_step_will_save_and_refuses_other_missing_folders(tmp_path):
-    from .helpers import cli
+    from tests.helpers import cli
 
     (tmp_path / "m").mkdir()
     p = pipeline(tmp_path, 1e-3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .helpers import cli, query, store_of
+from tests.helpers import cli, query, store_of
 
 
 def export_ids(store, source):

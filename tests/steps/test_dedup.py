@@ -6,7 +6,7 @@ import json
 
 import polars as pl
 
-from .helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
 
 
 def run_dedups(tmp_path, records, dedups: dict[str, dict], extra_steps=()):
