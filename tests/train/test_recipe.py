@@ -92,7 +92,8 @@ def test_trim_padding_pads_to_the_longest_row():
     assert full["input_ids"].shape == (2, seq)  # labelled "pad" tokens are a document, not padding: nothing trimmed
 
 
-def test_loss_falls_and_model_reloads_and_generates(reference_run):
+def test_loss_falls_and_the_saved_model_is_the_trained_one(reference_run, tiny_model, shards):
+    import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     curve = losses(reference_run)
@@ -100,11 +101,26 @@ def test_loss_falls_and_model_reloads_and_generates(reference_run):
     assert curve[-1] < curve[0] - 1.0
     path = os.path.join(reference_run, "model")
     assert json.load(open(os.path.join(path, "config.json")))["architectures"] == ["LlamaForCausalLM"]
-    model = AutoModelForCausalLM.from_pretrained(path)
+    # the saved model, reloaded, fits the training data as the end of the curve says, and the
+    # model it started from does not (a folder holding the initial weights would fail here)
+    manifest = json.load(open(os.path.join(shards, "manifest.json")))
+    files = manifest["shards"][0]["files"]
+    batch = {k: torch.from_numpy(np.load(os.path.join(shards, files[k]["file"]))[:8].astype(np.int64))
+             for k in ("input_ids", "labels", "position_ids")}
+
+    def loss_of(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=recipe.attention_for("documents", False)).eval()
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss.item()
+
+    trained, initial = loss_of(path), loss_of(tiny_model)
+    assert trained < initial - 1.0 and abs(trained - curve[-1]) < 1.0, (trained, initial, curve[-1])
+    # and it generates: a chat template came along with the weights
     tok = AutoTokenizer.from_pretrained(path)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "the cat"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] == prompt["input_ids"].shape[1] + 5 or tok.eos_token_id in out[0].tolist()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "the cat"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    out = AutoModelForCausalLM.from_pretrained(path).generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
     row = json.loads(open(os.path.join(reference_run, "metrics.jsonl")).readline())
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(row)
 
