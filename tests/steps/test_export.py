@@ -109,3 +109,24 @@ def test_export_of_an_unmixed_step_has_null_source(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "o" / "data.jsonl").read_text().splitlines()]
     assert [r["source"] for r in records] == [None, None]
     assert sum(json.loads((tmp_path / "o" / "manifest.json").read_text())["samples_per_source"].values()) == 2
+
+
+def test_shuffle_interleaves_the_sources_and_the_placement_follows_the_file(core_pipeline):
+    # issue 14: an export was grouped by source (all general rows, then all domain rows)
+    store, out = exported(core_pipeline)
+    grouped = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    sources = [r["source"] for r in grouped]
+    assert sources == sorted(sources, key=lambda s: s != sources[0])  # off by default for jsonl: grouped
+    store, out = exported(core_pipeline, shuffle=True)
+    shuffled = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert sorted(r["sample_id"] for r in shuffled) == sorted(r["sample_id"] for r in grouped)
+    order = [r["source"] for r in shuffled]
+    assert order != sorted(order) and order != sorted(order, reverse=True)  # interleaved
+    rows = query(store, "SELECT sample_id, row FROM export ORDER BY row")
+    assert [sid for sid, _ in rows] == [r["sample_id"] for r in shuffled]
+    assert (out / "sample_ids.txt").read_text().splitlines() == [r["sample_id"] for r in shuffled]
+    # seeded: written again (its file deleted, so the step reruns), the same order
+    (out / "data.jsonl").unlink()
+    store, again = exported(core_pipeline, shuffle=True)
+    assert [json.loads(line)["sample_id"] for line in (again / "data.jsonl").read_text().splitlines()] == [
+        r["sample_id"] for r in shuffled]

@@ -31,6 +31,8 @@ class ExportConfig(StepConfig):
     format: Literal["jsonl", "parquet", "shards"] = "jsonl"
     path: str | None = Field(default=None, description="output folder (relative to the YAML)")
     fields: list[str] = Field(default_factory=list, description="extra columns to write beside messages")
+    shuffle: bool | None = Field(default=None, description="write the samples in a seeded random order (default: "
+                                 "on for shards, off for jsonl and parquet, which keep the input's order)")
     # format: shards -> how rows become training shards (tokenizer, seq_len, ...); a typed field,
     # so a wrong option is reported at its place (steps[i].shards.seq_len) by `validate`
     shards: ShardsConfig | None = None
@@ -115,8 +117,9 @@ def run(cfg: ExportConfig, inputs, ctx: Context) -> Output:
     import pyarrow as pa
 
     source = inputs["input"]
-    if cfg.format == "shards":
-        table = source.arrow()  # the shard writer tokenizes every chat
+    shuffle = cfg.shuffle if cfg.shuffle is not None else cfg.format == "shards"
+    if cfg.format == "shards" or shuffle:
+        table = source.arrow()  # the shard writer tokenizes every chat; a shuffled file is written from here
         columns = table.column_names
     else:  # the text goes from the store to the file in DuckDB; only ids and sources come here
         columns = source.column_names()
@@ -127,6 +130,8 @@ def run(cfg: ExportConfig, inputs, ctx: Context) -> Output:
                        f"(columns: {', '.join(columns)})")
     if "source" not in table.column_names:
         table = table.append_column("source", pa.nulls(table.num_rows, pa.string()))
+    if shuffle:  # a mix is grouped by source; training windows and file readers want them interleaved
+        table = table.take(pa.array(np.random.default_rng(ctx.seed).permutation(table.num_rows)))
     n = table.num_rows
     out = _out_dir(cfg, ctx)
     os.makedirs(out, exist_ok=True)
@@ -169,7 +174,9 @@ def run(cfg: ExportConfig, inputs, ctx: Context) -> Output:
     else:
         name = "data.jsonl" if cfg.format == "jsonl" else "data.parquet"
         written = ["sample_id", "messages", "source", *cfg.fields]
-        if "source" in columns:
+        if shuffle:
+            write_arrow(table.select(written), os.path.join(out, name), cfg.format)
+        elif "source" in columns:
             source.write(os.path.join(out, name), cfg.format, written)
         else:  # no mix upstream: the file still has the column, null, as the manifest counts
             samples = source.arrow()
