@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[models,semantic,ray,openai,test]"
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e ".[models,semantic,ray,openai,eval,test]"
 	# compile the MinHash kernels here, once, instead of in the first `make demo` (numba caches them)
 	$(BIN)/python -m datamix.dedup.warm
 	touch $@
