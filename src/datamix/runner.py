@@ -50,10 +50,7 @@ def step_code(pipeline: Pipeline, step: StepConfig) -> dict[str, str]:
         spec = pipeline.models.get(name)
         if spec is not None:
             files.update(backend_files(spec.backend, tiny=getattr(spec, "tiny", None) is not None))
-            if getattr(spec, "ray", None):
-                files.update(backend_files("ray"))
-            if getattr(spec, "batch", None) is not None:  # answers through batch files
-                files.update(backend_files("openai_batch"))
+            # where a model runs (ray replicas, batch files) changes no answer: not fingerprinted
     return files
 
 

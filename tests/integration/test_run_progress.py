@@ -165,7 +165,7 @@ def test_status_and_sql_on_a_store_a_run_holds_and_the_cost_of_its_calls(tmp_pat
     assert run.returncode == 0, err
     assert "committed answers chunk rows-0-4: 4 rows in, 8 out" in err
     # a pass-through step writes no rows: -v says what it kept, not "0 out"
-    assert "committed clean chunk rows-0: 12 rows in, 8 kept, 4 dropped" in err
+    assert "committed clean chunk rows-0-12: 12 rows in, 8 kept, 4 dropped" in err
     assert not os.path.exists(str(store) + ".progress.json")  # removed when the run ends
 
     con = duckdb.connect(str(store), read_only=True)

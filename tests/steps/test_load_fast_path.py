@@ -110,8 +110,8 @@ def test_which_files_the_reader_parses_in_one_pass(tmp_path, case, parsed):
 @pytest.mark.parametrize("seed", range(4))
 def test_mixed_files_give_the_same_chunks_on_both_paths(tmp_path, monkeypatch, seed):
     """Files of good records, values that are not strings, strings that look like numbers or
-    objects, blank lines and bad bytes (tests/core/test_load.py's generator)."""
-    from .test_load import mixed_jsonl
+    objects, blank lines and bad bytes (tests/steps/test_load.py's generator)."""
+    from tests.steps.test_load import mixed_jsonl
 
     path = tmp_path / "f.jsonl"
     mixed_jsonl(path, seed)
