@@ -111,4 +111,5 @@ def test_a_ratio_sweep_on_the_same_store_reuses_v_and_picks_a_ratio(replicates):
     finally:
         con.close()
     assert models == {"train_d"} | {f"train_{a}__general_share_{t}" for a in "mpr" for t in ("0p5", "0p83")}
-    assert "best general_share:" in result.output
+    for arm in ("train_m", "train_p", "train_r"):  # a pick per swept arm
+        assert f"best general_share for {arm}: " in result.output

@@ -123,11 +123,14 @@ def _print_sweep(sweep, rule, path: str) -> None:
     if sweep.evaluate_value:  # every value evaluated apart (against its own no-replay arm): replicates
         _print_replicates(sweep, rows, metric)
         return
-    best, why = pick(rows, rule)
-    if best is None:
-        click.echo(f"best {sweep.var}: none; {why}")
-    else:
-        click.echo(f"best {sweep.var}: {best['value']} ({best['model']}); {why}")
+    # one pick per swept train step (M, P, ... arms each get their best value)
+    arms = dict.fromkeys(r["arm_of"] for r in rows if r["value"] is not None)
+    for arm in arms:
+        best, why = pick([r for r in rows if r["value"] is None or r["arm_of"] == arm], rule)
+        if best is None:
+            click.echo(f"best {sweep.var} for {arm}: none; {why}")
+        else:
+            click.echo(f"best {sweep.var} for {arm}: {best['value']} ({best['model']}); {why}")
 
 
 @main.command()
