@@ -59,6 +59,28 @@ def test_the_quickstart_runs_offline_with_every_step_non_empty(tmp_path):
     trained = json.loads(datamix("sql", "SELECT steps, final_loss FROM train", "quickstart.yaml", "--format", "json",
                                  cwd=work).stdout)
     assert trained[0]["steps"] == 4 and trained[0]["final_loss"] > 0
+    # the quickstart's report: one page, every section, the store's rows per step and mix
+    # composition (tests/report/ checks a richer store, and opens it in a browser)
+    import html
+    import re
+
+    import duckdb
+
+    from datamix.report import SECTIONS
+
+    report = datamix("report", "quickstart.yaml", "--out", str(work / "report.html"), cwd=work)
+    assert report.returncode == 0, report.stderr
+    page = (work / "report.html").read_text()
+    assert all(f'data-section="{key}"' in page for key in SECTIONS) and "<script" not in page
+    shown = {html.unescape(m.group(1)): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r'<tr [^>]*data-step="([^"]*)"[^>]*data-rows-in="(\d+)"[^>]*data-rows-out="(\d+)"', page)}
+    con = duckdb.connect(str(work / ".datamix" / "quickstart.duckdb"), read_only=True)
+    steps = {n: (i, o) for n, i, o in con.execute("SELECT name, rows_in, rows_out FROM dm.steps").fetchall()}
+    comp = {src: n for src, n, *_ in con.execute("SELECT * FROM dm.composition('mix')").fetchall()}
+    con.close()
+    assert shown == steps and len(steps) == 11
+    for source, n in comp.items():
+        assert re.search(r'<tr [^>]*data-source="' + source + r'"[^>]*data-samples="' + str(n) + '"', page)
 
 
 def test_the_gpu_recipe_has_the_arms_and_real_benchmarks():

@@ -149,3 +149,15 @@ def test_dedup_shows_clusters_pairs_and_the_contamination_hit_with_both_texts(re
     assert hit.count(html.escape(CONTAMINATED)) == 2  # the removed sample and the reference row it matched
     assert "decontamination: 1 samples matched a reference" in section
     assert "dedup: size 2" in section  # every critic answer was given twice
+
+
+def test_control_characters_in_samples_never_reach_the_page(tmp_path):
+    # a tiny model's sampled text can hold a NUL or other C0 characters, which HTML may not
+    from datamix.report.pieces import _chat
+    from datamix.store import Store
+
+    store = Store(str(tmp_path / "s.duckdb"))
+    page = build(connection_query(store.con), str(tmp_path / "s.duckdb"), title="x\x00y")
+    store.close()
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f]", page) and "x\ufffdy" in page
+    assert "\x00" in _chat("s1", [{"role": "user", "content": "a\x00b"}])  # sanitised once, for the whole page

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from html import escape
 
 from datamix.report import svg
+from datamix.report.pieces import _chat, _money, _read_json, _read_jsonl, _slug
 from datamix.report.style import CSS
 from datamix.report.svg import fmt
 
@@ -436,10 +437,16 @@ def build(query: Query, store_path: str, title: str | None = None) -> str:
     nav = "".join(f'<a href="#{k}">{escape(TITLES[k])}</a>' for k in SECTIONS)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     last = f"last run {runs[0]['started_at']:%Y-%m-%d %H:%M} ({escape(str(runs[0]['status']))})" if runs else ""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{escape(title)}</title><style>{CSS}</style></head>'
             f'<body><header><h1>{escape(title)}</h1><p class="meta">store {escape(store_path)} · {last} · '
             f'written {when} by datamix report</p><nav>{nav}</nav></header><main>{"".join(sections)}</main></body></html>')
+    # samples may hold control characters (a NUL in a sampled instruction), which HTML may not:
+    # each shows as U+FFFD; the page's own markup has none
+    return _CONTROL.sub("\ufffd", page)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def write(query: Query, store_path: str, out: str, title: str | None = None) -> str:
@@ -457,44 +464,3 @@ def default_out(store_path: str) -> str:
     """Beside the store: .datamix/quickstart.duckdb -> .datamix/quickstart.report.html."""
     base = store_path[: -len(".duckdb")] if store_path.endswith(".duckdb") else store_path
     return base + ".report.html"
-
-
-# ---- small pieces ---------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "x"
-
-
-def _money(v) -> str:
-    return "" if v is None else f"${v:,.4f}"
-
-
-def _chat(sample_id: str, messages, note: str = "") -> str:
-    head = f'<div class="sid">{escape(sample_id)}{(" · " + escape(note)) if note else ""}</div>'
-    if not messages:
-        return f'<div class="chat">{head}<div class="msg none">(its text is not stored in an upstream table)</div></div>'
-    turns = "".join(
-        f'<div class="msg {escape(str(m["role"]))}"><span class="role">{escape(str(m["role"]))}</span>'
-        f'{escape(_clip(str(m["content"])))}</div>' for m in messages)
-    return f'<div class="chat">{head}{turns}</div>'
-
-
-def _clip(text: str, limit: int = 1200) -> str:
-    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit:,} more characters)"
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
-        return []
