@@ -116,3 +116,25 @@ def make_core(tmp_path: Path) -> Path:
     write_jsonl(tmp_path / "data" / "general.jsonl", general)
     write_jsonl(tmp_path / "data" / "domain.jsonl", domain_records(8))
     return write_pipeline(tmp_path, CORE_STEPS, name="core", vars={"general_share": 0.6})
+
+
+def send_json(handler, status: int, payload) -> None:
+    """Answer an http.server request with `payload` as JSON (the local test servers' one reply)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def start_server(handler_class):
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler_class` in the background:
+    (server, its OpenAI-style base URL)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from tests.helpers import send_json, start_server
 
 
 class Server:
@@ -33,19 +34,11 @@ class Server:
                 texts = [(judged if "[Response]" in last else f"answer {body.get('seed')} {i} three") for i in range(n)]
                 with server.lock:
                     server.completions += n
-                data = json.dumps({"choices": [{"index": i, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": texts[i]}} for i in range(n)],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 3 * n}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, {"choices": [{"index": i, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": texts[i]}} for i in range(n)],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 3 * n}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd, self.url = start_server(Handler)
 
 
 PIPELINE = """

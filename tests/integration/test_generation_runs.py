@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import duckdb
 import pytest
 
 from datamix.models.tiny import build_tiny_model
+from tests.helpers import send_json, start_server
 
 
 def datamix(*args, cwd, env=None, **kw):
@@ -123,19 +123,9 @@ class JudgeServer:
                 text = "Score: 4" if "1 to 5" in last or "1-5" in last or "score" in last.lower() else "An answer."
                 choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                            for i in range(body.get("n", 1))]
-                data = json.dumps({"choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, {"choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd, self.url = start_server(Handler)
 
 
 HOSTED = """

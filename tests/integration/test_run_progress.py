@@ -15,12 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import duckdb
 import pytest
 
 from datamix.models import Completion
+from tests.helpers import send_json, start_server
 
 PROMPT_TOKENS, TOKENS_PER_ANSWER = 7, 3
 
@@ -62,20 +63,13 @@ class GatedServer:
                 self.reply(200, {"choices": choices, "usage": usage})
 
             def reply(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self._url = start_server(Handler)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return self._url
 
     def close(self):
         self.gate.set()

@@ -13,11 +13,12 @@ import re
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from datamix.models.tiny import build_tiny_model
+from tests.helpers import send_json, start_server
 
 
 class AnswerServer:
@@ -46,16 +47,9 @@ class AnswerServer:
                     server.completion_tokens[model] = server.completion_tokens.get(model, 0) + usage["completion_tokens"]
                 choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
                            for i, t in enumerate(texts)]
-                data = json.dumps({"choices": choices, "usage": usage}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, {"choices": choices, "usage": usage})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self._url = start_server(Handler)
 
     @staticmethod
     def answer(model: str, prompt: str, i: int, structured: bool = False) -> str:
@@ -75,7 +69,7 @@ class AnswerServer:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return self._url
 
     def close(self):
         self.httpd.shutdown()
