@@ -65,10 +65,3 @@ def band_files(folder: str, kind: str) -> list[str]:
     if not os.path.isdir(root):
         return []
     return sorted(os.path.join(root, f) for f in os.listdir(root) if f.startswith(f"{kind}-") and f.endswith(".parquet"))
-
-
-def open_signatures(folder: str, n_rows: int, num_perm: int) -> np.ndarray:
-    """A writable memory-mapped signatures.npy of n_rows x num_perm, created empty."""
-    os.makedirs(folder, exist_ok=True)
-    return np.lib.format.open_memmap(os.path.join(folder, "signatures.npy"), mode="w+", dtype=np.uint32,
-                                     shape=(n_rows, num_perm))

@@ -47,6 +47,12 @@ class MinHashConfig(BaseModel):
     fn_weight: float | None = Field(default=None, ge=0.0)
     seed: int = 1
     chunk_size: int = Field(default=100_000, ge=1, description="documents per signature chunk")
+    # Where the work happens: in memory (fast, ~3.9 GB per million 100-word documents), or
+    # out of core (datamix.dedup.ooc: band keys on disk, DuckDB's spilling GROUP BY, bounded
+    # memory), or "auto": out of core when the in-memory estimate passes half the memory
+    # budget. Both give the same decisions, so this is a run setting: excluded from the
+    # config the fingerprint hashes.
+    out_of_core: bool | Literal["auto"] = Field(default="auto", exclude=True)
 
     @field_validator("threshold")
     @classmethod
@@ -278,6 +284,8 @@ def find_duplicates(
     """
     from datamix.dedup import clusters, lsh
 
+    if cfg.out_of_core is True:  # asked for explicitly: the same decisions in bounded memory
+        return _out_of_core(texts, priority, cfg, reference, cache, stats)
     n = len(texts)
     priority = np.asarray(priority, dtype=np.float64)
     if priority.shape != (n,):
@@ -314,6 +322,18 @@ def find_duplicates(
     stats["verified_pairs"] = int(len(left) + len(ref_doc))
 
     return clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+
+
+def _out_of_core(texts, priority, cfg, reference, cache, stats) -> pl.DataFrame:
+    """find_duplicates through datamix.dedup.ooc, its work files in a temporary folder (the
+    dedup step gives it the step's output folder and its memory budget instead)."""
+    import tempfile
+
+    from datamix.dedup import ooc
+
+    with tempfile.TemporaryDirectory(prefix="datamix-minhash-") as folder:
+        return ooc.find_duplicates_ooc(ooc.SeriesSource(texts), priority, cfg, folder, reference=reference,
+                                       cache=cache, stats=stats)
 
 
 def _as_series(texts) -> pl.Series:

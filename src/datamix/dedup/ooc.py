@@ -1,0 +1,384 @@
+"""Out-of-core MinHash dedup: the same decisions as minhash.find_duplicates, in bounded memory.
+
+The in-memory path holds every signature, every band key and the candidate tables at
+once (~3.9 GB per million 100-word documents). This one streams:
+
+1. sign the texts chunk by chunk (minhash.signatures), appending each chunk's
+   signatures to signatures.npy and its band keys to a Parquet file (layout:
+   datamix.dedup.bands);
+2. candidate pairs from DuckDB's GROUP BY over (band, key) (sql/minhash_candidates.sql),
+   which spills to `temp_directory` past `memory_limit`; the distinct pairs are small
+   (a few per duplicate document) and come back to numpy;
+3. verification in blocks of pairs: only the blocks' signature rows are read from
+   signatures.npy, only the texts of pairs near the threshold (hybrid) from the source;
+4. union-find and the keep policy (clusters.removal_frame), as the in-memory path.
+
+Both paths give the same removed rows, dup_of, ref_index and similarity (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from datamix.dedup import bands as layout
+from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures
+
+if TYPE_CHECKING:
+    import polars as pl
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# What one document costs the in-memory path besides its text (measured: 3.9 GB per
+# million 100-word documents, of which ~0.6 GB is text): signatures, band keys, tables.
+IN_MEMORY_BYTES_PER_DOC = 3300
+
+
+def parse_size(value: str | int | None, where: str = "memory_limit") -> int | None:
+    """Bytes of a size such as '4GB', '512MB', '2GiB' or a plain number of bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(value).upper())
+    if not m or m.group(2) not in _UNITS:
+        raise ValueError(f"{where}: {value!r} is not a size; write e.g. 4GB, 512MB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclasses.dataclass
+class Budget:
+    """How the process's memory limit is shared. DuckDB's buffer pool gets a third (the
+    store's connection, idle during dedup, is given a quarter by the runner); numpy
+    work (signing chunks, verification blocks) sizes itself from the rest minus a base
+    for the interpreter, numba, polars and the per-document arrays (ids, priority, labels)."""
+
+    limit: int | None = None  # bytes; None: no limit given
+    temp_directory: str | None = None
+
+    @property
+    def effective(self) -> int:
+        return self.limit if self.limit else physical_memory() // 2
+
+    @property
+    def duckdb_bytes(self) -> int:
+        return max(128 * 2**20, self.effective // 3)
+
+    def work_bytes(self, n_docs: int) -> int:
+        base = 600 * 2**20 + 64 * n_docs  # interpreter + libraries; ~8 arrays of 8 bytes per document
+        return max(64 * 2**20, self.effective - self.effective // 3 - self.effective // 4 - base)
+
+    def describe(self) -> str:
+        if not self.limit:
+            return "no memory limit"
+        return f"memory limit {self.limit / 1e9:.1f} GB (DuckDB {self.duckdb_bytes / 1e9:.1f} GB)"
+
+
+def choose_out_of_core(cfg: MinHashConfig, n_docs: int, text_bytes: int, budget: Budget) -> bool:
+    """cfg.out_of_core, or for "auto": out of core when the in-memory path's estimate
+    (IN_MEMORY_BYTES_PER_DOC per document plus twice the text) passes half the budget."""
+    if cfg.out_of_core != "auto":
+        return bool(cfg.out_of_core)
+    return n_docs * IN_MEMORY_BYTES_PER_DOC + 2 * text_bytes > budget.effective // 2
+
+
+# ---------------------------------------------------------------- text sources
+
+
+class SeriesSource:
+    """Texts already in memory (tests, small inputs, the reference set)."""
+
+    def __init__(self, texts):
+        from datamix.dedup.minhash import _as_series
+
+        self.texts = _as_series(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def batches(self, size: int) -> Iterator[pl.Series]:
+        for start in range(0, len(self.texts), size):
+            yield self.texts.slice(start, size)
+
+    def take(self, rows: np.ndarray) -> pl.Series:
+        return self.texts.gather(rows)
+
+
+class ParquetSource:
+    """One text column of a Parquet file, read by row group: the corpus is never whole in memory."""
+
+    def __init__(self, path: str, column: str = "text"):
+        import pyarrow.parquet as pq
+
+        self.path, self.column = path, column
+        self._file = pq.ParquetFile(path)
+        sizes = [self._file.metadata.row_group(i).num_rows for i in range(self._file.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def batches(self, size: int) -> Iterator[pl.Series]:
+        import polars as pl
+
+        for batch in self._file.iter_batches(batch_size=size, columns=[self.column]):
+            yield pl.Series(self.column, batch.column(0)).cast(pl.String)
+
+    def take(self, rows: np.ndarray) -> pl.Series:
+        """The texts of sorted row positions `rows`, reading only the row groups they fall in."""
+        import polars as pl
+
+        rows = np.asarray(rows, np.int64)
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        parts = []
+        for g in np.unique(groups):
+            table = self._file.read_row_group(int(g), columns=[self.column])
+            local = rows[groups == g] - self._starts[g]
+            parts.append(pl.Series(self.column, table.column(0).take(local)).cast(pl.String))
+        return pl.concat(parts) if parts else pl.Series(self.column, [], dtype=pl.String)
+
+
+class SpilledTexts:
+    """Writes texts to a Parquet file as they stream by, for a step whose texts are
+    computed from its input (fields joined): read back by ParquetSource afterwards."""
+
+    ROW_GROUP = 65_536  # rows per group: what verification reads to fetch one text
+
+    def __init__(self, path: str):
+        self.path = path
+        self._writer = None
+
+    def write(self, texts: pl.Series) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"text": texts.cast(str).to_arrow()})
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=self.ROW_GROUP)
+
+    def close(self) -> ParquetSource:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            pq.write_table(pa.table({"text": pa.array([], pa.string())}), self.path)
+        else:
+            self._writer.close()
+        return ParquetSource(self.path)
+
+
+# ---------------------------------------------------------------- the method
+
+
+def find_duplicates_ooc(
+    source,
+    priority: np.ndarray,
+    cfg: MinHashConfig,
+    folder: str,
+    *,
+    reference=None,
+    cache: Any = None,
+    stats: dict | None = None,
+    budget: Budget | None = None,
+    log: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """minhash.find_duplicates over a text source (SeriesSource, ParquetSource, or any
+    object with len, batches(size) and take(sorted rows)), writing its work to `folder`."""
+    from datamix.dedup import clusters
+    from datamix.dedup.lsh import MAX_BUCKET
+
+    budget = budget or Budget()
+    stats = {} if stats is None else stats
+    n = len(source)
+    priority = np.asarray(priority, dtype=np.float64)
+    if priority.shape != (n,):
+        raise ValueError(f"priority must have one value per text ({n}), got shape {priority.shape}")
+    if n >= 2**32:
+        raise ValueError("at most 2^32 - 1 documents per dedup call")
+    ref = None if reference is None else (reference if hasattr(reference, "take") else SeriesSource(reference))
+    n_ref = 0 if ref is None else len(ref)
+    os.makedirs(folder, exist_ok=True)
+    chunk = _chunk_docs(cfg, budget, n)
+    if log:
+        log(f"out-of-core MinHash: {n:,} documents in chunks of {chunk:,}, {budget.describe()}; "
+            f"work files in {folder}")
+
+    sig_path = os.path.join(folder, "signatures.npy")
+    with _SignatureWriter(sig_path, n + n_ref, cfg.num_perm) as writer:
+        _sign(source, "docs", 0, cfg, folder, chunk, writer, cache, stats)
+        if ref is not None:
+            _sign(ref, "refs", n, cfg, folder, chunk, writer, cache, stats)
+
+    con = _connect(budget, folder)
+    try:
+        left, right = _pairs(con, "minhash_candidates.sql",
+                             {"files": layout.band_files(folder, "docs"), "max_bucket": MAX_BUCKET}, "a", "b")
+        ref_doc = ref_row = np.zeros(0, np.int64)
+        if n_ref and n:
+            ref_doc, ref_row = _pairs(con, "minhash_against.sql", {
+                "docs": layout.band_files(folder, "docs"), "refs": layout.band_files(folder, "refs"),
+                "max_bucket": MAX_BUCKET}, "doc", "ref")
+    finally:
+        con.close()
+    stats["candidate_pairs"] = int(len(left) + len(ref_doc))
+
+    similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget)
+    sim = similarity(left, right)
+    ref_sim = similarity(ref_doc, ref_row + n)
+    if cfg.verify != "none":
+        keep = sim >= cfg.threshold
+        left, right, sim = left[keep], right[keep], sim[keep]
+        keep = ref_sim >= cfg.threshold
+        ref_doc, ref_row, ref_sim = ref_doc[keep], ref_row[keep], ref_sim[keep]
+    stats["verified_pairs"] = int(len(left) + len(ref_doc))
+    return clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+
+
+def _chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
+    """Documents per signing chunk: a chunk holds its texts and UTF-8 copies (~3 KB for 100
+    words), signatures and band keys and their Parquet table (~ 4 * num_perm + 40 * bands);
+    a quarter of the work memory for one chunk leaves room for verification's arrays."""
+    bands, _ = cfg.band_rows()
+    per_doc = 3000 + 4 * cfg.num_perm + 40 * bands
+    return int(min(cfg.chunk_size, max(1000, budget.work_bytes(n) // 4 // per_doc)))
+
+
+def _sign(source, kind: str, first_row: int, cfg, folder, chunk, writer, cache, stats) -> None:
+    bands, rows = cfg.band_rows()
+    done = 0
+    for part, texts in enumerate(source.batches(chunk)):
+        sig = signatures(texts, cfg, cache=cache, stats=stats)
+        writer.append(sig)
+        layout.write_band_keys(folder, kind, part, sig, done, bands, rows)
+        done += len(texts)
+    if done != len(source):
+        raise ValueError(f"the text source gave {done} rows, not the {len(source)} it announced")
+
+
+def _connect(budget: Budget, folder: str):
+    import duckdb
+
+    temp = budget.temp_directory or os.path.join(folder, "duckdb.tmp")
+    # preserve_insertion_order off: DISTINCT and GROUP BY may stream in any order
+    # (the pairs are sorted in numpy), which lets DuckDB spill more of them
+    return duckdb.connect(config={"memory_limit": f"{budget.duckdb_bytes // 2**20}MB", "temp_directory": temp,
+                                  "preserve_insertion_order": False})
+
+
+def _pairs(con, sql_file: str, params: dict, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs of one query, sorted as np.unique sorts the in-memory path's."""
+    from datamix.store import sql_text
+
+    if not params.get("files", True) or not params.get("docs", True) or not params.get("refs", True):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    found = con.execute(sql_text(sql_file), params).fetchnumpy()
+    encoded = np.sort((found[a].astype(np.uint64) << np.uint64(32)) | found[b].astype(np.uint64))
+    return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+class _SignatureWriter:
+    """signatures.npy written by appending chunks (a plain file write: writing through a
+    memory map would count every written page in the process's resident memory)."""
+
+    def __init__(self, path: str, rows: int, num_perm: int):
+        self.path, self.rows, self.num_perm = path, rows, num_perm
+        self.written = 0
+
+    def __enter__(self):
+        self._f = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self._f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)), "fortran_order": False,
+                      "shape": (self.rows, self.num_perm)})
+        return self
+
+    def append(self, sig: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(sig, np.uint32).tobytes())
+        self.written += len(sig)
+
+    def __exit__(self, *exc):
+        self._f.close()
+        if exc[0] is None and self.written != self.rows:
+            raise ValueError(f"wrote {self.written} signatures, expected {self.rows}")
+
+
+class _SignatureRows:
+    """Rows of signatures.npy by index, through a read-only map whose pages are dropped
+    after each read (MADV_DONTNEED), so the process holds only the rows it copied."""
+
+    GATHER = 65_536  # rows per copy between drops: at most this many pages resident
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            np.lib.format.read_magic(f)  # _SignatureWriter writes format 1.0
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+            header = f.tell()
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.shape = shape
+        count = shape[0] * shape[1]
+        self._rows = np.frombuffer(self._map, np.uint32, count=count, offset=header).reshape(shape)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.shape[1]), np.uint32)
+        for s in range(0, len(rows), self.GATHER):
+            out[s : s + self.GATHER] = self._rows[rows[s : s + self.GATHER]]
+            self._map.madvise(mmap.MADV_DONTNEED)
+        return out
+
+
+class _Verifier:
+    """minhash._PairSimilarity over global indices (documents, then reference rows at n + j)
+    in blocks of pairs: each block reads its signature rows and, for the pairs the rule
+    sends to exact Jaccard, only those texts."""
+
+    BLOCK: int | None = None  # pairs per block; None: from the budget (tests set a few)
+
+    def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget):
+        self.rows = _SignatureRows(sig_path)
+        self.source, self.ref, self.n, self.cfg, self.stats = source, ref, n, cfg, stats
+        # a block copies up to 2 signature rows and 2 texts per pair
+        per_pair = 2 * (4 * cfg.num_perm + 2000)
+        self.block = self.BLOCK or int(max(10_000, budget.work_bytes(n) // 2 // per_pair))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        out = np.empty(len(a), np.float64)
+        for s in range(0, len(a), self.block):
+            aa, bb = a[s : s + self.block], b[s : s + self.block]
+            docs = np.unique(np.concatenate([aa, bb]))
+            block = _BlockSimilarity(self.rows(docs), docs, self)
+            out[s : s + len(aa)] = block(np.searchsorted(docs, aa), np.searchsorted(docs, bb))
+        return out
+
+    def texts(self, rows: np.ndarray) -> pl.Series:
+        """Texts of sorted global rows (documents, then reference rows)."""
+        import polars as pl
+
+        split = np.searchsorted(rows, self.n)
+        parts = [self.source.take(rows[:split])]
+        if split < len(rows):
+            parts.append(self.ref.take(rows[split:] - self.n))
+        return pl.concat([p.rename("text") for p in parts])
+
+
+class _BlockSimilarity(_PairSimilarity):
+    """The in-memory rule (signature estimate, exact Jaccard where it decides nothing) on
+    one block's signature rows; exact Jaccard fetches only the texts it needs."""
+
+    def __init__(self, sig: np.ndarray, docs: np.ndarray, verifier: _Verifier):
+        super().__init__(sig, None, None, verifier.cfg, verifier.stats)
+        self._global, self._verifier = docs, verifier
+
+    def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ga, gb = self._global[a], self._global[b]
+        need = np.unique(np.concatenate([ga, gb]))
+        inner = _PairSimilarity(None, self._verifier.texts(need), None, self.cfg, self.stats)
+        return inner.exact(np.searchsorted(need, ga), np.searchsorted(need, gb))

@@ -1,0 +1,128 @@
+"""Out-of-core MinHash (datamix.dedup.ooc): the same decisions as the in-memory path."""
+
+import os
+import random
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from datamix.dedup import bands, ooc
+from datamix.dedup.minhash import MinHashConfig, find_duplicates
+
+
+def _planted(n_base=2400, seed=0):
+    """Random 60-word texts plus planted near-duplicates at several distances from the
+    threshold (1, 2, 3 and 6 edited words: J ~ 0.84, ~0.70, ~0.58, ~0.4, so hybrid verification
+    goes to exact Jaccard for some), exact copies and a boilerplate bucket larger than
+    lsh.MAX_BUCKET (its star-and-chain edges)."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(4000)]
+    base = [[rng.choice(vocab) for _ in range(60)] for _ in range(n_base)]
+    texts = [" ".join(b) for b in base]
+    for i in range(600):
+        w = list(base[rng.randrange(n_base)])
+        for pos in rng.sample(range(60), rng.choice([1, 2, 2, 3, 6])):
+            w[pos] = rng.choice(vocab)
+        texts.append(" ".join(w))
+    texts += [texts[rng.randrange(n_base)] for _ in range(200)]
+    texts += ["the same boilerplate footer text of many pages " + ("x" if i % 2 else "y") for i in range(90)]
+    order = list(range(len(texts)))
+    rng.shuffle(order)  # duplicates before and after their originals
+    return [texts[i] for i in order]
+
+
+def _both(texts, cfg, priority=None, reference=None, tmp_path=None, budget=None):
+    priority = np.arange(len(texts), dtype=float) if priority is None else priority
+    mem_stats, ooc_stats = {}, {}
+    in_memory = find_duplicates(texts, priority, cfg.model_copy(update={"out_of_core": False}),
+                                reference=reference, stats=mem_stats)
+    out = ooc.find_duplicates_ooc(ooc.SeriesSource(texts), priority, cfg, str(tmp_path), reference=reference,
+                                  stats=ooc_stats, budget=budget)
+    return in_memory, out, mem_stats, ooc_stats
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Many signing chunks and verification blocks, as a large corpus would have."""
+    monkeypatch.setattr(ooc._Verifier, "BLOCK", 97)
+    monkeypatch.setattr(ooc._SignatureRows, "GATHER", 31)
+
+
+@pytest.mark.parametrize("verify", ["hybrid", "jaccard", "signature", "none"])
+def test_same_removals_and_decisions_as_in_memory(tmp_path, small_blocks, verify):
+    texts = _planted()
+    cfg = MinHashConfig(method="minhash", threshold=0.7, verify=verify, chunk_size=700)
+    in_memory, out, mem_stats, ooc_stats = _both(texts, cfg, tmp_path=tmp_path)
+    assert len(in_memory) > 400  # the planted ones, found
+    assert out.equals(in_memory)  # index, dup_of, ref_index, similarity: every value
+    assert ooc_stats == mem_stats  # the same candidates, exact checks and verified pairs
+    assert ooc_stats["candidate_pairs"] > 10 * 97  # many verification blocks
+    if verify in ("hybrid", "jaccard"):
+        assert ooc_stats["exact_pairs"] > 0
+    assert len(bands.band_files(str(tmp_path), "docs")) == 5  # 3290 texts in chunks of 700
+
+
+def test_keep_policy_and_reference_rows_out_of_core(tmp_path, small_blocks):
+    texts = _planted(n_base=1200, seed=1)
+    reference = [texts[i] for i in range(0, 300, 7)] + ["an unrelated reference row"]
+    priority = -np.array([len(t) for t in texts], dtype=float)  # keep: longest
+    cfg = MinHashConfig(method="minhash", chunk_size=500)
+    in_memory, out, mem_stats, ooc_stats = _both(texts, cfg, priority, reference, tmp_path)
+    assert out["ref_index"].null_count() < len(out)  # some contamination found
+    assert out.equals(in_memory)
+    assert ooc_stats == mem_stats
+
+
+def test_out_of_core_option_routes_find_duplicates(monkeypatch):
+    texts = _planted(n_base=300)
+    called = []
+    real = ooc.find_duplicates_ooc
+    monkeypatch.setattr(ooc, "find_duplicates_ooc", lambda *a, **k: called.append(1) or real(*a, **k))
+    priority = np.arange(len(texts), dtype=float)
+    forced = find_duplicates(texts, priority, MinHashConfig(method="minhash", out_of_core=True))
+    assert called and forced.equals(find_duplicates(texts, priority, MinHashConfig(method="minhash", out_of_core=False)))
+
+
+def test_band_key_layout_on_disk(tmp_path):
+    """What other engines (Ray Data) rely on: (doc, band, key) per document and band."""
+    texts = _planted(n_base=200)
+    cfg = MinHashConfig(method="minhash", chunk_size=100)
+    ooc.find_duplicates_ooc(ooc.SeriesSource(texts), np.zeros(len(texts)), cfg, str(tmp_path))
+    nb, _ = cfg.band_rows()
+    con = duckdb.connect()
+    files = bands.band_files(str(tmp_path), "docs")
+    schema = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [files]).fetchall()
+    assert [(c[0], c[1]) for c in schema] == [("doc", "BIGINT"), ("band", "SMALLINT"), ("key", "UBIGINT")]
+    rows, docs = con.execute("SELECT count(*), count(DISTINCT doc) FROM read_parquet(?)", [files]).fetchone()
+    assert (rows, docs) == (len(texts) * nb, len(texts))
+    per_doc = con.execute("SELECT min(c), max(c) FROM (SELECT count(DISTINCT band) c FROM read_parquet(?) "
+                          "GROUP BY doc)", [files]).fetchone()
+    assert per_doc == (nb, nb)
+    sig = np.load(os.path.join(tmp_path, "signatures.npy"))
+    assert sig.shape == (len(texts), cfg.num_perm)
+
+
+def test_parquet_source_reads_batches_and_rows(tmp_path):
+    texts = [f"text number {i}" for i in range(1000)]
+    spill = ooc.SpilledTexts(str(tmp_path / "t.parquet"))
+    for start in range(0, 1000, 300):
+        spill.write(pl.Series(texts[start : start + 300]))
+    src = spill.close()
+    assert len(src) == 1000
+    assert pl.concat(list(src.batches(128))).to_list() == texts
+    rows = np.array([0, 5, 299, 300, 301, 998, 999])
+    assert src.take(rows).to_list() == [texts[i] for i in rows]
+
+
+def test_memory_budget_parsing_and_the_auto_choice():
+    assert ooc.parse_size("4GB") == 4 * 10**9 and ooc.parse_size("512 MiB") == 512 * 2**20
+    with pytest.raises(ValueError, match="not a size; write e.g. 4GB"):
+        ooc.parse_size("lots")
+    cfg = MinHashConfig(method="minhash")
+    budget = ooc.Budget(limit=4 * 10**9)
+    assert not ooc.choose_out_of_core(cfg, 10_000, 6 * 10**6, budget)
+    assert ooc.choose_out_of_core(cfg, 2_000_000, 12 * 10**8, budget)
+    assert not ooc.choose_out_of_core(cfg.model_copy(update={"out_of_core": False}), 2_000_000, 12 * 10**8, budget)
+    assert "out_of_core" not in cfg.model_dump()  # a run setting: not in what the fingerprint hashes
