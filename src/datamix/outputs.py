@@ -40,12 +40,19 @@ def _output_scan(store: Store, name: str) -> tuple[str, list] | None:
     stored, deciders = stored_ancestor(store, name)
     if not deciders:
         return f"FROM {quote(stored)}", []
-    if "rowid" in store.con.sql(f"SELECT * FROM {quote(stored)} LIMIT 0").columns:
+    if "rowid" in store.con.sql(f"SELECT * FROM {quote(stored)} LIMIT 0").columns or _in_parquet(store, stored):
         return None
     kept = _kept_bitmap(store, stored, deciders)
     if kept is None:
         return f"FROM {quote(stored)}", []
     return f"FROM {quote(stored)} WHERE get_bit(?::BIT, rowid::INTEGER) = 1", [kept]
+
+
+def _in_parquet(store: Store, stored: str) -> bool:
+    """True when a stored step's rows are Parquet parts read through a view (the Ray executor,
+    datamix.executors.parts): a view has no row ids to filter the scan by."""
+    return bool(store.con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?",
+                                  [stored]).fetchall()[0][0])
 
 
 def _dropped(deciders: list[str]) -> tuple[str, list[str]]:

@@ -407,7 +407,13 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         parent_step_of = None
     t0 = time.perf_counter()
     try:
-        for chunk in step_chunks(entry, step, inputs, ctx):
+        chunks = step_chunks(entry, step, inputs, ctx)
+        executor = pipeline.executor_of(step.name)
+        if executor.type == "ray":  # its batch steps' parts are registered by the executor (datamix.executors.ray)
+            from datamix.executors.ray import on_ray
+
+            chunks = on_ray(executor, store, step, entry, inputs, ctx, chunks, log_chunk)
+        for chunk in chunks:
             if chunk.key in ctx.done_keys:
                 continue  # a step that re-yields a committed key is tolerated, not duplicated
             n_out = store.commit_chunk(

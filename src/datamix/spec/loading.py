@@ -110,7 +110,8 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             # (evaluate) tells them apart by these
             context = {"models": set(raw.get("models") or {}) if isinstance(raw.get("models"), dict) else set(),
                        "steps": {r.get("name") for r in raw_steps if isinstance(r, dict)}}
-            steps.append(REGISTRY[kind].config.model_validate(s, context=context))
+            # a step's executor is a run setting kept beside its config (see _executors)
+            steps.append(REGISTRY[kind].config.model_validate(_own_options(s), context=context))
             parsed.append((i, steps[-1]))
         except ValidationError as e:
             for err in e.errors():
@@ -118,14 +119,14 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
                 problems.append(f"{at(('steps', i) + loc)}{label}.{_format_loc(loc, [])}: "
                                 f"{_friendly(err, REGISTRY[kind].config, loc)}")
             # the rest of the step, without the bad options, so its files are checked in the same report
-            rest = _without(s, [_yaml_loc(tuple(err["loc"])) for err in e.errors()])
+            rest = _without(_own_options(s), [_yaml_loc(tuple(err["loc"])) for err in e.errors()])
             if rest is not None:
                 try:
                     salvaged.append((i, REGISTRY[kind].config.model_validate(rest, context=context)))
                 except ValidationError:
                     pass
 
-    top = {k: v for k, v in raw.items() if k != "steps"}
+    top = {k: v for k, v in raw.items() if k not in ("steps", "executor")}
     pipeline = None
     try:
         pipeline = Pipeline.model_validate({**top, "steps": [], "spec_path": path})
@@ -138,6 +139,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     problems += _check_graph(_graph_entries(raw_steps, dict(parsed)), at)
     if pipeline is not None and len(steps) == len(raw_steps):
         pipeline.steps = steps
+    problems += _executors(raw, raw_steps, pipeline, check_files, at)
     # files, models, columns and values of every step that parsed, even if others or the top did not
     models = _declared_models(raw, pipeline)
     if check_files:
@@ -162,3 +164,33 @@ def _in_yaml_order(problems: list[str], path: str) -> list[str]:
         return int(m.group(1)) if m else 0
 
     return sorted(problems, key=line)
+
+
+def _own_options(step: dict) -> dict:
+    """A step's YAML options without `executor:` (a run setting, not part of its config)."""
+    return {k: v for k, v in step.items() if k != "executor"} if "executor" in step else step
+
+
+def _executors(raw: dict, raw_steps: list, pipeline: Pipeline | None, check_files: bool, at) -> list[str]:
+    """Parse the pipeline's and each step's `executor:` onto `pipeline`, and, with the files
+    (check_files), check each can run here: ray installed, its address answering."""
+    from datamix import executors
+
+    problems: list[str] = []
+    places = [(("executor",), "executor", raw["executor"])] if "executor" in raw else []
+    places += [(("steps", i, "executor"), f"steps[{i}] (name: {s.get('name')}).executor", s["executor"])
+               for i, s in enumerate(raw_steps) if isinstance(s, dict) and "executor" in s]
+    checked: dict[str, list] = {}
+    for loc, label, value in places:
+        spec, errors = executors.parse(value)
+        if spec is not None and check_files:
+            key = spec.model_dump_json()  # one check per distinct executor: a step repeating the pipeline's
+            errors = checked[key] if key in checked else checked.setdefault(key, executors.check(spec))
+        for where, message in errors:
+            problems.append(f"{at(loc + where)}{label}{''.join('.' + str(p) for p in where)}: {message}")
+        if spec is not None and pipeline is not None:
+            if loc == ("executor",):
+                pipeline.executor = spec
+            else:
+                pipeline._step_executors[raw_steps[loc[1]].get("name")] = spec
+    return problems

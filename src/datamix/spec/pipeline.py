@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from datamix.executors import Executor, LocalExecutor
 from datamix.models import ModelSpec
 from datamix.steps.base import StepConfig
 
@@ -28,8 +29,16 @@ class Pipeline(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     steps: list[StepConfig]
+    # Where steps run (datamix.executors): a run setting, never part of a fingerprint
+    executor: Executor = Field(default_factory=LocalExecutor)
     # Set by load(): where the YAML lives (relative paths resolve against it).
     spec_path: str = ""
+    # Set by load(): a step's own `executor:`, kept out of its config so no fingerprint sees it
+    _step_executors: dict = PrivateAttr(default_factory=dict)
+
+    def executor_of(self, step: str):
+        """The executor a step runs under: its own `executor:`, else the pipeline's."""
+        return self._step_executors.get(step, self.executor)
 
     @property
     def base_dir(self) -> str:

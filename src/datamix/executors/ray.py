@@ -1,0 +1,147 @@
+"""The Ray executor: a `batch` step as Ray Data `map_batches` over its input's slices.
+
+The driver (the `datamix run` process, which alone opens the store) reads the step's input
+in the slices the local loop makes (`chunk_size` rows, keys rows-<start>-<end>), leaves out
+the slices already committed, and hands the rest to Ray Data, one block per slice. Each
+task calls datamix.loop.run_batch on its slice (the very call the local loop makes) and
+writes the result as Parquet beside the store (datamix.executors.parts); the driver
+registers each part as its task finishes, one transaction per part. So:
+
+- a worker that dies is replaced and its slice run again by Ray (max_retries), writing the
+  same files under the same names;
+- a driver that dies loses only the parts not yet registered: the rerun's done keys skip the
+  others, exactly as for the local loop;
+- the ids, rows, edges and decisions are the local loop's (a slice is a pure function of its
+  rows, config and context).
+
+What moves: the input slices go from the driver into Ray's object store once; the outputs go
+from the workers to Parquet files on the file system the store sits on (the driver never
+holds them); only a small row per slice comes back to the driver.
+
+Steps that call models (generate, judge) keep their loop in the driver (the response cache
+and call records are the store's) and reach the cluster through their models' `ray:`
+replicas, which `connect` first attaches to the executor's cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+from datamix.errors import BadInput, StepError
+from datamix.executors import RayExecutor, calls_models
+from datamix.executors.parts import END, OFFSET, SliceJob, committed_parts, register, run_slice, slice_key
+from datamix.steps.base import Chunk, Context
+
+
+def connect(spec: RayExecutor) -> None:
+    """Join (or, for address local, start) the executor's Ray cluster, once per process. Model
+    replicas (datamix.models.ray) started afterwards land on the same cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("executor: {type: ray} but ray is not installed here: pip install 'datamix[ray]', or use "
+                       "executor: local") from None
+    if ray.is_initialized():
+        return
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if spec.address == "local":
+        ray.init(address="local", num_cpus=spec.num_cpus, **options)
+    else:
+        try:
+            ray.init(address=spec.address, **options)
+        except ConnectionError as e:
+            raise BadInput(f"executor.address: cannot reach the Ray cluster at {spec.address} ({e}); start it, fix "
+                           "the address, or use address: local") from None
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would interleave with the run's
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = False  # the run's own progress bar counts the slices instead
+    data.print_on_execution_start = False
+
+
+def on_ray(spec: RayExecutor, store, step, entry, inputs, ctx: Context, chunks: Iterator[Chunk],
+           log_chunk=None) -> Iterator[Chunk]:
+    """The chunks the runner commits for `step` under this executor: the local loop's `chunks`
+    for steps that stay in the driver, nothing for a step whose parts this registers itself."""
+    if entry.shape != "batch":
+        return chunks  # source and whole steps run in the driver
+    connect(spec)
+    if calls_models(step):
+        return chunks
+    return _map_slices(spec, store, step, entry, inputs, ctx, log_chunk)
+
+
+def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log_chunk) -> Iterator[Chunk]:
+    import numpy as np
+    import pyarrow as pa
+    import ray.data
+
+    if "input" not in inputs:
+        raise BadInput(f"step {step.name!r}: a {step.kind} step needs `input: <step>`")
+    parts_dir = os.path.join(ctx.output_dir, "parts")
+    os.makedirs(parts_dir, exist_ok=True)
+    columns = entry.columns(step) if entry.columns else None
+    blocks = []
+    for offset, batch in inputs["input"].slices(step.chunk_size, columns):
+        end = offset + batch.num_rows
+        if slice_key(offset, end) in ctx.done_keys:
+            continue
+        blocks.append(batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
+                      .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
+    if not blocks:
+        return
+    # only plain fields travel: the store's callables (cache, calls, query) stay in the driver
+    job = SliceJob(entry, step, Context(step=ctx.step, pipeline_dir=ctx.pipeline_dir, output_dir=ctx.output_dir,
+                                        seed=ctx.seed, models=ctx.models), parts_dir)
+    data = ray.data.from_arrow(blocks)  # one block per slice, in Ray's object store
+    del blocks
+    with warnings.catch_warnings():
+        # max_retries bounds the reruns of a slice whose worker died (Ray Data's default is
+        # without end: a slice that kills its worker every time would hang the run); Ray 2.60
+        # takes it only as a remote arg, which it says it will drop in 2.64
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        results = data.map_batches(run_slice, fn_kwargs={"job": job}, batch_size=None, batch_format="pyarrow",
+                                   zero_copy_batch=True, num_cpus=spec.num_cpus_per_task,
+                                   compute=ray.data.TaskPoolStrategy(size=spec.concurrency),
+                                   max_retries=spec.max_retries)
+    parts = committed_parts(store, step.name)
+    parent = step.parent_steps()["input"]
+    try:
+        for out in results.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            for part in out.to_pylist():  # registered as each slice finishes, not at the end
+                register(store, step.name, part, parent, parts)
+                ctx.progress(part["rows_in"])
+                if log_chunk:
+                    log_chunk(f"  committed {step.name} part {part['key']}: {part['rows_in']} rows in, "
+                              f"{part['rows_out']} out (ray)")
+    except Exception as e:
+        raise _user_error(e) or e
+    yield from ()
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The step's own StepError or BadInput inside the error Ray raised for a failed task, so the
+    run fails as it would locally (exit 1 or 2, the step's message)."""
+    seen = set()
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (StepError, BadInput)):
+            return type(e)(str(e))
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        as_instance = getattr(e, "as_instanceof_cause", None)
+        if callable(as_instance) and not isinstance(e, (StepError, BadInput)):
+            try:
+                inner = as_instance()
+            except Exception:
+                inner = None
+            if inner is not e:
+                stack.append(inner)
+    return None
