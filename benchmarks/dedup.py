@@ -1,32 +1,61 @@
-"""MinHash dedup: datamix vs datasketch vs rensa on one corpus, in one process; speed, memory, accuracy.
+"""MinHash dedup: datamix vs rensa vs datasketch, every side from raw text to the set of removed ids.
 
-    python benchmarks/dedup.py [--docs 20000] [--words 200] [--subset-update 1000] [--subset-bulk 5000] [--repeat 5] [--threads N]
+    python benchmarks/dedup.py                          # all sections, 20k synthetic docs + the real corpus
+    python benchmarks/dedup.py --sections engine,fixed  # some of: engine, cli, fixed, accuracy
+    python benchmarks/dedup.py --cli-docs 10000,100000 --repeat 3 --threads 1
 
-Corpus: synthetic documents of ~`words` words (Zipf vocabulary) where 30% are
-copies of earlier documents with words substituted at known edit rates, plus the
-alpaca_eval outputs from /work/shared/datasets when present (a second corpus).
-Peers get pre-built shingle lists (shingling excluded from their time); datamix is
-timed end to end: raw text -> normalise -> shingle -> signatures -> LSH -> verify ->
-clusters. Accuracy: exact Jaccard on every LSH candidate pair, every planted pair
-and a random sample of other pairs; recall/precision for pairs with J >= 0.8.
+Corpus: synthetic documents of ~`--words` words (Zipf vocabulary), 30% of them copies of
+earlier ones with words substituted at known edit rates; plus the alpaca_eval answers in
+/work/shared/datasets when present (a second corpus: 7 models' answers to the same 805
+instructions). Settings: word 5-grams, 128 permutations, threshold 0.8, 16 bands x 8 rows
+for every side (datamix's default for verified candidates; the peers get the same).
+
+Sections (all timed sides interleaved in every round, best of `--repeat`):
+- engine: in one process, from a Python list of str.
+    datamix step engine   find_duplicates: Arrow buffer, normalise, shingle, sign, LSH,
+                          verify (hybrid), union-find, removal records
+    rensa engine          pre-built shingle lists (made before the clock starts):
+                          RMinHash.from_token_sets + RMinHashLSH insert/query + estimate >= t
+                          + union-find: the same work as datamix's step minus shingling
+    rensa from raw text   the same, plus Python normalisation and shingling
+    datasketch from raw   Python shingling + MinHash.bulk + MinHashLSH insert/query + estimate
+                          (on a `--subset` of the corpus: it runs ~6k docs/s)
+- cli: fresh processes on the same JSONL file, each from the file to a list of removed ids:
+    `datamix run` of a load + dedup pipeline (new store every time: imports, kernel loading,
+    reading, the step, committing decisions) vs this file's `--peer datasketch|rensa` mode
+    (imports, json, Python shingling, signatures, LSH, verification).
+- fixed: what a run pays whatever its size: `python -c pass`, the imports of the dedup path,
+  the first find_duplicates on two texts (numba loading its cached kernels), and
+  `datamix run` of a 2-row pipeline.
+- accuracy: recall/precision against exact Jaccard of the shingle sets for pairs with
+  J >= 0.8 (every LSH candidate, every planted pair, 200k random pairs), and a digest of the
+  removed (index, dup_of) rows: a speed change must leave it unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
-import random
+import re
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-from datamix.dedup import lsh, shingle
-from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, find_duplicates, signatures, signatures_from_hashes
-
 EDIT_RATES = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
+THRESHOLD, NUM_PERM, BANDS, NGRAM = 0.8, 128, 16, 5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+DATAMIX = os.path.join(os.path.dirname(PYTHON), "datamix")
+
+
+# ---------------------------------------------------------------- corpora
 
 
 def synthetic(n_docs: int, words: int, seed: int = 0):
@@ -60,63 +89,307 @@ def real_corpus():
     return texts
 
 
-def shingle_lists(texts, ngram=5):
-    """Same normalisation as datamix, as Python lists of word 5-gram strings (for the peers)."""
-    out = []
-    for t in shingle.normalize(texts):
-        w = t.split(" ") if t else []
-        out.append([" ".join(w[i : i + ngram]) for i in range(max(len(w) - ngram + 1, 1))] if w else [])
-    return out
+# ---------------------------------------------------------------- the peers (pure Python around their engines)
+
+_WORD = re.compile(r"[^\W_]+")
 
 
-def rate(n, seconds):
-    return n / seconds if seconds > 0 else float("inf")
+def py_shingles(text: str) -> list[str]:
+    """Lowercased words (runs of letters and digits, as datamix's normalisation finds them),
+    joined as word 5-grams; a text shorter than 5 words is one shingle."""
+    w = _WORD.findall(text.lower())
+    if not w:
+        return []
+    return [" ".join(w[i : i + NGRAM]) for i in range(max(len(w) - NGRAM + 1, 1))]
 
 
-def bench_peers(sh, args):
-    res = {}
-    from datasketch import MinHash
+def _union_find_removed(n: int, pairs) -> list[int]:
+    """Keep the lowest index of every connected component; the rest are removed."""
+    parent = list(range(n))
 
-    sub = sh[: args.subset_update]
-    t = time.perf_counter()
-    for s in sub:
-        m = MinHash(num_perm=128)
-        for x in s:
-            m.update(x.encode())
-        m.digest()
-    res["datasketch update loop"] = rate(len(sub), time.perf_counter() - t)
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
 
-    sub = [[x.encode() for x in s] for s in sh[: args.subset_bulk]]
-    t = time.perf_counter()
-    MinHash.bulk(sub, num_perm=128)
-    res["datasketch MinHash.bulk"] = rate(len(sub), time.perf_counter() - t)
-    return res
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return [i for i in range(n) if find(i) != i]
 
 
-def rensa_seconds(sh):
-    """One timed rensa pass over the pre-built shingle lists, or None when rensa is absent."""
-    try:
-        import rensa
-    except ImportError:
-        return None
-    t = time.perf_counter()
-    for s in sh:
-        m = rensa.RMinHash(128, 1)
-        m.update(s)
-        m.digest()
-    return time.perf_counter() - t
+def rensa_engine(shingles: list[list[str]]) -> list[int]:
+    """rensa's fastest path to verified pairs: bulk signatures, bulk LSH insert and query,
+    the signature estimate as verification, union-find."""
+    import rensa
+
+    mhs = rensa.RMinHash.from_token_sets(shingles, NUM_PERM, 1)
+    index = rensa.RMinHashLSH(THRESHOLD, NUM_PERM, BANDS)
+    index.insert_many(mhs)
+    pairs = []
+    for i, cands in enumerate(index.query_all(mhs)):
+        m = mhs[i]
+        pairs += [(i, j) for j in cands if j > i and m.jaccard(mhs[j]) >= THRESHOLD]
+    return _union_find_removed(len(shingles), pairs)
 
 
-def accuracy(texts, cfg, removed, planted, n_random=200_000, seed=0):
-    """Recall/precision of 'same cluster' and of verified pairs, for pairs with exact J >= threshold."""
+def datasketch_engine(shingles: list[list[str]]) -> list[int]:
+    """datasketch as its docs suggest for bulk work: MinHash.bulk, MinHashLSH insert/query,
+    the signature estimate as verification, union-find."""
+    from datasketch import MinHash, MinHashLSH
+
+    mhs = MinHash.bulk([[s.encode() for s in sh] for sh in shingles], num_perm=NUM_PERM)
+    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, params=(BANDS, NUM_PERM // BANDS))
+    with index.insertion_session() as session:
+        for i, m in enumerate(mhs):
+            session.insert(i, m)
+    pairs = []
+    for i, m in enumerate(mhs):
+        pairs += [(i, j) for j in index.query(m) if j > i and m.jaccard(mhs[j]) >= THRESHOLD]
+    return _union_find_removed(len(shingles), pairs)
+
+
+def peer_main(peer: str, path: str, out: str) -> None:
+    """`--peer`: one fresh process from a JSONL file to the removed row numbers (the CLI section)."""
+    with open(path) as f:
+        texts = [json.loads(line)["response"] for line in f]
+    shingles = [py_shingles(t) for t in texts]
+    removed = (rensa_engine if peer == "rensa" else datasketch_engine)(shingles)
+    with open(out, "w") as f:
+        json.dump(removed, f)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def digest(removed) -> str:
+    """Short hash of the removed (index, dup_of, ref_index) rows: equal before and after a speed change."""
+    rows = sorted(zip(removed["index"].to_list(), removed["dup_of"].to_list(), removed["ref_index"].to_list()),
+                  key=lambda r: r[0])
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+
+
+def timed(fn, *args):
+    """(wall seconds, result); the CPU seconds of this process go to TIMED_CPU[-1]."""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn(*args)
+    TIMED_CPU.append(time.process_time() - c)
+    return time.perf_counter() - t, out
+
+
+TIMED_CPU: list[float] = []
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_child(cmd, **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child: user + system, all its threads, the result).
+    On this shared machine CPU time moves less with the other jobs than wall time does."""
+    c, t = children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t, children_cpu() - c, proc
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- sections
+
+
+def engine_section(name, texts, args):
+    from datamix.dedup.minhash import MinHashConfig, find_duplicates
+
+    cfg = MinHashConfig(method="minhash")
+    assert cfg.band_rows() == (BANDS, NUM_PERM // BANDS), cfg.band_rows()
     n = len(texts)
+    priority = np.arange(n, dtype=np.float64)
+    shingles = [py_shingles(t) for t in texts]  # the rensa engine's input, made before its clock
+    sub = texts[: args.subset]
+    removed, wall, cpu = {}, {}, {}
+    import numba
+
+    threads = numba.get_num_threads()
+
+    def run(key, fn, *fn_args):
+        sec, removed[key] = timed(fn, *fn_args)
+        wall[key] = min(wall.get(key, float("inf")), sec)
+        cpu[key] = min(cpu.get(key, float("inf")), TIMED_CPU[-1])
+
+    def one_thread(*fn_args):
+        numba.set_num_threads(1)
+        try:
+            return find_duplicates(*fn_args)
+        finally:
+            numba.set_num_threads(threads)
+
+    for _ in range(args.repeat):  # interleaved: a burst of the other jobs hits every side alike
+        run("datamix", find_duplicates, texts, priority, cfg)
+        if threads > 1:
+            run("datamix 1 thread", one_thread, texts, priority, cfg)
+        if _has("rensa"):
+            run("rensa engine", rensa_engine, shingles)
+            run("rensa raw", lambda: rensa_engine([py_shingles(t) for t in texts]))
+        if _has("datasketch"):
+            run("datasketch raw", lambda: datasketch_engine([py_shingles(t) for t in sub]))
+    print(f"\n--- engine, {name}: {n:,} docs, best of {args.repeat}, load average {load_average()}")
+    size = {k: len(sub) if k == "datasketch raw" else n for k in wall}
+    label = {
+        "datamix": f"datamix find_duplicates from raw text ({threads} threads)",
+        "datamix 1 thread": "datamix find_duplicates from raw text (1 thread)",
+        "rensa engine": "rensa engine on pre-built shingles",
+        "rensa raw": "rensa from raw text (Python shingling)",
+        "datasketch raw": f"datasketch from raw text ({len(sub):,}-doc subset)",
+    }
+    for k in wall:
+        print(f"  {label[k]:58s} {wall[k]:7.3f} s wall {size[k] / wall[k]:>10,.0f} docs/s   "
+              f"{cpu[k]:7.3f} s CPU {size[k] / cpu[k]:>10,.0f} docs/CPU-s")
+    for peer in ("rensa engine", "rensa raw", "datasketch raw"):
+        if peer in wall:
+            ratio = {k: (wall[peer] / size[peer]) / (wall[k] / n) for k in ("datamix", "datamix 1 thread") if k in wall}
+            cpu_ratio = (cpu[peer] / size[peer]) / (cpu["datamix"] / n)
+            print(f"  datamix / {peer:15s} " + ", ".join(f"{k.replace('datamix', '') or str(threads) + ' threads'}"
+                                                         f" {v:.2f}x" for k, v in ratio.items())
+                  + f"; per CPU-second {cpu_ratio:.2f}x")
+    counts = {k: len(v) for k, v in removed.items()}
+    print(f"  removed: {counts} (datasketch: of its subset); digest {digest(removed['datamix'])}")
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+PIPELINE = """name: dedup_bench
+store: store.duckdb
+steps:
+  - name: docs
+    kind: load
+    path: docs.jsonl
+  - name: dedup
+    kind: dedup
+    input: docs
+    method: minhash
+    fields: [response]
+"""
+
+
+def _write_case(folder: str, texts: list[str]) -> None:
+    with open(os.path.join(folder, "docs.jsonl"), "w") as f:
+        for t in texts:
+            f.write(json.dumps({"prompt": "p", "response": t}) + "\n")
+    with open(os.path.join(folder, "pipeline.yaml"), "w") as f:
+        f.write(PIPELINE)
+
+
+def _datamix_cli(folder: str) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, the dedup step's seconds as the store records them, rows removed)."""
+    for name in os.listdir(folder):
+        if name.startswith("store.duckdb") or name == ".datamix":
+            path = os.path.join(folder, name)
+            subprocess.run(["rm", "-rf", path], check=True)
+    wall, cpu, _ = run_child([DATAMIX, "run", "-q", "pipeline.yaml"], cwd=folder)
+    import duckdb
+
+    con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
+    step_s, rows_in, rows_out = con.execute(
+        "SELECT seconds, rows_in, rows_out FROM dm.steps WHERE name = 'dedup'").fetchone()
+    con.close()
+    return wall, cpu, float(step_s), rows_in - rows_out
+
+
+def _peer_cli(folder: str, peer: str) -> tuple[float, float, int]:
+    out = os.path.join(folder, f"{peer}.json")
+    wall, cpu, _ = run_child([PYTHON, os.path.abspath(__file__), "--peer", peer, os.path.join(folder, "docs.jsonl"), out])
+    with open(out) as f:
+        return wall, cpu, len(json.load(f))
+
+
+def cli_section(texts_for, sizes, args):
+    for n in sizes:
+        texts = texts_for(n)
+        with tempfile.TemporaryDirectory(prefix="dedup-bench-") as folder:
+            _write_case(folder, texts)
+            _datamix_cli(folder)  # a first run outside the timing: page cache, numba's on-disk cache
+            runs = {"datamix": [], "datasketch": [], "rensa": []}
+            for _ in range(args.cli_repeat):
+                runs["datamix"].append(_datamix_cli(folder))
+                for peer in ("datasketch", "rensa"):
+                    if _has(peer):
+                        runs[peer].append(_peer_cli(folder, peer))
+            print(f"\n--- CLI end to end, {n:,} synthetic docs, best of {args.cli_repeat}, load average {load_average()}")
+            wall, cpu = min(r[0] for r in runs["datamix"]), min(r[1] for r in runs["datamix"])
+            step, removed = min(r[2] for r in runs["datamix"]), runs["datamix"][0][3]
+            print(f"  datamix run (load + dedup)        {wall:7.2f} s wall {cpu:7.2f} s CPU  "
+                  f"(dedup step {step:.2f} s)  removed {removed:,}")
+            for peer in ("datasketch", "rensa"):
+                if runs[peer]:
+                    p_wall, p_cpu = min(r[0] for r in runs[peer]), min(r[1] for r in runs[peer])
+                    print(f"  {peer + ' process':33s} {p_wall:7.2f} s wall {p_cpu:7.2f} s CPU  removed {runs[peer][0][2]:,}"
+                          f"   datamix CLI / {peer}: {p_wall / wall:.2f}x wall, {p_cpu / cpu:.2f}x CPU")
+
+
+FIXED_PROBE = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from datamix.dedup.minhash import MinHashConfig, find_duplicates
+t1 = time.perf_counter()
+find_duplicates(["one two three four five six", "one two three four five six!"], np.zeros(2), MinHashConfig(method="minhash"))
+t2 = time.perf_counter()
+import numba, polars
+print(t1 - t0, t2 - t1)
+"""
+
+
+def fixed_section(args):
+    best = {"python -c pass": float("inf"), "imports": float("inf"), "first call": float("inf"),
+            "probe process": float("inf"), "datamix run, 2 rows": float("inf"), "datamix --help": float("inf")}
+    with tempfile.TemporaryDirectory(prefix="dedup-fixed-") as folder:
+        _write_case(folder, ["one two three four five six", "one two three four five six!"])
+        _datamix_cli(folder)
+        for _ in range(args.cli_repeat + 2):
+            best["python -c pass"] = min(best["python -c pass"], run_child([PYTHON, "-c", "pass"])[0])
+            sec, _, proc = run_child([PYTHON, "-c", FIXED_PROBE], capture_output=True, text=True)
+            imports, first = map(float, proc.stdout.split())
+            best["probe process"] = min(best["probe process"], sec)
+            best["imports"] = min(best["imports"], imports)
+            best["first call"] = min(best["first call"], first)
+            best["datamix run, 2 rows"] = min(best["datamix run, 2 rows"], _datamix_cli(folder)[0])
+            best["datamix --help"] = min(best["datamix --help"], run_child([DATAMIX, "--help"], capture_output=True)[0])
+    print(f"\n--- fixed costs, best of {args.cli_repeat + 2}, load average {load_average()}")
+    for k, v in best.items():
+        print(f"  {k:58s} {v:7.3f} s")
+    print(f"  imports + first find_duplicates (2 texts): {best['imports'] + best['first call']:.3f} s")
+
+
+def accuracy_section(name, texts, planted):
+    from datamix.dedup import lsh, shingle
+    from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, find_duplicates, signatures
+
+    cfg = MinHashConfig(method="minhash")
+    n = len(texts)
+    stats = {}
+    removed = find_duplicates(texts, np.arange(n, dtype=np.float64), cfg, stats=stats)
     bands, rows = cfg.band_rows()
     sig = signatures(texts, cfg)
     left, right = lsh.candidate_pairs(sig, bands, rows)
     est = _PairSimilarity(sig, texts, None, cfg, {})(left, right)  # as find_duplicates verifies
     verified = set(zip(left[est >= cfg.threshold].tolist(), right[est >= cfg.threshold].tolist()))
-    rng = np.random.default_rng(seed)
-    ra, rb = rng.integers(0, n, n_random), rng.integers(0, n, n_random)
+    rng = np.random.default_rng(0)
+    ra, rb = rng.integers(0, n, 200_000), rng.integers(0, n, 200_000)
     pairs = set(zip(left.tolist(), right.tolist()))
     pairs |= {(min(a, b), max(a, b)) for a, b, _ in planted if a != b}
     pairs |= {(int(min(a, b)), int(max(a, b))) for a, b in zip(ra, rb) if a != b}
@@ -129,89 +402,52 @@ def accuracy(texts, cfg, removed, planted, n_random=200_000, seed=0):
     same = label[pl_] == label[pr_]
     is_ver = np.array([(a, b) in verified for a, b in zip(pl_.tolist(), pr_.tolist())])
     truth = jac >= cfg.threshold
-    out = {
-        "pairs evaluated": len(pl_),
-        "pairs with J >= t": int(truth.sum()),
-        "cluster recall": float(same[truth].mean()) if truth.any() else float("nan"),
-        "cluster precision": float(truth[same].mean()) if same.any() else float("nan"),
-        "pair recall (verified)": float(is_ver[truth].mean()) if truth.any() else float("nan"),
-        "pair precision (verified)": float(truth[is_ver].mean()) if is_ver.any() else float("nan"),
-    }
-    bins = [(0.8, 0.85), (0.85, 0.9), (0.9, 1.01)]
-    out["pair recall by J"] = {f"{a:.2f}-{min(b, 1):.2f}": round(float(is_ver[(jac >= a) & (jac < b)].mean()), 4)
-                               for a, b in bins if ((jac >= a) & (jac < b)).any()}
-    return out
-
-
-def run_corpus(name, texts, planted, args):
-    print(f"\n=== {name}: {len(texts)} documents, mean {np.mean([len(t.split()) for t in texts]):.0f} words ===")
-    cfg = MinHashConfig(method="minhash")
-    print(f"settings: {cfg.unit} {cfg.ngram}-grams, num_perm {cfg.num_perm}, threshold {cfg.threshold}, "
-          f"bands x rows {cfg.band_rows()}, verify {cfg.verify}")
-    sh = shingle_lists(texts)
-    res = bench_peers(sh, args)
-    priority = np.arange(len(texts), dtype=float)
-    sig_cfg = cfg.model_copy(update={"verify": "signature"})
-    # Best of `repeat`, the three timed paths interleaved in every round so that a burst
-    # of the other jobs on this shared machine hits them alike rather than one of them.
-    best = {"rensa": float("inf"), "hybrid": float("inf"), "signature": float("inf")}
-    for _ in range(args.repeat):
-        sec = rensa_seconds(sh)
-        best["rensa"] = min(best["rensa"], float("inf") if sec is None else sec)
-        t = time.perf_counter()
-        removed = find_duplicates(texts, priority, cfg)
-        best["hybrid"] = min(best["hybrid"], time.perf_counter() - t)
-        t = time.perf_counter()
-        find_duplicates(texts, priority, sig_cfg)
-        best["signature"] = min(best["signature"], time.perf_counter() - t)
-    if best["rensa"] < float("inf"):
-        res["rensa RMinHash (signatures only)"] = rate(len(texts), best["rensa"])
-    else:
-        print("rensa not installed (pip install rensa): skipped")
-    res["datamix end to end (shingling+signatures+LSH+clusters)"] = rate(len(texts), best["hybrid"])
-    res["datamix end to end, verify: signature (estimate only)"] = rate(len(texts), best["signature"])
-    hashes, offsets = shingle.shingle_hashes(texts)
-    t = time.perf_counter()
-    from datamix.dedup.minhash import signatures_from_hashes
-
-    signatures_from_hashes(hashes, offsets, 128, 1)
-    res["datamix signatures only (pre-hashed shingles)"] = rate(len(texts), time.perf_counter() - t)
-    bulk = res["datasketch MinHash.bulk"]
-    for k, v in res.items():
-        print(f"{k:58s} {v:>12,.0f} docs/s   {v / bulk:8.1f}x bulk")
-    e2e = res["datamix end to end (shingling+signatures+LSH+clusters)"]
-    if "rensa RMinHash (signatures only)" in res:
-        rensa = res["rensa RMinHash (signatures only)"]
-        print(f"datamix end-to-end / rensa signatures: {e2e / rensa:.2f}x "
-              f"(verify: signature {res['datamix end to end, verify: signature (estimate only)'] / rensa:.2f}x)")
-    print(f"removed {len(removed)} of {len(texts)}; peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    acc = accuracy(texts, cfg, removed, planted)
-    for k, v in acc.items():
-        print(f"{k:30s} {v}")
+    print(f"\n--- accuracy, {name}: {len(pl_):,} pairs evaluated, {int(truth.sum()):,} with J >= {cfg.threshold}")
+    print(f"  cluster recall {same[truth].mean():.4f}, precision {truth[same].mean():.4f}; "
+          f"verified pair recall {is_ver[truth].mean():.4f}, precision {truth[is_ver].mean():.4f}")
+    print(f"  counts {stats}; removed {len(removed):,}; digest {digest(removed)}")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--words", type=int, default=200)
-    ap.add_argument("--subset-update", type=int, default=1000)
-    ap.add_argument("--subset-bulk", type=int, default=5000)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="numba threads (0: numba's default)")
+    ap.add_argument("--subset", type=int, default=5_000, help="datasketch's share of the engine corpus")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cli-docs", default="10000,100000")
+    ap.add_argument("--cli-repeat", type=int, default=2)
+    ap.add_argument("--sections", default="engine,cli,fixed,accuracy")
+    ap.add_argument("--no-real", action="store_true", help="skip the alpaca_eval corpus")
+    ap.add_argument("--threads", type=int, default=0, help="numba threads in this process (0: numba's default)")
+    ap.add_argument("--peer", nargs=3, metavar=("PEER", "JSONL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peer:
+        return peer_main(*args.peer)
+    sections = set(args.sections.split(","))
     if args.threads:
         __import__("numba").set_num_threads(args.threads)
-    print(f"cores visible: {os.cpu_count()}; numba threads: {__import__('numba').get_num_threads()}")
-    t = time.perf_counter()
-    find_duplicates(["warm up the jit kernels once", "warm up the jit kernel once"], np.zeros(2), MinHashConfig(method="minhash"))
-    signatures_from_hashes(*shingle.shingle_hashes(["warm up"]))
-    print(f"JIT warm-up (cached after the first run): {time.perf_counter() - t:.2f}s")
+    print(f"cores {os.cpu_count()}, load average {load_average()}; rensa {'yes' if _has('rensa') else 'MISSING'}, "
+          f"datasketch {'yes' if _has('datasketch') else 'MISSING'}")
+    if "fixed" in sections:
+        fixed_section(args)
     texts, planted = synthetic(args.docs, args.words)
-    run_corpus("synthetic with planted near-duplicates", texts, planted, args)
-    real = real_corpus()
-    if real:
-        run_corpus("alpaca_eval outputs (real)", real, [], args)
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    real = [] if args.no_real else real_corpus()
+    if "engine" in sections or "accuracy" in sections:
+        from datamix.dedup.minhash import MinHashConfig, find_duplicates
+
+        find_duplicates(texts[:50], np.zeros(50), MinHashConfig(method="minhash"))  # kernels loaded before any clock
+    if "engine" in sections:
+        engine_section("synthetic", texts, args)
+        if real:
+            engine_section(f"alpaca_eval answers ({len(real):,})", real, args)
+    if "cli" in sections:
+        sizes = [int(s) for s in args.cli_docs.split(",") if s]
+        cli_section(lambda n: synthetic(n, args.words)[0], sizes, args)
+    if "accuracy" in sections:
+        accuracy_section("synthetic", texts, planted)
+        if real:
+            accuracy_section("alpaca_eval answers", real, [])
+    print(f"\npeak RSS {rss_mib():,.0f} MiB")
 
 
 if __name__ == "__main__":

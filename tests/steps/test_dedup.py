@@ -186,3 +186,12 @@ def test_a_column_can_be_a_field_alone_or_beside_a_chat_field(tmp_path):
     assert out["by_score"][1] == [1, 4]  # "5" x3 and empty x3
     assert out["by_both"][1] == [1, 2, 4, 5]
     assert out["by_both"][0] == {3: ("duplicate", 1, 1.0), 6: ("duplicate", 4, 1.0)}
+
+
+def test_minhash_step_removes_near_duplicates_and_stores_no_signatures(tmp_path):
+    # Signing costs less than a store lookup, so the step keeps no signature cache (issue 11).
+    words = "the quick brown fox jumps over the lazy dog while seven tired cats sleep in warm sun".split()
+    records = [rec("q1", " ".join(words)), rec("q2", " ".join(reversed(words))), rec("q3", " ".join(words) + "!")]
+    removed, kept, store = run_dedup(tmp_path, records, method="minhash", fields=["response"])
+    assert kept == [1, 2] and removed == {3: ("near_duplicate", 1, 1.0)}
+    assert query(store, "SELECT count(*) FROM dm.cache") == [(0,)]

@@ -233,7 +233,7 @@ def _relpath(path: str, ctx: Context) -> str:
 
 
 class _StoreCache:
-    """The store's response cache, offered to methods that keep signatures."""
+    """The store's response cache, offered to methods that keep what they compute (semantic's embeddings)."""
 
     def __init__(self, ctx: Context):
         self.get, self.put = ctx.cache_get, ctx.cache_put
@@ -252,8 +252,11 @@ def run(cfg: DedupConfig, inputs, ctx: Context) -> Output:
     ids, texts, df = _read(cfg, inputs["input"])
     ref_texts, ref_ids = _reference(cfg, inputs, ctx)
     module = importlib.import_module(_METHODS[cfg.method][1])
-    found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts,
-                                   cache=_StoreCache(ctx))
+    # Embeddings (a model's forward pass) are worth keeping in the store; MinHash signatures
+    # are not: signing a text from its raw bytes (~3 us for 200 words) costs less than looking
+    # its signature up there, let alone writing it (issue 11: 2.5 s of keys + the writes per 50k).
+    cache = _StoreCache(ctx) if cfg.method == "semantic" else None
+    found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts, cache=cache)
     if not cfg.dedups_input:  # decontamination only: keep what matches no reference row
         found = found.filter(pl.col("ref_index").is_not_null())
     dup_ids = ids.gather(found["dup_of"].fill_null(0)).to_list()
