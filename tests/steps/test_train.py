@@ -77,3 +77,60 @@ def test_a_step_that_reruns_removes_the_files_of_its_old_fingerprint(tmp_path):
     assert result.exit_code == 0, result.output
     assert not stray.exists()
     assert os.path.isfile(shards_dir / "manifest.json")
+
+
+def early_stopping_pipeline(tmp_path, validation):
+    write_jsonl(tmp_path / "data" / "general.jsonl", general_records(12))
+    write_jsonl(tmp_path / "data" / "domain.jsonl", domain_records(8))
+    write_jsonl(tmp_path / "data" / "heldout.jsonl", general_records(16)[12:])
+    steps = [*STEPS[:-1], {"name": "heldout", "kind": "load", "path": "data/heldout.jsonl"},
+             {**STEPS[-1], "validation": validation,
+              "options": {**STEPS[-1]["options"], "max_steps": 4, "eval_every": 1, "patience": 2}}]
+    models = {"base": {"backend": "transformers", "path": "models/base",
+                       "tiny": {"arch": "qwen2", "chat_template": "qwen2.5-instruct"}}}
+    return write_pipeline(tmp_path, steps, name="es", vars={"general_share": 0.5}, models=models)
+
+
+def test_validation_from_a_step_measures_the_held_out_loss_and_is_part_of_the_fingerprint(tmp_path):
+    import json
+
+    from datamix.eval.lm import EvalModel
+    from datamix.eval.nll import evaluate
+
+    pipeline = early_stopping_pipeline(tmp_path, {"input": "heldout"})
+    first = cli("run", pipeline, cwd=tmp_path)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / ".datamix" / "outputs" / "train"
+    early = json.loads((out / "run.json").read_text())["early_stopping"]
+    assert [e["step"] for e in early["evals"]][:2] == [1, 2] and early["patience"] == 2
+    # the held-out chats were written with assistant-only labels: the recipe's loss is the evaluate
+    # step's nll of the kept model on the same chats
+    chats = [r["messages"] for r in general_records(16)[12:]]
+    nll = evaluate(EvalModel("m", str(out / "model"), chat_template="qwen2.5-instruct"), chats)[0].value
+    assert abs(nll - early["best_loss"]) < 1e-4
+
+    # fewer held-out chats: another validation set, so training reruns
+    again = cli("run", pipeline, "steps.train.validation.limit=2", cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "run    train (train)" in again.output
+    assert json.loads((out / "run.json").read_text())["early_stopping"]["best_loss"] != early["best_loss"]
+
+
+def test_validate_names_a_bad_validation_file(tmp_path):
+    from datamix.models.tiny import build_tiny_model
+
+    build_tiny_model(str(tmp_path / "models" / "base"), arch="qwen2", chat_template="qwen2.5-instruct")
+    pipeline = early_stopping_pipeline(tmp_path, {"path": "data/missing.jsonl"})
+    result = cli("validate", pipeline, cwd=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ".validation.path: data/missing.jsonl does not exist" in result.output
+
+    (tmp_path / "data" / "broken.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "oops"\n')
+    pipeline = early_stopping_pipeline(tmp_path, {"path": "data/broken.jsonl"})
+    result = cli("validate", pipeline, cwd=tmp_path)
+    assert result.exit_code == 2 and "validation.path" in result.output and "broken.jsonl:2" in result.output
+
+    (tmp_path / "data" / "unanswered.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    pipeline = early_stopping_pipeline(tmp_path, {"path": "data/unanswered.jsonl"})
+    result = cli("validate", pipeline, cwd=tmp_path)
+    assert result.exit_code == 2 and "validation.path" in result.output and "no assistant reply" in result.output

@@ -7,8 +7,16 @@
       nproc_per_node: 1
       options: {batch_tokens: 65536, lr: 2.0e-5, max_steps: 100}
 
+    # early stopping: train until the loss on held-out chats stops improving
+      validation: {input: heldout_chats}      # or {path: data/heldout.jsonl}: a step or a file of chats
+      options: {epochs: 40, eval_every: 20, patience: 3}   # epochs is then the cap
+
 The trained model lands in ctx.output_dir/model (Hugging Face format); the chunk
-records that folder and no rows.
+records that folder and no rows. With `validation:` the step writes the held-out chats
+as shards (ctx.output_dir/validation: the model's tokenizer and chat template,
+assistant tokens labelled, as the evaluate step's nll labels them, nothing truncated),
+and the recipe measures their loss every `eval_every` steps, stops after `patience`
+measurements without a new best and saves the best model (run.json: early_stopping).
 """
 
 from __future__ import annotations
@@ -16,10 +24,25 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from datamix.eval.sets import EvalSet, MetricSpec, NllMetric
 from datamix.steps.base import (BadInput, ColumnUse, Context, InputTable, Output, Resource, StepConfig, StepError,
                                 register)
+
+
+class Validation(EvalSet):
+    """Held-out chats for early stopping: a step's rows or a file (the shapes `load` reads)."""
+
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [NllMetric(metric="nll")],
+                                      description="always nll: the held-out loss")
+
+    @field_validator("metrics")
+    @classmethod
+    def _nll_only(cls, metrics):
+        if [m.metric for m in metrics] != ["nll"]:
+            raise ValueError("validation measures the held-out loss (nll) only; leave `metrics` out")
+        return metrics
 
 
 class TrainStepConfig(StepConfig):
@@ -30,6 +53,31 @@ class TrainStepConfig(StepConfig):
     nproc_per_node: int = Field(default=1, ge=1)
     torchrun_args: list[str] = Field(default_factory=list, description="extra torchrun flags (multi-node)")
     options: dict[str, Any] = Field(default_factory=dict, description="recipe config keys (batch_tokens, lr, max_steps, ...)")
+    validation: Validation | None = Field(default=None, description="held-out chats whose loss decides when "
+                                          "training stops (options eval_every, patience) and which model is kept")
+
+    @model_validator(mode="after")
+    def _early_stopping(self):
+        if self.validation is not None and self.validation.role is not None:
+            raise ValueError("validation: `role` belongs to evaluation sets; leave it out")
+        if self.validation is not None and "eval_shards" in self.options:
+            raise ValueError("give `validation:` or options.eval_shards (a shards folder), not both")
+        if self.validation is None and "eval_shards" not in self.options:
+            stray = [k for k in ("eval_every", "patience") if self.options.get(k)]
+            if stray:
+                raise ValueError(f"options {', '.join(stray)} need held-out chats: add `validation:` "
+                                 "({input: STEP} or {path: FILE})")
+        return self
+
+    def parent_steps(self) -> dict[str, str]:
+        parents = super().parent_steps()
+        if self.validation is not None and self.validation.input:
+            parents["validation"] = self.validation.input
+        return parents
+
+    def fingerprint_files(self) -> list[str]:
+        """A validation file's size and mtime: editing it reruns training."""
+        return [self.validation.path] if self.validation is not None and self.validation.path else []
 
     @field_validator("options")
     @classmethod
@@ -60,25 +108,57 @@ class TrainStepConfig(StepConfig):
         return options
 
     def columns_read(self) -> list[ColumnUse]:
+        uses = []
+        if self.validation is not None and self.validation.input:
+            uses.append(ColumnUse("validation", ("validation", "input"), "messages",
+                                  hint="held-out rows are chats (a messages column)"))
         if self.shards or not self.input:
-            return []
-        return [ColumnUse("input", ("input",), "folder", hint="train on an export step with format: shards, "
-                          "or give `shards:` (a folder with manifest.json)")]
+            return uses
+        return uses + [ColumnUse("input", ("input",), "folder", hint="train on an export step with format: shards, "
+                                 "or give `shards:` (a folder with manifest.json)")]
 
     def resources(self) -> list[Resource]:
-        return [Resource(("model",), self.model, "model")]  # a declared model, or a folder to fine-tune
+        found = [Resource(("model",), self.model, "model")]  # a declared model, or a folder to fine-tune
+        if self.validation is not None and self.validation.path:
+            found.append(Resource(("validation", "path"), self.validation.path, "file"))
+        return found
 
     def check_pipeline(self, pipeline, check_files: bool = True) -> list[tuple[tuple, str]]:
-        """`shards:` must be a folder that exists, or one an export step of this pipeline writes."""
+        """`shards:` must be a folder that exists, or one an export step of this pipeline writes;
+        a validation file must read as chats with assistant replies."""
+        problems = self._check_validation(pipeline, check_files)
         if not self.shards or not check_files:
-            return []
+            return problems
         full = os.path.normpath(os.path.join(pipeline.base_dir, self.shards))
         written = [os.path.normpath(os.path.join(pipeline.base_dir, s.path)) for s in pipeline.steps
                    if s.kind == "export" and getattr(s, "format", None) == "shards" and getattr(s, "path", None)]
         if os.path.isdir(full) or full in written:
+            return problems
+        return problems + [(("shards",), f"{self.shards} does not exist (looked for {full}) and no export step "
+                            "with format: shards writes it; or train on the export step with `input:`")]
+
+    def _check_validation(self, pipeline, check_files: bool) -> list[tuple[tuple, str]]:
+        v = self.validation
+        if v is None:
             return []
-        return [(("shards",), f"{self.shards} does not exist (looked for {full}) and no export step with "
-                 "format: shards writes it; or train on the export step with `input:`")]
+        if v.input:
+            kinds = {s.name: s.kind for s in pipeline.steps}
+            if kinds.get(v.input) in ("train", "evaluate", "export"):
+                return [(("validation", "input"), f"{v.input!r} is a {kinds[v.input]} step, not chats to hold out")]
+            return []
+        if not check_files:
+            return []
+        from datamix.eval.sets import SetError, read_file_set
+        from datamix.steps.load import list_files
+
+        full = v.path if os.path.isabs(v.path) else os.path.join(pipeline.base_dir, v.path)
+        if not list_files(full):
+            return []  # spec's file check (resources) says it does not exist
+        try:
+            records = read_file_set("validation", v, pipeline.base_dir)
+        except SetError as e:
+            return [(("validation", "path"), str(e))]
+        return [(("validation", "path"), p) for p in _unlabelled(records)]
 
     def columns_out(self, inputs):
         return frozenset({"sample_id", "model_path", "base_model", "shards", "shards_manifest_sha256", "steps",
@@ -132,11 +212,71 @@ def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> Ou
     overrides = [f"model={model}", f"shards={shards}", f"output_dir={ctx.output_dir}"]
     overrides += [f"seed={ctx.seed}"] if "seed" not in cfg.options else []
     overrides += [f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in cfg.options.items()]
+    if cfg.validation is not None:
+        overrides.append(f"eval_shards={_validation_shards(cfg, inputs, ctx, shards)}")
     status = train_command(None, overrides, cfg.nproc_per_node, cfg.torchrun_args)
     if status != 0:
         raise StepError(f"step {cfg.name!r}: training exited with status {status}; see the log above and {ctx.output_dir}/metrics.jsonl")
     return Output(rows=_summary(cfg, model, shards, ctx), rows_in=_sequences(shards),
                   files=[os.path.join(ctx.output_dir, "model")])
+
+
+def _unlabelled(records: list[dict]) -> list[str]:
+    """The first held-out record without an assistant reply (nothing to measure the loss on)."""
+    from datamix.eval.sets import _record_name
+
+    for r in records:
+        if not any(m["role"] == "assistant" and m["content"] for m in r["messages"]):
+            return [f"{_record_name(r)} has no assistant reply: held-out chats need one to measure the loss on"]
+    return []
+
+
+def _validation_shards(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context, train_shards: str) -> str:
+    """Write the held-out chats as shards for the recipe; returns their folder.
+
+    Tokenizer and chat template are the training shards' (the model's own), labels the
+    evaluate step's nll labels (every assistant turn, nothing of the user turns, whatever
+    the training shards label), and seq_len fits the longest chat: the recipe's held-out
+    loss is then the evaluate step's nll of the same chats."""
+    import json
+
+    import polars as pl
+
+    from datamix.eval.sets import SetError, read_file_set
+    from datamix.export.shards import ShardsConfig, _Tokenizer, tokenize_rows, write_shards
+
+    v = cfg.validation
+    if v.input:
+        table = inputs["validation"]
+        if "messages" not in table.column_names():
+            raise BadInput(f"step {cfg.name!r}.validation.input: step {v.input!r} has no messages column")
+        records = table.arrow("sample_id, messages").to_pylist()
+        records = records[: v.limit] if v.limit else records
+    else:
+        try:
+            records = read_file_set("validation", v, ctx.pipeline_dir)
+        except SetError as e:
+            raise BadInput(f"step {cfg.name!r}.validation.path: {e}") from None
+    problems = _unlabelled(records)
+    if problems:
+        raise BadInput(f"step {cfg.name!r}.validation: {problems[0]}")
+    with open(os.path.join(train_shards, "manifest.json")) as f:
+        manifest = json.load(f)
+    tokenizer = manifest.get("tokenizer") or ""
+    template = manifest.get("chat_template")
+    options = ShardsConfig(tokenizer=tokenizer, chat_template=template, seq_len=8, train_on="all_assistant")
+    tk = _Tokenizer(options.tokenizer, options.chat_template)
+    rows = tokenize_rows([r["messages"] for r in records], "all_assistant", tk)
+    longest = max((len(r[0]) for r in rows if r is not None), default=8)
+    out = os.path.join(ctx.output_dir, "validation")
+    frame = pl.DataFrame({"sample_id": [str(r["sample_id"]) for r in records],
+                          "messages": [[{"role": m["role"], "content": m["content"] or ""} for m in r["messages"]]
+                                       for r in records]})
+    written, _ = write_shards(frame, out, options.model_copy(update={"seq_len": -(-longest // 64) * 64}))
+    ctx.log(f"step {cfg.name!r}: {len(records)} held-out chats, {written.get('label_tokens')} label tokens "
+            f"({out}); early stopping: eval_every {cfg.options.get('eval_every', 0) or 'one epoch'}, "
+            f"patience {cfg.options.get('patience', 0) or 'none (keeps the best model)'}")
+    return out
 
 
 def _sequences(shards: str) -> int:

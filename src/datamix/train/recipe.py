@@ -80,6 +80,16 @@ class Config:
     peak_flops: float = 790e12  # per device, for MFU (H200 dense bf16 as measured)
     log_every: int = 1
     save_model: bool = True  # write the final HF model to output_dir/model
+    # Early stopping. eval_shards: a shards folder of held-out chats (labelled like the evaluate
+    # step's nll: assistant tokens only; the train step writes it from `validation:`). Its loss is
+    # measured every eval_every steps (0 = once per epoch) and at the end; after `patience`
+    # measurements in a row without a new best the run stops (0 = never early), and with
+    # restore_best the saved model is the best one, not the last. epochs/max_steps are then a cap
+    # (the lr schedule still runs over them).
+    eval_shards: str = ""
+    eval_every: int = 0
+    patience: int = 0
+    restore_best: bool = True
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
@@ -251,6 +261,47 @@ def trim_padding(batch: dict, pad_id: int) -> dict:
     return batch if keep == seq_len else {k: v[:, :keep] for k, v in batch.items()}
 
 
+def with_targets(b: dict) -> dict:
+    """The next-token targets of a micro-batch; a label at a document start is never predicted
+    from inside its document."""
+    b["targets"] = torch.where(b["position_ids"][:, 1:] == 0, IGNORE, b["labels"][:, 1:])
+    return b
+
+
+def summed_loss(model, b: dict, device, pad_id: int, attn: str):
+    """(sum of token losses over the micro-batch's targets, document lengths, is_padding)."""
+    ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
+    lengths, is_pad = document_segments(b, pad_id)
+    extra = {"doc_segments": (lengths.tolist(), is_pad.tolist())} if attn == DOCUMENT_ATTENTION else {}
+    # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask.
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False, **extra).logits[:, :-1]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), b["targets"].to(device).flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, lengths, is_pad
+
+
+def heldout_loss(model, data: PackedShards, rows_per_batch: int, rank: int, world: int, device, attn: str) -> float:
+    """Mean loss per label token over every sequence of `data`, all ranks together. With the
+    evaluate step's labels (assistant tokens) this is its `nll` metric of the current weights."""
+    pad_id = int(data.manifest["pad_token_id"])
+    mine = list(range(rank, len(data), world))
+    batches = [mine[i : i + rows_per_batch] for i in range(0, len(mine), rows_per_batch)]
+    # FSDP gathers parameters collectively: every rank must run as many forwards as the busiest one
+    count = torch.tensor(float(len(batches)), device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, label tokens
+    model.eval()
+    with torch.no_grad():
+        for k in range(int(count.item())):
+            real = k < len(batches)
+            b = with_targets(trim_padding(data.batch(batches[k] if real else [0]), pad_id))
+            loss, _, _ = summed_loss(model, b, device, pad_id, attn)
+            if real:
+                totals += torch.stack([loss.double(), (b["targets"] != IGNORE).sum().double().to(device)])
+    model.train()
+    dist.all_reduce(totals)
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
 # ----------------------------------------------------------------------------- attention inside documents
 
 DOCUMENT_ATTENTION = "datamix_documents"  # the name registered with transformers' AttentionInterface
@@ -342,6 +393,9 @@ def run_identity(cfg: Config) -> dict:
     identity["betas"] = list(identity["betas"])
     with open(os.path.join(cfg.shards, "manifest.json"), "rb") as f:
         identity["shards_manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    if cfg.eval_shards:  # the held-out set decides where training stops and which model is kept
+        with open(os.path.join(cfg.eval_shards, "manifest.json"), "rb") as f:
+            identity["eval_shards_manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
     # names, sizes and mtimes, not contents: hashing a 7B model's weights would take minutes
     identity["model_files"] = sorted(
         [name, st.st_size, st.st_mtime_ns] for name in os.listdir(cfg.model)
@@ -359,6 +413,8 @@ def identity_changes(old: dict, new: dict) -> list[str]:
                 out.append("the model folder's files")
             elif key == "shards_manifest_sha256":
                 out.append("the shards (manifest.json)")
+            elif key == "eval_shards_manifest_sha256":
+                out.append("the held-out shards (eval_shards manifest.json)")
             else:
                 out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return out
@@ -425,6 +481,14 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
     global_batch = cfg.batch_tokens // seq_len  # sequences per optimizer step
     sampler = Sampler(len(data), global_batch, cfg.seed)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * sampler.per_epoch
+    heldout = PackedShards(cfg.eval_shards) if cfg.eval_shards else None
+    eval_every = cfg.eval_every if cfg.eval_every > 0 else sampler.per_epoch
+    if (cfg.eval_every or cfg.patience) and heldout is None:
+        raise SystemExit("eval_every and patience need eval_shards (a shards folder of held-out chats)")
+    if cfg.eval_every < 0 or cfg.patience < 0:
+        raise SystemExit(f"eval_every={cfg.eval_every} and patience={cfg.patience} must be >= 0")
+    # where early stopping stands: every held-out measurement, the best one, measurements since it
+    early = {"evals": [], "best_loss": None, "best_step": None, "since_best": 0, "stopped_early": False}
 
     # ------------------------------------------------------------------ model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -470,7 +534,8 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
 
     # ------------------------------------------------------------------ resume
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                         set_model_state_dict, set_state_dict)
 
     ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
     step = 0
@@ -504,6 +569,7 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         extra = torch.load(os.path.join(resume_dir, f"extra-rank{rank}.pt"), weights_only=False)
         step, sampler.consumed = extra["step"], extra["consumed"]
+        early = extra.get("early", early)
         set_rng_state(extra["rng"])
         if main_rank:
             print(f"resumed from {resume_dir} at step {step}", flush=True)
@@ -513,7 +579,8 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # each rank writes its shards
         # What DCP does not hold: the loop position, the sampler, every RNG (per rank).
-        torch.save({"step": step, "consumed": sampler.consumed, "rng": rng_state(), "config": dataclasses.asdict(cfg)},
+        torch.save({"step": step, "consumed": sampler.consumed, "rng": rng_state(), "config": dataclasses.asdict(cfg),
+                    "early": early},
                    os.path.join(path, f"extra-rank{rank}.pt"))
         dist.barrier()
         if main_rank:  # written last: a checkpoint is complete once `latest` names it
@@ -521,13 +588,44 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
                 f.write(os.path.basename(path))
             os.replace(os.path.join(ckpt_root, "latest.tmp"), os.path.join(ckpt_root, "latest"))
 
+    best_dir = os.path.join(ckpt_root, "best")
+
+    def save_best() -> None:
+        """The weights of the best held-out loss so far (model only: training never continues from it)."""
+        tmp = best_dir + "-tmp"
+        if main_rank and os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        dist.barrier()
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=tmp)
+        dist.barrier()
+        if main_rank:
+            if os.path.isdir(best_dir):
+                shutil.rmtree(best_dir)
+            os.replace(tmp, best_dir)
+        dist.barrier()
+
+    def measure(step: int) -> float:
+        """The held-out loss now; keeps the best weights and counts measurements since the best."""
+        rows = max(1, cfg.batch_tokens // (world * cfg.grad_accum * heldout.seq_len))
+        value = heldout_loss(model, heldout, rows, rank, world, device, attn)
+        early["evals"].append({"step": step, "loss": value})
+        if early["best_loss"] is None or value < early["best_loss"]:
+            early.update(best_loss=value, best_step=step, since_best=0)
+            if cfg.restore_best:
+                save_best()
+        else:
+            early["since_best"] += 1
+            if cfg.patience and early["since_best"] >= cfg.patience:
+                early["stopped_early"] = True
+        return value
+
     # ------------------------------------------------------------------ train
     os.makedirs(cfg.output_dir, exist_ok=True)
     metrics = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") if main_rank else None
     tty = sys.stderr.isatty()
     stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
     model.train()
-    while step < stop_at:
+    while step < stop_at and not early["stopped_early"]:
         t0, cpu0 = time.perf_counter(), time.process_time()
         lr = lr_at(step, cfg, total_steps)
         for group in optimizer.param_groups:
@@ -535,9 +633,7 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         micro_batches = [data.batch(idx) for idx in sampler.next_step(rank, world, cfg.grad_accum)]
         if cfg.trim_padding:
             micro_batches = [trim_padding(b, pad_id) for b in micro_batches]
-        # A label at a document start is never predicted from inside its document.
-        for b in micro_batches:
-            b["targets"] = torch.where(b["position_ids"][:, 1:] == 0, IGNORE, b["labels"][:, 1:])
+        micro_batches = [with_targets(b) for b in micro_batches]
         # Sync point: the loss is normalised by the label tokens of the whole step on all ranks.
         counts = torch.tensor(float(sum(int((b["targets"] != IGNORE).sum()) for b in micro_batches)), device=device)
         dist.all_reduce(counts)
@@ -547,19 +643,14 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         for m, b in enumerate(micro_batches):
             last = m == len(micro_batches) - 1
             model.set_requires_gradient_sync(last)  # reduce-scatter grads once per step, not per micro-batch
-            ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
-            lengths, is_pad = document_segments(b, pad_id)
-            extra = {"doc_segments": (lengths.tolist(), is_pad.tolist())} if attn == DOCUMENT_ATTENTION else {}
-            # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask.
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False, **extra).logits[:, :-1]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), b["targets"].to(device).flatten(), ignore_index=IGNORE, reduction="sum")
+            loss, lengths, is_pad = summed_loss(model, b, device, pad_id, attn)
             # FSDP averages gradients over ranks; * world undoes that so the result is sum / global label tokens.
             (loss * world / label_tokens).backward()
             loss_sum += loss.detach()
             docs = lengths[~is_pad]
             real_tokens += int(docs.sum())
             attn_len2 += int((docs**2).sum())
-            positions += ids.numel()
+            positions += b["input_ids"].numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         optimizer.step()
@@ -581,6 +672,9 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
         if on_gpu:
             flops = flops_per_token * stats[0].item() + attn_flops_per_len2 * stats[1].item()
             row["mfu"] = flops / (dt * cfg.peak_flops * world)
+        if heldout is not None and (step % eval_every == 0 or step == total_steps):
+            row["eval_loss"] = measure(step)
+            row["best_step"] = early["best_step"]
         if main_rank:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -588,13 +682,39 @@ def train(cfg: Config, rank: int, world: int, device: torch.device) -> int:
                 line = (f"step {step}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} gnorm {row['grad_norm']:.3f} "
                         f"tok/s {row['tokens_per_s']:,.0f}" + (f" mfu {row['mfu']:.1%}" if "mfu" in row else ""))
                 print(line, end="\r" if tty else "\n", file=sys.stderr, flush=True)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop_at:
+            if "eval_loss" in row:  # always its own line: the held-out curve is what a reader looks for
+                print(f"{chr(10) if tty else ''}step {step}: held-out loss {row['eval_loss']:.4f} (best {early['best_loss']:.4f} "
+                      f"at step {early['best_step']}" + (f"; {early['since_best']}/{cfg.patience} without a new best"
+                      if cfg.patience else "") + (", stopping early" if early["stopped_early"] else "") + ")",
+                      file=sys.stderr, flush=True)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop_at or early["stopped_early"]:
             save_checkpoint(step)
     if main_rank and tty:
         print(file=sys.stderr)
 
     # ------------------------------------------------------------------ final HF model
-    if cfg.save_model and step >= total_steps:
+    finished = step >= total_steps or early["stopped_early"]
+    restored = False
+    if finished and heldout is not None and cfg.restore_best and early["best_step"] not in (None, step):
+        # the weights of the best held-out loss, not the last step's
+        state = {"model": get_model_state_dict(model)}
+        dcp.load(state, checkpoint_id=best_dir)
+        set_model_state_dict(model, state["model"])
+        restored = True
+    if finished and heldout is not None and main_rank:
+        summary = {k: early[k] for k in ("best_step", "best_loss", "stopped_early")}
+        summary.update(last_step=step, restored_best=restored, eval_every=eval_every, patience=cfg.patience,
+                       evals=early["evals"])
+        with open(run_file) as f:
+            record = json.load(f)
+        record["early_stopping"] = summary
+        with open(run_file + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(run_file + ".tmp", run_file)
+        print(f"held-out loss: best {early['best_loss']:.4f} at step {early['best_step']} of {step}"
+              + (" (stopped early)" if early["stopped_early"] else "")
+              + ("; the saved model is that step's" if restored else ""), file=sys.stderr, flush=True)
+    if cfg.save_model and finished:
         # Every rank takes part in gathering the full (unsharded) weights; rank 0 writes them.
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if main_rank:
