@@ -1,0 +1,202 @@
+"""The Ray executor on a real local Ray (two worker CPUs): the same pipeline under `executor: ray`
+and `executor: local` gives the same tables, ids, decisions and chunk keys; a worker killed
+mid-slice and a driver killed mid-step lose and duplicate nothing; a run under one executor is
+up to date under the other."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from datamix.outputs import read_output  # noqa: E402
+from datamix.store import Store  # noqa: E402
+from tests.helpers import chat, query, run_pipeline, write_jsonl, write_pipeline  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # a Ray start costs seconds
+
+ROWS = 160
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One Ray for the module (starting one costs seconds): two CPUs, so two slices run at once."""
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+# A map function beside the YAML. With a `kill_once` file present, the first worker to claim it
+# dies in the middle of its slice (os._exit: no exception, no cleanup), as a worker lost to an
+# out-of-memory kill or a failed node would.
+FUNCTION = textwrap.dedent("""
+    import os
+
+    import pyarrow.compute as pc
+
+
+    def tag(batch):
+        switch = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_once")
+        try:
+            os.rename(switch, switch + ".used")  # atomic: one worker claims it
+        except OSError:
+            pass
+        else:
+            os._exit(1)
+        return batch.append_column("turns", pc.list_value_length(batch.column("messages")))
+""")
+
+
+def make(folder: Path, module: str, executor) -> Path:
+    """load -> filter -> map (a Python function in `module`) -> exact dedup -> filter, in slices of
+    20-30 rows. The last filter reads a pass-through over the map's Parquet parts."""
+    records = [chat(f"Question {i % 120} about topic {i % 9}?",
+                    "ok" if i % 7 == 0 else f"An answer of several words to question {i}, number {i % 5}.")
+               for i in range(ROWS)]
+    if not (folder / "data.jsonl").exists():  # written once: its mtime is part of the fingerprints
+        write_jsonl(folder / "data.jsonl", records)
+        (folder / f"{module}.py").write_text(FUNCTION)
+    steps = [
+        {"name": "src", "kind": "load", "path": "data.jsonl", "chunk_size": 50},
+        {"name": "clean", "kind": "filter", "input": "src", "chunk_size": 30,
+         "rules": [{"rule": "length", "field": "response", "min": 3, "unit": "words"}]},
+        {"name": "tagged", "kind": "map", "input": "clean", "chunk_size": 20, "function": f"{module}:tag"},
+        {"name": "dd", "kind": "dedup", "input": "tagged", "method": "exact", "fields": ["instruction"]},
+        {"name": "short", "kind": "filter", "input": "dd", "chunk_size": 25,
+         "rules": [{"rule": "length", "field": "response", "max": 10, "unit": "words"}]},
+    ]
+    name = "ray" if executor != "local" else "local"
+    # one folder, two YAMLs, two stores: the same data and function files, so the same fingerprints
+    return write_pipeline(folder, steps, name=name, store=f"{name}.duckdb", executor=executor)
+
+
+def ray_executor(address: str = "local") -> dict:
+    return {"type": "ray", "address": address, "num_cpus_per_task": 1}
+
+
+def snapshot(store: Path) -> dict:
+    """Every step's rows in the order the next step reads them, with their types; the bookkeeping."""
+    s = Store(str(store), read_only=True)
+    try:
+        out = {}
+        for (name,) in s.con.execute("SELECT name FROM dm.steps ORDER BY name").fetchall():
+            table = read_output(s, name)
+            if name == "src":
+                table = table.drop_columns(["origin_file"])  # absolute path of the data file
+            out[name] = (table.schema, table.to_pylist())
+        for table in ("edges", "decisions", "quarantine"):
+            out[table] = s.con.execute(f"SELECT * FROM dm.{table} ORDER BY ALL").fetchall()
+        out["chunks"] = s.con.execute("SELECT step, key, rows_in, rows_out FROM dm.chunks ORDER BY ALL").fetchall()
+        out["steps"] = s.con.execute("SELECT name, fingerprint, state, rows_in, rows_out FROM dm.steps "
+                                     "ORDER BY name").fetchall()
+        return out
+    finally:
+        s.close()
+
+
+def run_ok(pipeline: Path, log: list | None = None):
+    from datamix import runner, spec
+
+    p = spec.load(str(pipeline))
+    result = runner.run(p, p.store_path(), log=(log.append if log is not None else lambda m: None))
+    assert result.ok, result.error
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One folder for the module's runs (the same data and function files, so the same
+    fingerprints), and the snapshot of its run under the local executor."""
+    folder = tmp_path_factory.mktemp("ray_vs_local")
+    local = make(folder, "tag", "local")
+    run_ok(local)
+    return folder, snapshot(folder / "local.duckdb")
+
+
+def test_ray_with_a_worker_killed_mid_slice_gives_the_local_store_and_each_is_up_to_date_for_the_other(
+        cluster, reference):
+    folder, expected = reference
+    on_ray = make(folder, "tag", ray_executor())
+    (folder / "kill_once").write_text("")
+    run_ok(on_ray)
+    assert (folder / "kill_once.used").exists()  # a worker did die in the middle of a slice, and was replaced
+    got = snapshot(folder / "ray.duckdb")
+    assert got == expected  # nothing lost, nothing doubled, the same ids, types and order
+    assert expected["decisions"] and len(expected["chunks"]) > 20  # the comparison covers real work
+    # the map's rows are Parquet parts read in place through a view, one per committed slice
+    views = query(folder / "ray.duckdb", "SELECT sql FROM duckdb_views() WHERE view_name = 'tagged'")
+    assert "read_parquet" in views[0][0]
+    parts = sorted(p.name for p in (folder / "outputs" / "tagged" / "parts").iterdir())
+    keys = [k for s, k, *_ in got["chunks"] if s == "tagged"]
+    assert parts == sorted(f"part-{k}.parquet" for k in keys)
+    assert query(folder / "ray.duckdb", "SELECT count(*), sum(turns) FROM tagged") == query(
+        folder / "local.duckdb", "SELECT count(*), sum(turns) FROM tagged")
+    # the executor is no part of a fingerprint: either store is up to date under the other executor
+    from datamix import runner, spec
+
+    for pipeline, store in ((folder / "local.yaml", "ray.duckdb"), (on_ray, "local.duckdb")):
+        log: list = []
+        result = runner.run(spec.load(str(pipeline)), str(folder / store), log=log.append)
+        assert result.ok and [m.split()[0] for m in log] == ["skip"] * 5, log
+
+
+# The driver announces each registered part and dawdles after it, so the test can SIGKILL it
+# mid-step from outside; it runs on the test's cluster, which outlives it.
+SLOW_DRIVER = textwrap.dedent("""
+    import sys, time
+    from datamix import runner, spec
+    from datamix.executors import ray as executor
+
+    real = executor.register
+
+    def register(store, step, part, *a, **k):
+        real(store, step, part, *a, **k)
+        print("registered", step, part["key"], flush=True)
+        time.sleep(0.5)
+
+    executor.register = register
+    p = spec.load(sys.argv[1])
+    runner.run(p, p.store_path(), log=lambda m: None)
+""")
+
+
+def test_a_killed_driver_resumes_from_its_committed_parts(cluster, reference):
+    folder, expected = reference
+    on_ray = make(folder, "tag", ray_executor(cluster))  # a second driver on the test's cluster
+    (folder / "ray.duckdb").unlink(missing_ok=True)
+    script = folder / "slow.py"
+    script.write_text(SLOW_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(on_ray)], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert all(line.startswith("registered clean") for line in seen), seen
+    store = folder / "ray.duckdb"
+    before = query(store, "SELECT key, rows_out FROM dm.chunks WHERE step = 'clean' ORDER BY key")
+    assert 3 <= len(before) < ROWS // 30 + 1
+    assert query(store, "SELECT state FROM dm.steps WHERE name = 'clean'") == [("partial",)]
+    log: list = []
+    run_ok(on_ray, log)
+    assert "resume clean (filter)" in log
+    after = query(store, "SELECT key, rows_out FROM dm.chunks WHERE step = 'clean' ORDER BY key")
+    assert set(before) <= set(after)  # the committed parts were kept, not redone
+    assert snapshot(store) == expected
+
+
+def test_an_error_in_a_worker_fails_the_step_with_its_own_message(cluster, tmp_path):
+    # its own module name: Ray's workers keep the modules they imported for the module's tests
+    on_ray = make(tmp_path, "tag_bad", ray_executor())
+    (tmp_path / "tag_bad.py").write_text("def tag(batch):\n    return batch.slice(1)\n")
+    result = run_pipeline(on_ray)
+    assert not result.ok and result.failed_step == "tagged" and not result.bad_input
+    assert "must return the same rows in the same order" in result.error
+    assert query(tmp_path / "ray.duckdb", "SELECT state FROM dm.steps WHERE name = 'tagged'") == [("failed",)]
