@@ -162,8 +162,9 @@ def register(store: Store, step: str, part: dict, parent_step: str | None, parts
         con.execute("UPDATE dm.steps SET rows_in = rows_in + ?, rows_out = rows_out + ? WHERE name = ?",
                     [part["rows_in"], part["rows_out"], step])
         if part["rows"]:
-            parts[part["key"]] = part["rows"]
-            define_view(store, step, parts)
+            define_view(store, step, {**parts, part["key"]: part["rows"]})
+    if part["rows"]:  # committed: the view now holds it
+        parts[part["key"]] = part["rows"]
     for name in ("edges", "decisions", "quarantine"):  # copied into the store: not needed any more
         if part[name] and os.path.exists(part[name]):
             os.remove(part[name])

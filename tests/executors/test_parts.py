@@ -1,0 +1,110 @@
+"""Parquet parts (what a Ray worker writes for a slice) registered in a real store give what the
+local loop's commit_chunk gives for the same Output: rows in slice order, edges, decisions,
+markers and counts; a part whose registration fails leaves no trace. No Ray needed: the
+worker's function runs here."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from datamix.executors.parts import END, OFFSET, SliceJob, register, run_slice, slice_key
+from datamix.ids import mint
+from datamix.steps.base import Context, Output, StepConfig, StepKind
+from datamix.store import Store
+
+
+def split(cfg, batch, ctx) -> Output:
+    """Two children per input row (the second with both the row and its neighbour as parents),
+    and a decision per row: as a generate step with a judge's verdicts would."""
+    ids = batch.column("sample_id").to_pylist()
+    kids, parents, texts = [], [], []
+    for i, sid in enumerate(ids):
+        for j in range(2):
+            kids.append([sid, j])
+            parents.append([sid] if j == 0 else [sid, ids[(i + 1) % len(ids)]])
+            texts.append(f"{sid}/{j}")
+    new_ids = mint(cfg.name, [k[0] for k in kids], [k[1] for k in kids]).to_arrow()
+    import polars as pl
+
+    decisions = pl.DataFrame({"sample_id": ids, "kept": [i % 3 != 0 for i in range(len(ids))],
+                              "reason": [None if i % 3 else "third" for i in range(len(ids))],
+                              "score": [float(i) for i in range(len(ids))], "related_id": [None] * len(ids)})
+    rows = pa.table({"sample_id": new_ids, "text": texts, "n": pa.array(range(len(texts)), pa.int32()),
+                     "parent_ids": pa.array(parents, pa.list_(pa.string()))})
+    return Output(rows=rows, decisions=decisions)
+
+
+ENTRY = StepKind(kind="split", config=StepConfig, run=split, shape="batch")
+STEP = StepConfig(name="kids", kind="split", input="src")
+INPUT = pa.table({"sample_id": [f"s{i:02d}" for i in range(10)], "x": list(range(10))})
+SLICES = [(0, 4), (4, 8), (8, 10)]
+
+
+def stores(tmp_path):
+    out = []
+    for name in ("local", "parts"):
+        store = Store(str(tmp_path / f"{name}.duckdb"))
+        store.begin_step("kids", "split", "fp", {}, {"input": "src"}, False, "run")
+        out.append(store)
+    return out
+
+
+def with_slice(offset: int, end: int) -> pa.Table:
+    batch = INPUT.slice(offset, end - offset)
+    n = batch.num_rows
+    return batch.append_column(OFFSET, pa.array(np.full(n, offset, np.int64))).append_column(
+        END, pa.array(np.full(n, end, np.int64)))
+
+
+def contents(store: Store) -> dict:
+    q = store.con.execute
+    return {"rows": q("SELECT * FROM kids").fetchall(),  # in stored order
+            "edges": q("SELECT * FROM dm.edges ORDER BY ALL").fetchall(),
+            "decisions": q("SELECT * FROM dm.decisions ORDER BY ALL").fetchall(),
+            "chunks": q("SELECT step, key, rows_in, rows_out FROM dm.chunks ORDER BY ALL").fetchall(),
+            "counts": q("SELECT rows_in, rows_out FROM dm.steps WHERE name = 'kids'").fetchall(),
+            "types": q("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'kids' "
+                       "ORDER BY column_index").fetchall()}
+
+
+def test_registered_parts_equal_committed_chunks_whatever_order_the_slices_finish_in(tmp_path):
+    local, parts_store = stores(tmp_path)
+    ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)
+    for offset, end in SLICES:
+        out = split(STEP, INPUT.slice(offset, end - offset), ctx)
+        local.commit_chunk("kids", slice_key(offset, end), out.rows, out.decisions.to_arrow(), None, end - offset,
+                           [], "src")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    job = SliceJob(ENTRY, STEP, ctx, str(folder))
+    parts: dict = {}
+    for offset, end in reversed(SLICES):  # the last slice finishes first
+        record = run_slice(with_slice(offset, end), job).to_pylist()[0]
+        assert record["key"] == slice_key(offset, end) and record["rows_out"] == 2 * (end - offset)
+        register(parts_store, "kids", record, "src", parts)
+    assert contents(parts_store) == contents(local)
+    # the rows stay as Parquet; edges and decisions were copied into the store and their files removed
+    assert sorted(os.listdir(folder)) == sorted(f"part-{slice_key(o, e)}.parquet" for o, e in SLICES)
+
+
+def test_a_part_whose_registration_fails_leaves_no_marker_no_edges_and_no_rows(tmp_path):
+    _, store = stores(tmp_path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
+                   str(folder))
+    parts: dict = {}
+    register(store, "kids", run_slice(with_slice(0, 4), job).to_pylist()[0], "src", parts)
+    record = run_slice(with_slice(4, 8), job).to_pylist()[0]
+    os.remove(record["decisions"])  # read inside the transaction, after the edges went in
+    with pytest.raises(Exception, match="decisions-rows-4-8"):
+        register(store, "kids", record, "src", parts)
+    q = store.con.execute
+    assert q("SELECT key FROM dm.chunks").fetchall() == [("rows-0-4",)]
+    assert q("SELECT count(*) FROM dm.edges").fetchall() == [(12,)]  # slice 0-4's: 4 + 8 parent links
+    assert q("SELECT count(*) FROM kids").fetchall() == [(8,)]
+    assert list(parts) == ["rows-0-4"]
