@@ -1,8 +1,8 @@
 """A digest of everything a pipeline run produced, to prove a refactor changed no output.
 
 Runs PIPELINE (default: pipelines/quickstart.yaml) in a fresh copy of its folder and prints,
-as JSON, a content hash of every step table and of dm.decisions, dm.edges and
-dm.quarantine (rows sorted, so the hash does not depend on write order), and of every file
+as JSON, a content hash of every step table and of dm.decisions, dm.edges,
+dm.quarantine and dm.chunks' keys and counts (rows sorted, so the hash does not depend on write order), and of every file
 the exports and the train step wrote (manifests excepted: they hold absolute paths).
 
     python benchmarks/outputs_digest.py > before.json          # on the old code
@@ -34,12 +34,14 @@ def table_digests(store: str) -> dict[str, str]:
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' UNION "
         "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal").fetchall()]
     out = {}
-    for name in sorted(names) + ["dm.decisions", "dm.edges", "dm.quarantine"]:
+    for name in sorted(names) + ["dm.decisions", "dm.edges", "dm.quarantine", "dm.chunks"]:
         source = name if name.startswith("dm.") else '"' + name.replace('"', '""') + '"'
         cols = [c[0] for c in con.execute(f"DESCRIBE {source}").fetchall()]
         # paths (folders, model paths, and the shard manifest that holds them) differ between two
-        # copies; latencies differ between runs
+        # copies; latencies and commit times differ between runs
         skip = ("folder", "model_path", "shards", "base_model", "latency_s", "shards_manifest_sha256")
+        if name == "dm.chunks":  # chunk keys and counts (what a resume skips by); files are paths
+            skip += ("files", "committed_at")
         keep = [c for c in cols if c not in skip]
         select = ", ".join('"' + c + '"' for c in keep)
         rows = con.execute(f"SELECT {select} FROM {source}").fetchall()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from datamix.errors import BadInput
-from datamix.steps.base import REGISTRY, Chunk, Context, InputTable, Output, StepConfig, StepKind
+from datamix.steps.base import REGISTRY, Chunk, Context, InputTable, Output, Source, StepConfig, StepKind
 
 
 WHOLE_KEY = "all"  # the one chunk of a `whole` step
@@ -20,7 +20,7 @@ WHOLE_KEY = "all"  # the one chunk of a `whole` step
 def step_chunks(entry: StepKind, step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
     """The loop every step runs in, whatever its shape (see steps.base.StepKind)."""
     if entry.shape == "source":
-        yield from entry.run(step, inputs, ctx)
+        yield from _source_chunks(entry.run(step, inputs, ctx), ctx)
     elif entry.shape == "whole":
         if WHOLE_KEY in ctx.done_keys:
             return
@@ -39,6 +39,20 @@ def step_chunks(entry: StepKind, step: StepConfig, inputs: dict[str, InputTable]
             out = run_batch(entry, step, batch, ctx)
             ctx.progress(batch.num_rows)
             yield _chunk(key, out, out.rows_in if out.rows_in is not None else batch.num_rows)
+
+
+def _source_chunks(source: Source, ctx: Context) -> Iterator[Chunk]:
+    """A `source` step's units, in order: committed ones skipped (the step still sees them, see
+    Source.committed), the others run, counted and yielded; then the step's check across units."""
+    for unit in source.units:
+        if unit.key in ctx.done_keys:
+            source.committed(unit)
+            continue
+        out = source.run(unit)
+        rows_in = out.rows_in or 0
+        ctx.progress(rows_in)
+        yield _chunk(unit.key, out, rows_in)
+    source.finish()
 
 
 def chunks_of(step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> list[Chunk]:

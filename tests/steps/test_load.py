@@ -380,13 +380,14 @@ def _mixed_parquet(path, seed: int) -> dict:
 
 def load_records(path, **options):
     """The load step's good rows {line: messages} and quarantine [(line, reason)] for one file."""
+    from datamix.loop import chunks_of
     from datamix.steps import load
     from datamix.steps.base import Context
 
     cfg = load.LoadConfig(name="l", kind="load", path=path.name, max_bad_fraction=1.0, chunk_size=7, **options)
     ctx = Context(step="l", pipeline_dir=str(path.parent), output_dir=str(path.parent), seed=0)
     good, bad = {}, []
-    for chunk in load.run(cfg, {}, ctx):
+    for chunk in chunks_of(cfg, {}, ctx):
         assert chunk.rows_in == chunk.rows.num_rows + chunk.quarantine.num_rows or path.suffix == ".jsonl"
         for row in chunk.rows.to_pylist():
             assert row["origin_line"] not in good

@@ -12,6 +12,8 @@ import json
 import duckdb
 import pytest
 
+from datamix import readers
+from datamix.loop import chunks_of
 from datamix.steps import load
 from datamix.steps.base import Context
 from datamix.steps.load import LoadConfig, normalize, read_parsed_records, read_raw_records
@@ -77,10 +79,10 @@ def load_step(path, chunk: int, monkeypatch=None):
     fast paths turned off (the line reader alone)."""
     if monkeypatch is not None:
         monkeypatch.setattr(load, "read_parsed_records", lambda *a: None)
-        monkeypatch.setattr(load, "_jsonl_clean_lines", lambda *a: None)
+        monkeypatch.setattr(readers, "_jsonl_clean_lines", lambda *a: None)
     cfg = LoadConfig(name="l", kind="load", path=path.name, chunk_size=chunk, max_bad_fraction=1.0)
     ctx = Context(step="l", pipeline_dir=str(path.parent), output_dir=str(path.parent), seed=0)
-    return [(c.key, c.rows.to_pylist(), c.quarantine.to_pylist(), c.rows_in) for c in load.run(cfg, {}, ctx)]
+    return [(c.key, c.rows.to_pylist(), c.quarantine.to_pylist(), c.rows_in) for c in chunks_of(cfg, {}, ctx)]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -9,7 +9,8 @@ import datamix.models as models_mod
 from datamix.ids import mint
 from datamix.models import Completion, OpenAIModel, TransformersModel
 from datamix.steps.base import BadInput, Context
-from datamix.steps.reconstruct import ReconstructConfig, run
+from datamix.loop import chunks_of
+from datamix.steps.reconstruct import ReconstructConfig
 
 QWEN_PRE_QUERY = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -38,7 +39,7 @@ def config(**kw):
 
 
 def collect(cfg, ctx):
-    chunks = list(run(cfg, {}, ctx))
+    chunks = chunks_of(cfg, {}, ctx)
     rows = pl.concat([c.rows for c in chunks])
     decisions = [c.decisions for c in chunks if c.decisions is not None]
     return chunks, rows, (pl.concat(decisions) if decisions else pl.DataFrame())
@@ -138,8 +139,8 @@ def test_errors_and_plan():
     with pytest.raises(ValueError, match="not both"):
         config(pre_query_template="x", system_prompts=[{"name": "a", "text": "b"}])
     with pytest.raises(BadInput, match="not declared"):
-        list(run(config(), {}, make_ctx({}, {})))
+        chunks_of(config(), {}, make_ctx({}, {}))
     spec = {"base": OpenAIModel(backend="openai", path="served")}  # no tokenizer, no chat_template
     with pytest.raises(BadInput, match="pre_query_template"):
-        list(run(config(), {}, make_ctx(spec, {})))
+        chunks_of(config(), {}, make_ctx(spec, {}))
     assert config(num_samples=1234).model_calls(None) == 1234

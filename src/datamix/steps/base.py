@@ -26,7 +26,7 @@ reference it matched, the winner it lost to).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -145,8 +145,8 @@ class StepConfig(BaseModel):
 
 @dataclasses.dataclass
 class Output:
-    """What a `batch` or `whole` step returns for its input: rows, decisions, quarantined
-    input, files written, metrics. The runner keys it, counts it and commits it."""
+    """What a `batch` or `whole` step returns for its input, or a `source` step for one unit: rows,
+    decisions, quarantined input, files written, metrics. The runner keys it, counts it and commits it."""
 
     rows: pa.Table | pl.DataFrame | None = None
     decisions: pl.DataFrame | None = None
@@ -163,11 +163,11 @@ class Output:
 class Chunk:
     """One unit of work the runner commits atomically with its completion marker.
 
-    `key` must be stable across reruns (e.g. "rows-0-10000" or a file path plus
-    batch index): on resume the runner passes the keys already committed in
-    `Context.done_keys` and the step must not yield them again. `source` steps
-    yield chunks themselves (their units come from outside: files, sample ranges);
-    the runner makes them for `batch` and `whole` steps from their Output.
+    `key` is stable across reruns (e.g. "rows-0-10000" or a file path plus batch
+    index): on resume the runner passes the keys already committed in
+    `Context.done_keys` and the loop does not make them again. The loop
+    (datamix.loop) makes every chunk from an Output: per slice of a `batch` step,
+    per Unit of a `source` step, once for a `whole` step.
     """
 
     key: str
@@ -180,6 +180,32 @@ class Chunk:
     # Metric values an evaluate step measured (columns: datamix.eval.ROW_COLUMNS); written to
     # dm.metrics with the chunk, in the same transaction.
     metrics: pl.DataFrame | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One keyed unit of a `source` step's work (a part of a file, a range of samples, a model).
+    `key` is its chunk key: stable across reruns, so a resumed run skips the committed ones."""
+
+    key: str
+    item: Any = None  # what the step's unit function needs to do it
+
+
+@dataclasses.dataclass
+class Source:
+    """What a `source` step's run(config, inputs, ctx) returns: its units and the function doing one.
+
+    The loop (datamix.loop) owns the rest: it walks `units` in order (lazily: load reads a file
+    when its first part is reached), skips the keys an earlier run committed, calls `run` on the
+    others, shows progress and yields each Output as the unit's chunk. State that spans units
+    (load's bad-row count, the records of the file being read) lives in an object the step passes
+    to these functions, not in globals; `committed` sees each skipped unit (load still counts its
+    bad rows) and `finish` runs after the last (load's max_bad_fraction check)."""
+
+    units: Iterable[Unit]
+    run: Callable[[Unit], Output]
+    committed: Callable[[Unit], None] = lambda unit: None
+    finish: Callable[[], None] = lambda: None
 
 
 class InputTable:
@@ -312,9 +338,10 @@ class StepKind:
       executor that can map a function over Arrow batches can run it (filter, generate, judge, map);
     - "whole": run(config, inputs, ctx) -> Output | None, over all of its inputs at once,
       committed as one chunk (dedup, select, mix, export, train, report);
-    - "source": run(config, inputs, ctx) -> Iterator[Chunk], for kinds whose units come from
-      outside and carry their own keys (load: files; reconstruct: sample ranges; evaluate:
-      one model on one set).
+    - "source": run(config, inputs, ctx) -> Source, for kinds whose units come from outside and
+      carry their own keys (load: parts of files; reconstruct: sample ranges; evaluate: one
+      model on every set): the Source lists the units and the function doing one; the runner
+      skips committed units, shows progress and commits each one's Output.
     """
 
     kind: str

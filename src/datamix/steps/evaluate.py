@@ -24,15 +24,15 @@ outputs/<step>/<model>/<set>.<metric>.jsonl, named in the row's `samples_file`.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from datamix.eval.sets import EvalSet
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, register
+from datamix.steps.base import BadInput, Context, InputTable, Output, Source, StepConfig, Unit, register
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -244,43 +244,46 @@ def _records(cfg: EvaluateConfig, name: str, s: EvalSet, inputs: dict[str, Input
 
 
 @register("evaluate", EvaluateConfig)
-def run(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+def run(cfg: EvaluateConfig, inputs: dict[str, InputTable], ctx: Context) -> Source:
+    models = _models(cfg, inputs, ctx)
+    sets = {name: _records(cfg, name, s, inputs, ctx) for name, s in cfg.sets.items()}
+    res = _resources(cfg, ctx, models)
+    # one unit (and chunk) per model, on every set: a crash resumes after the models already evaluated
+    return Source(units=[Unit(f"model-{name}", name) for name in models],
+                  run=functools.partial(_evaluate_model, cfg, models, sets, res, ctx))
+
+
+def _evaluate_model(cfg: EvaluateConfig, models: dict, sets: dict[str, list[dict]], res, ctx: Context,
+                    unit: Unit) -> Output:
     import polars as pl
 
     from datamix.eval.run import rows_for
     from datamix.ids import mint_one
 
-    models = _models(cfg, inputs, ctx)
-    sets = {name: _records(cfg, name, s, inputs, ctx) for name, s in cfg.sets.items()}
-    res = _resources(cfg, ctx, models)
-    for name, (model, parent_id) in models.items():
-        key = f"model-{name}"
-        if key in ctx.done_keys:
-            continue
-        rows = []
-        for set_name, s in cfg.sets.items():
-            ctx.log(f"evaluate {name} on {set_name}")
-            try:
-                rows += rows_for(model, set_name, s, sets[set_name], res)
-            except ValueError as e:  # a record a metric cannot use (an answer that is no option, ...)
-                raise BadInput(f"step {cfg.name!r}.sets.{set_name} ({name}): {e}") from None
-            ctx.progress(len(sets[set_name]))
-        model.release()
-        for r in rows:  # per-example detail beside the store: outputs/<step>/<model>/<set>.<metric>.jsonl
-            samples = r.pop("samples", None)
-            r["samples_file"] = _write_samples(ctx.output_dir, name, r["set"], r["metric"], samples) if samples else None
-        schema = _schema()
-        metrics = pl.DataFrame([[r[c] for c in schema] for r in rows], schema=schema, orient="row")
-        out = metrics.with_columns(
-            pl.Series("sample_id", [mint_one(cfg.name, r["model"], r["set"], r["metric"]) for r in rows], pl.Utf8),
-            pl.Series("parent_ids", [[parent_id] if parent_id else [] for _ in rows], pl.List(pl.Utf8)),
-            # which parent the row's parent id belongs to (the runner maps labels to steps)
-            pl.lit(f"model-{name}" if parent_id else None, pl.Utf8).alias("source"),
-            pl.Series("samples_file", [r["samples_file"] for r in rows], pl.Utf8),
-        )
-        columns = ["sample_id", *schema, "samples_file", "source", "parent_ids"]
-        yield Chunk(key=key, rows=out.select(columns), metrics=metrics,
-                    rows_in=sum(len(r) for r in sets.values()))
+    name = unit.item
+    model, parent_id = models[name]
+    rows = []
+    for set_name, s in cfg.sets.items():
+        ctx.log(f"evaluate {name} on {set_name}")
+        try:
+            rows += rows_for(model, set_name, s, sets[set_name], res)
+        except ValueError as e:  # a record a metric cannot use (an answer that is no option, ...)
+            raise BadInput(f"step {cfg.name!r}.sets.{set_name} ({name}): {e}") from None
+    model.release()
+    for r in rows:  # per-example detail beside the store: outputs/<step>/<model>/<set>.<metric>.jsonl
+        samples = r.pop("samples", None)
+        r["samples_file"] = _write_samples(ctx.output_dir, name, r["set"], r["metric"], samples) if samples else None
+    schema = _schema()
+    metrics = pl.DataFrame([[r[c] for c in schema] for r in rows], schema=schema, orient="row")
+    out = metrics.with_columns(
+        pl.Series("sample_id", [mint_one(cfg.name, r["model"], r["set"], r["metric"]) for r in rows], pl.Utf8),
+        pl.Series("parent_ids", [[parent_id] if parent_id else [] for _ in rows], pl.List(pl.Utf8)),
+        # which parent the row's parent id belongs to (the runner maps labels to steps)
+        pl.lit(f"model-{name}" if parent_id else None, pl.Utf8).alias("source"),
+        pl.Series("samples_file", [r["samples_file"] for r in rows], pl.Utf8),
+    )
+    columns = ["sample_id", *schema, "samples_file", "source", "parent_ids"]
+    return Output(rows=out.select(columns), metrics=metrics, rows_in=sum(len(r) for r in sets.values()))
 
 
 def _write_samples(output_dir: str, model: str, set_name: str, metric: str, samples: list[dict]) -> str:

@@ -14,17 +14,19 @@ quoting or bytes that are not in the file's encoding.
 from __future__ import annotations
 
 import codecs
-import glob
+import dataclasses
+import functools
 import json
 import os
-from typing import ClassVar, Literal
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, StepConfig, register
+# the file readers are public here too: dedup and eval.sets read reference and set files with them
+from datamix.readers import FORMATS, format_of, list_files, read_raw_records  # noqa: F401
+from datamix.steps.base import BadInput, Context, Output, Source, StepConfig, Unit, register
 from datamix.store import literal, quote
-
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 class LoadConfig(StepConfig):
@@ -87,243 +89,6 @@ def files_problem(path: str, fmt: str, base_dir: str) -> str | None:
         return (f"cannot tell the format of {os.path.relpath(unknown[0], base_dir)} from its extension; "
                 "set `format:` (jsonl, json, parquet, csv)")
     return None
-
-
-def list_files(path: str) -> list[str]:
-    if os.path.isdir(path):
-        found = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
-        return sorted(f for f in found if os.path.splitext(f)[1].lower() in FORMATS)
-    matches = sorted(glob.glob(path))
-    return matches if matches else ([path] if os.path.exists(path) else [])
-
-
-def format_of(path: str, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise BadInput(f"{path}: cannot tell the format from the extension {ext!r}; set `format:` (jsonl, json, parquet, csv)")
-    return FORMATS[ext]
-
-
-def _jsonl_lines(path: str, limit: int | None):
-    """Every line of a JSONL file as a string column, without a Python object per line.
-
-    The file's bytes become the data buffer of an Arrow string array whose offsets
-    are the newline positions. Only when the file is not valid UTF-8 does it fall
-    back to decoding line by line, to say which lines are bad.
-    """
-    import numpy as np
-    import pyarrow as pa
-
-    with open(path, "rb") as f:
-        data = f.read()
-    raw = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(raw == 10)
-    if len(data) and data[-1:] != b"\n":
-        ends = np.append(ends, len(data))  # last line without a newline
-    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, dtype=np.int64)
-    n = len(ends) if limit is None else min(len(ends), limit)
-    line_numbers = pa.array(np.arange(1, n + 1, dtype=np.int64))
-    stop = int(ends[n - 1]) if n else 0
-    # drop the newline bytes between lines: bytes.replace is one C-level copy (memchr-fast)
-    body = (data if n == len(ends) else data[:stop]).replace(b"\n", b"")
-    # 32-bit offsets (a plain string array) when the text fits, so no cast copies it again
-    large = len(body) >= 2**31
-    offsets = np.zeros(n + 1, dtype=np.int64 if large else np.int32)
-    np.cumsum(ends[:n] - starts[:n], out=offsets[1:])
-    array_type = pa.LargeStringArray if large else pa.StringArray
-    texts = array_type.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(body))
-    errors = pa.nulls(n, pa.string())
-    try:
-        texts.validate(full=True)  # checks UTF-8
-    except pa.ArrowInvalid:
-        decoded, bad = [], []
-        for s, e in zip(starts[:n], ends[:n]):
-            chunk = data[s:e]
-            try:
-                decoded.append(chunk.decode("utf-8"))
-                bad.append(None)
-            except UnicodeDecodeError as err:
-                decoded.append(chunk.decode("utf-8", errors="replace"))
-                bad.append(f"undecodable bytes (not UTF-8) at byte {err.start}")
-        texts, errors = pa.array(decoded, pa.string()), pa.array(bad, pa.string())
-    return pa.table({"origin_line": line_numbers, "raw": texts, "decode_error": errors})
-
-
-def _jsonl_clean_lines(path: str, limit: int | None):
-    """The lines of a clean JSONL file through DuckDB's parallel JSON reader, or None.
-
-    Clean: every line is exactly one JSON value, with no blank line, no whitespace or
-    carriage return around it, and valid UTF-8. DuckDB's reader returns each value's
-    text verbatim but skips blank lines and strips whitespace, so line numbers are only
-    trusted when the byte count proves nothing was skipped: the file's size must equal
-    the values' bytes plus one newline per value (the last may lack it). A malformed
-    value or bad UTF-8 makes the reader fail. In every such case this returns None and
-    the caller takes `_jsonl_lines`, which reports each bad line with its number.
-    """
-    import duckdb
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    size = os.path.getsize(path)
-    if limit is not None or size == 0:
-        return None
-    with open(path, "rb") as f:
-        f.seek(size - 1)
-        ends_with_newline = f.read(1) == b"\n"
-    con = duckdb.connect()
-    try:
-        raw = con.sql("SELECT json::VARCHAR AS raw FROM read_json_objects(?, format = 'newline_delimited')",
-                      params=[path]).to_arrow_table().column("raw")
-    except duckdb.Error:
-        return None
-    finally:
-        con.close()
-    n = len(raw)
-    value_bytes = pc.sum(pc.binary_length(raw)).as_py() or 0
-    if value_bytes + n - (0 if ends_with_newline else 1) != size:
-        return None  # a blank line, surrounding whitespace or \r: line numbers unknown here
-    return pa.table({"origin_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-                     "raw": raw, "decode_error": pa.nulls(n, pa.string())})
-
-
-def read_raw_records(path: str, fmt: str, limit: int | None = None, fast: bool = True,
-                     encoding: str = "utf-8", delimiter: str = ","):
-    """(origin_line, raw JSON text, decode_error) as an Arrow table, in file order.
-
-    JSONL files are read by DuckDB's JSON reader when they are clean (`_jsonl_clean_lines`)
-    unless `fast` is False; the rows are the same either way. decode_error is the reason a
-    record could not be read at all (bad bytes, a broken CSV record); normalize quarantines it."""
-    import duckdb
-    import numpy as np
-    import pyarrow as pa
-
-    if fmt == "jsonl":
-        clean = _jsonl_clean_lines(path, limit) if fast else None
-        return clean if clean is not None else _jsonl_lines(path, limit)
-    if fmt == "json":
-        try:
-            with open(path, encoding="utf-8") as f:
-                records = json.load(f)
-        except UnicodeDecodeError as e:
-            raise BadInput(f"{path}: undecodable bytes (not UTF-8) at byte {e.start}") from None
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{path}:{e.lineno}: invalid JSON ({e.msg}); for one record per line use .jsonl") from None
-        if isinstance(records, dict):
-            records = [records]
-        elif not isinstance(records, list):
-            raise BadInput(f"{path}: the file holds {type(records).__name__} {json.dumps(records)[:40]}, not records: "
-                           "write a JSON array of objects (or one object), or one object per line as .jsonl")
-        if limit is not None:
-            records = records[:limit]
-        return pa.table({
-            "origin_line": pa.array(np.arange(1, len(records) + 1, dtype=np.int64)),
-            "raw": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
-            "decode_error": pa.nulls(len(records), pa.string()),
-        })
-    if fmt == "csv":
-        return _csv_records(path, limit, encoding, delimiter)
-    con = duckdb.connect()
-    try:
-        # Parquet: the origin is the 1-based row number
-        table = con.sql("SELECT to_json(t)::VARCHAR AS raw FROM read_parquet($path) t"
-                        + (" LIMIT $limit" if limit else ""),
-                        params={"path": path, **({"limit": limit} if limit else {})}).to_arrow_table()
-    except duckdb.Error as e:
-        raise BadInput(f"{path}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
-    n = table.num_rows
-    return pa.table({
-        "origin_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-        "raw": table.column("raw"),
-        "decode_error": pa.nulls(n, pa.string()),
-    })
-
-
-def _csv_records(path: str, limit: int | None, encoding: str, delimiter: str):
-    """Every CSV record as (origin_line: the physical line it starts on, raw: a JSON object of
-    header -> field text, decode_error: why the record cannot be used, with its text as raw).
-
-    Python's csv module rather than DuckDB's reader: DuckDB sniffs the dialect, skips or
-    pads records with the wrong number of fields depending on its options, and stops at the
-    first byte that is not UTF-8, so rows were lost or shifted without a word. Here each
-    record is kept exactly (fields as given, "" stays "") or named with its reason: bytes not
-    in `encoding`, broken quoting, a field count unlike the header's. Blank lines are not
-    records. The csv module is strict about quotes and counts physical lines (line_num), so
-    a quoted field over several lines keeps the line its record starts on."""
-    import csv
-    import io
-    import re
-
-    import pyarrow as pa
-
-    with open(path, "rb") as f:
-        data = f.read()
-    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    try:
-        text, undecodable = data.decode(codec), None
-    except UnicodeDecodeError:
-        # keep going: each bad byte becomes a lone surrogate, found again per record below
-        text, undecodable = data.decode(codec, errors="surrogateescape"), re.compile("[\udc80-\udcff]")
-    lines = io.StringIO(text, newline="").readlines()
-    old_limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # a long answer is one field; the default stops at 128 KiB
-    origin, raw, errors = [], [], []
-    header = None
-    try:
-        reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
-        while limit is None or len(origin) < limit:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                row, problem = None, f"broken CSV record: {e}"
-            else:
-                problem = None
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # a blank line
-            text_of_record = "".join(lines[start - 1:reader.line_num])
-            if problem is None and undecodable is not None and undecodable.search(text_of_record):
-                problem = (f"undecodable bytes (not {encoding}); if the file is in another encoding, "
-                           "set the step's encoding: (e.g. latin-1)")
-            if header is None:
-                if problem is not None:
-                    raise BadInput(f"{path}:{start}: the header cannot be read ({problem})")
-                header = _csv_header(path, row, delimiter)
-                continue
-            if problem is None and len(row) != len(header):
-                problem = f"{len(row)} field{'' if len(row) == 1 else 's'} where the header has {len(header)}"
-            origin.append(start)
-            if problem is None:
-                raw.append(json.dumps(dict(zip(header, row)), ensure_ascii=False))
-                errors.append(None)
-            else:
-                raw.append(text_of_record.rstrip("\r\n").encode("utf-8", "replace").decode("utf-8"))
-                errors.append(problem)
-    finally:
-        csv.field_size_limit(old_limit)
-    return pa.table({
-        "origin_line": pa.array(origin, pa.int64()),
-        "raw": pa.array(raw, pa.string()),
-        "decode_error": pa.array(errors, pa.string()),
-    })
-
-
-def _csv_header(path: str, row: list[str], delimiter: str) -> list[str]:
-    seen = set()
-    for name in row:
-        if name in seen:
-            raise BadInput(f"{path}:1: the header names the column {name!r} twice; rename one")
-        seen.add(name)
-    if len(row) == 1 and delimiter == "," and any(c in row[0] for c in ";\t|"):
-        raise BadInput(f"{path}:1: the header is one column ({row[0][:60]!r}); if fields are separated by "
-                       "something other than a comma, set the step's delimiter: (e.g. ';' or '\\t')")
-    return row
 
 
 def structure(cfg: LoadConfig) -> dict:
@@ -443,16 +208,46 @@ def _quarantine_of(bad):
     })
 
 
+@dataclasses.dataclass
+class _File:
+    """The records of one file as they are read: a JSONL file that came through a clean-file fast
+    path is read again line by line at its first bad row (`robust` then), and its later parts
+    are sliced from that reading."""
+
+    path: str
+    fmt: str
+    origin: str  # the path relative to the YAML: rows' origin_file, chunk keys
+    records: Any
+    robust: bool
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What a load step's units share: one DuckDB connection, and the records read and
+    quarantined over all files, which `max_bad_fraction` is checked against at the end."""
+
+    con: Any
+    total: int = 0
+    bad: int = 0
+
+
 @register("load", LoadConfig)
-def run(cfg: LoadConfig, inputs, ctx: Context):
+def run(cfg: LoadConfig, inputs, ctx: Context) -> Source:
     import duckdb
 
     full = ctx.resolve(cfg.path)
     files = list_files(full)
     if not files:
         raise BadInput(f"step {cfg.name}: path {cfg.path} matches no file (looked for {full})")
-    con = duckdb.connect()
-    total = bad_total = 0
+    tally = _Tally(duckdb.connect())
+    return Source(units=_parts(cfg, files, ctx), run=functools.partial(_load_part, cfg, tally),
+                  committed=functools.partial(_normalize_part, cfg, tally),
+                  finish=functools.partial(_check_bad_fraction, cfg, tally))
+
+
+def _parts(cfg: LoadConfig, files: list[str], ctx: Context) -> Iterator[Unit]:
+    """Units of `chunk_size` records, keyed "<file>:<first record>", over the files in path order;
+    a file is read when its first part is reached, and `limit:` counts records across files."""
     remaining = cfg.limit  # records still to read, over all files
     for path in files:
         if remaining == 0:
@@ -464,25 +259,37 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
             records = read_raw_records(path, fmt, remaining, encoding=cfg.encoding, delimiter=cfg.delimiter)
         if remaining is not None:
             remaining -= records.num_rows
-        robust = fmt != "jsonl"  # JSONL may have come through a clean-file fast path
+        file = _File(path, fmt, origin, records, robust=fmt != "jsonl")  # JSONL may have come the fast way
         for start in range(0, records.num_rows, cfg.chunk_size):
-            part = records.slice(start, cfg.chunk_size)
-            key = f"{origin}:{start}"
-            # sample ids are minted in the query: mint(cfg.name, origin_file, origin_line)
-            rows, quarantine = normalize(con, part, origin, cfg)
-            if quarantine.num_rows and not robust:
-                # a bad row, or one the fast path cannot vouch for ('recheck'): quarantine records
-                # what the line-by-line reader gives (the same lines)
-                records, robust = read_raw_records(path, fmt, None, fast=False), True
-                part = records.slice(start, cfg.chunk_size)
-                rows, quarantine = normalize(con, part, origin, cfg)
-            total += part.num_rows
-            bad_total += quarantine.num_rows
-            if key in ctx.done_keys:
-                continue  # committed by an earlier run: only its bad-row count was needed
-            ctx.progress(part.num_rows)
-            yield Chunk(key=key, rows=rows, quarantine=quarantine, rows_in=part.num_rows)
-    con.close()
+            yield Unit(f"{origin}:{start}", (file, start))
+
+
+def _normalize_part(cfg: LoadConfig, tally: _Tally, unit: Unit):
+    """(rows, quarantine, records read) of one part, counted into `tally`. A part an earlier run
+    committed goes through here too: only its bad-row count is needed then."""
+    file, start = unit.item
+    part = file.records.slice(start, cfg.chunk_size)
+    # sample ids are minted in the query: mint(cfg.name, origin_file, origin_line)
+    rows, quarantine = normalize(tally.con, part, file.origin, cfg)
+    if quarantine.num_rows and not file.robust:
+        # a bad row, or one the fast path cannot vouch for ('recheck'): quarantine records
+        # what the line-by-line reader gives (the same lines)
+        file.records, file.robust = read_raw_records(file.path, file.fmt, None, fast=False), True
+        part = file.records.slice(start, cfg.chunk_size)
+        rows, quarantine = normalize(tally.con, part, file.origin, cfg)
+    tally.total += part.num_rows
+    tally.bad += quarantine.num_rows
+    return rows, quarantine, part.num_rows
+
+
+def _load_part(cfg: LoadConfig, tally: _Tally, unit: Unit) -> Output:
+    rows, quarantine, n = _normalize_part(cfg, tally, unit)
+    return Output(rows=rows, quarantine=quarantine, rows_in=n)
+
+
+def _check_bad_fraction(cfg: LoadConfig, tally: _Tally) -> None:
+    tally.con.close()
+    total, bad_total = tally.total, tally.bad
     if total and bad_total / total > cfg.max_bad_fraction:
         raise BadInput(
             f"step {cfg.name}: {bad_total} of {total} input rows are malformed ({bad_total / total:.1%}), over "
@@ -490,4 +297,3 @@ def run(cfg: LoadConfig, inputs, ctx: Context):
             f"datamix sql \"SELECT file, line, reason FROM dm.quarantine WHERE step = {literal(cfg.name)}\". "
             "Fix those rows, or raise max_bad_fraction to accept them."
         )
-

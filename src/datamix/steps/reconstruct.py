@@ -2,19 +2,21 @@
 
 The model is fed only the pre-query template (the chat-template prefix that
 opens a user turn) and writes a user message until its end-of-turn marker.
-Samples stream in chunks of `chunk_size`; chunk c is seeded from (seed, c) only,
-so a resumed run samples exactly what an uninterrupted one would have.
+Samples come in chunks of `chunk_size` (the step's units; the runner's loop skips the
+committed ones); chunk c is seeded from (seed, c) only, so a resumed run samples exactly
+what an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from datamix.steps.base import BadInput, Chunk, Context, InputTable, StepConfig, register
+from datamix.steps.base import BadInput, Context, InputTable, Output, Source, StepConfig, Unit, register
 from datamix.llm import (
     Sampling,
     chat_template_source,
@@ -100,65 +102,84 @@ def _clean(text: str, finish_reason: str, end_of_turn: str | None, min_chars: in
     return text, None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sampler:
+    """What every chunk of samples uses, set up once per run: the model, its variants and sampling."""
+
+    model: Any
+    tokenizer: Any
+    variants: list[tuple[str | None, str, str | None, float]]
+    weights: Any  # the variants' shares, summing to 1
+    sampling: Sampling
+    params_json: str
+    seed: int
+
+
 @register("reconstruct", ReconstructConfig)
-def run(cfg: ReconstructConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
+def run(cfg: ReconstructConfig, inputs: dict[str, InputTable], ctx: Context) -> Source:
+    import numpy as np
+
+    if inputs:
+        raise BadInput(f"step {ctx.step!r}: reconstruct samples from a model and takes no `input:`.")
+    model = get_model(ctx, cfg.model, f"step {ctx.step!r}.model")
+    tokenizer = model.backend.tokenizer()
+    variants = _variant_templates(cfg, ctx, model)
+    weights = np.array([w for *_, w in variants], dtype=float)
+    sampling = sampling_for(cfg, model.spec)  # the step's keys over the model's `sampling:`
+    sampler = _Sampler(model, tokenizer, variants, weights / weights.sum(), sampling,
+                       json.dumps(sampling.model_dump(), sort_keys=True), ctx.seed if cfg.seed is None else cfg.seed)
+    units = [Unit(f"samples-{start}-{min(start + cfg.chunk_size, cfg.num_samples)}", chunk_index)
+             for chunk_index, start in enumerate(range(0, cfg.num_samples, cfg.chunk_size))]
+    return Source(units=units, run=functools.partial(_sample_chunk, cfg, sampler, ctx))
+
+
+def _sample_chunk(cfg: ReconstructConfig, sampler: _Sampler, ctx: Context, unit: Unit) -> Output:
+    """Chunk `unit.item` of the samples: its draws are seeded from (seed, chunk index) only."""
     import numpy as np
     import polars as pl
 
     from datamix.ids import mint
 
-    if inputs:
-        raise BadInput(f"step {ctx.step!r}: reconstruct samples from a model and takes no `input:`.")
-    seed = ctx.seed if cfg.seed is None else cfg.seed
-    model = get_model(ctx, cfg.model, f"step {ctx.step!r}.model")
-    tokenizer = model.backend.tokenizer()
-    variants = _variant_templates(cfg, ctx, model)
-    weights = np.array([w for *_, w in variants], dtype=float)
-    weights /= weights.sum()
-    sampling = sampling_for(cfg, model.spec)  # the step's keys over the model's `sampling:`
-    params_json = json.dumps(sampling.model_dump(), sort_keys=True)
-
-    for chunk_index, start in enumerate(range(0, cfg.num_samples, cfg.chunk_size)):
-        end = min(start + cfg.chunk_size, cfg.num_samples)
-        key = f"samples-{start}-{end}"
-        if key in ctx.done_keys:
+    chunk_index = unit.item
+    start = chunk_index * cfg.chunk_size
+    end = min(start + cfg.chunk_size, cfg.num_samples)
+    seed, variants, sampling, tokenizer = sampler.seed, sampler.variants, sampler.sampling, sampler.tokenizer
+    chunk_seed = derive_seed(seed, chunk_index)
+    assigned = np.random.default_rng(chunk_seed).choice(len(variants), size=end - start, p=sampler.weights)
+    records = []
+    for v, (name, text, end_of_turn, _) in enumerate(variants):
+        indices = [start + j for j in np.flatnonzero(assigned == v).tolist()]
+        if not indices:
             continue
-        chunk_seed = derive_seed(seed, chunk_index)
-        assigned = np.random.default_rng(chunk_seed).choice(len(variants), size=end - start, p=weights)
-        records = []
-        for v, (name, text, end_of_turn, _) in enumerate(variants):
-            indices = [start + j for j in np.flatnonzero(assigned == v).tolist()]
-            if not indices:
-                continue
-            stop, stop_ids = end_of_turn_stops(tokenizer, end_of_turn)
-            params = sampling.params(stop=[*sampling.stop, *stop], stop_token_ids=[*sampling.stop_token_ids, *stop_ids])
-            prompt = raw_prompt(tokenizer, text)
-            # one prompt, n = its samples in this chunk: copies of one prompt under one seed would
-            # come back identical, the n samples of a prompt are distinct draws in every backend
-            (results,) = generate_cached(ctx, model, [prompt], [indices], params, seed=seed, call_seed=derive_seed(chunk_seed, v))
-            for index, res in zip(indices, results):
-                instruction, reason = _clean(res["text"], res["finish_reason"], end_of_turn, cfg.min_chars)
-                records.append({"sample_index": index, "instruction": instruction, "reason": reason, "system_prompt": name,
-                                "template": text, "finish_reason": res["finish_reason"],
-                                "tokens_in": res["tokens_in"], "tokens_out": res["tokens_out"]})
-        frame = pl.DataFrame(records).sort("sample_index")
-        frame = frame.with_columns(mint(ctx.step, frame["sample_index"]).alias("sample_id"))
-        kept = frame.filter(pl.col("reason").is_null())
-        rows = kept.select(
-            "sample_id",
-            pl.lit([], dtype=pl.List(pl.Utf8)).alias("parent_ids"),
-            pl.concat_list(pl.struct(pl.lit("user").alias("role"), pl.col("instruction").alias("content"))).alias("messages"),
-            pl.lit(cfg.model).alias("model"),
-            "template",
-            pl.col("system_prompt").cast(pl.Utf8),
-            pl.lit(params_json).alias("params"),
-            pl.lit(chunk_seed).cast(pl.Int64).alias("seed"),
-            "sample_index", "finish_reason", "tokens_in", "tokens_out",
-        )
-        dropped = frame.filter(pl.col("reason").is_not_null())
-        decisions = dropped.select(
-            "sample_id", pl.lit(False).alias("kept"), "reason",
-            pl.lit(None, dtype=pl.Float64).alias("score"), pl.lit(None, dtype=pl.Utf8).alias("related_id"),
-        )
-        ctx.progress(end - start, tokens=0)
-        yield Chunk(key=key, rows=rows, decisions=decisions if decisions.height else None, rows_in=end - start)
+        stop, stop_ids = end_of_turn_stops(tokenizer, end_of_turn)
+        params = sampling.params(stop=[*sampling.stop, *stop], stop_token_ids=[*sampling.stop_token_ids, *stop_ids])
+        prompt = raw_prompt(tokenizer, text)
+        # one prompt, n = its samples in this chunk: copies of one prompt under one seed would
+        # come back identical, the n samples of a prompt are distinct draws in every backend
+        (results,) = generate_cached(ctx, sampler.model, [prompt], [indices], params, seed=seed,
+                                     call_seed=derive_seed(chunk_seed, v))
+        for index, res in zip(indices, results):
+            instruction, reason = _clean(res["text"], res["finish_reason"], end_of_turn, cfg.min_chars)
+            records.append({"sample_index": index, "instruction": instruction, "reason": reason, "system_prompt": name,
+                            "template": text, "finish_reason": res["finish_reason"],
+                            "tokens_in": res["tokens_in"], "tokens_out": res["tokens_out"]})
+    frame = pl.DataFrame(records).sort("sample_index")
+    frame = frame.with_columns(mint(ctx.step, frame["sample_index"]).alias("sample_id"))
+    kept = frame.filter(pl.col("reason").is_null())
+    rows = kept.select(
+        "sample_id",
+        pl.lit([], dtype=pl.List(pl.Utf8)).alias("parent_ids"),
+        pl.concat_list(pl.struct(pl.lit("user").alias("role"), pl.col("instruction").alias("content"))).alias("messages"),
+        pl.lit(cfg.model).alias("model"),
+        "template",
+        pl.col("system_prompt").cast(pl.Utf8),
+        pl.lit(sampler.params_json).alias("params"),
+        pl.lit(chunk_seed).cast(pl.Int64).alias("seed"),
+        "sample_index", "finish_reason", "tokens_in", "tokens_out",
+    )
+    dropped = frame.filter(pl.col("reason").is_not_null())
+    decisions = dropped.select(
+        "sample_id", pl.lit(False).alias("kept"), "reason",
+        pl.lit(None, dtype=pl.Float64).alias("score"), pl.lit(None, dtype=pl.Utf8).alias("related_id"),
+    )
+    return Output(rows=rows, decisions=decisions if decisions.height else None, rows_in=end - start)
