@@ -27,7 +27,7 @@ def _planted(n_base=2400, seed=0):
             w[pos] = rng.choice(vocab)
         texts.append(" ".join(w))
     texts += [texts[rng.randrange(n_base)] for _ in range(200)]
-    texts += ["the same boilerplate footer text of many pages " + ("x" if i % 2 else "y") for i in range(90)]
+    texts += ["the same boilerplate footer text of many pages " + ("x" if i % 2 else "y") for i in range(150)]
     order = list(range(len(texts)))
     rng.shuffle(order)  # duplicates before and after their originals
     return [texts[i] for i in order]
@@ -58,10 +58,10 @@ def test_same_removals_and_decisions_as_in_memory(tmp_path, small_blocks, verify
     assert len(in_memory) > 400  # the planted ones, found
     assert out.equals(in_memory)  # index, dup_of, ref_index, similarity: every value
     assert ooc_stats == mem_stats  # the same candidates, exact checks and verified pairs
-    assert ooc_stats["candidate_pairs"] > 10 * 97  # many verification blocks
+    assert ooc_stats["candidate_pairs"] > 5 * 97  # several verification blocks
     if verify in ("hybrid", "jaccard"):
         assert ooc_stats["exact_pairs"] > 0
-    assert len(bands.band_files(str(tmp_path), "docs")) == 5  # 3290 texts in chunks of 700
+    assert len(bands.band_files(str(tmp_path), "docs")) == 5  # 3350 texts in chunks of 700
 
 
 def test_keep_policy_and_reference_rows_out_of_core(tmp_path, small_blocks):

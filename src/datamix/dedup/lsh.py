@@ -122,17 +122,45 @@ def _band_pairs(keys, max_bucket, out, w):
             members[t] = x
             t += 1
             x = nxt[x]
-        if m <= max_bucket:
-            for i in range(m):
-                for j in range(i + 1, m):
-                    out[w] = _encode(members[i], members[j])
-                    w += 1
-        else:
-            for i in range(1, m):
-                out[w] = _encode(members[0], members[i])
-                out[w + 1] = _encode(members[i - 1], members[i])
-                w += 2
+        w = _emit(members, m, max_bucket, out, w)
     return w
+
+
+@njit(cache=True, inline="always")
+def _emit(members, m, max_bucket, out, w):
+    """The pairs of one bucket of m ascending members at out[w:]: all of them, or past
+    max_bucket a star from the first member plus the chain of neighbours."""
+    if m <= max_bucket:
+        for i in range(m):
+            for j in range(i + 1, m):
+                out[w] = _encode(members[i], members[j])
+                w += 1
+    else:
+        for i in range(1, m):
+            out[w] = _encode(members[0], members[i])
+            out[w + 1] = _encode(members[i - 1], members[i])
+            w += 2
+    return w
+
+
+@njit(cache=True)
+def _bucket_pairs(values, offsets, max_bucket):
+    total = 0
+    for q in range(offsets.shape[0] - 1):
+        m = offsets[q + 1] - offsets[q]
+        total += m * (m - 1) // 2 if m <= max_bucket else 2 * (m - 1)
+    out = np.empty(total, np.uint64)
+    w = 0
+    for q in range(offsets.shape[0] - 1):
+        w = _emit(values[offsets[q]:], offsets[q + 1] - offsets[q], max_bucket, out, w)
+    return out
+
+
+def bucket_pairs(values: np.ndarray, offsets: np.ndarray, max_bucket: int = MAX_BUCKET) -> np.ndarray:
+    """Encoded pairs (lo << 32 | hi) of buckets given as one flat array of ascending document
+    indices per bucket (bucket q is values[offsets[q]:offsets[q + 1]], as an Arrow list
+    column), with candidate_pairs' cap; a pair may repeat (across buckets)."""
+    return _bucket_pairs(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(offsets, np.int64), max_bucket)
 
 
 def _all_band_pairs(keys, max_bucket):

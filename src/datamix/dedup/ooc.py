@@ -212,24 +212,25 @@ def find_duplicates_ooc(
         log(f"out-of-core MinHash: {n:,} documents in chunks of {chunk:,}, {budget.describe()}; "
             f"work files in {folder}")
 
+    clock = _Clock(log)
     sig_path = os.path.join(folder, "signatures.npy")
     with _SignatureWriter(sig_path, n + n_ref, cfg.num_perm) as writer:
-        _sign(source, "docs", 0, cfg, folder, chunk, writer, cache, stats)
+        _sign(source, "docs", cfg, folder, chunk, writer, cache, stats)
         if ref is not None:
-            _sign(ref, "refs", n, cfg, folder, chunk, writer, cache, stats)
+            _sign(ref, "refs", cfg, folder, chunk, writer, cache, stats)
+    clock.lap(f"signed {n + n_ref:,} texts")
 
     con = _connect(budget, folder)
     try:
-        left, right = _pairs(con, "minhash_candidates.sql",
-                             {"files": layout.band_files(folder, "docs"), "max_bucket": MAX_BUCKET}, "a", "b")
+        left, right = _candidate_pairs(con, layout.band_files(folder, "docs"), MAX_BUCKET, budget.work_bytes(n))
         ref_doc = ref_row = np.zeros(0, np.int64)
         if n_ref and n:
-            ref_doc, ref_row = _pairs(con, "minhash_against.sql", {
-                "docs": layout.band_files(folder, "docs"), "refs": layout.band_files(folder, "refs"),
-                "max_bucket": MAX_BUCKET}, "doc", "ref")
+            ref_doc, ref_row = _reference_pairs(con, layout.band_files(folder, "docs"),
+                                                layout.band_files(folder, "refs"), MAX_BUCKET)
     finally:
         con.close()
     stats["candidate_pairs"] = int(len(left) + len(ref_doc))
+    clock.lap(f"{stats['candidate_pairs']:,} candidate pairs")
 
     similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget)
     sim = similarity(left, right)
@@ -240,7 +241,25 @@ def find_duplicates_ooc(
         keep = ref_sim >= cfg.threshold
         ref_doc, ref_row, ref_sim = ref_doc[keep], ref_row[keep], ref_sim[keep]
     stats["verified_pairs"] = int(len(left) + len(ref_doc))
-    return clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+    clock.lap(f"{stats['verified_pairs']:,} verified pairs")
+    removed = clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+    clock.lap(f"{len(removed):,} removed")
+    return removed
+
+
+class _Clock:
+    """Logs each stage's time: where a long out-of-core run is, and what it spends."""
+
+    def __init__(self, log):
+        import time
+
+        self.log, self.now, self.t = log, time.perf_counter, time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        if self.log:
+            t = self.now()
+            self.log(f"  {what} in {t - self.t:.1f} s")
+            self.t = t
 
 
 def _chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
@@ -252,7 +271,9 @@ def _chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
     return int(min(cfg.chunk_size, max(1000, budget.work_bytes(n) // 4 // per_doc)))
 
 
-def _sign(source, kind: str, first_row: int, cfg, folder, chunk, writer, cache, stats) -> None:
+def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats) -> None:
+    """Sign `source` chunk by chunk: signatures appended to `writer`, band keys to
+    bands/<kind>-<part>.parquet (doc = the row's position in `source`)."""
     bands, rows = cfg.band_rows()
     done = 0
     for part, texts in enumerate(source.batches(chunk)):
@@ -270,19 +291,47 @@ def _connect(budget: Budget, folder: str):
     temp = budget.temp_directory or os.path.join(folder, "duckdb.tmp")
     # preserve_insertion_order off: DISTINCT and GROUP BY may stream in any order
     # (the pairs are sorted in numpy), which lets DuckDB spill more of them
-    return duckdb.connect(config={"memory_limit": f"{budget.duckdb_bytes // 2**20}MB", "temp_directory": temp,
-                                  "preserve_insertion_order": False})
+    con = duckdb.connect(config={"memory_limit": f"{budget.duckdb_bytes // 2**20}MB", "temp_directory": temp,
+                                 "preserve_insertion_order": False})
+    con.execute("SET enable_progress_bar = false")  # the step shows its own progress
+    return con
 
 
-def _pairs(con, sql_file: str, params: dict, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (a, b) pairs of one query, sorted as np.unique sorts the in-memory path's."""
+def _candidate_pairs(con, files: list[str], max_bucket: int, work_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct candidate pairs (sorted, as np.unique sorts the in-memory path's) from the
+    buckets DuckDB groups, streamed: each batch's pairs are made by lsh.bucket_pairs and
+    merged into the distinct set whenever a quarter of the work memory has piled up."""
+    from datamix.dedup.lsh import bucket_pairs
     from datamix.store import sql_text
 
-    if not params.get("files", True) or not params.get("docs", True) or not params.get("refs", True):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    found = con.execute(sql_text(sql_file), params).fetchnumpy()
-    encoded = np.sort((found[a].astype(np.uint64) << np.uint64(32)) | found[b].astype(np.uint64))
+    found = np.zeros(0, np.uint64)
+    if not files:
+        return _decode(found)
+    pending: list[np.ndarray] = []
+    piled, limit = 0, max(2**20, work_bytes // 4 // 16)  # pairs; the merge holds two copies
+    for batch in con.sql(sql_text("minhash_candidates.sql"), params={"files": files}).to_arrow_reader(65_536):
+        docs = batch.column(0)
+        pending.append(bucket_pairs(docs.values.to_numpy(), docs.offsets.to_numpy(), max_bucket))
+        piled += len(pending[-1])
+        if piled > limit:
+            found, pending, piled = np.unique(np.concatenate([found, *pending])), [], 0
+    return _decode(np.unique(np.concatenate([found, *pending])))
+
+
+def _decode(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _reference_pairs(con, doc_files: list[str], ref_files: list[str], max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (document, reference row) candidates, sorted (reference sets are small next
+    to what they are matched against: the pairs come back whole)."""
+    from datamix.store import sql_text
+
+    if not doc_files or not ref_files:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    found = con.execute(sql_text("minhash_against.sql"),
+                        {"docs": doc_files, "refs": ref_files, "max_bucket": max_bucket}).fetchnumpy()
+    return _decode(np.sort((found["doc"].astype(np.uint64) << np.uint64(32)) | found["ref"].astype(np.uint64)))
 
 
 class _SignatureWriter:
