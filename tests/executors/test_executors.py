@@ -86,3 +86,35 @@ def test_misspelt_executors_name_the_option(tmp_path):
     assert found[0].startswith("executor.type: give `local` (the default) or `ray`"), found
     assert found[1].startswith("steps[1] (name: clean).executor.adress: unknown option; a ray "
                                "executor takes type, address, num_cpus_per_task"), found
+
+
+def test_a_partial_step_whose_rows_are_in_the_other_executors_form_starts_over(tmp_path, monkeypatch):
+    """A map left partial by the local loop (rows in a table) cannot take Parquet parts after them
+    in order: under ray it reruns, and plan says why; its input, done, is skipped."""
+    from datamix.store import Store
+
+    write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(4)])
+    steps = [{"name": "src", "kind": "load", "path": "d.jsonl"},
+             {"name": "sized", "kind": "map", "input": "src", "chunk_size": 1, "columns": {"n": "len(messages)"}}]
+    local = write_pipeline(tmp_path, steps, name="x")
+    real = Store.commit_chunk
+
+    def fail_second(self, step, key, *a, **k):
+        if key == "rows-1-2":
+            raise RuntimeError("disk gone")
+        return real(self, step, key, *a, **k)
+
+    monkeypatch.setattr(Store, "commit_chunk", fail_second)
+    p = spec.load(str(local))
+    assert not runner.run(p, p.store_path(), log=lambda m: None).ok
+    monkeypatch.setattr(Store, "commit_chunk", real)
+    on_ray = spec.load(str(write_pipeline(tmp_path, steps, name="x", executor={"type": "ray"})))
+    store = Store(on_ray.store_path())
+    try:
+        entries = {e.name: (e.action, e.reason) for e in runner.plan(on_ray, store)}
+        assert entries["src"][0] == "skip"
+        assert entries["sized"] == ("run", "failed: its committed rows were written by the local executor and this "
+                                           "run's is ray, so it starts over")
+        assert {e.name: e.action for e in runner.plan(p, store)}["sized"] == "resume"  # the same executor resumes
+    finally:
+        store.close()

@@ -140,3 +140,22 @@ def calls_models(step) -> bool:
     process: its response cache and call records live in the store, and its models reach the
     cluster as `ray:` replicas instead."""
     return bool(step.model_refs())
+
+
+def stored_form_change(pipeline, store, step) -> str | None:
+    """Why a partial step cannot resume under this run's executor, or None: the rows it committed
+    are in the other executor's form (a table the local loop appends to, or Parquet parts the
+    Ray executor's view reads), and mixing the two would lose the local loop's row order."""
+    from datamix.steps.base import REGISTRY
+
+    entry = REGISTRY[step.kind]
+    if entry.passthrough or entry.shape != "batch" or not store.output_exists(step.name):
+        return None  # a pass-through step stores decisions only, the same under both
+    on_ray = pipeline.executor_of(step.name).type == "ray" and not calls_models(step)
+    in_parts = store.con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?",
+                                 [step.name]).fetchall()[0][0] > 0
+    if on_ray and not in_parts:
+        return "its committed rows were written by the local executor and this run's is ray"
+    if in_parts and not on_ray:
+        return "its committed rows are Parquet parts of a ray run and this run's executor is local"
+    return None
