@@ -266,7 +266,6 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     _use_jemalloc_for_arrow()
     fps = fingerprints(pipeline)
     store = Store(store_path)
-    _limit_store_memory(store, *pipeline.memory_settings())
     missing = _missing_secrets(pipeline, store, fps)
     if missing:  # before any step runs: an unset key would fail a step halfway through
         store.close()
@@ -323,16 +322,6 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
         result.steps = store.steps()
         store.close()
     return result
-
-
-def _limit_store_memory(store: Store, limit: int | None, temp_directory: str | None) -> None:
-    """Under a memory budget the store's DuckDB gets a quarter of it (the rest is the steps':
-    out-of-core dedup gives its own DuckDB a third, see datamix.dedup.ooc.Budget) and spills
-    to the run's temp directory."""
-    if limit:
-        store.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
-    if temp_directory:
-        store.con.execute("SET temp_directory = ?", [temp_directory])
 
 
 def _use_jemalloc_for_arrow() -> None:
@@ -411,7 +400,6 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         log=log,  # a step's warnings (a pre-query template full of whitespace) reach the user
         pool=pool,
     )
-    ctx.memory_limit, ctx.temp_directory = pipeline.memory_settings()
     sp = bars.step(step.name, step.kind, *_progress_unit(step, total, output_dir))
     ctx.progress, ctx.calls_progress = sp.advance, sp.call_progress
     ctx.calls = lambda record: (store.record_calls(run_id, step.name, record), sp.record_call(record))
