@@ -186,6 +186,33 @@ def test_loglik_scorer_is_mean_answer_token_logprob(tiny_models):
         assert math.isfinite(score) and score == pytest.approx(expected, abs=1e-4)
 
 
+def test_pmi_scorer_is_the_answer_logprob_with_the_instruction_minus_without(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, lm_path = tiny_models
+    specs = {"lm": TransformersModel(backend="transformers", path=lm_path)}
+    rows = judged(JudgeConfig(name="judged", kind="judge", judges=["lm"], scorer="pmi", batch_size=2), make_ctx(specs, {}))
+    tok, model = AutoTokenizer.from_pretrained(lm_path), AutoModelForCausalLM.from_pretrained(lm_path).eval()
+
+    def answer_logprobs(prompt_messages, answer_text):
+        prompt = tok(tok.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        answer = tok(answer_text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0], -1)
+        return [logp[len(prompt) + t - 1, a].item() for t, a in enumerate(answer)]
+
+    checked = 0
+    for messages, score in zip(candidates()["input"].arrow().column("messages").to_pylist(), rows["score"]):
+        given = answer_logprobs(messages[:1], messages[1]["content"])
+        without = answer_logprobs([{"role": "user", "content": ""}], messages[1]["content"])
+        expected = sum(g - w for g, w in zip(given, without)) / len(given)
+        assert math.isfinite(score) and score == pytest.approx(expected, abs=1e-4)
+        checked += expected != pytest.approx(0, abs=1e-6)
+    assert checked  # the instruction changed some answer's likelihood: the two terms really differ
+
+
 def test_config_checks_and_plan():
     with pytest.raises(ValueError, match="low < high"):
         JudgeConfig(name="j", kind="judge", judges=["a"], scale=(5, 1))

@@ -4,7 +4,11 @@
 scoring prompt (a 1-5 rubric, or a user template file); the score is parsed
 robustly and aggregated over judges. `scorer: reward_model`: a sequence-
 classification model's logit. `scorer: loglik`: the mean token log-likelihood of
-the answer under a reference causal LM. Each candidate gets `score` (the
+the answer under a reference causal LM. `scorer: pmi`: the same mean with the
+instruction minus the mean without it (the last user message emptied), per answer
+token: how much the instruction explains the answer. A small model's own likelihood
+prefers whatever is predictable anywhere (runs of digits, short generic fragments);
+those score near 0 under pmi, answers that fit their instruction above it. Each candidate gets `score` (the
 aggregate), `scores` (one struct per judge: judge, score, reason) and
 `judge_raw` (one struct per judge: judge, text).
 """
@@ -40,7 +44,7 @@ class JudgeConfig(StepConfig):
     kind: Literal["judge"]
     model_options: ClassVar[tuple[str, ...]] = ("judges",)
     judges: list[str] = Field(min_length=1, description="declared model names")
-    scorer: Literal["judges", "reward_model", "loglik"] = "judges"
+    scorer: Literal["judges", "reward_model", "loglik", "pmi"] = "judges"
     prompt_file: str | None = None  # a user-message template with {instruction} and {response}
     scale: tuple[float, float] = (1.0, 5.0)  # parsed scores outside it are NULL (reason out_of_range)
     aggregate: Literal["mean", "median", "min"] = "mean"
@@ -364,8 +368,22 @@ def _loglik_scores(tokenizer, model, device, convs, batch_size: int) -> list[flo
     return out
 
 
+def _pmi_scores(tokenizer, model, device, convs, batch_size: int) -> list[float | None]:
+    """Per answer token, mean log p(token | conversation) - log p(token | conversation with the last
+    user message emptied). The answer's tokens are the same in both (tokenized on their own), so the
+    difference of the two means is the mean of the per-token differences."""
+    blank = []
+    for before, _, answer in convs:
+        last_user = max((i for i, m in enumerate(before) if m["role"] == "user"), default=None)
+        emptied = [dict(m, content="") if i == last_user else m for i, m in enumerate(before)]
+        blank.append((emptied, "", answer))
+    given = _loglik_scores(tokenizer, model, device, convs, batch_size)
+    without = _loglik_scores(tokenizer, model, device, blank, batch_size)
+    return [None if a is None or b is None else a - b for a, b in zip(given, without)]
+
+
 def _score_with_hf(cfg: JudgeConfig, ctx: Context, convs) -> list[list[dict]]:
-    """reward_model / loglik scores through the response cache (key: scorer, model, conversation)."""
+    """reward_model / loglik / pmi scores through the response cache (key: scorer, model, conversation)."""
     per_candidate: list[list[dict]] = [[] for _ in convs]
     for name in cfg.judges:
         spec = ctx.models.get(name)
@@ -382,7 +400,7 @@ def _score_with_hf(cfg: JudgeConfig, ctx: Context, convs) -> list[list[dict]]:
         if todo:
             started = time.perf_counter()
             tokenizer, model, device = _hf_model(ctx, name, cfg.scorer)
-            fn = _reward_scores if cfg.scorer == "reward_model" else _loglik_scores
+            fn = {"reward_model": _reward_scores, "loglik": _loglik_scores, "pmi": _pmi_scores}[cfg.scorer]
             values = fn(tokenizer, model, device, [convs[i] for i in todo], cfg.batch_size)
             ctx.calls({**call, "cached": False, "prompts": len(todo), "completions": len(todo),
                        "latency_s": time.perf_counter() - started})
