@@ -6,8 +6,9 @@
 For each epoch count, V is trained from the same random init on the same shards with the
 pipeline's own options (train_vendor's), each run with its own cosine schedule, and its mean
 assistant-token nll on the held-out vendor-distribution chats (vendor_eval.jsonl) is printed:
-the epoch count to put in `vendor_epochs` is where that stops improving. Models land in
---out (default pipelines/.datamix/vendor-curve/E).
+where that stops improving. (The pipeline itself now stops V by early stopping on held-out
+vendor chats, `validation:` in train_vendor; this script is the fixed-epoch view, on the
+evaluation set, without early stopping.) Models land in --out (default pipelines/.datamix/vendor-curve/E).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
         sys.exit(f"no shards in {shards}: run the miniature once first (see this script's docstring)")
     datamix = os.path.join(os.path.dirname(sys.executable), "datamix")
     options = {k: (variables[v[2:-1]] if isinstance(v, str) and v.startswith("${") else v)
-               for k, v in train["options"].items() if k != "epochs"}
+               for k, v in train["options"].items() if k not in ("epochs", "patience", "eval_every")}
     print(f"{'epochs':>6}  {'steps':>5}  {'train loss':>10}  {'held-out nll':>12}  {'held-out bpb':>12}")
     for epochs in [int(e) for e in args.epochs.split(",")]:
         out = os.path.join(args.out, str(epochs))

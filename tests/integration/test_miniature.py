@@ -21,7 +21,7 @@ PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 ARMS = ["train_d", "train_m", "train_p", "train_r"]
 
 # A one-minute version: tiny V, a few rows of each shipped file, two optimiser steps per arm.
-TINY = ["vendor_hidden=32", "vendor_layers=1", "vendor_heads=2", "vendor_vocab=400", "vendor_epochs=1",
+TINY = ["vendor_hidden=32", "vendor_layers=1", "vendor_heads=2", "vendor_vocab=400", "vendor_max_epochs=1",
         "vendor_batch_tokens=256", "seq_len=128", "vendor_rows=48", "public_rows=24", "domain_rows=8",
         "eval_rows=6", "num_instructions=24", "instruction_tokens=16", "answer_tokens=16", "extra_stop=[e]",
         "min_chars=1", "min_words=1", "arm_steps=2", "domain_batch_tokens=128", "mixed_batch_tokens=768",
@@ -31,7 +31,7 @@ TINY = ["vendor_hidden=32", "vendor_layers=1", "vendor_heads=2", "vendor_vocab=4
 def test_the_full_miniature_validates():
     out = CliRunner().invoke(main, ["validate", str(PIPELINES / "forgetting-miniature.yaml")])
     assert out.exit_code == 0, out.output
-    assert "24 steps" in out.output
+    assert "26 steps" in out.output
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,9 @@ def _validation_shards(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx:
             records = read_file_set("validation", v, ctx.pipeline_dir)
         except SetError as e:
             raise BadInput(f"step {cfg.name!r}.validation.path: {e}") from None
+    if not records:
+        raise BadInput(f"step {cfg.name!r}.validation: no held-out chats ({v.input or v.path} is empty); "
+                       "early stopping needs some")
     problems = _unlabelled(records)
     if problems:
         raise BadInput(f"step {cfg.name!r}.validation: {problems[0]}")
