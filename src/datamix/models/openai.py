@@ -1,17 +1,18 @@
 """The `openai` backend: any OpenAI-compatible server (vllm serve, SGLang, TGI, llama.cpp, hosted APIs).
 
-Transport is the official `openai` SDK (its client's post over httpx: pooled
-keep-alive connections, proxies from the environment, TLS, auth headers, status
-errors), with the SDK's own retries off (`max_retries=0`): datamix keeps one
-retry layer, here, on asyncio; each attempt runs the SDK's sync client in a
-worker thread (faster per request than its asyncio client, see _ensure_client).
-Raw prompts (text or token ids) go to `/completions` (what pre-query sampling
-needs: the exact prefix, no template applied by the server); chat prompts go to
-`/chat/completions`. Requests run concurrently on one event loop per backend
-(a daemon thread, so connections are reused across calls), at most
-`spec.max_concurrency` in flight, fewer while the server throttles
-(datamix/models/ratelimit.py: rpm/tpm budgets and the server's x-ratelimit-*
-headers).
+Transport is the official `openai` SDK: one AsyncOpenAI client per backend, over the
+SDK's aiohttp transport (`openai.DefaultAioHttpClient`: pooled keep-alive
+connections, proxies from the environment, TLS), with the SDK's own retries off
+(`max_retries=0`): datamix keeps one retry layer, here. Generation requests go
+straight to the SDK's HTTP client with the SDK's headers (see _post: the SDK's
+request() builds typed options per request, which cost more CPU than the HTTP);
+batch files use the SDK's typed files/batches calls. Raw prompts (text or token
+ids) go to `/completions` (what pre-query sampling needs: the exact prefix, no
+template applied by the server); chat prompts go to `/chat/completions`. Requests
+run concurrently on one event loop per backend (a daemon thread, so connections and
+rate budgets last from one call to the next), at most `spec.max_concurrency` in
+flight, fewer while the server throttles (datamix/models/ratelimit.py: rpm/tpm
+budgets and the server's x-ratelimit-* headers).
 
 Retries: 429, 5xx, connection errors, timeouts and replies that cannot be used
 (no choices, a body that is not JSON, empty text where text is required, a
@@ -42,15 +43,15 @@ failed attempts, on its first completion.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import atexit
 import dataclasses
 import json
 import logging
 import os
-import queue
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
 from datamix.models import Completion, OpenAIModel, Prompt, SamplingParams, report_progress
@@ -77,36 +78,6 @@ class _CallBudget:
     failures: int = 0
 
 
-class _DaemonPool(concurrent.futures.Executor):
-    """Worker threads for the SDK's blocking calls. Daemon threads, unlike ThreadPoolExecutor's:
-    a process that gives up on a stuck attempt must not wait at exit for its socket timeout."""
-
-    def __init__(self, workers: int):
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._workers = workers
-        for i in range(workers):
-            threading.Thread(target=self._work, daemon=True, name=f"datamix-openai-{i}").start()
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            fn, args, fut = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as e:  # handed to the awaiting attempt
-                fut.set_exception(e)
-
-    def submit(self, fn, /, *args, **kwargs):
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((lambda *a: fn(*a, **kwargs), args, fut))
-        return fut
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        for _ in range(self._workers):
-            self._queue.put(None)
-
-
 class _LoopThread:
     """One event loop on a daemon thread: the retry layer's limiter and budgets live on it from
     one call to the next (an asyncio.run per call would drop them), as do the SDK client's
@@ -127,44 +98,24 @@ class _LoopThread:
         self.thread.join(timeout=5)
 
 
-def _proxied(url: str) -> bool:
-    """True when the environment routes `url` through a proxy (the rules httpx follows too)."""
-    import urllib.parse
-    import urllib.request
-
-    parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies()
-    return (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(parts.hostname or "")
+def _close_at_exit(ref) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.close()
 
 
-def _transport(limits):
-    """The SDK's httpx transport, plus one thing it lacks: a request that fails on a kept-alive
-    connection the server closed while it was idle is sent again on a new one, without counting
-    as a failed attempt (the server never saw it). Reuse is told by httpcore's trace events: a
-    request that opened no TCP connection went over an old one."""
-    import httpx2
+def _closed_before_reply(exc: BaseException) -> bool:
+    """True when the server closed the connection before a byte of reply: a kept-alive connection
+    it closed while idle (it never saw the request), or one reset on the write. aiohttp resends
+    no POST itself; these go again on a new connection without counting as a failed attempt."""
+    import errno
 
-    class StaleSafeTransport(httpx2.HTTPTransport):
-        def handle_request(self, request):
-            outer = request.extensions.get("trace")
-            for _ in range(3):
-                opened: list[str] = []
+    import aiohttp
 
-                def trace(name, info, opened=opened):
-                    if name.startswith("connection.connect_tcp"):
-                        opened.append(name)
-                    if outer is not None:
-                        outer(name, info)
-
-                request.extensions = {**request.extensions, "trace": trace}
-                try:
-                    return super().handle_request(request)
-                except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError):
-                    if opened:
-                        raise  # a new connection failed: this request's failure
-            return super().handle_request(request)
-
-    return StaleSafeTransport(limits=limits)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+            and exc.errno in (errno.ECONNRESET, errno.EPIPE))
 
 
 class OpenAIBackend:
@@ -190,8 +141,8 @@ class OpenAIBackend:
         self._loop_thread: _LoopThread | None = None
         self._lock = threading.Lock()
         # made on the loop at first use (asyncio objects belong to one loop)
-        self._client = None
-        self._pool = None
+        self._client = None  # openai.AsyncOpenAI
+        self._http = None  # its HTTP client (httpx2 API over the SDK's aiohttp transport)
         self.limit = None  # ratelimit.AdaptiveLimit
         self.budget = None  # ratelimit.RateBudget
 
@@ -230,10 +181,12 @@ class OpenAIBackend:
         if self._loop_thread is None:
             return
         if self._client is not None:
-            self._client.close()
-            self._pool.shutdown(wait=False)
+            try:
+                self._loop_thread.run(_within(self._client.close(), 5.0))
+            except Exception as e:  # closing is best effort: the connections die with the loop anyway
+                logger.debug("model %r: closing the client: %s", self.name, e)
         self._loop_thread.close()
-        self._loop_thread, self._client, self.limit, self.budget = None, None, None, None
+        self._loop_thread, self._client, self._http, self.limit, self.budget = None, None, None, None, None
 
     async def agenerate(self, prompts: list[Prompt], params: SamplingParams, *, require: str | None = None,
                         response_format: dict | None = None) -> list[list[Completion]]:
@@ -340,23 +293,29 @@ class OpenAIBackend:
 
         n = self.spec.max_concurrency
         limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
-        # The SDK's sync client in worker threads, driven by the async retry layer: on 2 cores it
-        # answered 1.7x the requests per second of AsyncOpenAI, whose asyncio HTTP stack costs
-        # more CPU per request than blocking sockets (benchmarks/openai_client.py). A transport of
-        # our own turns off httpx's proxies from the environment: through a proxy (HTTPS_PROXY,
-        # NO_PROXY, ...) the SDK's own transport goes, without the stale-connection resend.
-        own = {} if _proxied(self.spec.base_url) else {"transport": _transport(limits)}
-        http = openai.DefaultHttpxClient(limits=limits, timeout=self.spec.timeout_s, **own)
-        self._client = openai.OpenAI(api_key=_NO_KEY_HERE, base_url=self.spec.base_url, max_retries=0,
-                                     timeout=self.spec.timeout_s, http_client=http)
-        # twice the slots: an attempt abandoned at its deadline keeps its thread until the SDK's
-        # own timeout (the same) ends it, and must not hold up the next attempt in a queue
-        self._pool = _DaemonPool(2 * n + 2)
+        # AsyncOpenAI on the backend's own loop, over the SDK's aiohttp transport: aiohttp parses
+        # HTTP in C; httpx's pure-Python stack cost about 1 ms of client CPU a request more
+        # (benchmarks/openai_client.py). Proxies from the environment and TLS are the SDK's.
+        self._http = openai.DefaultAioHttpClient(limits=limits, timeout=self.spec.timeout_s)
+        self._client = openai.AsyncOpenAI(api_key=_NO_KEY_HERE, base_url=self.spec.base_url, max_retries=0,
+                                          timeout=self.spec.timeout_s, http_client=self._http)
+        # The SDK's own headers (user agent, platform), taken once: a chat or completion request
+        # goes to the SDK's HTTP client with these and the key, not through the SDK's request()
+        # (its options models, idempotency keys and header merging cost ~1.3 ms a request, more
+        # than the HTTP itself), which has nothing to add to a plain JSON POST without retries.
+        self._headers = [(k, v) for k, v in self._client.default_headers.items()
+                         if isinstance(v, str) and k.lower() != "authorization"]
+        base = str(self._client.base_url).rstrip("/")
+        self._urls = {p: httpx2.URL(base + p) for p in ("/chat/completions", "/completions")}
+        self._extensions = {"timeout": httpx2.Timeout(self.spec.timeout_s).as_dict()}
         self.limit = AdaptiveLimit(n)
         self.budget = RateBudget(self.spec.rpm, self.spec.tpm)
+        # a run does not close its backends: at exit, close the connections while the loop still
+        # runs (aiohttp complains of every session left open when it is collected)
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     async def call(self, what: str, fn):
-        """`fn(client, headers)` (an SDK call) in a worker thread with the retry layer (batch files:
+        """`await fn(client, headers)` (an AsyncOpenAI call) with the retry layer (batch files:
         uploads, polls, downloads)."""
         self._check_key_available()
         self._ensure_client()
@@ -379,36 +338,47 @@ class OpenAIBackend:
     async def _post(self, path: str, body: dict) -> tuple[Any, Any]:
         import httpx2
 
-        def send(client, headers):
-            # The client's own post: its auth, headers, pooling, proxies and status errors, but
-            # not the typed create(), whose recursive transform of every message cost about
-            # 2 ms a request on 2 cores (as much as the rest of the client); the body is plain
-            # JSON already, vLLM extensions (top_k, stop_token_ids) included.
-            return client.post(path, body=body, cast_to=httpx2.Response, options={"headers": headers})
-
-        raw = await self._sdk(send)
-        text = raw.text
+        key = self._key()
+        headers = self._headers + [("Authorization", f"Bearer {key}")] if key else self._headers
+        # a Request of our own, not the client's build_request: merging the client's URL, headers
+        # and cookies into every request is a third of httpx's cost and adds nothing here
+        request = httpx2.Request("POST", self._urls[path], headers=headers, extensions=self._extensions,
+                                 content=json.dumps(body, ensure_ascii=False).encode())
+        for resends_left in (3, 2, 1, 0):  # one stale connection after another, at most the pool's few
+            try:
+                response = await self._http.send(request)
+                break
+            except (httpx2.TimeoutException, httpx2.TransportError) as e:
+                cause = e.__cause__ or e
+                if resends_left and _closed_before_reply(cause):
+                    continue
+                raise _Retryable(self._redact(f"{type(cause).__name__}: {cause}")) from None
+        if response.status_code >= 400:
+            self._raise_status(response.status_code, response.headers, response.text, request.url)
+        text = response.text
         try:
-            return json.loads(text), raw.headers
+            return json.loads(text), response.headers
         except ValueError:
-            raise _Retryable(f"a reply that is not JSON: {_shown(self._redact(text))!r}", headers=raw.headers) from None
+            raise _Retryable(f"a reply that is not JSON: {_shown(self._redact(text))!r}",
+                             headers=response.headers) from None
+
+    def _raise_status(self, status: int, headers, text: str, url) -> None:
+        text = self._redact(text)
+        if status in RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {status}: {_shown(text, 200)}", parse_retry_after(headers.get("retry-after")),
+                             throttled=status == 429, headers=headers)
+        hint = " Is the key in the environment variable right?" if status in (401, 403) else ""
+        raise OpenAIBackendError(f"model {self.name!r}: {url} answered HTTP {status}: "
+                                 f"{_shown(text, 500)}{hint}", status=status)
 
     async def _sdk(self, fn):
-        """One SDK call in a worker thread; its errors sorted into failed attempts and failures for good."""
+        """One AsyncOpenAI call; its errors sorted into failed attempts and failures for good."""
         import openai
 
-        client, headers = self._client, self._auth()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, client, headers)
+            return await fn(self._client, self._auth())
         except openai.APIStatusError as e:
-            status, headers = e.status_code, e.response.headers
-            text = self._redact(e.response.text)
-            if status in RETRYABLE_STATUS:
-                raise _Retryable(f"HTTP {status}: {_shown(text, 200)}", parse_retry_after(headers.get("retry-after")),
-                                 throttled=status == 429, headers=headers) from None
-            hint = " Is the key in the environment variable right?" if status in (401, 403) else ""
-            raise OpenAIBackendError(f"model {self.name!r}: {e.request.url} answered HTTP {status}: "
-                                     f"{_shown(text, 500)}{hint}", status=status) from None
+            self._raise_status(e.status_code, e.response.headers, e.response.text, e.request.url)
         except openai.APITimeoutError:
             raise _Retryable(f"no response within {self.spec.timeout_s}s") from None
         except openai.APIConnectionError as e:

@@ -145,8 +145,9 @@ def _split_total(total: int, weights: list[int]) -> list[int]:
     """Integers summing to `total`, proportional to `weights` (equal shares when all are 0)."""
     if not weights:
         return []
-    w = [x if sum(weights) else 1 for x in weights]
-    shares = [total * x // sum(w) for x in w]
+    w = weights if sum(weights) else [1] * len(weights)
+    whole = sum(w)
+    shares = [total * x // whole for x in w]
     for i in range(total - sum(shares)):
         shares[i % len(shares)] += 1
     return shares
