@@ -114,6 +114,24 @@ class StoreInput(InputTable):
     def column_names(self) -> list[str]:
         return self._store.con.sql(f"SELECT * FROM {quote(self.name)} LIMIT 0").columns
 
+    def stream(self, size: int, columns: str | None = None):
+        """InputTable.stream from the store, through a cursor of its own (the runner may
+        commit on the store's connection while this is read)."""
+        scan = _output_scan(self._store, self.name)
+        if scan is None:
+            yield from super().stream(size, columns)
+            return
+        cursor = self._store.con.cursor()
+        try:
+            offset = 0
+            for batch in cursor.sql(f"SELECT {columns or '*'} {scan[0]}", params=scan[1]).to_arrow_reader(size):
+                import pyarrow as pa
+
+                yield offset, pa.Table.from_batches([batch])
+                offset += batch.num_rows
+        finally:
+            cursor.close()
+
     def write(self, path: str, fmt: str, columns: list[str]) -> None:
         scan = _output_scan(self._store, self.name)
         if scan is None:

@@ -58,10 +58,13 @@ def step_code(pipeline: Pipeline, step: StepConfig) -> dict[str, str]:
 # partial step whose chunk keys it changes starts over, see decide). A kind whose samples are
 # seeded per chunk (reconstruct) says so with `chunk_size_changes_output`.
 RUN_SETTINGS = {"chunk_size"}
+# Where a step's model calls go (`batch:` files or live, datamix.llm.StepBatch) changes no
+# answer's cache key, so switching reruns nothing, as with a model's own `batch:`.
+PLACEMENT_SETTINGS = {"batch"}
 
 
 def run_settings(step: StepConfig) -> set[str]:
-    return set() if type(step).chunk_size_changes_output else RUN_SETTINGS
+    return (set() if type(step).chunk_size_changes_output else RUN_SETTINGS) | PLACEMENT_SETTINGS
 
 
 def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:
@@ -187,12 +190,14 @@ def plan(pipeline: Pipeline, store: Store | None) -> list[PlanEntry]:
 
 def _batch_note(pipeline: Pipeline, step: StepConfig) -> str | None:
     """What `batch:` on the models a step calls means for its cost and time."""
+    from datamix.llm import batch_for
+
     notes = []
     for m in models_used(step):
-        batch = getattr(pipeline.models.get(m), "batch", None)
+        batch = batch_for(pipeline.models.get(m), getattr(step, "batch", None))
         if batch is not None and batch.runner == "openai":
-            notes.append(f"{m} as an OpenAI Batch: about half the price of live calls, answers within "
-                         f"{batch.completion_window}")
+            notes.append(f"{m} as an OpenAI Batch: about half the price of live calls (USD here at "
+                         f"{batch.price_factor:g}x its price), answers within {batch.completion_window}")
         elif batch is not None:
             notes.append(f"{m} through vllm run-batch on this machine")
     return "; ".join(notes) or None
@@ -265,7 +270,12 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     verbose: also log every committed chunk (step, key, rows), as it commits."""
     _use_jemalloc_for_arrow()
     fps = fingerprints(pipeline)
+    try:
+        memory = pipeline.memory_settings()
+    except ValueError as e:  # DATAMIX_MEMORY_LIMIT is read here, not when the YAML is validated
+        return RunResult(ok=False, steps=[], error=str(e), bad_input=True)
     store = Store(store_path)
+    _limit_store_memory(store, *memory)
     missing = _missing_secrets(pipeline, store, fps)
     if missing:  # before any step runs: an unset key would fail a step halfway through
         store.close()
@@ -322,6 +332,16 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
         result.steps = store.steps()
         store.close()
     return result
+
+
+def _limit_store_memory(store: Store, limit: int | None, temp_directory: str | None) -> None:
+    """Under a memory budget the store's DuckDB gets a quarter of it (the rest is the steps':
+    out-of-core dedup gives its own DuckDB a third, see datamix.dedup.ooc.Budget) and spills
+    to the run's temp directory."""
+    if limit:
+        store.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
+    if temp_directory:
+        store.con.execute("SET temp_directory = ?", [temp_directory])
 
 
 def _use_jemalloc_for_arrow() -> None:
@@ -400,6 +420,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         log=log,  # a step's warnings (a pre-query template full of whitespace) reach the user
         pool=pool,
     )
+    ctx.memory_limit, ctx.temp_directory = pipeline.memory_settings()
     sp = bars.step(step.name, step.kind, *_progress_unit(step, total, output_dir))
     ctx.progress, ctx.calls_progress = sp.advance, sp.call_progress
     ctx.calls = lambda record: (store.record_calls(run_id, step.name, record), sp.record_call(record))

@@ -89,7 +89,7 @@ def test_unknown_keys_of_the_pipeline_and_of_models_list_the_options_there(tmp_p
     assert result.exit_code == 2
     problems = sorted(problems)
     assert len(problems) == 3
-    assert problems[0] == "p.yaml:2: modles: unknown option; the options here are: name, store, seed, vars, models, steps, executor"
+    assert problems[0] == "p.yaml:2: modles: unknown option; the options here are: name, store, seed, vars, models, steps, executor, memory_limit, temp_directory"
     # the openai backend's options (the list grows with the backend; these are its first ones)
     assert problems[1].startswith("p.yaml:4: models.api.ray: unknown option; the options here are: path, chat_template, ")
     assert "base_url, api_key_env, max_concurrency" in problems[1] and "replicas" not in problems[1]

@@ -50,6 +50,13 @@ def parse_size(value: str | int | None, where: str = "memory_limit") -> int | No
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n // scale} {unit}"
+    return f"{n} B"
+
+
 def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -79,7 +86,7 @@ class Budget:
     def describe(self) -> str:
         if not self.limit:
             return "no memory limit"
-        return f"memory limit {self.limit / 1e9:.1f} GB (DuckDB {self.duckdb_bytes / 1e9:.1f} GB)"
+        return f"memory limit {_size(self.limit)} (DuckDB {_size(self.duckdb_bytes)})"
 
 
 def choose_out_of_core(cfg: MinHashConfig, n_docs: int, text_bytes: int, budget: Budget) -> bool:
@@ -207,7 +214,7 @@ def find_duplicates_ooc(
     ref = None if reference is None else (reference if hasattr(reference, "take") else SeriesSource(reference))
     n_ref = 0 if ref is None else len(ref)
     os.makedirs(folder, exist_ok=True)
-    chunk = _chunk_docs(cfg, budget, n)
+    chunk = chunk_docs(cfg, budget, n)
     if log:
         log(f"out-of-core MinHash: {n:,} documents in chunks of {chunk:,}, {budget.describe()}; "
             f"work files in {folder}")
@@ -262,7 +269,7 @@ class _Clock:
             self.t = t
 
 
-def _chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
+def chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
     """Documents per signing chunk: a chunk holds its texts and UTF-8 copies (~3 KB for 100
     words), signatures and band keys and their Parquet table (~ 4 * num_perm + 40 * bands);
     a quarter of the work memory for one chunk leaves room for verification's arrays."""

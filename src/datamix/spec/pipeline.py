@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from datamix.executors import Executor, LocalExecutor
 from datamix.models import ModelSpec
@@ -31,6 +31,11 @@ class Pipeline(BaseModel):
     steps: list[StepConfig]
     # Where steps run (datamix.executors): a run setting, never part of a fingerprint
     executor: Executor = Field(default_factory=LocalExecutor)
+    # The process's memory budget ("4GB") and where DuckDB spills past it: run settings
+    # (outside fingerprints), overridden by DATAMIX_MEMORY_LIMIT / DATAMIX_TEMP_DIRECTORY
+    # (memory_settings). Out-of-core steps (MinHash dedup) size their work from it.
+    memory_limit: str | None = None
+    temp_directory: str | None = None
     # Set by load(): where the YAML lives (relative paths resolve against it).
     spec_path: str = ""
     # Set by load(): a step's own `executor:`, kept out of its config so no fingerprint sees it
@@ -39,6 +44,28 @@ class Pipeline(BaseModel):
     def executor_of(self, step: str):
         """The executor a step runs under: its own `executor:`, else the pipeline's."""
         return self._step_executors.get(step, self.executor)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from datamix.dedup.ooc import parse_size
+
+            parse_size(v, "memory_limit")  # "4GB", "512MB", "2GiB": a plain message, not pydantic's
+        return v
+
+    def memory_settings(self) -> tuple[int | None, str | None]:
+        """(memory limit in bytes, temp directory) for this run: the environment's
+        DATAMIX_MEMORY_LIMIT / DATAMIX_TEMP_DIRECTORY over the YAML's (a machine with less
+        memory runs a shared pipeline without editing it); a relative folder is the YAML's."""
+        from datamix.dedup.ooc import parse_size
+
+        limit = os.environ.get("DATAMIX_MEMORY_LIMIT") or self.memory_limit
+        temp = os.environ.get("DATAMIX_TEMP_DIRECTORY") or self.temp_directory
+        if temp and not os.path.isabs(temp):
+            temp = os.path.join(self.base_dir, temp)
+        where = "DATAMIX_MEMORY_LIMIT" if os.environ.get("DATAMIX_MEMORY_LIMIT") else "memory_limit"
+        return parse_size(limit, where), temp
 
     @property
     def base_dir(self) -> str:

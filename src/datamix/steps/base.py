@@ -253,6 +253,12 @@ class InputTable:
         for start in range(0, table.num_rows, size):
             yield start, table.slice(start, size)
 
+    def stream(self, size: int, columns: str | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """(offset, table) pairs of about `size` rows, in the stable order, read as they are
+        used: a step that sees its whole input (out-of-core dedup) never holds all of it.
+        The runner's version streams from the store."""
+        yield from self.slices(size, columns)
+
 
 def copy_sql(columns: list[str], source: str, fmt: str) -> str:
     """DuckDB's COPY of `columns` of `source` ("FROM ...") as JSON lines or zstd Parquet, to the
@@ -305,6 +311,11 @@ class Context:
     # probe: `datamix plan` runs the step to count what it would ask its models; the shared
     # generation path answers from the cache and records the rest without calling a model
     probe: bool = False
+    # The run's memory budget (bytes, None: none given) and where DuckDB may spill
+    # (Pipeline.memory_settings): steps that can work out of core (MinHash dedup) size
+    # their work from it. Run settings: they change no output.
+    memory_limit: int | None = None
+    temp_directory: str | None = None
 
     def resolve(self, path: str) -> str:
         import os

@@ -23,6 +23,7 @@ method's reason, e.g. `near_duplicate`). Without a reference it deduplicates its
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
@@ -168,9 +169,13 @@ def _read(cfg: DedupConfig, table):
     """(sample ids, texts, the frame read) for the input `table`: only the fields' text and the
     keep column are read. DuckDB extracts chat fields during the read, so the chats themselves
     never reach Python (reading 1M of them through a filter: 0.75 s, their instructions: 0.2 s)."""
-    import polars as pl
+    df = table.polars(_select(cfg, table))
+    return df["sample_id"], _texts(cfg, df), df
 
-    from datamix.fields import CHAT_FIELDS, cast_text, check_field, sql_select
+
+def _select(cfg: DedupConfig, table) -> str:
+    """The SQL select list of what dedup reads of its input: ids, the fields' text, the keep column."""
+    from datamix.fields import check_field, sql_select
 
     columns = table.column_names()
     for f in cfg.fields:
@@ -181,11 +186,42 @@ def _read(cfg: DedupConfig, table):
     select = ["sample_id", *(sql_select(f, f"__field{i}") for i, f in enumerate(cfg.fields))]
     if cfg.keep == "highest":
         select.append(sql_select(cfg.keep_column, KEEP))
-    df = table.polars(", ".join(select))
+    return ", ".join(select)
+
+
+def _texts(cfg: DedupConfig, df):
+    """The text dedup compares: the fields joined with a blank line, as fields.text_of joins them."""
+    import polars as pl
+
+    from datamix.fields import CHAT_FIELDS, cast_text
+
     parts = [pl.col(f"__field{i}") if f in CHAT_FIELDS else cast_text(f"__field{i}") for i, f in enumerate(cfg.fields)]
-    # the fields joined with a blank line, as fields.text_of joins them
     texts = df.select((parts[0] if len(parts) == 1 else pl.concat_str(parts, separator="\n\n")).alias("text"))
-    return df["sample_id"], texts.to_series(), df
+    return texts.to_series()
+
+
+def _read_out_of_core(cfg: DedupConfig, table, folder: str, size: int):
+    """(sample ids, priority, text source) with the input read in batches: the texts go to a
+    Parquet file in `folder` as they are read (datamix.dedup.ooc.SpilledTexts), so neither
+    the chats nor their texts are ever whole in memory."""
+    import numpy as np
+    import polars as pl
+
+    from datamix.dedup.ooc import SpilledTexts
+
+    spill = SpilledTexts(os.path.join(folder, "texts.parquet"))
+    ids, priority = [], []
+    for _, batch in table.stream(size, _select(cfg, table)):
+        df = pl.from_arrow(batch)
+        texts = _texts(cfg, df)
+        spill.write(texts)
+        ids.append(df["sample_id"])
+        priority.append(_priority(df, cfg, texts))
+    source = spill.close()
+    if cfg.keep == "first":  # _priority numbered each batch from 0
+        priority = [np.arange(len(source), dtype=np.float64)]
+    ids = pl.concat(ids) if ids else pl.Series("sample_id", [], dtype=pl.String)
+    return ids, np.concatenate(priority) if priority else np.zeros(0), source
 
 
 def _reference(cfg: DedupConfig, inputs, ctx: Context):
@@ -242,21 +278,27 @@ class _StoreCache:
 @register("dedup", DedupConfig, passthrough=True, shape="whole")
 def run(cfg: DedupConfig, inputs, ctx: Context) -> Output:
     import importlib
-    import os
 
     import polars as pl
 
     model = getattr(cfg.options, "model", None)  # semantic: a model folder beside the YAML, whatever the working folder
     if model and os.path.isdir(ctx.resolve(model)):
         cfg = cfg.model_copy(update={"options": cfg.options.model_copy(update={"model": ctx.resolve(model)})})
-    ids, texts, df = _read(cfg, inputs["input"])
     ref_texts, ref_ids = _reference(cfg, inputs, ctx)
-    module = importlib.import_module(_METHODS[cfg.method][1])
-    # Embeddings (a model's forward pass) are worth keeping in the store; MinHash signatures
-    # are not: signing a text from its raw bytes (~3 us for 200 words) costs less than looking
-    # its signature up there, let alone writing it (issue 11: 2.5 s of keys + the writes per 50k).
-    cache = _StoreCache(ctx) if cfg.method == "semantic" else None
-    found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts, cache=cache)
+    found = _minhash_out_of_core(cfg, inputs["input"], ref_texts, ctx) if cfg.method == "minhash" else None
+    if found is not None:
+        found, ids = found
+        rows_in = len(ids)
+    else:
+        ids, texts, df = _read(cfg, inputs["input"])
+        rows_in = len(df)
+        module = importlib.import_module(_METHODS[cfg.method][1])
+        # Embeddings (a model's forward pass) are worth keeping in the store; MinHash signatures
+        # are not: signing a text from its raw bytes (~3 us for 200 words) costs less than looking
+        # its signature up there, let alone writing it (issue 11: 2.5 s of keys + the writes per 50k).
+        cache = _StoreCache(ctx) if cfg.method == "semantic" else None
+        found = module.find_duplicates(texts, _priority(df, cfg, texts), cfg.options, reference=ref_texts,
+                                       cache=cache)
     if not cfg.dedups_input:  # decontamination only: keep what matches no reference row
         found = found.filter(pl.col("ref_index").is_not_null())
     dup_ids = ids.gather(found["dup_of"].fill_null(0)).to_list()
@@ -276,5 +318,33 @@ def run(cfg: DedupConfig, inputs, ctx: Context) -> Output:
         "score": found["similarity"].cast(pl.Float64),
         "related_id": pl.Series(related, dtype=pl.Utf8),
     })
-    ctx.progress(len(df))
-    return Output(decisions=decisions, rows_in=len(df))
+    ctx.progress(rows_in)
+    return Output(decisions=decisions, rows_in=rows_in)
+
+
+# What the out-of-core choice assumes a text weighs before reading any (~150 words).
+ASSUMED_TEXT_BYTES = 1000
+
+
+def _minhash_out_of_core(cfg: DedupConfig, table, ref_texts, ctx: Context):
+    """(removal frame, sample ids) from the out-of-core MinHash path (datamix.dedup.ooc) when
+    the method asks for it or (auto) the input is too large for the run's memory budget;
+    None for the in-memory path. Its work files live in the step's output folder while it
+    runs and are removed once it is done."""
+    import shutil
+
+    from datamix.dedup import ooc
+
+    budget = ooc.Budget(ctx.memory_limit, ctx.temp_directory)
+    n = len(table)
+    if not ooc.choose_out_of_core(cfg.options, n, n * ASSUMED_TEXT_BYTES, budget):
+        return None
+    folder = os.path.join(ctx.output_dir, "minhash")
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's files: the step starts over
+    os.makedirs(folder)
+    ctx.log(f"dedup {cfg.name}: out of core, {budget.describe()}")
+    ids, priority, source = _read_out_of_core(cfg, table, folder, ooc.chunk_docs(cfg.options, budget, n))
+    found = ooc.find_duplicates_ooc(source, priority, cfg.options, folder, reference=ref_texts, budget=budget,
+                                    log=lambda m: ctx.log(f"dedup {cfg.name}: {m}"))
+    shutil.rmtree(folder, ignore_errors=True)
+    return found, ids
