@@ -48,6 +48,7 @@ def small_blocks(monkeypatch):
     """Many signing chunks and verification blocks, as a large corpus would have."""
     monkeypatch.setattr(ooc._Verifier, "BLOCK", 97)
     monkeypatch.setattr(ooc._SignatureRows, "GATHER", 31)
+    monkeypatch.setattr(ooc, "SORTED_BATCH", 1000)  # buckets straddle batches
 
 
 @pytest.mark.parametrize("verify", ["hybrid", "jaccard", "signature", "none"])

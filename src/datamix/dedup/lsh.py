@@ -156,6 +156,33 @@ def _bucket_pairs(values, offsets, max_bucket):
     return out
 
 
+@njit(cache=True)
+def _run_ends(band, key, final):
+    """End of each run of equal (band, key) in rows sorted by (band, key); without `final`
+    the last run may continue in the next rows and is left out."""
+    n = band.shape[0]
+    ends = np.empty(n, np.int64)
+    r = 0
+    for i in range(1, n):
+        if band[i] != band[i - 1] or key[i] != key[i - 1]:
+            ends[r] = i
+            r += 1
+    if final and n > 0:
+        ends[r] = n
+        r += 1
+    return ends[:r]
+
+
+def sorted_bucket_pairs(band: np.ndarray, key: np.ndarray, doc: np.ndarray, final: bool,
+                        max_bucket: int = MAX_BUCKET) -> tuple[np.ndarray, int]:
+    """(encoded pairs, rows consumed) of band-key rows sorted by (band, key, doc), with
+    candidate_pairs' cap. Unless `final`, the last bucket is not consumed (it may go on in
+    the next rows): the caller passes rows[consumed:] again with the next ones."""
+    ends = _run_ends(band, key, final)
+    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    return bucket_pairs(doc, offsets, max_bucket), int(offsets[-1])
+
+
 def bucket_pairs(values: np.ndarray, offsets: np.ndarray, max_bucket: int = MAX_BUCKET) -> np.ndarray:
     """Encoded pairs (lo << 32 | hi) of buckets given as one flat array of ascending document
     indices per bucket (bucket q is values[offsets[q]:offsets[q + 1]], as an Arrow list

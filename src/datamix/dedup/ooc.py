@@ -38,6 +38,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 # What one document costs the in-memory path besides its text (measured: 3.9 GB per
 # million 100-word documents, of which ~0.6 GB is text): signatures, band keys, tables.
 IN_MEMORY_BYTES_PER_DOC = 3300
+SORTED_BATCH = 131_072  # sorted band-key rows per Arrow batch (tests set a few, so buckets straddle batches)
 
 
 def parse_size(value: str | int | None, where: str = "memory_limit") -> int | None:
@@ -305,10 +306,10 @@ def _connect(budget: Budget, folder: str):
 
 
 def _candidate_pairs(con, files: list[str], max_bucket: int, work_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct candidate pairs (sorted, as np.unique sorts the in-memory path's) from the
-    buckets DuckDB groups, streamed: each batch's pairs are made by lsh.bucket_pairs and
-    merged into the distinct set whenever a quarter of the work memory has piled up."""
-    from datamix.dedup.lsh import bucket_pairs
+    """Distinct candidate pairs (sorted, as np.unique sorts the in-memory path's) from the band
+    keys sorted by DuckDB, streamed: lsh.sorted_bucket_pairs makes each bucket's pairs, and
+    they are merged into the distinct set whenever a quarter of the work memory has piled up."""
+    from datamix.dedup.lsh import sorted_bucket_pairs
     from datamix.store import sql_text
 
     found = np.zeros(0, np.uint64)
@@ -316,12 +317,21 @@ def _candidate_pairs(con, files: list[str], max_bucket: int, work_bytes: int) ->
         return _decode(found)
     pending: list[np.ndarray] = []
     piled, limit = 0, max(2**20, work_bytes // 4 // 16)  # pairs; the merge holds two copies
-    for batch in con.sql(sql_text("minhash_candidates.sql"), params={"files": files}).to_arrow_reader(65_536):
-        docs = batch.column(0)
-        pending.append(bucket_pairs(docs.values.to_numpy(), docs.offsets.to_numpy(), max_bucket))
-        piled += len(pending[-1])
+    carry = None  # the rows of a bucket that may go on in the next batch
+    reader = con.sql(sql_text("minhash_candidates.sql"), params={"files": files}).to_arrow_reader(SORTED_BATCH)
+    batch = next(reader, None)
+    while batch is not None:
+        following = next(reader, None)
+        cols = [batch.column(i).to_numpy() for i in range(3)]
+        if carry is not None:
+            cols = [np.concatenate([c, b]) for c, b in zip(carry, cols)]
+        pairs, used = sorted_bucket_pairs(*cols, final=following is None, max_bucket=max_bucket)
+        carry = [c[used:] for c in cols]
+        pending.append(pairs)
+        piled += len(pairs)
         if piled > limit:
             found, pending, piled = np.unique(np.concatenate([found, *pending])), [], 0
+        batch = following
     return _decode(np.unique(np.concatenate([found, *pending])))
 
 
