@@ -12,7 +12,9 @@ formula, and the cache is not taken into account (`exact` is false).
 Tokens: prompt tokens of probed calls are counted from the prompts (exact for token
 ids, about 4 characters a token for text). Completion tokens are the average this
 step and model produced in earlier runs (dm.calls) when there were any, else the
-step's max_tokens (an upper bound). Money: the model's `price:` per million tokens.
+step's max_tokens (an upper bound). Money: the model's `price:` per million tokens, times
+the batch discount (about half) for calls that go as a hosted batch (`batch:` on the model
+or the step).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def estimate(pipeline: Pipeline, store, step: StepConfig, action: str, parents_r
         calls = sum(m[0] for m in per_model.values())
         cached = sum(r["completions"] for r in records if r["cached"])
         return CallEstimate(calls, cached, round(sum(m[1] for m in per_model.values())),
-                            round(sum(m[2] for m in per_model.values())), _usd(pipeline, per_model), True)
+                            round(sum(m[2] for m in per_model.values())), _usd(pipeline, step, per_model), True)
     # not probed: the formula, split evenly over the step's models
     names = [m for m in models_used(step) if m in pipeline.models] or ["?"]
     max_tokens = getattr(getattr(step, "sampling", None), "max_tokens", None)
@@ -76,17 +78,24 @@ def estimate(pipeline: Pipeline, store, step: StepConfig, action: str, parents_r
     completion = [m for m in per_model.values() if m[2] is not None]
     completion_tokens = round(sum(m[2] for m in completion)) if len(completion) == len(per_model) else None
     # unknown prompt tokens count as none: the money is then a lower bound on the completions' part
-    usd = _usd(pipeline, per_model) if completion_tokens is not None else None
+    usd = _usd(pipeline, step, per_model) if completion_tokens is not None else None
     return CallEstimate(formula_calls, None, prompt_tokens, completion_tokens, usd, False)
 
 
-def _usd(pipeline: Pipeline, per_model: dict[str, list]) -> float | None:
+def _usd(pipeline: Pipeline, step: StepConfig, per_model: dict[str, list]) -> float | None:
+    """Each model's tokens at its `price:`, discounted where the step's calls to it go as a
+    hosted batch (BatchOptions.price_factor: about half)."""
+    from datamix.llm import batch_for
+
     total, priced = 0.0, False
     for name, (_, prompt, completion) in per_model.items():
-        price = getattr(pipeline.models.get(name), "price", None)
+        spec = pipeline.models.get(name)
+        price = getattr(spec, "price", None)
         if price is not None:
             priced = True
-            total += ((prompt or 0) * price.input_per_m + (completion or 0) * price.output_per_m) / 1e6
+            batch = batch_for(spec, getattr(step, "batch", None))
+            factor = batch.discount() if batch is not None else 1.0
+            total += factor * ((prompt or 0) * price.input_per_m + (completion or 0) * price.output_per_m) / 1e6
     return total if priced else None
 
 

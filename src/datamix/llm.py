@@ -13,11 +13,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from datamix.errors import BadInput, StepError
+from datamix.models import BatchOptions
 
 if TYPE_CHECKING:
     from datamix.models import Prompt, SamplingParams
@@ -73,6 +74,8 @@ class LoadedModel:
     name: str
     spec: Any  # datamix.models.TransformersModel | VLLMModel | OpenAIModel
     backend: Any
+    # how this step's calls to it go as batch files (datamix.models.BatchOptions), None: live
+    batch: Any = None
 
     @property
     def cache_id(self) -> str:
@@ -80,20 +83,57 @@ class LoadedModel:
         return f"{self.name}\x1f{self.spec.path}"
 
 
-def get_model(ctx: Context, name: str, where: str) -> LoadedModel:
-    """The declared model `name`, its backend loaded once per run (ctx.pool) and reused by every step."""
+def _step_batch_flag(value):
+    return {} if value is True else value
+
+
+# `batch:` on a step that calls models (generate, judge, reconstruct): true or options send its
+# calls to openai models as batch files, false sends them live, absent: as each model's own
+# `batch:` says. Not fingerprinted (datamix.runner.run_settings): an answer's cache key is the
+# same either way, so switching reruns nothing already answered.
+StepBatch = Annotated[
+    BatchOptions | Literal[False] | None,
+    BeforeValidator(_step_batch_flag),
+    Field(description="true / {runner: ..., ...}: this step's calls to openai models as batch files (about half "
+          "the price on hosted APIs); false: live; absent: each model's own batch:"),
+]
+
+
+def batch_for(spec, step_batch) -> Any:
+    """The batch files a model's calls in a step go as (BatchOptions), or None for live calls:
+    the step's `batch:` where it sets one, else the model's own."""
+    if getattr(spec, "backend", None) != "openai" or step_batch is False:
+        return None
+    return step_batch if step_batch is not None else spec.batch
+
+
+def batch_problem(spec, name: str, step_batch) -> str | None:
+    """Why a step's `batch:` cannot apply to model `name` (None when it can)."""
+    if step_batch in (None, False) or spec is None or spec.backend == "openai":
+        return None
+    return (f"batch files are sent by openai models (an OpenAI-compatible server or `vllm run-batch`); model "
+            f"{name!r} is backend {spec.backend}: remove `batch:` from the step, or declare the model with "
+            "backend: openai")
+
+
+def get_model(ctx: Context, name: str, where: str, batch=None) -> LoadedModel:
+    """The declared model `name`, its backend loaded once per run (ctx.pool) and reused by every step;
+    `batch`: the step's `batch:` option (see StepBatch)."""
     from datamix import models
 
     if name not in ctx.models:
         declared = ", ".join(sorted(ctx.models)) or "none"
         raise BadInput(f"{where}: model {name!r} is not declared under `models:` (declared: {declared}).")
     spec = ctx.models[name]
+    if problem := batch_problem(spec, name, batch):
+        raise BadInput(f"step {ctx.step!r}.batch: {problem}")
+    batched = batch_for(spec, batch)
     if ctx.probe:  # plan: no model is loaded, at most its tokenizer
-        return LoadedModel(name=name, spec=spec, backend=_ProbeBackend(name, spec, ctx.pipeline_dir))
+        return LoadedModel(name=name, spec=spec, backend=_ProbeBackend(name, spec, ctx.pipeline_dir), batch=batched)
     key = ("backend", name, spec.model_dump_json(), ctx.pipeline_dir)
     if key not in ctx.pool:
         ctx.pool[key] = models.load_backend(name, spec, ctx.pipeline_dir)
-    return LoadedModel(name=name, spec=spec, backend=ctx.pool[key])
+    return LoadedModel(name=name, spec=spec, backend=ctx.pool[key], batch=batched)
 
 
 class _ProbeBackend:
@@ -239,7 +279,8 @@ def generate_cached(
     `call_seed` (derived by the caller from the chunk, so a resumed chunk samples
     exactly as the first attempt did) and put in the cache together. `options` go to the
     backend's generate (an openai judge's `response_format` and `require`) and into the keys.
-    A model declared with `batch:` answers through batch files instead (_generate_batched).
+    A model with `batch:` (its own, or the step's: model.batch) answers through batch files instead
+    (_generate_batched).
     """
     keys = [[cache_key(model, prompt, params, seed, i, options) for i in idx] for prompt, idx in zip(prompts, indices)]
     found = ctx.cache_get([k for row in keys for k in row]) if prompts else {}
@@ -258,7 +299,7 @@ def generate_cached(
         if missing:
             groups.setdefault(missing, []).append(p)
     fresh: dict[str, dict] = {}
-    if groups and getattr(model.spec, "batch", None) is not None and not getattr(ctx, "probe", False):
+    if groups and model.batch is not None and not getattr(ctx, "probe", False):
         fresh = _generate_batched(ctx, model, prompts, keys, groups, params, call_seed, options, cost)
         groups = {}
     for missing, members in sorted(groups.items()):
@@ -317,7 +358,7 @@ def _generate_batched(ctx: Context, model: LoadedModel, prompts, keys, groups, p
     requests = [BatchRequest(keys[p][j], prompts[p], derive_seed(call_seed, "batch", j))
                 for missing, members in sorted(groups.items()) for p in members for j in missing]
     started = time.perf_counter()
-    got = generate_batched(model.name, model.backend, requests, params, cache_get=ctx.cache_get,
+    got = generate_batched(model.name, model.backend, requests, params, opts=model.batch, cache_get=ctx.cache_get,
                            cache_put=ctx.cache_put, work_dir=os.path.join(ctx.output_dir, "batches"), log=ctx.log,
                            **(options or {}))
     elapsed = time.perf_counter() - started

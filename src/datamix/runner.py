@@ -64,7 +64,8 @@ PLACEMENT_SETTINGS = {"batch"}
 
 
 def run_settings(step: StepConfig) -> set[str]:
-    return (set() if type(step).chunk_size_changes_output else RUN_SETTINGS) | PLACEMENT_SETTINGS
+    placement = PLACEMENT_SETTINGS & set(type(step).model_fields)
+    return (set() if type(step).chunk_size_changes_output else RUN_SETTINGS) | placement
 
 
 def _file_identity(pipeline: Pipeline, step: StepConfig) -> list:

@@ -211,3 +211,106 @@ def test_datamix_run_generates_through_a_batch(monkeypatch, tmp_path):
     assert server.calls["submit"] == 1 and sum(server.served.values()) == 1  # one batch; its failed line live
     rows = query(store_of(pipeline), "SELECT messages[-1].content FROM answers ORDER BY sample_id")
     assert len(rows) == 6 and all(r[0].startswith("echo:") for r in rows)
+
+
+# ---------------------------------------------------------------- `batch:` on a step
+
+
+def _two_models(url):
+    common = {"backend": "openai", "base_url": url, "api_key_env": "DATAMIX_TEST_KEY", "timeout_s": 5}
+    return {"plain": {**common, "path": "plain-model"},
+            "batchy": {**common, "path": "batchy-model", "batch": {"poll_s": 0.01}}}
+
+
+def test_batch_on_a_step_overrides_its_models_and_switching_reruns_nothing(monkeypatch, tmp_path):
+    from tests.helpers import cli, general_records, query, store_of, write_jsonl, write_pipeline
+
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    write_jsonl(tmp_path / "g.jsonl", general_records(3))
+    with FlakyServer(fail_rate=0.0) as server:
+        steps = [{"name": "src", "kind": "load", "path": "g.jsonl"},
+                 # a live model, batched by the step; a batch model, live in this step
+                 {"name": "batched", "kind": "generate", "input": "src", "models": ["plain"],
+                  "batch": {"poll_s": 0.01}},
+                 {"name": "live", "kind": "generate", "input": "src", "models": ["batchy"], "batch": False}]
+        pipeline = write_pipeline(tmp_path, steps, models=_two_models(server.url))
+        first = cli("run", pipeline, "-q")
+        assert first.exit_code == 0, first.output
+        after_first = (server.calls["submit"], sum(server.served.values()))
+        # the other way round: the answers are in the cache under the same keys, nothing is asked again
+        plan = json.loads(cli("plan", pipeline, "steps.batched.batch=false", "steps.live.batch=true",
+                              "--format", "json").stdout)
+        again = cli("run", pipeline, "steps.batched.batch=false", "steps.live.batch=true", "-q")
+    assert again.exit_code == 0, again.output
+    assert after_first == (1, 3)  # one batch (the `batched` step), three live requests (`live`)
+    assert (server.calls["submit"], sum(server.served.values())) == after_first
+    assert [e["action"] for e in plan] == ["skip", "skip", "skip"]  # `batch:` is not fingerprinted
+    (path,) = (tmp_path / ".datamix").rglob("batch-*.jsonl")
+    assert {json.loads(x)["body"]["model"] for x in path.read_text().splitlines()} == {"plain-model"}
+    # the fake server sees batch lines as bodies too: only the batch model's went live
+    assert len([b for b in server.bodies if b["model"] == "batchy-model"]) == 3
+    rows = query(store_of(pipeline), "SELECT count(*) FROM batched UNION ALL SELECT count(*) FROM live")
+    assert rows == [(3,), (3,)]
+
+
+def test_batch_on_a_step_with_a_model_that_sends_no_batch_files_is_bad_input(tmp_path):
+    from tests.helpers import cli, general_records, write_jsonl, write_pipeline
+
+    write_jsonl(tmp_path / "g.jsonl", general_records(2))
+    models = {"local": {"backend": "transformers", "path": "gpt2"},
+              "hosted": {"backend": "openai", "path": "gpt-x", "base_url": "http://127.0.0.1:9/v1"}}
+    steps = [{"name": "src", "kind": "load", "path": "g.jsonl"},
+             {"name": "answers", "kind": "generate", "input": "src", "models": ["hosted", "local"], "batch": True}]
+    out = cli("validate", write_pipeline(tmp_path, steps, models=models))
+    assert out.exit_code == 2
+    assert "steps[1] (name: answers).batch:" in out.output and "model 'local' is backend transformers" in out.output
+    steps[1]["batch"] = {"runer": "vllm"}  # a misspelt option
+    out = cli("validate", write_pipeline(tmp_path, steps, models=models))
+    assert out.exit_code == 2 and "runer" in out.output
+
+
+def test_plan_prices_batch_calls_at_the_batch_discount(tmp_path):
+    from tests.helpers import cli, general_records, write_jsonl, write_pipeline
+
+    write_jsonl(tmp_path / "g.jsonl", general_records(4))
+    model = {"backend": "openai", "path": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
+             "price": {"input_per_m": 2.0, "output_per_m": 8.0}}
+    steps = [{"name": "src", "kind": "load", "path": "g.jsonl"},
+             {"name": "answers", "kind": "generate", "input": "src", "models": ["hosted"], "n": 2,
+              "sampling": {"max_tokens": 100}}]
+
+    # the load step done, so that the plan probes the generate step's calls
+    assert cli("run", write_pipeline(tmp_path, steps[:1]), "-q").exit_code == 0
+
+    def answers(models, *overrides):
+        out = cli("plan", write_pipeline(tmp_path, steps, models=models), *overrides, "--format", "json")
+        assert out.exit_code == 0, out.output
+        return next(e for e in json.loads(out.stdout) if e["name"] == "answers")
+
+    live = answers({"hosted": model})
+    on_model = answers({"hosted": {**model, "batch": True}})
+    on_step = answers({"hosted": model}, "steps.answers.batch=true")
+    local_runner = answers({"hosted": {**model, "batch": {"runner": "vllm"}}})
+    off_on_step = answers({"hosted": {**model, "batch": True}}, "steps.answers.batch=false")
+    assert live["usd"] > 0 and live["model_calls"] == on_step["model_calls"] == 8
+    assert on_model["usd"] == pytest.approx(live["usd"] / 2) and on_step["usd"] == pytest.approx(live["usd"] / 2)
+    assert "USD here at 0.5x its price" in on_step["reason"] and "Batch" not in live["reason"]
+    assert local_runner["usd"] == pytest.approx(live["usd"])  # vllm run-batch on this machine: no discount
+    assert off_on_step["usd"] == pytest.approx(live["usd"]) and "Batch" not in off_on_step["reason"]
+
+
+def test_a_judge_step_with_batch_scores_through_one_batch(monkeypatch, tmp_path):
+    from tests.helpers import cli, general_records, query, store_of, write_jsonl, write_pipeline
+
+    monkeypatch.setenv("DATAMIX_TEST_KEY", KEY)
+    write_jsonl(tmp_path / "g.jsonl", general_records(3))
+    with FlakyServer(fail_rate=0.0, answer_text=lambda body: '{"score": 4, "reason": "fine"}') as server:
+        steps = [{"name": "src", "kind": "load", "path": "g.jsonl"},
+                 {"name": "scored", "kind": "judge", "input": "src", "judges": ["plain"], "batch": {"poll_s": 0.01}}]
+        out = cli("run", write_pipeline(tmp_path, steps, models=_two_models(server.url)), "-q")
+    assert out.exit_code == 0, out.output
+    assert server.calls["submit"] == 1 and sum(server.served.values()) == 0  # all three in one batch
+    (path,) = (tmp_path / ".datamix").rglob("batch-*.jsonl")
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 3 and all(x["body"]["response_format"]["type"] == "json_schema" for x in lines)
+    assert query(store_of(tmp_path / "t.yaml"), "SELECT score FROM scored") == [(4.0,)] * 3

@@ -179,6 +179,13 @@ class BatchOptions(BaseModel):
     poll_s: float = Field(default=30.0, gt=0, description="seconds between status checks of a submitted batch")
     completion_window: str = "24h"
     max_lines: int = Field(default=50_000, ge=1, description="requests per batch file (OpenAI allows 50,000)")
+    # what `plan` multiplies a model's `price:` by for calls sent as a hosted batch (OpenAI,
+    # Anthropic and Google charge half the live price); vllm run-batch on this machine: not applied
+    price_factor: float = Field(default=0.5, gt=0, le=1, description="batch price / live price (plan's USD)")
+
+    def discount(self) -> float:
+        """The factor on `price:` for calls sent this way (1.0 for a local vllm run-batch)."""
+        return self.price_factor if self.runner == "openai" else 1.0
 
 
 class OpenAIModel(_ModelBase):

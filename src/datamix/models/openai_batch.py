@@ -1,6 +1,7 @@
 """Batch files: an openai model's calls as one OpenAI Batch, or through `vllm run-batch`.
 
-`batch: true` on an openai model sends the requests a step call has to make as
+`batch: true` on an openai model (or on a generate, judge or reconstruct step,
+overriding its models' own) sends the requests a step call has to make as
 batch JSONL, one line per answer (`custom_id` = the answer's response-cache key,
 n = 1, its own seed): write, upload, submit, poll, download, ingest. Hosted APIs
 charge about half the price of live calls for it, and answer within the
@@ -99,6 +100,7 @@ def generate_batched(
     requests: list[BatchRequest],
     params: SamplingParams,
     *,
+    opts: Any = None,
     cache_get: Callable[[list[str]], dict],
     cache_put: Callable[[dict], None],
     work_dir: str,
@@ -106,9 +108,10 @@ def generate_batched(
     require: str | None = None,
     response_format: dict | None = None,
 ) -> dict[str, Completion]:
-    """An answer for every request, by its key: through batch files, the failed lines live."""
+    """An answer for every request, by its key: through batch files, the failed lines live.
+    `opts`: the BatchOptions (a step's `batch:`), else the model's own."""
     spec = backend.spec
-    opts = spec.batch
+    opts = opts if opts is not None else spec.batch
     os.makedirs(work_dir, exist_ok=True)
     if opts.runner == "openai" and len(requests) < 1000:
         # a batch holds one chunk of the step and the next chunk's waits for it (up to the window)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from datamix.llm import (Sampling, chat_template_source, derive_seed, end_of_turn_stops, generate_cached, get_model,
+from datamix.llm import (Sampling, StepBatch, chat_template_source, derive_seed, end_of_turn_stops, generate_cached, get_model,
                          prompt_hash, raw_prompt, sampling_for)
 from datamix.steps.base import BadInput, Context, Output, StepConfig, register
 
@@ -25,6 +25,7 @@ class GenerateConfig(StepConfig):
     sampling: Sampling = Field(default_factory=Sampling)
     seed: int | None = None  # default: the pipeline seed
     chunk_size: int = Field(default=256, ge=1, description="instructions per committed chunk")
+    batch: StepBatch = None
 
     def columns_out(self, inputs):
         return frozenset({"sample_id", "messages", "instruction_id", "model", "sample_index", "params", "turns",
@@ -66,7 +67,7 @@ def _answer_chunk(cfg: GenerateConfig, ctx: Context, batch: pl.DataFrame) -> pl.
     chats = [_conversation(m, cfg.system_prompt, f"{where}, sample {sid}") for sid, m in zip(batch["sample_id"], batch["messages"].to_list())]
     records: list[dict] = []
     for model_name in cfg.models:
-        model = get_model(ctx, model_name, f"{where}.models")
+        model = get_model(ctx, model_name, f"{where}.models", batch=cfg.batch)
         params = sampling_for(cfg, model.spec).params()
         # state per (instruction, sample index): the conversation so far and its costs
         convs = [[list(chat) for _ in range(cfg.n)] for chat in chats]

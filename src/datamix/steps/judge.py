@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from datamix.steps.base import BadInput, Context, Output, StepConfig, StepError, register
-from datamix.llm import Sampling, derive_seed, generate_cached, get_model, sampling_for
+from datamix.llm import Sampling, StepBatch, derive_seed, generate_cached, get_model, sampling_for
 
 DEFAULT_RUBRIC = """Please act as an impartial judge and evaluate the quality of the response to the user instruction below. Consider helpfulness, relevance, accuracy, depth and clarity. Rate the response on a scale of 1 to 5: 1 = very poor, 2 = poor, 3 = acceptable, 4 = good, 5 = excellent.
 
@@ -53,6 +53,7 @@ class JudgeConfig(StepConfig):
     batch_size: int = Field(default=8, ge=1, description="candidates per forward pass (reward_model, loglik)")
     seed: int | None = None
     chunk_size: int = Field(default=512, ge=1, description="candidates per committed chunk")
+    batch: StepBatch = None  # openai judges' calls as batch files (datamix.llm.StepBatch)
     structured: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto/json: openai judges answer {score, reason} through the server's "
         "structured output (response_format JSON schema), falling back to text where it is refused; other "
@@ -226,7 +227,7 @@ def _judge_with_models(cfg: JudgeConfig, ctx: Context, convs: list[tuple[list[di
     prompts = [Prompt(messages=[{"role": "user", "content": rubric.replace("{instruction}", u).replace("{response}", r)}]) for _, u, r in convs]
     per_candidate: list[list[dict]] = [[] for _ in convs]
     for judge in cfg.judges:
-        model = get_model(ctx, judge, f"step {ctx.step!r}.judges")
+        model = get_model(ctx, judge, f"step {ctx.step!r}.judges", batch=cfg.batch)
         params = sampling_for(cfg, model.spec).params()
         call_seed = derive_seed(seed, judge)  # not the chunk: a changed chunk_size changes no score
         structured = _structured(cfg, model)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datamix.steps.base import BadInput, Context, InputTable, Output, Source, StepConfig, Unit, register
 from datamix.llm import (
     Sampling,
+    StepBatch,
     chat_template_source,
     derive_seed,
     end_of_turn_stops,
@@ -51,6 +52,7 @@ class ReconstructConfig(StepConfig):
     seed: int | None = None  # default: the pipeline seed
     chunk_size: int = Field(default=1000, ge=1, description="samples per committed chunk")
     chunk_size_changes_output: ClassVar[bool] = True  # chunk c's draws are seeded from (seed, c)
+    batch: StepBatch = None
 
     @model_validator(mode="after")
     def _one_template_source(self):
@@ -121,7 +123,7 @@ def run(cfg: ReconstructConfig, inputs: dict[str, InputTable], ctx: Context) -> 
 
     if inputs:
         raise BadInput(f"step {ctx.step!r}: reconstruct samples from a model and takes no `input:`.")
-    model = get_model(ctx, cfg.model, f"step {ctx.step!r}.model")
+    model = get_model(ctx, cfg.model, f"step {ctx.step!r}.model", batch=cfg.batch)
     tokenizer = model.backend.tokenizer()
     variants = _variant_templates(cfg, ctx, model)
     weights = np.array([w for *_, w in variants], dtype=float)
