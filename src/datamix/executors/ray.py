@@ -44,8 +44,17 @@ def connect(spec: RayExecutor) -> None:
     except ImportError:
         raise BadInput("executor: {type: ray} but ray is not installed here: pip install 'datamix[ray]', or use "
                        "executor: local") from None
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _start(ray, spec)
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would interleave with the run's
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = False  # the run's own progress bar counts the slices instead
+    data.print_on_execution_start = False
+
+
+def _start(ray, spec: RayExecutor) -> None:
     options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if spec.address == "local":
         ray.init(address="local", num_cpus=spec.num_cpus, **options)
@@ -55,12 +64,6 @@ def connect(spec: RayExecutor) -> None:
         except ConnectionError as e:
             raise BadInput(f"executor.address: cannot reach the Ray cluster at {spec.address} ({e}); start it, fix "
                            "the address, or use address: local") from None
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would interleave with the run's
-    data = ray.data.DataContext.get_current()
-    data.enable_progress_bars = False  # the run's own progress bar counts the slices instead
-    data.print_on_execution_start = False
 
 
 def on_ray(spec: RayExecutor, store, step, entry, inputs, ctx: Context, chunks: Iterator[Chunk],

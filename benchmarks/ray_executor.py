@@ -1,0 +1,168 @@
+"""The Ray executor against the local one, and 1 against 2 Ray workers, on the same batch steps.
+
+N synthetic chats (default 1M, benchmarks/pipeline.py's generator) are loaded once into a base
+store; each arm starts from a copy of it and runs the same two `batch` steps:
+
+    clean: filter (>= 3 words, no listed phrase)          decisions only
+    sized: map (two DuckDB expressions per row)           rows: a table locally, Parquet parts on Ray
+
+Arms: `local` (the runner's loop), `ray-1` (Ray Data, one task at a time) and `ray-2` (two at
+once), on one Ray started here with 2 CPUs before any timing (its start is printed on its own:
+a run pays it once). Arms alternate within each round, in a rotating order, so load from
+other processes falls on all of them. Reported: each step's seconds from dm.steps (the
+runner's own timing of the step), per arm the median over rounds, and the ratios
+ray-2 / local (the executor's overhead on one machine; target <= 1.5x) and ray-1 / ray-2
+(the speed-up of a second worker; 2x at best on 2 free cores). Every arm's outputs are
+checked to be the same (count and id hash of `sized`, dropped count of `clean`).
+
+    flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
+    flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.pipeline import make_data  # noqa: E402
+
+STEPS = """
+name: bench
+store: {store}
+executor: {executor}
+steps:
+  - {{name: general, kind: load, path: ../general.jsonl}}
+  - name: clean
+    kind: filter
+    input: general
+    rules:
+      - {{rule: length, field: response, min: 3, unit: words}}
+      - {{rule: phrases, field: response, phrases: ["as an ai language model", "i cannot assist"]}}
+  - name: sized
+    kind: map
+    input: clean
+    columns: {{response_chars: "length(messages[-1].content)", turns: "len(messages)"}}
+"""
+
+ARMS = {"local": "local",
+        "ray-1": "{type: ray, address: local, concurrency: 1}",
+        "ray-2": "{type: ray, address: local, concurrency: 2}"}
+
+
+def write_yaml(folder: str, arm: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "bench.yaml")
+    with open(path, "w") as f:
+        f.write(STEPS.format(store="store.duckdb", executor=ARMS[arm]))
+    return path
+
+
+def run_arm(root: str, base: str, arm: str) -> dict:
+    from datamix import runner, spec
+    from tests.helpers import query
+
+    folder = os.path.join(root, arm)
+    shutil.rmtree(folder, ignore_errors=True)
+    path = write_yaml(folder, arm)
+    shutil.copy(base, os.path.join(folder, "store.duckdb"))  # the same starting point: the load done
+    p = spec.load(path)
+    t0 = time.perf_counter()
+    result = runner.run(p, p.store_path(), log=lambda m: None)
+    wall = time.perf_counter() - t0
+    if not result.ok:
+        raise SystemExit(f"{arm}: {result.error}")
+    store = os.path.join(folder, "store.duckdb")
+    seconds = dict(query(store, "SELECT name, seconds FROM dm.steps WHERE name IN ('clean', 'sized')"))
+    if seconds.get("general") is not None:
+        raise SystemExit("the load step ran again: the arms would not start from the same point")
+    digest = query(store, "SELECT (SELECT count(*) FROM sized), (SELECT sum(hash(sample_id)) FROM sized), "
+                          "(SELECT count(*) FROM dm.decisions WHERE step = 'clean' AND NOT kept)")[0]
+    return {"clean": seconds["clean"], "sized": seconds["sized"], "wall": wall, "digest": digest}
+
+
+def _warm(batch):
+    """Import in each worker what a slice needs, so the first timed arm does not pay it."""
+    import datamix.executors.parts  # noqa: F401
+    import datamix.steps.filter  # noqa: F401
+    import datamix.steps.map  # noqa: F401
+
+    return batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds; every arm runs once per round")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+    import ray
+    import ray.data
+
+    root = tempfile.mkdtemp(prefix="dm-ray-bench-")
+    try:
+        t0 = time.perf_counter()
+        make_data(root, args.rows, 1)
+        base_dir = os.path.join(root, "base")
+        from datamix import runner, spec
+
+        p = spec.load(write_yaml(base_dir, "local"))
+        p.steps = p.steps[:1]  # the load alone
+        if not runner.run(p, p.store_path(), log=lambda m: None).ok:
+            raise SystemExit("the base load failed")
+        base = p.store_path()
+        print(f"{args.rows:,} chats loaded into the base store in {time.perf_counter() - t0:.1f}s "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        t0 = time.perf_counter()
+        ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        print(f"ray start (2 CPUs), once per run: {time.perf_counter() - t0:.1f}s")
+        t0 = time.perf_counter()
+        ray.data.range(8, override_num_blocks=4).map_batches(_warm, concurrency=2).materialize()
+        print(f"worker start and imports (datamix, duckdb, polars), once per run: {time.perf_counter() - t0:.1f}s")
+        results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        order = list(ARMS)
+        for r in range(args.repeat):
+            for arm in order:
+                load = os.getloadavg()[0]
+                out = run_arm(root, base, arm)
+                results[arm].append(out)
+                print(f"round {r + 1} {arm:6s} filter {out['clean']:6.2f}s  map {out['sized']:6.2f}s  "
+                      f"run {out['wall']:6.2f}s  (load average {load:.1f})", flush=True)
+            order = order[1:] + order[:1]
+        digests = {arm: {o["digest"] for o in outs} for arm, outs in results.items()}
+        same = len({d for ds in digests.values() for d in ds}) == 1
+        print(f"outputs identical across arms and rounds: {same}")
+        med = {arm: {k: statistics.median(o[k] for o in outs) for k in ("clean", "sized", "wall")}
+               for arm, outs in results.items()}
+        print("\nmedian seconds   filter     map   both steps")
+        for arm, m in med.items():
+            print(f"  {arm:12s} {m['clean']:8.2f} {m['sized']:7.2f} {m['clean'] + m['sized']:8.2f}")
+
+        def both(arm):
+            return med[arm]["clean"] + med[arm]["sized"]
+
+        print(f"\nray-2 / local (overhead on one machine, target <= 1.5x): filter "
+              f"{med['ray-2']['clean'] / med['local']['clean']:.2f}x, map {med['ray-2']['sized'] / med['local']['sized']:.2f}x, "
+              f"both {both('ray-2') / both('local'):.2f}x")
+        print(f"ray-1 / ray-2 (speed-up of a 2nd worker, <= 2x): filter "
+              f"{med['ray-1']['clean'] / med['ray-2']['clean']:.2f}x, map {med['ray-1']['sized'] / med['ray-2']['sized']:.2f}x, "
+              f"both {both('ray-1') / both('ray-2'):.2f}x")
+        if not same:
+            raise SystemExit(f"outputs differ: {digests}")
+    finally:
+        ray.shutdown()
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
