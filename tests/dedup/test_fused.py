@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from datamix.dedup import lsh, shingle
+from datamix.dedup import kernels, lsh, shingle
 from datamix.dedup.minhash import (
     _PairSimilarity,
     MinHashConfig,
@@ -229,3 +229,27 @@ def test_threshold_error_message():
     assert err.value.errors()[0]["msg"] == "Value error, must be between 0 and 1"
     with pytest.raises(ValidationError, match="must be between 0 and 1"):
         MinHashConfig(method="minhash", threshold=0.0)
+
+
+
+def _formula(docs, a, b):
+    with np.errstate(over="ignore"):
+        return np.array([((a[None, :] * d[:, None] + b[None, :]).min(axis=0) >> np.uint64(32)).astype(np.uint32)
+                         if len(d) else np.full(len(a), 0xFFFFFFFF, np.uint32) for d in docs])
+
+
+def test_signature_kernel_equals_the_64_bit_formula_on_extreme_hashes():
+    # The kernels compute only the high 32 bits, in 32-bit lanes: check them against
+    # (a*x + b) mod 2^64 >> 32 on random and extreme shingle hashes (carries, all-ones words),
+    # documents of every length modulo the 8-shingle block, and an odd number of permutations.
+    rng = np.random.default_rng(3)
+    edge = np.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 0xFFFFFFFF00000000], np.uint64)
+    docs = [rng.integers(0, 2**64 - 1, n, dtype=np.uint64) for n in range(21)] + [edge]
+    offsets = np.cumsum([0] + [len(d) for d in docs]).astype(np.int64)
+    hashes = np.concatenate(docs)
+    a, b = permutations(13, 5)
+    a[0], b[0] = np.uint64(2**64 - 1), np.uint64(2**64 - 2)  # the largest odd multiplier and b
+    out = np.empty((len(docs), 13), np.uint32)
+    kernels.signature_kernel(hashes, offsets, a, b, out)
+    np.testing.assert_array_equal(out, _formula(docs, a, b))
+    np.testing.assert_array_equal(signatures_from_hashes(hashes, offsets, 128, 5), _formula(docs, *permutations(128, 5)))

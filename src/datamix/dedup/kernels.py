@@ -4,7 +4,10 @@ the method configs (`MinHashConfig`, `SemanticConfig`) load without numba: every
 
 Signature of a document = for each of `num_perm` hash functions
 h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; multiply-add-shift, the family
-rensa uses), the minimum over the document's 64-bit shingle hashes.
+rensa uses), the minimum over the document's 64-bit shingle hashes. Only those high
+32 bits are computed (`_hi32`): one 32x32->64 product carries into them, the two cross
+products only matter mod 2^32, so the minima run in 32-bit lanes (8 per AVX2 register)
+instead of emulated 64-bit multiplies (CPUs without AVX-512 have no 64-bit vector multiply).
 
 For word shingles one fused kernel goes from raw UTF-8 bytes to signatures, one
 document at a time (16 per parallel iteration): the word pass (`shingle.word_hashes`: lowercase,
@@ -17,7 +20,10 @@ LLVM vectorises).
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.core.extending import intrinsic
 
 from datamix.dedup import shingle
 from datamix.dedup.hashing import ngram_hashes
@@ -59,49 +65,89 @@ def connected_components(n, left, right):
 # ---------------------------------------------------------------- signatures
 
 _BLOCK = 8  # shingles per pass over the hash functions
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@intrinsic
+def _hi32(typingctx, a_lo, a_hi, b, x):
+    """(a * x + b) mod 2^64 >> 32 for a = a_hi:a_lo (uint32 halves), x and b uint64.
+
+    a * x = a_lo * x_lo + 2^32 (a_hi * x_lo + a_lo * x_hi) mod 2^64, so the high word is
+    the high word of a_lo * x_lo + b (one 32x32->64 product: its carry) plus the two cross
+    products mod 2^32. Written as LLVM IR because numba widens uint32 arithmetic to 64 bits:
+    here the cross products stay 32-bit multiplies (vpmulld, 8 lanes) and the result a
+    uint32 whose minimum is vpminud. Same values as the 64-bit formula (tested)."""
+    if not (a_lo == types.uint32 and a_hi == types.uint32 and b == types.uint64 and x == types.uint64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a_lo, a_hi, b, x = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        x_lo, x_hi = builder.trunc(x, i32), builder.trunc(builder.lshr(x, ir.Constant(i64, 32)), i32)
+        low = builder.add(builder.mul(builder.zext(a_lo, i64), builder.zext(x_lo, i64)), b)
+        carry = builder.trunc(builder.lshr(low, ir.Constant(i64, 32)), i32)
+        return builder.add(carry, builder.add(builder.mul(a_hi, x_lo), builder.mul(a_lo, x_hi)))
+
+    return types.uint32(types.uint32, types.uint32, types.uint64, types.uint64), codegen
 
 
 @njit(cache=True, inline="always")
-def _sign_block(acc, x, a, b):
-    """acc[k] = min(acc[k], a_k * x_j + b_k) over the _BLOCK shingle hashes in x."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+def _split(a):
+    """The uint32 halves (low, high) of the 64-bit multipliers."""
+    a_lo = np.empty(a.shape[0], np.uint32)
+    a_hi = np.empty(a.shape[0], np.uint32)
     for k in range(a.shape[0]):
-        ak, bk = a[k], b[k]
-        m0 = min(min(ak * x0 + bk, ak * x1 + bk), min(ak * x2 + bk, ak * x3 + bk))
-        m1 = min(min(ak * x4 + bk, ak * x5 + bk), min(ak * x6 + bk, ak * x7 + bk))
+        a_lo[k] = np.uint32(a[k] & _LOW32)
+        a_hi[k] = np.uint32(a[k] >> np.uint64(32))
+    return a_lo, a_hi
+
+
+@njit(cache=True, inline="always")
+def _sign_block(acc, x, a_lo, a_hi, b):
+    """acc[k] = min(acc[k], h_k(x_j)) over the _BLOCK shingle hashes in x."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+    for k in range(a_lo.shape[0]):
+        al, ah, bk = a_lo[k], a_hi[k], b[k]
+        m0 = min(min(_hi32(al, ah, bk, x0), _hi32(al, ah, bk, x1)), min(_hi32(al, ah, bk, x2), _hi32(al, ah, bk, x3)))
+        m1 = min(min(_hi32(al, ah, bk, x4), _hi32(al, ah, bk, x5)), min(_hi32(al, ah, bk, x6), _hi32(al, ah, bk, x7)))
         acc[k] = min(acc[k], min(m0, m1))
 
 
 @njit(cache=True, inline="always")
-def _sign_one(acc, x, a, b):
-    for k in range(a.shape[0]):
-        acc[k] = min(acc[k], a[k] * x + b[k])
+def _sign_one(acc, x, a_lo, a_hi, b):
+    for k in range(a_lo.shape[0]):
+        acc[k] = min(acc[k], _hi32(a_lo[k], a_hi[k], b[k], x))
+
+
+@njit(cache=True, inline="always")
+def _new_acc(n):
+    # A document without shingles keeps all ones -> EMPTY.
+    return np.full(n, np.uint32(0xFFFFFFFF))
 
 
 @njit(cache=True, inline="always")
 def _store_signature(acc, out, d):
-    # min commutes with the monotone >> 32, so the minima are kept in 64 bits and
-    # shifted once; a document without shingles keeps all ones -> EMPTY.
     for k in range(acc.shape[0]):
-        out[d, k] = np.uint32(acc[k] >> np.uint64(32))
+        out[d, k] = acc[k]
 
 
 @njit(cache=True, inline="always")
-def _sign_hashes(acc, hashes, start, end, a, b):
+def _sign_hashes(acc, hashes, start, end, a_lo, a_hi, b):
     i = start
     while i + _BLOCK <= end:
-        _sign_block(acc, hashes[i : i + _BLOCK], a, b)
+        _sign_block(acc, hashes[i : i + _BLOCK], a_lo, a_hi, b)
         i += _BLOCK
     while i < end:
-        _sign_one(acc, hashes[i], a, b)
+        _sign_one(acc, hashes[i], a_lo, a_hi, b)
         i += 1
 
 
 @njit(cache=True, parallel=True)
 def signature_kernel(hashes, offsets, a, b, out):
+    a_lo, a_hi = _split(a)
     for d in prange(offsets.shape[0] - 1):
-        acc = np.full(a.shape[0], np.uint64(0xFFFFFFFFFFFFFFFF))
-        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], a, b)
+        acc = _new_acc(a.shape[0])
+        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], a_lo, a_hi, b)
         _store_signature(acc, out, d)
 
 
@@ -123,6 +169,7 @@ def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
     """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
     n = offsets.shape[0] - 1
     no_rows = np.empty(0, np.int64)
+    a_lo, a_hi = _split(a)
     for g in prange((n + _GROUP - 1) // _GROUP):
         d0, d1 = g * _GROUP, min(g * _GROUP + _GROUP, n)
         longest = _longest(offsets, no_rows, d0, d1)
@@ -130,17 +177,17 @@ def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
         words = np.empty((longest + 1) // 2 + 1, np.uint64)
         shingles = np.empty_like(words)
         wmask, lowered = word_pass_scratch(longest)
-        acc = np.empty(a.shape[0], np.uint64)
+        acc = np.empty(a.shape[0], np.uint32)
         for d in range(d0, d1):
             n_words = word_hashes_into(data, offsets[d], offsets[d + 1], lower, words, wmask, lowered)
-            acc[:] = np.uint64(0xFFFFFFFFFFFFFFFF)
+            acc[:] = np.uint32(0xFFFFFFFF)
             if n_words > 0:
                 # A document shorter than one n-gram still gets one shingle (itself).
                 n_shingles = max(n_words - ngram + 1, 1)
                 width = min(ngram, n_words)
                 # All n-gram hashes first (vectorised loops), then the signature pass.
                 ngram_hashes(words, n_shingles, width, shingles)
-                _sign_hashes(acc, shingles, 0, n_shingles, a, b)
+                _sign_hashes(acc, shingles, 0, n_shingles, a_lo, a_hi, b)
             _store_signature(acc, out, d)
 
 
