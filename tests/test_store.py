@@ -269,13 +269,18 @@ def test_changed_data_file_reruns_its_load_and_downstream_not_siblings(core_pipe
     assert run_pipeline(core_pipeline).ok
     store = store_of(core_pipeline)
     before = step_runs(store)
-    rows_before = query(store, f"SELECT count(*) FROM {source}")[0][0]
+    rows_sql = f"SELECT sample_id, messages FROM {source} ORDER BY origin_line"
+    rows_before = query(store, rows_sql)
+    added = chat("And 9 plus 10, a new question?", "Nine plus ten is 19.")
     data = core_pipeline.parent / "data" / f"{source}.jsonl"
-    data.write_text(data.read_text() + json.dumps(chat("And 9 plus 10, a new question?", "Nine plus ten is 19.")) + "\n")
+    data.write_text(data.read_text() + json.dumps(added) + "\n")
     assert run_pipeline(core_pipeline).ok
     after = step_runs(store)
     assert {s for s in before if after[s] != before[s]} == rerun
-    assert query(store, f"SELECT count(*) FROM {source}") == [(rows_before + 1,)]
+    rows_after = query(store, rows_sql)
+    # the rows already there keep their ids; the new line is one new sample
+    assert rows_after[:-1] == rows_before and rows_after[-1][1] == added["messages"]
+    assert rows_after[-1][0] not in {sid for sid, _ in rows_before}
     assert query(store, "SELECT count(*) FROM dm.chunks WHERE step = ?", [source]) == [(1,)]
 
 

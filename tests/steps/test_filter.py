@@ -126,7 +126,8 @@ def test_filter_output_keeps_ids_and_chunking_does_not_change_decisions(tmp_path
     dropped_one, kept_one, store = run_filter(tmp_path / "one", records, rules)
     dropped_many, kept_many, store2 = run_filter(tmp_path / "many", records, rules, chunk_size=3)
     assert (dropped_one, kept_one) == (dropped_many, kept_many)
-    assert query(store2, "SELECT count(*) FROM dm.chunks WHERE step = 'f'") == [(4,)]
+    assert query(store2, "SELECT key FROM dm.chunks WHERE step = 'f' ORDER BY key") == [
+        ("rows-0-3",), ("rows-3-6",), ("rows-6-9",), ("rows-9-10",)]
     ids = query(store, "SELECT sample_id FROM f ORDER BY sample_id")
     assert ids == query(store, "SELECT sample_id FROM src WHERE origin_line IN (2, 3, 5, 6, 8, 9) ORDER BY sample_id")
     assert query(store, "SELECT rows_in, rows_out FROM dm.steps WHERE name = 'f'") == [(10, 6)]

@@ -55,7 +55,9 @@ def test_answers_from_every_model(tiny_pair, counted):
     cache: dict = {}
     chunks, rows = collect(cfg, inputs, make_ctx(specs, cache))
     assert [c.key for c in chunks] == ["rows-0-2", "rows-2-3"]
-    assert rows.height == 3 * 2 * 2
+    # every instruction answered by both models, twice each, once
+    assert sorted(zip(rows["instruction_id"], rows["model"], rows["sample_index"])) == [
+        (i, m, k) for i in ("i0", "i1", "i2") for m in ("a", "b") for k in (0, 1)]
     assert rows["sample_id"].to_list() == mint("answers", rows["instruction_id"], rows["model"], rows["sample_index"]).to_list()
     assert rows["sample_id"].n_unique() == 12
     assert rows["parent_ids"].to_list() == [[i] for i in rows["instruction_id"]]

@@ -97,7 +97,7 @@ def test_glob_and_nested_folder(tmp_path):
 def test_format_given_explicitly_for_an_unknown_extension(tmp_path):
     write_jsonl(tmp_path / "records.txt", [chat("q?", "a")])
     _, rows = load_one(tmp_path, path="records.txt", format="jsonl")
-    assert len(rows) == 1
+    assert rows == [(msgs((U, "q?"), (A, "a")), "records.txt", 1)]
 
 
 def test_limit_reads_at_most_n_rows_per_file(tmp_path):
@@ -151,14 +151,16 @@ def test_bad_rows_over_the_limit_exit_2_and_nothing_is_lost(tmp_path):
     assert "6 of 8 input rows are malformed" in result.stderr
     assert "max_bad_fraction" in result.stderr and "dm.quarantine" in result.stderr
     store = store_of(pipeline)
-    assert query(store, "SELECT count(*) FROM dm.quarantine WHERE step = 'src' AND file = 'bad.jsonl'") == [(6,)]
+    bad_lines = [i + 1 for i, (_, why) in enumerate(BAD_LINES) if why] + [8]
+    assert query(store, "SELECT line FROM dm.quarantine WHERE step = 'src' AND file = 'bad.jsonl' ORDER BY line") == [
+        (line,) for line in bad_lines]
     assert query(store, "SELECT state FROM dm.steps WHERE name = 'src'") == [("failed",)]
 
 
 def test_bad_fraction_under_the_limit_passes(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [chat(f"q{i}?", "a") for i in range(9)] + ["not json"])
     _, rows = load_one(tmp_path, path="a.jsonl", max_bad_fraction=0.1)
-    assert len(rows) == 9
+    assert rows == [(msgs((U, f"q{i}?"), (A, "a")), "a.jsonl", i + 1) for i in range(9)]
 
 
 def test_path_matching_nothing_is_a_spec_error(tmp_path):
