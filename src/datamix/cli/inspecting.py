@@ -7,7 +7,7 @@ import os
 
 import click
 
-from datamix.cli import (EXIT_BAD_INPUT, _cell, _fail, _open_read_only, _render, _store_path, format_option,
+from datamix.cli.common import (EXIT_BAD_INPUT, _cell, _fail, _open_read_only, _render, _store_path, format_option,
                          legacy_pipeline_option, main, pipeline_argument, store_option)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from datamix.cli import (EXIT_BAD_INPUT, EXIT_FAILED, _fail, _load_pipeline, _open_read_only, _store_path,
+from datamix.cli.common import (EXIT_BAD_INPUT, EXIT_FAILED, _fail, _load_pipeline, _open_read_only, _store_path,
                          format_option, main, pipeline_argument, store_option)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from datamix.cli import _fail, _render, format_option, main
+from datamix.cli.common import _fail, _render, format_option, main
 
 
 @main.group()
