@@ -24,15 +24,6 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # a Ray start costs s
 ROWS = 160
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One Ray for the module (starting one costs seconds): two CPUs, so two slices run at once."""
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 # A map function beside the YAML. With a `kill_once` file present, the first worker to claim it
 # dies in the middle of its slice (os._exit: no exception, no cleanup), as a worker lost to an
 # out-of-memory kill or a failed node would.

@@ -1,0 +1,120 @@
+"""MinHash on a Ray cluster: signatures by map_batches, the band shuffle by a Ray Data groupby.
+
+The same on-disk layout as the out-of-core path (datamix.dedup.bands): each task signs one
+chunk of texts (datamix.dedup.minhash.signatures, the function the in-memory and out-of-core
+paths call) and writes that chunk's band keys as bands/docs-<part>.parquet and its
+signatures as sig/<part>.npy; nothing but a small row per chunk comes back to the driver.
+Candidate pairs come from Ray Data grouping the band-key rows by (band, key) across the
+cluster (a hash shuffle: only band keys move, 18 bytes per document and band), each
+bucket's documents listed, and each bucket's pairs made with the same cap as
+lsh.candidate_pairs (lsh.bucket_pairs): the pairs are those of the single-machine paths.
+
+Verification, clusters and the keep policy need only the candidate pairs' signature rows
+and texts, and stay in the driver (datamix.dedup.ooc).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from datamix.executors import RayExecutor
+
+
+def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor) -> list[dict]:
+    """Sign `texts` (an Arrow string array, in the step's stable order) in chunks of `chunk`
+    documents on Ray. Returns, per chunk in order: part, first doc, docs, band-key file and
+    signature file."""
+    import pyarrow as pa
+    import ray.data
+
+    from datamix.executors.ray import connect
+
+    connect(spec)
+    os.makedirs(os.path.join(folder, "sig"), exist_ok=True)
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    blocks = [pa.table({"text": texts.slice(start, chunk),
+                        "first": pa.array(np.full(min(chunk, len(texts) - start), start, np.int64))})
+              for start in range(0, len(texts), chunk)]
+    if not blocks:
+        return []
+    out = ray.data.from_arrow(blocks).map_batches(
+        _sign_chunk, fn_kwargs={"cfg": cfg, "folder": folder, "chunk": chunk}, batch_size=None,
+        batch_format="pyarrow", num_cpus=spec.num_cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=spec.concurrency))
+    parts = [row for batch in out.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
+    return sorted(parts, key=lambda p: p["part"])
+
+
+def _sign_chunk(batch, cfg, folder: str, chunk: int):
+    """One task: a whole chunk of texts (one block) to its band-key file and signature file."""
+    import polars as pl
+    import pyarrow as pa
+
+    from datamix.dedup import bands as layout
+    from datamix.dedup.minhash import signatures
+
+    first = batch.column("first")[0].as_py()
+    part = first // chunk
+    sig = signatures(pl.from_arrow(batch.column("text")), cfg)
+    n_bands, rows = cfg.band_rows()
+    band_file = layout.write_band_keys(folder, "docs", part, sig, first, n_bands, rows)
+    sig_file = os.path.join(folder, "sig", f"{part:06d}.npy")
+    np.save(sig_file + ".tmp.npy", sig)
+    os.replace(sig_file + ".tmp.npy", sig_file)  # a task run twice writes the same file whole
+    return pa.table({"part": [part], "first": [first], "docs": [len(sig)], "bands": [band_file], "sig": [sig_file]})
+
+
+def candidate_pairs(band_files: list[str], max_bucket: int, spec: RayExecutor) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) candidate pairs, left < right, each once, sorted: documents sharing a
+    (band, key), grouped by Ray Data across the cluster."""
+    import ray
+    import ray.data
+    from ray.data.aggregate import AsList
+
+    from datamix.executors.ray import connect
+
+    connect(spec)
+    if not band_files:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = ray.data.read_parquet(band_files).map_batches(_signed_keys, batch_format="pyarrow")
+    # partitions of the shuffle: a few per CPU (Ray Data's default, 200, costs seconds of tasks on a small cluster)
+    partitions = max(1, int(ray.cluster_resources().get("CPU", 1)) * 2)
+    buckets = keys.groupby(["band", "key"], num_partitions=partitions).aggregate(AsList(on="doc", alias_name="docs"))
+    pairs = buckets.map_batches(_bucket_pairs, fn_kwargs={"max_bucket": max_bucket}, batch_format="pyarrow",
+                                num_cpus=spec.num_cpus_per_task)
+    found = [np.asarray(b["pair"], np.uint64) for b in pairs.iter_batches(batch_format="numpy", batch_size=None)]
+    encoded = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+    return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _signed_keys(batch):
+    """Band keys as int64, the same bits: Ray Data's grouping turns uint64 values past 2**63 into
+    Python objects it cannot sort."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    i = batch.schema.get_field_index("key")
+    return batch.set_column(i, "key", pc.cast(batch.column("key"), pa.int64(), safe=False))
+
+
+def _bucket_pairs(batch, max_bucket: int):
+    """Pairs of the buckets in a batch of (band, key, docs): documents ascending within each
+    bucket (the single-machine paths' order, which decides who the cap keeps)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from datamix.dedup.lsh import bucket_pairs
+
+    docs = batch.column("docs")
+    docs = docs.combine_chunks() if isinstance(docs, pa.ChunkedArray) else docs
+    docs = docs.filter(pc.greater(pc.list_value_length(docs), 1))  # a lone document makes no pair
+    if len(docs) == 0:
+        return pa.table({"pair": pa.array([], pa.uint64())})
+    values = pc.list_flatten(docs).to_numpy().astype(np.int64)
+    owner = pc.list_parent_indices(docs).to_numpy()
+    values = values[np.lexsort((values, owner))]  # ascending within each bucket, buckets in order
+    lengths = pc.list_value_length(docs).to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return pa.table({"pair": pa.array(bucket_pairs(values, offsets, max_bucket), pa.uint64())})

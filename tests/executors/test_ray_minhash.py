@@ -1,0 +1,56 @@
+"""MinHash on a real local Ray: the signatures, band-key files and candidate pairs are those of
+the single-machine paths (minhash.signatures, bands.write_band_keys, lsh.candidate_pairs)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("ray")
+
+from datamix.dedup import bands as layout  # noqa: E402
+from datamix.dedup.lsh import candidate_pairs as local_pairs  # noqa: E402
+from datamix.dedup.minhash import MinHashConfig, signatures  # noqa: E402
+from datamix.executors import RayExecutor  # noqa: E402
+from datamix.executors.ray_minhash import candidate_pairs, sign  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+def texts(n: int = 600) -> list[str]:
+    """Distinct 40-word texts, every fifth followed by a copy with one word changed (J ~ 0.85),
+    and five exact copies of the first."""
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(3000)]
+    out = []
+    while len(out) < n:
+        t = [rng.choice(words) for _ in range(40)]
+        out.append(" ".join(t))
+        if len(out) % 5 == 0:
+            t[rng.randrange(40)] = "changed"
+            out.append(" ".join(t))
+    return out[:n] + [out[0]] * 5  # a bucket of six in every band: the cap has work to do
+
+
+def test_signatures_band_keys_and_candidate_pairs_on_ray_equal_one_machines(cluster, tmp_path):
+    cfg = MinHashConfig(method="minhash", num_perm=64, threshold=0.7)
+    docs = texts()
+    spec = RayExecutor(type="ray", address=cluster, concurrency=2)
+    parts = sign(pa.array(docs), cfg, str(tmp_path), chunk=128, spec=spec)
+    assert [(p["first"], p["docs"]) for p in parts] == [(s, min(128, len(docs) - s)) for s in range(0, len(docs), 128)]
+    expected = signatures(docs, cfg)
+    assert np.array_equal(np.concatenate([np.load(p["sig"]) for p in parts]), expected)
+    n_bands, rows = cfg.band_rows()
+    for p in parts:  # each chunk's file is what the out-of-core path writes for it
+        first, n = p["first"], p["docs"]
+        assert pq.read_table(p["bands"]).equals(layout.band_table(expected[first:first + n], first, n_bands, rows))
+    # a cap of 3 per bucket: the six copies' buckets keep their lowest documents, as on one machine
+    left, right = candidate_pairs([p["bands"] for p in parts], max_bucket=3, spec=spec)
+    want_left, want_right = local_pairs(expected, n_bands, rows, max_bucket=3)
+    assert len(want_left) > 100  # the planted copies and chance collisions: real work for the shuffle
+    assert np.array_equal(left, want_left) and np.array_equal(right, want_right)
+    assert len(local_pairs(expected, n_bands, rows, max_bucket=64)[0]) > len(want_left)  # the cap did bite
