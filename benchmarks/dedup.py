@@ -89,6 +89,23 @@ def real_corpus():
     return texts
 
 
+def planted_real(real: list[str], n_docs: int, seed: int = 0):
+    """The real answers plus near-copies of them (words substituted at the edit rates) up to
+    `n_docs`: real text around the threshold, where hybrid verification does most exact work."""
+    rng = np.random.default_rng(seed)
+    texts, planted = list(real), []
+    vocab = [w for t in real[:500] for w in t.split()]
+    for k in range(max(n_docs - len(real), 0)):
+        src = int(rng.integers(0, len(real)))
+        rate = EDIT_RATES[k % len(EDIT_RATES)]
+        words = real[src].split()
+        for i in np.flatnonzero(rng.random(len(words)) < rate):
+            words[i] = vocab[int(rng.integers(0, len(vocab)))]
+        planted.append((len(texts), src, rate))
+        texts.append(" ".join(words))
+    return texts, planted
+
+
 # ---------------------------------------------------------------- the peers (pure Python around their engines)
 
 _WORD = re.compile(r"[^\W_]+")
@@ -409,6 +426,7 @@ def accuracy_section(name, texts, planted):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output goes to a file
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--words", type=int, default=200)
@@ -417,7 +435,8 @@ def main():
     ap.add_argument("--cli-docs", default="10000,100000")
     ap.add_argument("--cli-repeat", type=int, default=2)
     ap.add_argument("--sections", default="engine,cli,fixed,accuracy")
-    ap.add_argument("--no-real", action="store_true", help="skip the alpaca_eval corpus")
+    ap.add_argument("--no-real", action="store_true", help="skip the alpaca_eval corpora")
+    ap.add_argument("--real-planted", type=int, default=50_000, help="size of the real + planted corpus (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="numba threads in this process (0: numba's default)")
     ap.add_argument("--peer", nargs=3, metavar=("PEER", "JSONL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -436,10 +455,13 @@ def main():
         from datamix.dedup.minhash import MinHashConfig, find_duplicates
 
         find_duplicates(texts[:50], np.zeros(50), MinHashConfig(method="minhash"))  # kernels loaded before any clock
+    mixed = planted_real(real, args.real_planted) if real and args.real_planted else None
     if "engine" in sections:
         engine_section("synthetic", texts, args)
         if real:
             engine_section(f"alpaca_eval answers ({len(real):,})", real, args)
+        if mixed:
+            engine_section("alpaca_eval answers + planted near-copies", mixed[0], args)
     if "cli" in sections:
         sizes = [int(s) for s in args.cli_docs.split(",") if s]
         cli_section(lambda n: synthetic(n, args.words)[0], sizes, args)
@@ -447,6 +469,8 @@ def main():
         accuracy_section("synthetic", texts, planted)
         if real:
             accuracy_section("alpaca_eval answers", real, [])
+        if mixed:
+            accuracy_section("alpaca_eval answers + planted near-copies", *mixed)
     print(f"\npeak RSS {rss_mib():,.0f} MiB")
 
 
