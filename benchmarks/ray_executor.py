@@ -17,6 +17,12 @@ checked to be the same (count and id hash of `sized`, dropped count of `clean`).
 
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
+    flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --signatures 200000   # MinHash signing only
+
+--signatures N: MinHash signatures (datamix.executors.ray_minhash.sign: map_batches writing
+band-key Parquet and signatures per chunk of 10,000) of N random 100-word documents with one
+task at a time and with two, interleaved; each task's kernels use one thread (the CPU it
+reserved). For reference, one process signing the same texts with one kernel thread.
 """
 
 from __future__ import annotations
@@ -96,14 +102,68 @@ def _warm(batch):
     return batch
 
 
+def signatures_bench(n: int, repeat: int) -> None:
+    """MinHash signing on 1 and 2 Ray tasks at once, and in one process on one thread."""
+    import numba
+    import numpy as np
+    import pyarrow as pa
+
+    from datamix.dedup.minhash import MinHashConfig, signatures
+    from datamix.executors import RayExecutor
+    from datamix.executors.ray_minhash import sign
+
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(50_000)])
+    texts = pa.array([" ".join(vocab[rng.integers(0, len(vocab), 100)]) for _ in range(n)])
+    cfg = MinHashConfig(method="minhash")
+    root = tempfile.mkdtemp(prefix="dm-ray-sig-")
+    try:
+        times: dict[str, list[float]] = {"ray-1": [], "ray-2": [], "one process, 1 thread": []}
+        sign(texts.slice(0, 20_000), cfg, os.path.join(root, "warm"), 10_000,
+             RayExecutor(type="ray", concurrency=2))  # workers import and load the kernels once
+        as_list = texts.to_pylist()
+        numba.set_num_threads(1)
+        signatures(as_list[:1000], cfg)  # and this process
+        for r in range(repeat):
+            for arm in (["ray-1", "ray-2"] if r % 2 == 0 else ["ray-2", "ray-1"]) + ["one process, 1 thread"]:
+                t0 = time.perf_counter()
+                if arm.startswith("ray"):
+                    sign(texts, cfg, os.path.join(root, f"{arm}-{r}"), 10_000,
+                         RayExecutor(type="ray", concurrency=int(arm[-1])))
+                else:
+                    signatures(as_list, cfg)
+                times[arm].append(time.perf_counter() - t0)
+                print(f"round {r + 1} signatures {arm:22s} {times[arm][-1]:6.2f}s  "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        med = {arm: statistics.median(t) for arm, t in times.items()}
+        print(f"signatures of {n:,} docs, medians: " + ", ".join(f"{a} {t:.2f}s" for a, t in med.items()))
+        print(f"ray-1 / ray-2 (speed-up of a 2nd worker, <= 2x): {med['ray-1'] / med['ray-2']:.2f}x; "
+              f"ray-2 / one process: {med['ray-2'] / med['one process, 1 thread']:.2f}x")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; every arm runs once per round")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--signatures", type=int, default=0, help="instead: MinHash signing of this many documents")
     args = ap.parse_args()
     import ray
     import ray.data
+
+    if args.signatures:
+        t0 = time.perf_counter()
+        ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        print(f"ray start (2 CPUs): {time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        try:
+            signatures_bench(args.signatures, args.repeat)
+        finally:
+            ray.shutdown()
+        return
 
     root = tempfile.mkdtemp(prefix="dm-ray-bench-")
     try:

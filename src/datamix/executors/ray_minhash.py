@@ -40,17 +40,22 @@ def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor) -> list[dict]:
     if not blocks:
         return []
     out = ray.data.from_arrow(blocks).map_batches(
-        _sign_chunk, fn_kwargs={"cfg": cfg, "folder": folder, "chunk": chunk}, batch_size=None,
+        _sign_chunk, fn_kwargs={"cfg": cfg, "folder": folder, "chunk": chunk,
+                                "threads": max(1, int(spec.num_cpus_per_task))}, batch_size=None,
         batch_format="pyarrow", num_cpus=spec.num_cpus_per_task,
         compute=ray.data.TaskPoolStrategy(size=spec.concurrency))
     parts = [row for batch in out.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
     return sorted(parts, key=lambda p: p["part"])
 
 
-def _sign_chunk(batch, cfg, folder: str, chunk: int):
+def _sign_chunk(batch, cfg, folder: str, chunk: int, threads: int):
     """One task: a whole chunk of texts (one block) to its band-key file and signature file."""
+    import numba
     import polars as pl
     import pyarrow as pa
+
+    # the kernels are parallel loops: a task uses the CPUs Ray reserved for it, not every core
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
     from datamix.dedup import bands as layout
     from datamix.dedup.minhash import signatures
