@@ -12,6 +12,7 @@ or read outside the store.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,12 @@ def lock_down(con: "duckdb.DuckDBPyConnection", allow_files: bool = False) -> te
     con.execute("SET allow_community_extensions = false")
     if not allow_files:
         con.execute("SET autoload_known_extensions = false")
+        # a step the Ray executor ran keeps its rows as Parquet parts in the store's outputs
+        # folder, read through a view: they are part of the store (datamix.executors.parts)
+        store = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+        if store and store[0][0]:
+            outputs = os.path.join(os.path.dirname(os.path.abspath(store[0][0])), "outputs") + os.sep
+            con.execute("SET allowed_directories = ?", [[outputs]])
         con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return spill

@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 from datamix.outputs import read_output  # noqa: E402
 from datamix.store import Store  # noqa: E402
-from tests.helpers import chat, query, run_pipeline, write_jsonl, write_pipeline  # noqa: E402
+from tests.helpers import chat, cli, query, run_pipeline, write_jsonl, write_pipeline  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # a Ray start costs seconds
 
@@ -127,8 +127,14 @@ def test_ray_with_a_worker_killed_mid_slice_gives_the_local_store_and_each_is_up
     parts = sorted(p.name for p in (folder / "outputs" / "tagged" / "parts").iterdir())
     keys = [k for s, k, *_ in got["chunks"] if s == "tagged"]
     assert parts == sorted(f"part-{k}.parquet" for k in keys)
-    assert query(folder / "ray.duckdb", "SELECT count(*), sum(turns) FROM tagged") == query(
-        folder / "local.duckdb", "SELECT count(*), sum(turns) FROM tagged")
+    # the read-only CLI reads the parts as part of the store
+    for store in ("ray.duckdb", "local.duckdb"):
+        out = cli("sql", "SELECT count(*), sum(turns) FROM tagged", "--store", folder / store, "--format", "csv")
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines()[-1] == ",".join(map(str, query(
+            folder / "local.duckdb", "SELECT count(*), sum(turns) FROM tagged")[0]))
+    shown = cli("show", "tagged", "--store", folder / "ray.duckdb", "--limit", "1")
+    assert shown.exit_code == 0 and "turns=2" in shown.output, shown.output
     # the executor is no part of a fingerprint: either store is up to date under the other executor
     from datamix import runner, spec
 
