@@ -142,9 +142,12 @@ def committed_parts(store: Store, step: str) -> dict[str, str]:
     return parts
 
 
-def register(store: Store, step: str, part: dict, parent_step: str | None, parts: dict[str, str]) -> None:
-    """One part's marker, edges, decisions and quarantine, and the step's view over its row parts
-    (`parts`, updated here), in one transaction: a crash leaves the part wholly in or wholly out."""
+def register(store: Store, step: str, part: dict, parent_step: str | None, parts: dict[str, str],
+             view: bool = True) -> None:
+    """One part's marker, edges, decisions and quarantine, and (with `view`) the step's view over
+    its row parts (`parts`, updated here), in one transaction: a crash leaves the part wholly in
+    or wholly out. Defining the view reads every part's footer, so a caller registering many
+    parts defines it now and then and once at the end (see datamix.executors.ray)."""
     con = store.con
     files = json.loads(part["files"] or "[]") + ([part["rows"]] if part["rows"] else [])
     with store.transaction():
@@ -161,7 +164,7 @@ def register(store: Store, step: str, part: dict, parent_step: str | None, parts
                     [step, part["key"], part["rows_in"], part["rows_out"], json.dumps(files)])
         con.execute("UPDATE dm.steps SET rows_in = rows_in + ?, rows_out = rows_out + ? WHERE name = ?",
                     [part["rows_in"], part["rows_out"], step])
-        if part["rows"]:
+        if part["rows"] and view:
             define_view(store, step, {**parts, part["key"]: part["rows"]})
     if part["rows"]:  # committed: the view now holds it
         parts[part["key"]] = part["rows"]

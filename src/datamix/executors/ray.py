@@ -32,7 +32,8 @@ from collections.abc import Iterator
 
 from datamix.errors import BadInput, StepError
 from datamix.executors import RayExecutor, calls_models
-from datamix.executors.parts import END, OFFSET, SliceJob, committed_parts, register, run_slice, slice_key
+from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, define_view, register, run_slice,
+                                     slice_key)
 from datamix.steps.base import Chunk, Context
 
 
@@ -95,7 +96,10 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
             continue
         blocks.append(batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
                       .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
-    if not blocks:
+    parts = committed_parts(store, step.name)
+    if not blocks:  # every slice committed by a run that may have died before its last view
+        if parts:
+            define_view(store, step.name, parts)
         return
     # only plain fields travel: the store's callables (cache, calls, query) stay in the driver
     job = SliceJob(entry, step, Context(step=ctx.step, pipeline_dir=ctx.pipeline_dir, output_dir=ctx.output_dir,
@@ -111,18 +115,25 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
                                    zero_copy_batch=True, num_cpus=spec.num_cpus_per_task,
                                    compute=ray.data.TaskPoolStrategy(size=spec.concurrency),
                                    max_retries=spec.max_retries)
-    parts = committed_parts(store, step.name)
     parent = step.parent_steps()["input"]
+    registered = 0
     try:
         for out in results.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             for part in out.to_pylist():  # registered as each slice finishes, not at the end
-                register(store, step.name, part, parent, parts)
+                registered += 1
+                # the view is redefined after the 1st, 2nd, 4th, 8th ... part and at the end:
+                # defining it reads every part's footer, so once per part would cost
+                # parts^2 footer reads (100 parts: ~1 s, 10,000: hours). A run killed midway
+                # leaves the view behind its committed parts until the resumed step ends.
+                register(store, step.name, part, parent, parts, view=registered & (registered - 1) == 0)
                 ctx.progress(part["rows_in"])
                 if log_chunk:
                     log_chunk(f"  committed {step.name} part {part['key']}: {part['rows_in']} rows in, "
                               f"{part['rows_out']} out (ray)")
     except Exception as e:
         raise _user_error(e) or e
+    if parts:
+        define_view(store, step.name, parts)
     yield from ()
 
 
