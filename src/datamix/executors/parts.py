@@ -12,8 +12,9 @@ Each file is written under a temporary name and renamed into place, so a reader 
 half a file, and a slice run twice (its worker died, the run was resumed) writes the same
 bytes under the same name: nothing is duplicated. The driver then registers the part in one
 transaction (`register`): the edges, decisions and quarantine go into dm.edges, dm.decisions
-and dm.quarantine, the part's chunk key into dm.chunks, and the step's view is redefined
-over its committed row parts in slice order. The rows themselves stay in the Parquet files:
+and dm.quarantine, the part's chunk key into dm.chunks; the step's view over its committed
+row parts, in slice order, is redefined now and then and when the step ends (a definition
+reads every part's footer). The rows themselves stay in the Parquet files:
 DuckDB reads them in place, so SQL on the step's name, `show`, `lineage` and `status` work as
 for a stored table. A part without its marker in dm.chunks is not in the view.
 
