@@ -71,12 +71,14 @@ def on_ray(spec: RayExecutor, store, step, entry, inputs, ctx: Context, chunks: 
            log_chunk=None) -> Iterator[Chunk]:
     """The chunks the runner commits for `step` under this executor: the local loop's `chunks`
     for steps that stay in the driver, nothing for a step whose parts this registers itself."""
-    if entry.shape != "batch":
-        return chunks  # source and whole steps run in the driver
-    connect(spec)
-    if calls_models(step):
-        return chunks
-    return _map_slices(spec, store, step, entry, inputs, ctx, log_chunk)
+    if entry.shape == "batch" and not calls_models(step):
+        connect(spec)
+        return _map_slices(spec, store, step, entry, inputs, ctx, log_chunk)
+    # the rest runs in the driver; a model it runs as `ray:` replicas joins this cluster (Ray is
+    # started once per process: the replicas' own address would otherwise pick it)
+    if any(getattr(ctx.models.get(name), "ray", None) is not None for _, name in step.model_refs()):
+        connect(spec)
+    return chunks
 
 
 def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log_chunk) -> Iterator[Chunk]:
