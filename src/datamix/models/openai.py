@@ -43,7 +43,6 @@ failed attempts, on its first completion.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import dataclasses
 import json
 import logging
@@ -103,10 +102,29 @@ class _LoopThread:
         self.thread.join(timeout=5)
 
 
-def _close_at_exit(ref) -> None:
-    backend = ref()
-    if backend is not None:
-        backend.close()
+def _shut(loop_thread: _LoopThread, client) -> None:
+    """Close the client's connections on its loop, then stop the loop: a backend closed, collected
+    or left open at exit (a run does not close its backends; aiohttp complains of every session
+    collected open). Safe from any thread, the loop's own included (the GC may run there)."""
+
+    async def close():
+        try:
+            await client.close()
+        except Exception as e:  # best effort: the connections die with the loop anyway
+            logger.debug("closing the openai client: %s", e)
+
+    try:
+        done = asyncio.run_coroutine_threadsafe(close(), loop_thread.loop)
+    except RuntimeError:  # the loop is closed already
+        return
+    if threading.current_thread() is loop_thread.thread:
+        done.add_done_callback(lambda _: loop_thread.loop.stop())
+        return
+    try:
+        done.result(5.0)
+    except Exception as e:
+        logger.debug("closing the openai client: %s", e)
+    loop_thread.close()
 
 
 def _closed_before_reply(exc: BaseException) -> bool:
@@ -147,6 +165,7 @@ class OpenAIBackend:
         self._tokenizer = None
         self._rng = random.Random()
         self._loop_thread: _LoopThread | None = None
+        self._finalizer = None  # weakref.finalize(self, _shut, ...) once the client is made on the loop thread
         self._lock = threading.Lock()
         # made on the loop at first use (asyncio objects belong to one loop)
         self._client = None  # openai.AsyncOpenAI
@@ -186,15 +205,12 @@ class OpenAIBackend:
 
     def close(self) -> None:
         """Close the connections and stop the loop thread (a later call starts them again)."""
-        if self._loop_thread is None:
-            return
-        if self._client is not None:
-            try:
-                self._loop_thread.run(_within(self._client.close(), 5.0))
-            except Exception as e:  # closing is best effort: the connections die with the loop anyway
-                logger.debug("model %r: closing the client: %s", self.name, e)
-        self._loop_thread.close()
-        self._loop_thread, self._client, self._http, self.limit, self.budget = None, None, None, None, None
+        if self._finalizer is not None:
+            self._finalizer()  # runs once: closes the client and stops the loop
+        elif self._loop_thread is not None:
+            self._loop_thread.close()
+        self._loop_thread, self._finalizer = None, None
+        self._client, self._http, self.limit, self.budget = None, None, None, None
 
     async def agenerate(self, prompts: list[Prompt], params: SamplingParams, *, require: str | None = None,
                         response_format: dict | None = None) -> list[list[Completion]]:
@@ -320,9 +336,8 @@ class OpenAIBackend:
         self._extensions = {"timeout": httpx2.Timeout(self.spec.timeout_s).as_dict()}
         self.limit = AdaptiveLimit(n)
         self.budget = RateBudget(self.spec.rpm, self.spec.tpm)
-        # a run does not close its backends: at exit, close the connections while the loop still
-        # runs (aiohttp complains of every session left open when it is collected)
-        atexit.register(_close_at_exit, weakref.ref(self))
+        if self._loop_thread is not None and threading.current_thread() is self._loop_thread.thread:
+            self._finalizer = weakref.finalize(self, _shut, self._loop_thread, self._client)
 
     async def call(self, what: str, fn):
         """`await fn(client, headers)` (an AsyncOpenAI call) with the retry layer (batch files:
