@@ -5,7 +5,9 @@ Both clients send the same chat requests to the same local OpenAI-compatible ser
 concurrency (`max_concurrency`), in the same process, interleaved. The old client is
 src/datamix/models/openai.py as of commit b4b1767 (http.client in a thread per
 request, its own keep-alive pool), loaded from git. Prints requests/s for both and
-the ratio (target: the SDK path no slower, ratio >= 1.0). The best run of each
+the ratio (target: the SDK path no slower, ratio >= 1.0), and each client's CPU per
+request (time.process_time over all of the client process's threads; the server is
+another process), the figure a loaded machine disturbs least. The best run of each
 counts (the machine is shared; the best run is the least disturbed one).
 
     python benchmarks/openai_client.py [--requests 2000] [--concurrency 16] [--repeats 3] [--delay-ms 0]
