@@ -11,6 +11,7 @@ keeps lineage, decisions, quarantine and resumable chunks.
     python benchmarks/pipeline.py --rows 200000  # quicker
     python benchmarks/pipeline.py --repeat 3     # alternate query / datamix 3 times, compare medians
     python benchmarks/pipeline.py --repeat 3 --baseline /tmp/old   # and an older checkout, alternated
+    python benchmarks/pipeline.py --repeat 3 --baseline /tmp/old --digest   # and check both wrote the same
 
 On a shared machine the two sides see different loads (the query uses every free
 core, datamix's steps mostly one), so one pair of timings can swing the ratio by 2x;
@@ -143,12 +144,43 @@ def time_datamix(folder: str, code: str | None = None) -> tuple[float, int]:
     return elapsed, sum(1 for _ in open(os.path.join(folder, "out", "data.jsonl")))
 
 
+def store_digest(folder: str) -> dict[str, str]:
+    """Rows and an order-free hash of every table of the store in `folder` (each step's, and
+    dm's decisions, edges, quarantine and chunk keys), and a hash of the exported files: what
+    `--digest` compares between the baseline and this code. Hashed inside DuckDB (the sum of
+    each row's JSON hash), so 1M rows need no Python objects."""
+    import hashlib
+
+    con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' UNION "
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal").fetchall()]
+    out = {}
+    for name in sorted(names) + ["dm.decisions", "dm.edges", "dm.quarantine", "dm.chunks"]:
+        source = name if name.startswith("dm.") else '"' + name.replace('"', '""') + '"'
+        cols = [c[0] for c in con.execute(f"DESCRIBE {source}").fetchall() if c[0] != "committed_at"]
+        row = "struct_pack(" + ", ".join(f'"{c}" := "{c}"' for c in cols) + ")"
+        n, h = con.execute(f"SELECT count(*), sum(hash(to_json({row})::VARCHAR)::HUGEINT) FROM {source}").fetchone()
+        out[name] = f"{n} rows, {h}"
+    con.close()
+    for f in ("data.jsonl", "sample_ids.txt"):
+        sha = hashlib.sha256()
+        with open(os.path.join(folder, "out", f), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                sha.update(block)
+        out[f"out/{f}"] = sha.hexdigest()[:16]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--domain-rows", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=1, help="alternate the two sides this many times; medians")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--digest", action="store_true",
+                    help="after the last run of each datamix side, hash its store and exported files "
+                         "(untimed) and say whether the baseline's and this code's are the same")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also time this checkout (a folder with src/ and sql/, e.g. from "
                          "`git archive REV src sql | tar -x -C DIR`), alternated with the other two")
@@ -164,15 +196,22 @@ def main() -> None:
             f.write(PIPELINE)
         total_in = args.rows + args.domain_rows
 
-        pairs, baseline = [], []
+        pairs, baseline, digests = [], [], {}
         for attempt in range(args.repeat):
+            last = attempt == args.repeat - 1
             t_query, q_rows = time_query(folder)
             if args.baseline:
                 t_base, b_rows = time_datamix(folder, args.baseline)
                 baseline.append(t_base)
                 if b_rows != q_rows:
                     print(f"note: baseline gave {b_rows:,} rows, the query {q_rows:,}")
+                if args.digest and last:
+                    t_digest = time.perf_counter()
+                    digests["baseline"] = store_digest(folder)
+                    print(f"baseline outputs hashed in {time.perf_counter() - t_digest:.1f}s (untimed)")
             t_datamix, d_rows = time_datamix(folder)
+            if args.digest and last:
+                digests["datamix"] = store_digest(folder)
             pairs.append((t_query, t_datamix))
             base = f", baseline {t_base:.2f}s ({t_base / t_query:.2f}x)" if args.baseline else ""
             print(f"run {attempt + 1}: query {t_query:.2f}s{base}, datamix {t_datamix:.2f}s, ratio {t_datamix / t_query:.2f}x")
@@ -196,6 +235,15 @@ def main() -> None:
                   f"   ratio {t_base / t_query:.2f}x ({args.baseline})")
         print(f"\nratio datamix / query time{label}: {t_datamix / t_query:.2f}x (target <= 1.5x); "
               f"datamix peak RSS {rss:,.0f} MB")
+        if digests:
+            print("\noutputs of the last run (rows, hash):")
+            for name, value in digests["datamix"].items():
+                same = "" if "baseline" not in digests else (
+                    "  same as the baseline" if digests["baseline"].get(name) == value
+                    else f"  DIFFERS from the baseline ({digests['baseline'].get(name)})")
+                print(f"   {name}: {value}{same}")
+            if "baseline" in digests and set(digests["baseline"]) != set(digests["datamix"]):
+                print(f"   tables only in the baseline: {sorted(set(digests['baseline']) - set(digests['datamix']))}")
     finally:
         if args.keep:
             print(f"kept {folder}")
