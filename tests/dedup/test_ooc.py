@@ -47,6 +47,7 @@ def _both(texts, cfg, priority=None, reference=None, tmp_path=None, budget=None)
 def small_blocks(monkeypatch):
     """Many signing chunks and verification blocks, as a large corpus would have."""
     monkeypatch.setattr(ooc._Verifier, "BLOCK", 97)
+    monkeypatch.setattr(ooc._Verifier, "TEXT_PAIRS", 41)
     monkeypatch.setattr(ooc._SignatureRows, "GATHER", 31)
     monkeypatch.setattr(ooc, "SORTED_BATCH", 1000)  # buckets straddle batches
 

@@ -119,6 +119,9 @@ class SeriesSource:
     def take(self, rows: np.ndarray) -> pl.Series:
         return self.texts.gather(rows)
 
+    def text_bytes(self) -> int:
+        return int(self.texts.str.len_bytes().sum() or 0)
+
 
 class ParquetSource:
     """One text column of a Parquet file, read by row group: the corpus is never whole in memory."""
@@ -134,6 +137,12 @@ class ParquetSource:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def text_bytes(self) -> int:
+        """Uncompressed bytes of the text column, from the file's metadata."""
+        meta = self._file.metadata
+        column = meta.schema.names.index(self.column)
+        return sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+
     def batches(self, size: int) -> Iterator[pl.Series]:
         import polars as pl
 
@@ -143,15 +152,19 @@ class ParquetSource:
     def take(self, rows: np.ndarray) -> pl.Series:
         """The texts of sorted row positions `rows`, reading only the row groups they fall in."""
         import polars as pl
+        import pyarrow as pa
 
         rows = np.asarray(rows, np.int64)
         groups = np.searchsorted(self._starts, rows, side="right") - 1
+        bounds = np.searchsorted(groups, np.arange(len(self._starts)))  # rows of group g: bounds[g]:bounds[g + 1]
         parts = []
         for g in np.unique(groups):
-            table = self._file.read_row_group(int(g), columns=[self.column])
-            local = rows[groups == g] - self._starts[g]
-            parts.append(pl.Series(self.column, table.column(0).take(local)).cast(pl.String))
-        return pl.concat(parts) if parts else pl.Series(self.column, [], dtype=pl.String)
+            column = self._file.read_row_group(int(g), columns=[self.column]).column(0)
+            parts.append(column.take(pa.array(rows[bounds[g] : bounds[g + 1]] - self._starts[g])))
+        if not parts:
+            return pl.Series(self.column, [], dtype=pl.String)
+        # one conversion to polars for the lot (one per group cost more than reading them)
+        return pl.Series(self.column, pa.chunked_array([c for p in parts for c in p.chunks]).combine_chunks())
 
 
 class SpilledTexts:
@@ -401,28 +414,64 @@ class _SignatureRows:
 
 
 class _Verifier:
-    """minhash._PairSimilarity over global indices (documents, then reference rows at n + j)
-    in blocks of pairs: each block reads its signature rows and, for the pairs the rule
-    sends to exact Jaccard, only those texts."""
+    """minhash._PairSimilarity over global indices (documents, then reference rows at n + j),
+    in two passes. First, in blocks of pairs, the rule runs on the blocks' signature rows
+    only, with the exact Jaccard it asks for put off; then the exact Jaccard of every pair
+    put off, fetching the texts of as many pairs at once as the budget holds (each fetch
+    reads the text file once: fetching per block read it once per block). Exact values are
+    kept, since the removal records ask again about verified pairs."""
 
-    BLOCK: int | None = None  # pairs per block; None: from the budget (tests set a few)
+    BLOCK: int | None = None  # pairs per signature block; None: from the budget (tests set a few)
+    TEXT_PAIRS: int | None = None  # pairs per text fetch; None: from the budget
 
     def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget):
         self.rows = _SignatureRows(sig_path)
         self.source, self.ref, self.n, self.cfg, self.stats = source, ref, n, cfg, stats
-        # a block copies up to 2 signature rows and 2 texts per pair
-        per_pair = 2 * (4 * cfg.num_perm + 2000)
-        self.block = self.BLOCK or int(max(10_000, budget.work_bytes(n) // 2 // per_pair))
+        work = budget.work_bytes(n)
+        # a signature block copies up to 2 rows per pair; a text fetch holds up to 2 texts per
+        # pair plus their UTF-8 copy and shingle hashes (~3x the text)
+        self.block = self.BLOCK or int(max(10_000, work // 2 // (2 * 4 * cfg.num_perm)))
+        self.text_docs = int(max(10_000, work // 2 // (3 * _text_bytes(source))))
+        self._known = np.zeros(0, np.uint64)  # encoded pairs whose exact Jaccard is known, sorted
+        self._known_sim = np.zeros(0, np.float64)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         out = np.empty(len(a), np.float64)
+        later_a, later_b = [], []
         for s in range(0, len(a), self.block):
             aa, bb = a[s : s + self.block], b[s : s + self.block]
             docs = np.unique(np.concatenate([aa, bb]))
-            block = _BlockSimilarity(self.rows(docs), docs, self)
+            block = _PutOff(self.rows(docs), docs, self)
             out[s : s + len(aa)] = block(np.searchsorted(docs, aa), np.searchsorted(docs, bb))
+            later_a += block.put_off_a
+            later_b += block.put_off_b
+        put_off = np.flatnonzero(np.isnan(out))  # in the order the rule asked for them
+        if len(put_off):
+            out[put_off] = self.exact(np.concatenate(later_a), np.concatenate(later_b))
         return out
+
+    def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of global pairs: known ones looked up, the rest computed in fetches."""
+        pairs = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+        new = np.setdiff1d(pairs, self._known)
+        if len(new):
+            sims = np.empty(len(new), np.float64)
+            order = np.argsort(new >> np.uint64(32), kind="stable")  # nearby first documents together
+            # pairs per fetch: as many as the budget holds texts of, pairs sharing documents
+            # (a cluster's pairs) counted once by the average over all of them
+            docs = len(np.unique(np.concatenate([new >> np.uint64(32), new & np.uint64(0xFFFFFFFF)])))
+            step = self.TEXT_PAIRS or max(1, int(self.text_docs * len(new) / docs))
+            for s in range(0, len(new), step):
+                part = order[s : s + step]
+                na, nb = (new[part] >> np.uint64(32)).astype(np.int64), (new[part] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+                need = np.unique(np.concatenate([na, nb]))
+                inner = _PairSimilarity(None, self.texts(need), None, self.cfg, {})  # counted where put off
+                sims[part] = inner.exact(np.searchsorted(need, na), np.searchsorted(need, nb))
+            known = np.concatenate([self._known, new])
+            keep = np.argsort(known)
+            self._known, self._known_sim = known[keep], np.concatenate([self._known_sim, sims])[keep]
+        return self._known_sim[np.searchsorted(self._known, pairs)]
 
     def texts(self, rows: np.ndarray) -> pl.Series:
         """Texts of sorted global rows (documents, then reference rows)."""
@@ -435,16 +484,25 @@ class _Verifier:
         return pl.concat([p.rename("text") for p in parts])
 
 
-class _BlockSimilarity(_PairSimilarity):
-    """The in-memory rule (signature estimate, exact Jaccard where it decides nothing) on
-    one block's signature rows; exact Jaccard fetches only the texts it needs."""
+def _text_bytes(source) -> int:
+    """Bytes of an average text of `source` (for sizing fetches), at least 100."""
+    size = getattr(source, "text_bytes", None)
+    total = size() if size else None
+    return max(100, (total or 1000 * max(1, len(source))) // max(1, len(source)))
+
+
+class _PutOff(_PairSimilarity):
+    """The in-memory rule on one block's signature rows, with the exact Jaccard it asks for
+    put off: those pairs (as global indices) are noted and their values left NaN."""
 
     def __init__(self, sig: np.ndarray, docs: np.ndarray, verifier: _Verifier):
         super().__init__(sig, None, None, verifier.cfg, verifier.stats)
-        self._global, self._verifier = docs, verifier
+        self._global = docs
+        self.put_off_a: list[np.ndarray] = []
+        self.put_off_b: list[np.ndarray] = []
 
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ga, gb = self._global[a], self._global[b]
-        need = np.unique(np.concatenate([ga, gb]))
-        inner = _PairSimilarity(None, self._verifier.texts(need), None, self.cfg, self.stats)
-        return inner.exact(np.searchsorted(need, ga), np.searchsorted(need, gb))
+        self.stats["exact_pairs"] = self.stats.get("exact_pairs", 0) + len(a)  # as the in-memory path counts
+        self.put_off_a.append(self._global[a])
+        self.put_off_b.append(self._global[b])
+        return np.full(len(a), np.nan)
