@@ -338,6 +338,8 @@ def _minhash_out_of_core(cfg: DedupConfig, table, ref_texts, ctx: Context):
     budget = ooc.Budget(ctx.memory_limit, ctx.temp_directory)
     n = len(table)
     if not ooc.choose_out_of_core(cfg.options, n, n * ASSUMED_TEXT_BYTES, budget):
+        if budget.limit:
+            ctx.log(f"dedup {cfg.name}: in memory, {n:,} texts within the {budget.describe()}")
         return None
     folder = os.path.join(ctx.output_dir, "minhash")
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's files: the step starts over
