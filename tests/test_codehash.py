@@ -28,7 +28,8 @@ def test_closure_follows_imports_inside_functions_and_names_sql_files():
 
 @pytest.fixture
 def edited(monkeypatch, tmp_path):
-    """edit(kind, name): pretend a project file changed, through a copy that codehash reads instead."""
+    """edit(kind, name): pretend a project file changed, through a copy that codehash reads instead.
+    No cache is cleared: codehash memoises per file (path, mtime, size) and must see the edit."""
     sql_copy = tmp_path / "sql_copy"
     shutil.copytree(codehash.SQL_DIR, sql_copy)
     monkeypatch.setattr(codehash, "SQL_DIR", sql_copy)
@@ -40,20 +41,16 @@ def edited(monkeypatch, tmp_path):
 
     monkeypatch.setattr(codehash, "_module_path", module_path)
 
-    def edit(kind: str, name: str) -> None:
+    def edit(kind: str, name: str, text: str = "") -> None:
         if kind == "sql":
             with open(sql_copy / name, "a") as f:
                 f.write("\n-- an edit\n")
         else:
             copy = tmp_path / (name.replace(".", "_") + ".py")
-            copy.write_text(real_path(name).read_text() + "\n# an edit\n")
+            copy.write_text(real_path(name).read_text() + "\n# an edit\n" + text)
             copies[name] = copy  # named after the module, as the real file is
-        codehash.code_files.cache_clear()
-        codehash.module_closure.cache_clear()
 
     yield edit
-    codehash.code_files.cache_clear()
-    codehash.module_closure.cache_clear()
 
 
 def plan_of(pipeline, *overrides) -> dict[str, tuple[str, str]]:
@@ -121,3 +118,77 @@ def test_chunk_size_is_a_run_setting_only_where_it_changes_no_output():
     # reconstruct seeds its draws per chunk: another chunking gives other samples, so it reruns
     rec = ReconstructConfig(name="r", kind="reconstruct", model="m", num_samples=4)
     assert run_settings(rec) == {"batch"}  # where its calls go (batch files or live) is one still
+
+
+def test_an_edit_is_seen_in_the_same_process_without_clearing_anything(edited):
+    before = dict(codehash.code_files("datamix.steps.load"))
+    edited("sql", "normalize_records.sql")
+    after = dict(codehash.code_files("datamix.steps.load"))
+    assert codehash.changed_files(before, after) == ["sql/normalize_records.sql"]
+    # a new import in an edited module brings its file into the closure
+    filt = dict(codehash.code_files("datamix.steps.filter"))
+    assert "src/datamix/dedup/exact.py" not in filt
+    edited("module", "datamix.steps.filter", "def later():\n    from datamix.dedup import exact\n")
+    now = dict(codehash.code_files("datamix.steps.filter"))
+    assert "src/datamix/dedup/exact.py" in now
+    assert now["src/datamix/steps/filter.py"] != filt["src/datamix/steps/filter.py"]
+
+
+def test_module_files_are_the_ones_python_imports():
+    """Resolving names by path (no imports) finds the file importlib would, and nothing for
+    names that are not modules."""
+    import importlib.util
+
+    names = set()
+    for path in codehash.ROOT.rglob("*.py"):
+        rel = path.relative_to(codehash.ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        names.add(name)
+        names |= codehash._imports(name, path)
+    names |= {"datamix.fields.pick", "datamix.steps.base.REGISTRY", "datamix.nope", "datamix.dedup.*"}
+    for name in sorted(names):
+        try:
+            spec = importlib.util.find_spec(name)
+            expected = spec.origin if spec is not None and spec.origin.endswith(".py") else None
+        except (ImportError, ValueError):
+            expected = None
+        found = codehash._module_path(name)
+        assert (str(found) if found else None) == expected, name
+
+
+def test_parsed_facts_are_kept_by_content_and_a_stale_entry_is_never_read(monkeypatch, tmp_path):
+    cache = tmp_path / "facts.json"
+    monkeypatch.setattr(codehash, "_FACTS_CACHE", cache)
+    monkeypatch.setattr(codehash, "_facts", codehash._Facts())
+    module = tmp_path / "m.py"
+    module.write_text("from datamix import fields\nSQL = 'a.sql'\n")
+    digest, imports, sql = codehash._facts.of(module)
+    assert imports == (("datamix", 0, ("fields",)),) and sql == ("a.sql",)
+    codehash._facts.save()
+    stored = json.loads(cache.read_text())
+    assert list(stored) == [digest]
+    # another process reads the stored entry by the content's hash, not by the file's name
+    stored[digest][1] = ["from_disk.sql"]
+    cache.write_text(json.dumps(stored))
+    monkeypatch.setattr(codehash, "_facts", codehash._Facts())
+    assert codehash._facts.of(module)[2] == ("from_disk.sql",)
+    # the same file with other content is parsed again
+    module.write_text("import datamix.dedup.exact\nSQL = 'b.sql'\n")
+    digest2, imports2, sql2 = codehash._facts.of(module)
+    assert digest2 != digest and imports2 == (("datamix.dedup.exact", 0, ()),) and sql2 == ("b.sql",)
+
+
+def test_fingerprinting_imports_no_step_code(tmp_path):
+    """Hashing the code of every step kind reads files; it imports neither the modules it
+    hashes nor their dependencies (the model registry, numba, pandas)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from datamix import codehash\n"
+             "for m in ('steps.dedup', 'steps.load', 'steps.generate', 'steps.train'):\n"
+             "    codehash.code_files('datamix.' + m)\n"
+             "codehash.backend_files('transformers', tiny=True)\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "{'numba', 'pandas', 'torch', 'polars'} or m.startswith(('datamix.models', 'datamix.steps'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
