@@ -453,7 +453,10 @@ class _Verifier:
 
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Exact Jaccard of global pairs: known ones looked up, the rest computed in fetches."""
-        pairs = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+        # Jaccard is symmetric: a pair is kept as (lower, higher), so the removal records'
+        # (removed, kept) find what the candidates' (lower, higher) computed
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        pairs = (lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64)
         new = np.setdiff1d(pairs, self._known)
         if len(new):
             sims = np.empty(len(new), np.float64)
