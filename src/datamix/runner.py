@@ -281,6 +281,10 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     if missing:  # before any step runs: an unset key would fail a step halfway through
         store.close()
         return RunResult(ok=False, steps=[], failed_step=missing[0], error=missing[1], bad_input=True)
+    from datamix.dedup.warm import start_for  # numba's cached kernels load while earlier steps run
+
+    warming = start_for(pipeline.order(),
+                        lambda s: decide(pipeline, store, s, fps[s.name], store.step_row(s.name))[0] != "skip")
     run_id = uuid.uuid4().hex[:12]
     pool: dict = {}  # the models this run loads, shared by its steps (datamix.llm.get_model)
     store.start_run(run_id, pipeline.name, pipeline.spec_path)
@@ -309,6 +313,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                             store.reset_step(step.name)
                         row = None
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
+                    if step.kind == "dedup":
+                        warming.wait()  # numba from one thread at a time
                     _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log, pool=pool)
                     bars.mark(step.name, "done")
                 except (StepError, BadInput) as e:
@@ -329,6 +335,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                     store.finish_step(step.name, "failed", 0.0, traceback.format_exc(limit=8))
                     break
     finally:
+        warming.wait()
         store.finish_run(run_id, "done" if result.ok else "failed")
         result.steps = store.steps()
         store.close()
