@@ -271,12 +271,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
     verbose: also log every committed chunk (step, key, rows), as it commits."""
     _use_jemalloc_for_arrow()
     fps = fingerprints(pipeline)
-    try:
-        memory = pipeline.memory_settings()
-    except ValueError as e:  # DATAMIX_MEMORY_LIMIT is read here, not when the YAML is validated
-        return RunResult(ok=False, steps=[], error=str(e), bad_input=True)
     store = Store(store_path)
-    _limit_store_memory(store, *memory)
+    store.limit_memory(*pipeline.memory_settings())
     missing = _missing_secrets(pipeline, store, fps)
     if missing:  # before any step runs: an unset key would fail a step halfway through
         store.close()
@@ -340,16 +336,6 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
         result.steps = store.steps()
         store.close()
     return result
-
-
-def _limit_store_memory(store: Store, limit: int | None, temp_directory: str | None) -> None:
-    """Under a memory budget the store's DuckDB gets a quarter of it (the rest is the steps':
-    out-of-core dedup gives its own DuckDB a third, see datamix.dedup.ooc.Budget) and spills
-    to the run's temp directory."""
-    if limit:
-        store.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
-    if temp_directory:
-        store.con.execute("SET temp_directory = ?", [temp_directory])
 
 
 def _use_jemalloc_for_arrow() -> None:

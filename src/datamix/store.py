@@ -177,6 +177,15 @@ class Store:
             for name in SQL_FILES:
                 self.con.execute(sql_text(name))
 
+    def limit_memory(self, limit: int | None, temp_directory: str | None) -> None:
+        """Under a run's memory budget DuckDB gets a quarter of it (the rest is the steps':
+        out-of-core dedup gives its own DuckDB a third, datamix.dedup.ooc.Budget) and spills to
+        the run's temp directory."""
+        if limit:
+            self.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
+        if temp_directory:
+            self.con.execute("SET temp_directory = ?", [temp_directory])
+
     def close(self) -> None:
         self.con.close()
 

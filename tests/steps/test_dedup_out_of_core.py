@@ -93,8 +93,8 @@ def test_bad_memory_limit_is_a_clear_error(tmp_path, value):
     assert "memory_limit" in result.output and "write e.g. 4GB" in result.output
 
 
-def test_bad_memory_limit_in_the_environment_fails_the_run_as_bad_input(tmp_path, monkeypatch):
+def test_bad_memory_limit_in_the_environment_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DATAMIX_MEMORY_LIMIT", "plenty")
-    result = run_pipeline(_pipeline(tmp_path, "auto"))
-    assert not result.ok and result.bad_input
-    assert "DATAMIX_MEMORY_LIMIT: 'plenty' is not a size" in result.error
+    result = cli("validate", _pipeline(tmp_path, "auto"))
+    assert result.exit_code == 2
+    assert "DATAMIX_MEMORY_LIMIT: 'plenty' is not a size" in result.output

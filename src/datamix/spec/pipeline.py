@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from datamix.executors import Executor, LocalExecutor
 from datamix.models import ModelSpec
@@ -53,6 +53,11 @@ class Pipeline(BaseModel):
 
             parse_size(v, "memory_limit")  # "4GB", "512MB", "2GiB": a plain message, not pydantic's
         return v
+
+    @model_validator(mode="after")
+    def _memory_settings_read(self):
+        self.memory_settings()  # a bad DATAMIX_MEMORY_LIMIT is bad input, found when the YAML is read
+        return self
 
     def memory_settings(self) -> tuple[int | None, str | None]:
         """(memory limit in bytes, temp directory) for this run: the environment's

@@ -1,0 +1,109 @@
+"""Where out-of-core MinHash (datamix.dedup.ooc) reads texts: anything with len(),
+batches(size) (the texts in order) and take(sorted rows) (a few of them by position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+class SeriesSource:
+    """Texts already in memory (tests, small inputs, the reference set)."""
+
+    def __init__(self, texts):
+        from datamix.dedup.minhash import _as_series
+
+        self.texts = _as_series(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def batches(self, size: int) -> Iterator[pl.Series]:
+        for start in range(0, len(self.texts), size):
+            yield self.texts.slice(start, size)
+
+    def take(self, rows: np.ndarray) -> pl.Series:
+        return self.texts.gather(rows)
+
+    def text_bytes(self) -> int:
+        return int(self.texts.str.len_bytes().sum() or 0)
+
+
+class ParquetSource:
+    """One text column of a Parquet file, read by row group: the corpus is never whole in memory."""
+
+    def __init__(self, path: str, column: str = "text"):
+        import pyarrow.parquet as pq
+
+        self.path, self.column = path, column
+        self._file = pq.ParquetFile(path)
+        sizes = [self._file.metadata.row_group(i).num_rows for i in range(self._file.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def text_bytes(self) -> int:
+        """Uncompressed bytes of the text column, from the file's metadata."""
+        meta = self._file.metadata
+        column = meta.schema.names.index(self.column)
+        return sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+
+    def batches(self, size: int) -> Iterator[pl.Series]:
+        import polars as pl
+
+        for batch in self._file.iter_batches(batch_size=size, columns=[self.column]):
+            yield pl.Series(self.column, batch.column(0)).cast(pl.String)
+
+    def take(self, rows: np.ndarray) -> pl.Series:
+        """The texts of sorted row positions `rows`, reading only the row groups they fall in."""
+        import polars as pl
+        import pyarrow as pa
+
+        rows = np.asarray(rows, np.int64)
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        bounds = np.searchsorted(groups, np.arange(len(self._starts)))  # rows of group g: bounds[g]:bounds[g + 1]
+        parts = []
+        for g in np.unique(groups):
+            column = self._file.read_row_group(int(g), columns=[self.column]).column(0)
+            parts.append(column.take(pa.array(rows[bounds[g] : bounds[g + 1]] - self._starts[g])))
+        if not parts:
+            return pl.Series(self.column, [], dtype=pl.String)
+        # one conversion to polars for the lot (one per group cost more than reading them)
+        return pl.Series(self.column, pa.chunked_array([c for p in parts for c in p.chunks]).combine_chunks())
+
+
+class SpilledTexts:
+    """Writes texts to a Parquet file as they stream by, for a step whose texts are
+    computed from its input (fields joined): read back by ParquetSource afterwards."""
+
+    ROW_GROUP = 65_536  # rows per group: what verification reads to fetch one text
+
+    def __init__(self, path: str):
+        self.path = path
+        self._writer = None
+
+    def write(self, texts: pl.Series) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"text": texts.cast(str).to_arrow()})
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=self.ROW_GROUP)
+
+    def close(self) -> ParquetSource:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            pq.write_table(pa.table({"text": pa.array([], pa.string())}), self.path)
+        else:
+            self._writer.close()
+        return ParquetSource(self.path)
