@@ -16,7 +16,8 @@ Band-key files: one row per (document, band), columns
                     same key the in-memory path buckets on, so both find the same pairs)
 Rows of a file are band-major (every document's band 0, then band 1, ...). Two
 documents are LSH candidates when they share a (band, key); sql/minhash_candidates.sql
-groups by (band, key), which DuckDB spills to disk when it outgrows its memory limit.
+sorts the rows by (band, key, doc) (DuckDB's external sort, which spills to disk past its
+memory limit) and lsh.sorted_bucket_pairs cuts the sorted runs into pairs.
 Any engine can do that shuffle instead (Ray Data: groupby(["band", "key"])), as long
 as it keeps the bucket cap of lsh.candidate_pairs (`max_bucket`).
 
