@@ -3,6 +3,7 @@
     python benchmarks/dedup.py                          # all sections, 20k synthetic docs + the real corpus
     python benchmarks/dedup.py --sections engine,fixed  # some of: engine, cli, fixed, accuracy
     python benchmarks/dedup.py --cli-docs 10000,100000 --repeat 3 --threads 1
+    python benchmarks/dedup.py --sections fixed --baseline /tmp/base   # + another revision's `datamix run`
 
 Corpus: synthetic documents of ~`--words` words (Zipf vocabulary), 30% of them copies of
 earlier ones with words substituted at known edit rates; plus the alpaca_eval answers in
@@ -27,6 +28,8 @@ Sections (all timed sides interleaved in every round, best of `--repeat`):
 - fixed: what a run pays whatever its size: `python -c pass`, the imports of the dedup path,
   the first find_duplicates on two texts (numba loading its cached kernels), and
   `datamix run` of a 2-row pipeline.
+- --baseline DIR: DIR holds another revision's src/ and sql/ (`git archive REV src sql | tar x -C DIR`);
+  its `datamix run` (PYTHONPATH=DIR/src) is timed too, interleaved, in the cli and fixed sections.
 - accuracy: recall/precision against exact Jaccard of the shingle sets for pairs with
   J >= 0.8 (every LSH candidate, every planted pair, 200k random pairs), and a digest of the
   removed (index, dup_of) rows: a speed change must leave it unchanged.
@@ -311,13 +314,15 @@ def _write_case(folder: str, texts: list[str]) -> None:
         f.write(PIPELINE)
 
 
-def _datamix_cli(folder: str) -> tuple[float, float, float, int]:
-    """(wall seconds, CPU seconds, the dedup step's seconds as the store records them, rows removed)."""
+def _datamix_cli(folder: str, src: str | None = None) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, the dedup step's seconds as the store records them, rows removed);
+    src: the baseline's source folder, imported instead of this checkout's."""
     for name in os.listdir(folder):
         if name.startswith("store.duckdb") or name == ".datamix":
             path = os.path.join(folder, name)
             subprocess.run(["rm", "-rf", path], check=True)
-    wall, cpu, _ = run_child([DATAMIX, "run", "-q", "pipeline.yaml"], cwd=folder)
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
+    wall, cpu, _ = run_child([DATAMIX, "run", "-q", "pipeline.yaml"], cwd=folder, env=env)
     import duckdb
 
     con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
@@ -340,9 +345,14 @@ def cli_section(texts_for, sizes, args):
         with tempfile.TemporaryDirectory(prefix="dedup-bench-") as folder:
             _write_case(folder, texts)
             _datamix_cli(folder)  # a first run outside the timing: page cache, numba's on-disk cache
-            runs = {"datamix": [], "datasketch": [], "rensa": []}
+            base = _baseline_src(args)
+            if base:
+                _datamix_cli(folder, base)
+            runs = {"datamix": [], "baseline": [], "datasketch": [], "rensa": []}
             for _ in range(args.cli_repeat):
                 runs["datamix"].append(_datamix_cli(folder))
+                if base:
+                    runs["baseline"].append(_datamix_cli(folder, base))
                 for peer in ("datasketch", "rensa"):
                     if _has(peer):
                         runs[peer].append(_peer_cli(folder, peer))
@@ -351,6 +361,10 @@ def cli_section(texts_for, sizes, args):
             step, removed = min(r[2] for r in runs["datamix"]), runs["datamix"][0][3]
             print(f"  datamix run (load + dedup)        {wall:7.2f} s wall {cpu:7.2f} s CPU  "
                   f"(dedup step {step:.2f} s)  removed {removed:,}")
+            if runs["baseline"]:
+                b_wall, b_cpu = min(r[0] for r in runs["baseline"]), min(r[1] for r in runs["baseline"])
+                print(f"  baseline datamix run              {b_wall:7.2f} s wall {b_cpu:7.2f} s CPU  "
+                      f"(dedup step {min(r[2] for r in runs['baseline']):.2f} s)  removed {runs['baseline'][0][3]:,}")
             for peer in ("datasketch", "rensa"):
                 if runs[peer]:
                     p_wall, p_cpu = min(r[0] for r in runs[peer]), min(r[1] for r in runs[peer])
@@ -371,6 +385,10 @@ print(t1 - t0, t2 - t1)
 """
 
 
+def _baseline_src(args) -> str | None:
+    return os.path.join(os.path.abspath(args.baseline), "src") if args.baseline else None
+
+
 def fixed_section(args):
     best = {"python -c pass": float("inf"), "imports": float("inf"), "first call": float("inf"),
             "probe process": float("inf"), "datamix run, 2 rows": float("inf"), "datamix --help": float("inf")}
@@ -384,7 +402,11 @@ def fixed_section(args):
             best["probe process"] = min(best["probe process"], sec)
             best["imports"] = min(best["imports"], imports)
             best["first call"] = min(best["first call"], first)
-            best["datamix run, 2 rows"] = min(best["datamix run, 2 rows"], _datamix_cli(folder)[0])
+            for label, src in [("datamix run, 2 rows", None)] + (
+                    [("baseline datamix run, 2 rows", _baseline_src(args))] if args.baseline else []):
+                wall, cpu = _datamix_cli(folder, src)[:2]
+                best[label] = min(best.get(label, float("inf")), wall)
+                best[label + " (CPU)"] = min(best.get(label + " (CPU)", float("inf")), cpu)
             best["datamix --help"] = min(best["datamix --help"], run_child([DATAMIX, "--help"], capture_output=True)[0])
     print(f"\n--- fixed costs, best of {args.cli_repeat + 2}, load average {load_average()}")
     for k, v in best.items():
@@ -435,6 +457,7 @@ def main():
     ap.add_argument("--cli-docs", default="10000,100000")
     ap.add_argument("--cli-repeat", type=int, default=2)
     ap.add_argument("--sections", default="engine,cli,fixed,accuracy")
+    ap.add_argument("--baseline", help="folder with another revision's src/ and sql/, timed beside this one (cli, fixed)")
     ap.add_argument("--no-real", action="store_true", help="skip the alpaca_eval corpora")
     ap.add_argument("--real-planted", type=int, default=50_000, help="size of the real + planted corpus (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="numba threads in this process (0: numba's default)")
