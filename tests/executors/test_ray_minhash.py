@@ -54,3 +54,38 @@ def test_signatures_band_keys_and_candidate_pairs_on_ray_equal_one_machines(clus
     assert len(want_left) > 100  # the planted copies and chance collisions: real work for the shuffle
     assert np.array_equal(left, want_left) and np.array_equal(right, want_right)
     assert len(local_pairs(expected, n_bands, rows, max_bucket=64)[0]) > len(want_left)  # the cap did bite
+
+
+def test_a_minhash_dedup_step_under_ray_signs_and_shuffles_there_and_decides_as_local(cluster, tmp_path):
+    """load -> dedup (minhash) under executor ray: the same removals (removed, kept, similarity)
+    and step records as under executor local, with the signing done by Ray tasks."""
+    from datamix import runner, spec
+    from datamix.store import Store
+    from tests.helpers import chat, write_jsonl, write_pipeline
+
+    docs = texts()
+    write_jsonl(tmp_path / "data.jsonl", [chat(t, f"answer {i}") for i, t in enumerate(docs)])
+    steps = [{"name": "src", "kind": "load", "path": "data.jsonl"},
+             # chunks of 128: five chunks, two windows of signing tasks on the two-CPU cluster
+             {"name": "dd", "kind": "dedup", "input": "src", "method": "minhash", "fields": ["instruction"],
+              "num_perm": 64, "threshold": 0.7, "chunk_size": 128}]
+    found = {}
+    for name, executor in (("local", "local"), ("ray", {"type": "ray", "address": cluster})):
+        log: list[str] = []
+        p = spec.load(str(write_pipeline(tmp_path, steps, name=name, store=f"{name}.duckdb", executor=executor)))
+        result = runner.run(p, p.store_path(), log=log.append)
+        assert result.ok, result.error
+        s = Store(str(tmp_path / f"{name}.duckdb"), read_only=True)
+        try:
+            found[name] = (
+                s.con.execute("SELECT sample_id, kept, reason, score, related_id FROM dm.decisions "
+                              "WHERE step = 'dd' ORDER BY ALL").fetchall(),
+                s.con.execute("SELECT name, fingerprint, state, rows_in, rows_out FROM dm.steps ORDER BY name").fetchall())
+        finally:
+            s.close()
+        found[name + " log"] = "\n".join(log)
+    assert len(found["local"][0]) > 100  # the planted near-copies (most pass the threshold) and the exact copies
+    assert found["ray"] == found["local"]
+    assert "signing and the band shuffle on Ray" in found["ray log"]
+    assert "signed 5 chunks as Ray tasks" in found["ray log"]
+    assert "Ray" not in found["local log"]

@@ -113,9 +113,16 @@ def find_duplicates_ooc(
     stats: dict | None = None,
     budget: Budget | None = None,
     log: Callable[[str], None] | None = None,
+    sign: Callable[..., None] | None = None,
+    candidates: Callable[[list[str], int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> pl.DataFrame:
     """minhash.find_duplicates over a text source (SeriesSource, ParquetSource, or any
-    object with len, batches(size) and take(sorted rows)), writing its work to `folder`."""
+    object with len, batches(size) and take(sorted rows)), writing its work to `folder`.
+
+    `sign(source, kind, cfg, folder, chunk, writer, cache, stats)` and `candidates(band
+    files, max_bucket) -> (left, right)` replace the local signing and candidate-pair
+    stages (datamix.executors.ray_minhash.Stages: on a Ray cluster); any replacement writes
+    the same layout and gives the same pairs, so the decisions do not change."""
     from datamix.dedup import clusters
     from datamix.dedup.lsh import MAX_BUCKET
 
@@ -138,14 +145,17 @@ def find_duplicates_ooc(
     clock = _Clock(log)
     sig_path = os.path.join(folder, "signatures.npy")
     with _SignatureWriter(sig_path, n + n_ref, cfg.num_perm) as writer:
-        _sign(source, "docs", cfg, folder, chunk, writer, cache, stats)
+        (sign or _sign)(source, "docs", cfg, folder, chunk, writer, cache, stats)
         if ref is not None:
-            _sign(ref, "refs", cfg, folder, chunk, writer, cache, stats)
+            (sign or _sign)(ref, "refs", cfg, folder, chunk, writer, cache, stats)
     clock.lap(f"signed {n + n_ref:,} texts")
 
     con = _connect(budget, folder)
     try:
-        left, right = _candidate_pairs(con, layout.band_files(folder, "docs"), MAX_BUCKET, budget.work_bytes(n))
+        if candidates is None:
+            left, right = _candidate_pairs(con, layout.band_files(folder, "docs"), MAX_BUCKET, budget.work_bytes(n))
+        else:
+            left, right = candidates(layout.band_files(folder, "docs"), MAX_BUCKET)
         ref_doc = ref_row = np.zeros(0, np.int64)
         if n_ref and n:
             ref_doc, ref_row = _reference_pairs(con, layout.band_files(folder, "docs"),

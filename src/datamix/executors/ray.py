@@ -74,6 +74,7 @@ def on_ray(spec: RayExecutor, store, step, entry, inputs, ctx: Context, chunks: 
     if entry.shape == "batch" and not calls_models(step):
         connect(spec)
         return _map_slices(spec, store, step, entry, inputs, ctx, log_chunk)
+    ctx.executor = spec  # `chunks` has not run yet: a whole step that uses the cluster itself (dedup) sees it
     # the rest runs in the driver; a model it runs as `ray:` replicas joins this cluster (Ray is
     # started once per process: the replicas' own address would otherwise pick it)
     if any(getattr(ctx.models.get(name), "ray", None) is not None for _, name in step.model_refs()):

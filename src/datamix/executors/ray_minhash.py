@@ -3,14 +3,17 @@
 The same on-disk layout as the out-of-core path (datamix.dedup.bands): each task signs one
 chunk of texts (datamix.dedup.minhash.signatures, the function the in-memory and out-of-core
 paths call) and writes that chunk's band keys as bands/docs-<part>.parquet and its
-signatures as sig/<part>.npy; nothing but a small row per chunk comes back to the driver.
+signatures as sig/<kind>-<part>.npy; nothing but a small row per chunk comes back to the driver.
 Candidate pairs come from Ray Data grouping the band-key rows by (band, key) across the
 cluster (a hash shuffle: only band keys move, 18 bytes per document and band), each
 bucket's documents listed, and each bucket's pairs made with the same cap as
 lsh.candidate_pairs (lsh.bucket_pairs): the pairs are those of the single-machine paths.
 
 Verification, clusters and the keep policy need only the candidate pairs' signature rows
-and texts, and stay in the driver (datamix.dedup.ooc).
+and texts, and stay in the driver (datamix.dedup.ooc). `Stages` hands these two stages to
+ooc.find_duplicates_ooc: the dedup step does so when its executor is ray. Reference rows
+(decontamination) are signed on Ray too; their pairs with the documents, few next to the
+documents' own, come from DuckDB in the driver.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import numpy as np
 from datamix.executors import RayExecutor
 
 
-def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor) -> list[dict]:
+def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor, *, kind: str = "docs", first: int = 0) -> list[dict]:
     """Sign `texts` (an Arrow string array, in the step's stable order) in chunks of `chunk`
-    documents on Ray. Returns, per chunk in order: part, first doc, docs, band-key file and
-    signature file."""
+    documents on Ray; `first` is the position of texts[0] (a multiple of `chunk`), `kind` the
+    band-key files' prefix (docs or refs). Returns, per chunk in order: part, first doc, docs,
+    band-key file and signature file."""
     import pyarrow as pa
     import ray.data
 
@@ -35,12 +39,12 @@ def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor) -> list[dict]:
     os.makedirs(os.path.join(folder, "sig"), exist_ok=True)
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     blocks = [pa.table({"text": texts.slice(start, chunk),
-                        "first": pa.array(np.full(min(chunk, len(texts) - start), start, np.int64))})
+                        "first": pa.array(np.full(min(chunk, len(texts) - start), first + start, np.int64))})
               for start in range(0, len(texts), chunk)]
     if not blocks:
         return []
     out = ray.data.from_arrow(blocks).map_batches(
-        _sign_chunk, fn_kwargs={"cfg": cfg, "folder": folder, "chunk": chunk,
+        _sign_chunk, fn_kwargs={"cfg": cfg, "folder": folder, "chunk": chunk, "kind": kind,
                                 "threads": max(1, int(spec.num_cpus_per_task))}, batch_size=None,
         batch_format="pyarrow", num_cpus=spec.num_cpus_per_task,
         compute=ray.data.TaskPoolStrategy(size=spec.concurrency))
@@ -48,7 +52,51 @@ def sign(texts, cfg, folder: str, chunk: int, spec: RayExecutor) -> list[dict]:
     return sorted(parts, key=lambda p: p["part"])
 
 
-def _sign_chunk(batch, cfg, folder: str, chunk: int, threads: int):
+class Stages:
+    """The out-of-core path's signing and candidate-pair stages on Ray (the `sign` and
+    `candidates` of datamix.dedup.ooc.find_duplicates_ooc); `tasks` counts the chunks signed
+    on Ray, for the step's log."""
+
+    def __init__(self, spec: RayExecutor):
+        self.spec, self.tasks = spec, 0
+
+    def sign(self, source, kind: str, cfg, folder: str, chunk: int, writer, cache=None, stats=None) -> None:
+        """Sign a text source (len, batches) on Ray a window of chunks at a time (two per
+        cluster CPU: every CPU busy, and the driver holds only that window's texts), appending
+        the signatures to `writer` in order; each chunk's band keys land in
+        bands/<kind>-<part>.parquet as the local stage writes them."""
+        import pyarrow as pa
+        import ray
+
+        from datamix.executors.ray import connect
+
+        connect(self.spec)
+        window = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        done, pending = 0, []
+
+        def flush():
+            nonlocal done, pending
+            texts = pa.chunked_array([t.to_arrow() for t in pending]).combine_chunks()
+            for part in sign(texts, cfg, folder, chunk, self.spec, kind=kind, first=done):
+                writer.append(np.load(part["sig"]))
+                os.remove(part["sig"])  # signatures.npy has it now
+                self.tasks += 1
+            done, pending = done + len(texts), []
+
+        for texts in source.batches(chunk):
+            pending.append(texts)
+            if len(pending) == window:
+                flush()
+        if pending:
+            flush()
+        if done != len(source):
+            raise ValueError(f"the text source gave {done} rows, not the {len(source)} it announced")
+
+    def candidates(self, band_files: list[str], max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        return candidate_pairs(band_files, max_bucket, self.spec)
+
+
+def _sign_chunk(batch, cfg, folder: str, chunk: int, kind: str, threads: int):
     """One task: a whole chunk of texts (one block) to its band-key file and signature file."""
     import numba
     import polars as pl
@@ -64,8 +112,8 @@ def _sign_chunk(batch, cfg, folder: str, chunk: int, threads: int):
     part = first // chunk
     sig = signatures(pl.from_arrow(batch.column("text")), cfg)
     n_bands, rows = cfg.band_rows()
-    band_file = layout.write_band_keys(folder, "docs", part, sig, first, n_bands, rows)
-    sig_file = os.path.join(folder, "sig", f"{part:06d}.npy")
+    band_file = layout.write_band_keys(folder, kind, part, sig, first, n_bands, rows)
+    sig_file = os.path.join(folder, "sig", f"{kind}-{part:06d}.npy")
     np.save(sig_file + ".tmp.npy", sig)
     os.replace(sig_file + ".tmp.npy", sig_file)  # a task run twice writes the same file whole
     return pa.table({"part": [part], "first": [first], "docs": [len(sig)], "bands": [band_file], "sig": [sig_file]})

@@ -316,6 +316,9 @@ class Context:
     # their work from it. Run settings: they change no output.
     memory_limit: int | None = None
     temp_directory: str | None = None
+    # The step's executor (datamix.executors; None: local). A `whole` step that can spread its
+    # work over a cluster (MinHash dedup's signing and band shuffle) looks here; a run setting too.
+    executor: Any = None
 
     def resolve(self, path: str) -> str:
         import os

@@ -337,7 +337,10 @@ def _minhash_out_of_core(cfg: DedupConfig, table, ref_texts, ctx: Context):
 
     budget = ooc.Budget(ctx.memory_limit, ctx.temp_directory)
     n = len(table)
-    if not ooc.choose_out_of_core(cfg.options, n, n * ASSUMED_TEXT_BYTES, budget):
+    # under a ray executor, signing and the band shuffle run on the cluster, which writes the
+    # out-of-core layout: that path, unless the YAML asks for the in-memory one (out_of_core: false)
+    on_ray = getattr(ctx.executor, "type", "local") == "ray" and cfg.options.out_of_core is not False
+    if not on_ray and not ooc.choose_out_of_core(cfg.options, n, n * ASSUMED_TEXT_BYTES, budget):
         if budget.limit:
             ctx.log(f"dedup {cfg.name}: in memory, {n:,} texts within the {budget.describe()}")
         return None
@@ -346,7 +349,17 @@ def _minhash_out_of_core(cfg: DedupConfig, table, ref_texts, ctx: Context):
     os.makedirs(folder)
     ctx.log(f"dedup {cfg.name}: out of core, {budget.describe()}")
     ids, priority, source = _read_out_of_core(cfg, table, folder, ooc.chunk_docs(cfg.options, budget, n))
+    stages = {}
+    if on_ray:
+        from datamix.executors.ray_minhash import Stages
+
+        ray_stages = Stages(ctx.executor)
+        stages = {"sign": ray_stages.sign, "candidates": ray_stages.candidates}
+        ctx.log(f"dedup {cfg.name}: MinHash signing and the band shuffle on Ray ({ctx.executor.address}); "
+                "verification and clusters here")
     found = ooc.find_duplicates_ooc(source, priority, cfg.options, folder, reference=ref_texts, budget=budget,
-                                    log=lambda m: ctx.log(f"dedup {cfg.name}: {m}"))
+                                    log=lambda m: ctx.log(f"dedup {cfg.name}: {m}"), **stages)
+    if on_ray:
+        ctx.log(f"dedup {cfg.name}: signed {ray_stages.tasks} chunks as Ray tasks")
     shutil.rmtree(folder, ignore_errors=True)
     return found, ids
