@@ -192,3 +192,15 @@ def test_fingerprinting_imports_no_step_code(tmp_path):
              "{'numba', 'pandas', 'torch', 'polars'} or m.startswith(('datamix.models', 'datamix.steps'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_facts_file_keeps_only_what_is_in_use_once_it_grows(monkeypatch, tmp_path):
+    cache = tmp_path / "facts.json"
+    cache.write_text(json.dumps({f"{i:064x}": [[], []] for i in range(codehash._FACTS_KEPT + 1)}))
+    monkeypatch.setattr(codehash, "_FACTS_CACHE", cache)
+    monkeypatch.setattr(codehash, "_facts", codehash._Facts())
+    module = tmp_path / "m.py"
+    module.write_text("import datamix.fields\n")
+    digest = codehash._facts.of(module)[0]
+    codehash._facts.save()
+    assert list(json.loads(cache.read_text())) == [digest]

@@ -45,6 +45,7 @@ _SQL_NAME = re.compile(r"""["']([A-Za-z0-9_./-]+\.sql)["']""")
 # stored per file changes). Beside the package's own bytecode: written where Python writes .pyc.
 _FACTS_VERSION = 1
 _FACTS_CACHE = ROOT / "__pycache__" / f"codehash-facts-v{_FACTS_VERSION}.json"
+_FACTS_KEPT = 2000  # entries (~300 bytes each; the package has ~100 files)
 
 
 @functools.lru_cache(maxsize=None)  # which files exist: fixed while a process runs
@@ -67,6 +68,7 @@ class _Facts:
     def __init__(self) -> None:
         self.by_stat: dict[tuple, tuple[str, tuple, tuple]] = {}
         self.disk: dict[str, list] | None = None
+        self.used: set[str] = set()  # content hashes this process read
         self.dirty = False
 
     def of(self, path: Path) -> tuple[str, tuple, tuple]:
@@ -82,6 +84,7 @@ class _Facts:
                 parsed = [_import_statements(data), sorted(set(_SQL_NAME.findall(data.decode("utf-8", "replace"))))]
                 self.disk[digest] = parsed
                 self.dirty = True
+            self.used.add(digest)
             found = (digest, tuple((m, lvl, tuple(n)) for m, lvl, n in parsed[0]), tuple(parsed[1]))
             self.by_stat[key] = found
         return found
@@ -107,6 +110,8 @@ class _Facts:
         just parses again next time."""
         if not self.dirty:
             return
+        if len(self.disk) > _FACTS_KEPT:  # old versions of edited files pile up: keep what is in use
+            self.disk = {k: v for k, v in self.disk.items() if k in self.used}
         try:
             _FACTS_CACHE.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=_FACTS_CACHE.parent, prefix=".codehash-")
