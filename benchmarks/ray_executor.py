@@ -18,6 +18,7 @@ checked to be the same (count and id hash of `sized`, dropped count of `clean`).
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --signatures 200000   # MinHash signing only
+    flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --dedup 200000        # the whole dedup step
 
 --signatures N: MinHash signatures (datamix.executors.ray_minhash.sign: map_batches writing
 band-key Parquet and signatures per chunk of 10,000) of N random 100-word documents with one
@@ -143,16 +144,113 @@ def signatures_bench(n: int, repeat: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+DEDUP = """
+name: bench
+store: store.duckdb
+executor: {executor}
+steps:
+  - {{name: docs, kind: load, path: ../docs.jsonl}}
+  - {{name: dd, kind: dedup, input: docs, method: minhash, fields: [instruction], out_of_core: {ooc}}}
+"""
+DEDUP_ARMS = {"local, in memory": ("local", "auto"), "local, out of core": ("local", "true"),
+              "ray (2 tasks at once)": ("{type: ray, address: local, concurrency: 2}", "auto")}
+
+
+def dedup_bench(n: int, repeat: int) -> None:
+    """The whole MinHash dedup step (load done once, copied) under each arm, interleaved in a
+    rotating order: dm.steps' seconds for the step, and its decisions compared across arms."""
+    import json
+
+    import numpy as np
+
+    from datamix import runner, spec
+    from tests.helpers import query
+
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(50_000)])
+    root = tempfile.mkdtemp(prefix="dm-ray-dedup-")
+    try:
+        with open(os.path.join(root, "docs.jsonl"), "w") as f:
+            for i in range(n):
+                words = vocab[rng.integers(0, len(vocab), 100)]
+                if i % 10 == 9:  # every tenth a near-copy of the one before (one word changed)
+                    words = prev.copy()
+                    words[rng.integers(0, 100)] = "changed"
+                prev = words
+                f.write(json.dumps({"messages": [{"role": "user", "content": " ".join(words)},
+                                                 {"role": "assistant", "content": f"answer {i}"}]}) + "\n")
+
+        def yaml_for(arm: str) -> str:
+            folder = os.path.join(root, arm.split()[0] + "-" + str(abs(hash(arm)) % 1000))
+            os.makedirs(folder, exist_ok=True)
+            executor, ooc = DEDUP_ARMS[arm]
+            with open(os.path.join(folder, "bench.yaml"), "w") as f:
+                f.write(DEDUP.format(executor=executor, ooc=ooc))
+            return os.path.join(folder, "bench.yaml")
+
+        base = spec.load(yaml_for("local, in memory"))
+        base.steps = base.steps[:1]
+        if not runner.run(base, base.store_path(), log=lambda m: None).ok:
+            raise SystemExit("the base load failed")
+        base_store = base.store_path()
+        shutil.move(base_store, os.path.join(root, "base.duckdb"))
+        times: dict[str, list[float]] = {arm: [] for arm in DEDUP_ARMS}
+        digests: dict[str, set] = {arm: set() for arm in DEDUP_ARMS}
+        order = list(DEDUP_ARMS)
+        t0 = time.perf_counter()  # workers start, import and load the kernels once per run: not timed
+        shutil.copy(os.path.join(root, "base.duckdb"), os.path.join(root, "warm.duckdb"))
+        p = spec.load(yaml_for("ray (2 tasks at once)"))
+        if not runner.run(p, os.path.join(root, "warm.duckdb"), log=lambda m: None).ok:
+            raise SystemExit("the warm-up run failed")
+        print(f"ray warm-up run (worker start, imports, kernels), once per run: {time.perf_counter() - t0:.1f}s")
+        for r in range(repeat):
+            for arm in order:
+                path = yaml_for(arm)
+                store = os.path.join(os.path.dirname(path), "store.duckdb")
+                shutil.copy(os.path.join(root, "base.duckdb"), store)
+                p = spec.load(path)
+                load = os.getloadavg()[0]
+                result = runner.run(p, p.store_path(), log=lambda m: None)
+                if not result.ok:
+                    raise SystemExit(f"{arm}: {result.error}")
+                times[arm].append(query(store, "SELECT seconds FROM dm.steps WHERE name = 'dd'")[0][0])
+                digests[arm].add(query(store, "SELECT count(*), sum(hash(sample_id, related_id, score)) "
+                                              "FROM dm.decisions WHERE step = 'dd'")[0])
+                print(f"round {r + 1} dedup {arm:22s} {times[arm][-1]:6.2f}s  (load average {load:.1f})", flush=True)
+            order = order[1:] + order[:1]
+        same = len(set().union(*digests.values())) == 1
+        print(f"decisions identical across arms and rounds: {same} {sorted(set().union(*digests.values()))}")
+        med = {arm: statistics.median(t) for arm, t in times.items()}
+        print(f"dedup step of {n:,} docs, medians: " + ", ".join(f"{a} {t:.2f}s" for a, t in med.items()))
+        ray_arm = "ray (2 tasks at once)"
+        print(f"ray / local in memory: {med[ray_arm] / med['local, in memory']:.2f}x; "
+              f"ray / local out of core: {med[ray_arm] / med['local, out of core']:.2f}x")
+        if not same:
+            raise SystemExit("decisions differ across arms")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; every arm runs once per round")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--signatures", type=int, default=0, help="instead: MinHash signing of this many documents")
+    ap.add_argument("--dedup", type=int, default=0, help="instead: the whole MinHash dedup step on this many "
+                                                          "documents, local (in memory, out of core) vs ray")
     args = ap.parse_args()
     import ray
     import ray.data
 
+    if args.dedup:
+        ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        try:
+            dedup_bench(args.dedup, args.repeat)
+        finally:
+            ray.shutdown()
+        return
     if args.signatures:
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
