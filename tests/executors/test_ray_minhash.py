@@ -80,7 +80,8 @@ def test_a_minhash_dedup_step_under_ray_signs_and_shuffles_there_and_decides_as_
             found[name] = (
                 s.con.execute("SELECT sample_id, kept, reason, score, related_id FROM dm.decisions "
                               "WHERE step = 'dd' ORDER BY ALL").fetchall(),
-                s.con.execute("SELECT name, fingerprint, state, rows_in, rows_out FROM dm.steps ORDER BY name").fetchall())
+                s.con.execute("SELECT name, fingerprint, state, rows_in, rows_out FROM dm.steps "
+                              "ORDER BY name").fetchall())
         finally:
             s.close()
         found[name + " log"] = "\n".join(log)
