@@ -1,4 +1,4 @@
-"""The read path of step outputs: what a step's rows are, read from the store.
+"""Step outputs: the read path of a step's rows in the store, and the files it writes beside it.
 
 A stored step's rows are its table, in the order it was written. A pass-through step
 (filter, dedup) stores no rows: its output is the rows of the first step up its chain
@@ -10,7 +10,9 @@ step (`Store.create_passthrough_view`), the scans here, and DuckDB's COPY of an 
 from __future__ import annotations
 
 import json
+import os
 
+from datamix.errors import BadInput
 from datamix.steps.base import InputTable, copy_sql
 from datamix.store import Store, quote
 
@@ -140,3 +142,26 @@ class StoreInput(InputTable):
         # COPY scans the store in the order read_output returns, without the rows passing
         # through Python
         self._store.con.execute(copy_sql(columns, scan[0], fmt), [*scan[1], path])
+
+
+def output_folder(store: Store, step: str) -> str:
+    """The folder beside the store where a step writes files (exports, shards, checkpoints, models)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs")
+    path = os.path.normpath(os.path.join(root, step))
+    if os.path.dirname(path) != root:  # a step name is validated; this guards the file system regardless
+        raise BadInput(f"step name {step!r} cannot name a folder under {root}; use letters, digits, _ and -")
+    return path
+
+
+def discard_outputs(store: Store, step: str, output_dir: str) -> None:
+    """Remove what a step wrote outside the store: the files it recorded (an export's `path:` may be
+    anywhere) and its own output folder (checkpoints, models, shards)."""
+    import shutil
+
+    for path in store.recorded_files(step):
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+    if os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)

@@ -20,7 +20,7 @@ from typing import Any
 from datamix.progress import Progress
 from datamix.spec import Pipeline, models_used
 from datamix.loop import step_chunks
-from datamix.outputs import StoreInput, stored_ancestor
+from datamix.outputs import StoreInput, discard_outputs, output_folder, stored_ancestor
 from datamix.steps.base import REGISTRY, BadInput, Context, InputTable, StepConfig, StepError
 from datamix.store import Store, quote
 
@@ -304,7 +304,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                         # never run here, or changed (config, code, inputs, upstream), or files gone:
                         # the step starts clean, so no output of an old fingerprint (a checkpoint, a
                         # shard, a folder left by another store) is reused
-                        _discard_outputs(store, step.name, _output_dir(store, step.name))
+                        discard_outputs(store, step.name, output_folder(store, step.name))
                         if row is not None:
                             store.reset_step(step.name)
                         row = None
@@ -366,29 +366,6 @@ def _missing_secrets(pipeline: Pipeline, store: Store, fps: dict[str, str]) -> t
     return None
 
 
-def _output_dir(store: Store, step: str) -> str:
-    """The folder beside the store where a step writes files (exports, shards, checkpoints, models)."""
-    root = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs")
-    path = os.path.normpath(os.path.join(root, step))
-    if os.path.dirname(path) != root:  # a step name is validated; this guards the file system regardless
-        raise BadInput(f"step name {step!r} cannot name a folder under {root}; use letters, digits, _ and -")
-    return path
-
-
-def _discard_outputs(store: Store, step: str, output_dir: str) -> None:
-    """Remove what a step wrote outside the store: the files it recorded (an export's `path:` may be
-    anywhere) and its own output folder (checkpoints, models, shards)."""
-    import shutil
-
-    for path in store.recorded_files(step):
-        if os.path.isfile(path) or os.path.islink(path):
-            os.remove(path)
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
-    if os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-
-
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
               log_chunk=None, log=print, pool: dict | None = None) -> None:
     parents = step.parent_steps()
@@ -399,7 +376,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         stored, deciders = stored_ancestor(store, parents["input"])
         store.create_passthrough_view(step.name, stored, [step.name, *deciders])
     inputs = {label: _input_table(store, p) for label, p in parents.items()}
-    output_dir = _output_dir(store, step.name)
+    output_dir = output_folder(store, step.name)
     total = sum(len(t) for t in inputs.values()) or getattr(step, "num_samples", None)
     ctx = Context(
         step=step.name,
