@@ -312,6 +312,14 @@ def find_duplicates(
     # function serves both kinds of pairs.
     all_sig = sig if ref_sig is None else np.concatenate([sig, ref_sig])
     similarity = _PairSimilarity(all_sig, texts, reference, cfg, stats, utf8)
+    pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
+    return clusters.removal_frame(n, priority, *pairs, similarity)
+
+
+def verified_pairs(similarity, n: int, left, right, ref_doc, ref_row, cfg: MinHashConfig, stats: dict) -> tuple:
+    """The candidate pairs that pass verification, with their similarities: (left, right, sim,
+    ref_doc, ref_row, ref_sim). Reference rows are indices n + j for `similarity`. Shared by
+    the in-memory and the out-of-core paths, so both keep the same pairs."""
     sim = similarity(left, right)
     ref_sim = similarity(ref_doc, ref_row + n)
     if cfg.verify != "none":
@@ -320,8 +328,7 @@ def find_duplicates(
         keep = ref_sim >= cfg.threshold
         ref_doc, ref_row, ref_sim = ref_doc[keep], ref_row[keep], ref_sim[keep]
     stats["verified_pairs"] = int(len(left) + len(ref_doc))
-
-    return clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+    return left, right, sim, ref_doc, ref_row, ref_sim
 
 
 def _out_of_core(texts, priority, cfg, reference, cache, stats) -> pl.DataFrame:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from datamix.dedup import bands as layout
-from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures
+from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures, verified_pairs
 from datamix.dedup.sources import ParquetSource, SeriesSource, SpilledTexts  # noqa: F401 (the API)
 
 if TYPE_CHECKING:
@@ -166,16 +166,9 @@ def find_duplicates_ooc(
     clock.lap(f"{stats['candidate_pairs']:,} candidate pairs")
 
     similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget)
-    sim = similarity(left, right)
-    ref_sim = similarity(ref_doc, ref_row + n)
-    if cfg.verify != "none":
-        keep = sim >= cfg.threshold
-        left, right, sim = left[keep], right[keep], sim[keep]
-        keep = ref_sim >= cfg.threshold
-        ref_doc, ref_row, ref_sim = ref_doc[keep], ref_row[keep], ref_sim[keep]
-    stats["verified_pairs"] = int(len(left) + len(ref_doc))
+    pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
     clock.lap(f"{stats['verified_pairs']:,} verified pairs")
-    removed = clusters.removal_frame(n, priority, left, right, sim, ref_doc, ref_row, ref_sim, similarity)
+    removed = clusters.removal_frame(n, priority, *pairs, similarity)
     clock.lap(f"{len(removed):,} removed")
     return removed
 
