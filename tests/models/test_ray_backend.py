@@ -25,6 +25,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def local_ray():
+    # another module's Ray may still be up in this process (tests/executors shares one per package)
+    if ray.is_initialized():
+        ray.shutdown()
     # logical CPUs: replicas of several backends may be alive at once in this process
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
