@@ -77,3 +77,25 @@ def test_limit_counts_records_across_files_and_keys_stay_per_file(tmp_path):
     assert [(c.key, c.rows.column("origin_file").to_pylist(), c.rows.column("origin_line").to_pylist())
             for c in chunks] == [("a.jsonl:0", ["a.jsonl"] * 2, [1, 2]), ("a.jsonl:2", ["a.jsonl"], [3]),
                                  ("b.jsonl:0", ["b.jsonl"] * 2, [1, 2])]
+
+
+def test_a_source_kind_written_for_the_old_protocol_fails_with_what_to_return(tmp_path):
+    """A step kind that still yields chunks instead of returning a Source is named, not an AttributeError."""
+    from typing import Literal
+
+    from datamix.steps.base import Chunk, register
+    from tests.helpers import run_pipeline, write_pipeline
+
+    class OldConfig(StepConfig):
+        kind: Literal["old_source"]
+
+    @register("old_source", OldConfig)
+    def _old(cfg, inputs, ctx):
+        yield Chunk(key="all", rows_in=0)
+
+    try:
+        result = run_pipeline(write_pipeline(tmp_path, [{"name": "a", "kind": "old_source"}]))
+        assert not result.ok and result.failed_step == "a"
+        assert "'old_source' has shape 'source'" in result.error and "not generator" in result.error
+    finally:
+        REGISTRY.pop("old_source", None)

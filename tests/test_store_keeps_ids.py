@@ -8,7 +8,7 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-from datamix.steps.base import REGISTRY, Chunk, StepConfig, register
+from datamix.steps.base import REGISTRY, Output, StepConfig, register
 from datamix.store import Store
 
 from tests.helpers import cli, query, run_pipeline, store_of, write_jsonl, write_pipeline
@@ -29,11 +29,11 @@ class LyingConfig(StepConfig):
     kind: Literal["lying_export"]
 
 
-@register("lying_export", LyingConfig, keeps_ids=True)
+@register("lying_export", LyingConfig, keeps_ids=True, shape="whole")
 def _lying(cfg, inputs, ctx):
     """Claims keeps_ids but mints new ids: the store must refuse, not lose lineage silently."""
     rows = inputs["input"].polars().select("sample_id")
-    yield Chunk(key="all", rows_in=len(rows), rows=rows.select(
+    return Output(rows_in=len(rows), rows=rows.select(
         (pl.col("sample_id") + "x").alias("sample_id"), pl.concat_list("sample_id").alias("parent_ids")))
 
 

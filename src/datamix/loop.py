@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from datamix.errors import BadInput
+from datamix.errors import BadInput, StepError
 from datamix.steps.base import REGISTRY, Chunk, Context, InputTable, Output, Source, StepConfig, StepKind
 
 
@@ -20,7 +20,11 @@ WHOLE_KEY = "all"  # the one chunk of a `whole` step
 def step_chunks(entry: StepKind, step: StepConfig, inputs: dict[str, InputTable], ctx: Context) -> Iterator[Chunk]:
     """The loop every step runs in, whatever its shape (see steps.base.StepKind)."""
     if entry.shape == "source":
-        yield from _source_chunks(entry.run(step, inputs, ctx), ctx)
+        source = entry.run(step, inputs, ctx)
+        if not isinstance(source, Source):  # a step kind written for the old protocol (yielding chunks)
+            raise StepError(f"step kind {step.kind!r} has shape 'source', so its function must return a "
+                            f"Source (see steps/base.py and docs/adding-a-step.md), not {type(source).__name__}")
+        yield from _source_chunks(source, ctx)
     elif entry.shape == "whole":
         if WHOLE_KEY in ctx.done_keys:
             return
