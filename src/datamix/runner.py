@@ -104,8 +104,7 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
             "code": [REGISTRY[step.kind].version, step_code(pipeline, step)],
             # where a model runs (ray replicas, batch files), what it costs and how fast it may be
             # called (rate budgets, failure bounds) do not change what it generates
-            "models": {m: pipeline.models[m].model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
-                       for m in models_used(step) if m in pipeline.models},
+            "models": {m: _model_identity(pipeline.models[m]) for m in models_used(step) if m in pipeline.models},
             "files": _file_identity(pipeline, step),
             "seed": pipeline.seed,
         }
@@ -115,6 +114,15 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
         blob = json.dumps(payload, sort_keys=True, default=str)
         fps[step.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return fps
+
+
+def _model_identity(spec) -> dict:
+    """What of a declared model enters the fingerprints of the steps using it. A model saved by a
+    train step (`from_step:`) is that step's fingerprint (`trained_models`), not the folder its
+    store happens to be in; `from_step` is left out where unset, so older fingerprints stand."""
+    exclude = set(_NOT_FINGERPRINTED)
+    exclude.add("path" if getattr(spec, "from_step", None) else "from_step")
+    return spec.model_dump(mode="json", exclude=exclude)
 
 
 def _trained_models(pipeline: Pipeline) -> dict[str, str]:

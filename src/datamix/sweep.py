@@ -84,19 +84,20 @@ class Sweep:
         return out
 
 
-def expand(path: str, overrides: list[str], var: str, values: list[Any], check_files: bool = True) -> Sweep:
+def expand(path: str, overrides: list[str], var: str, values: list[Any], check_files: bool = True,
+           store: str | None = None) -> Sweep:
     """The combined pipeline of a sweep (see the module docstring). Raises SpecError."""
     from datamix.steps.base import REGISTRY
 
     tags = [value_tag(v) for v in values]
     if len(set(tags)) != len(tags):
         raise SpecError([f"--sweep {var}: values {values} give the same name twice ({tags}); use distinct values"])
-    base = load(path, list(overrides), check_files=check_files)
+    base = load(path, list(overrides), check_files=check_files, store=store)
     if var not in base.vars:
         raise SpecError([f"--sweep {var}: the pipeline has no var {var!r} (vars: {', '.join(base.vars) or 'none'}); "
                          "define it under `vars:` and use it as ${" + var + "}"])
-    per_value = [load(path, [*overrides, f"{var}={json.dumps(v) if isinstance(v, str) else v}"], check_files=check_files)
-                 for v in values]
+    per_value = [load(path, [*overrides, f"{var}={json.dumps(v) if isinstance(v, str) else v}"],
+                      check_files=check_files, store=store) for v in values]
     models = [json.dumps({k: m.model_dump(mode="json") for k, m in p.models.items()}, sort_keys=True) for p in per_value]
     if len(set(models)) > 1:
         raise SpecError([f"--sweep {var}: the var changes `models:`; a sweep varies steps only "

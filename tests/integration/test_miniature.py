@@ -1,6 +1,7 @@
 """The forgetting miniature (pipelines/forgetting-miniature.yaml): its full-size YAML validates, and the
 same file at tiny sizes runs end to end (V trained from scratch, the pool rebuilt from it, four arms,
-two replicates through --sweep) and fills every row of dm.forgetting."""
+two replicates through --sweep) and fills every row of dm.forgetting. The store is not the YAML's
+(--store elsewhere): V, a model declared `from_step: train_vendor`, is found beside it."""
 
 from __future__ import annotations
 
@@ -44,15 +45,22 @@ def replicates(tmp_path_factory):
     return folder, result
 
 
+def store_of(folder: Path) -> Path:
+    return folder / "elsewhere" / "mini.duckdb"  # not the YAML's .datamix/: --store
+
+
 def run(folder, *args):
     data = f"data={PIPELINES / 'data' / 'miniature'}"
-    return CliRunner().invoke(main, ["run", str(folder / "forgetting-miniature.yaml"), data, *TINY, *args, "-q"])
+    return CliRunner().invoke(main, ["run", str(folder / "forgetting-miniature.yaml"), data, *TINY, *args, "-q",
+                                     "--store", str(store_of(folder))])
 
 
 def test_scaled_down_miniature_fills_every_row_of_dm_forgetting(replicates):
     tmp_path, result = replicates
     assert result.exit_code == 0, result.output
-    store = tmp_path / ".datamix" / "forgetting-miniature.duckdb"
+    store = store_of(tmp_path)
+    assert (store.parent / "outputs" / "train_vendor" / "model" / "config.json").exists()  # V beside that store
+    assert not (tmp_path / ".datamix").exists()
     con = duckdb.connect(str(store), read_only=True)
     try:
         # V is trained once for both replicates, from scratch on all tokens; each replicate has its own pool
@@ -84,7 +92,7 @@ def test_a_ratio_sweep_on_the_same_store_reuses_v_and_picks_a_ratio(replicates):
     through the store (run once), every arm evaluated together, and a pick under the default rule."""
     folder, first = replicates
     assert first.exit_code == 0, first.output
-    store = folder / ".datamix" / "forgetting-miniature.duckdb"
+    store = store_of(folder)
 
     def steps():
         con = duckdb.connect(str(store), read_only=True)

@@ -22,11 +22,11 @@ def _fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
     sys.exit(status)
 
 
-def _load_pipeline(path: str, overrides=(), check_files: bool = True):
+def _load_pipeline(path: str, overrides=(), check_files: bool = True, store: str | None = None):
     from datamix.spec import SpecError, load
 
     try:
-        return load(path, list(overrides), check_files=check_files)
+        return load(path, list(overrides), check_files=check_files, store=store)
     except SpecError as e:
         click.echo(f"{path}: {len(e.problems)} problem(s):", err=True)
         for p in e.problems:

@@ -33,10 +33,10 @@ def run(pipeline, overrides, store, quiet, verbose, sweep_spec, pick_rule):
 
     sweep = None
     if sweep_spec or pick_rule:
-        sweep, rule = _load_sweep(pipeline, overrides, sweep_spec, pick_rule)
+        sweep, rule = _load_sweep(pipeline, overrides, sweep_spec, pick_rule, store)
         spec = sweep.pipeline
     else:
-        spec = _load_pipeline(pipeline, overrides)
+        spec = _load_pipeline(pipeline, overrides, store=store)
     # --store is a path from the current folder (a `store:` in the YAML is relative to the YAML)
     path = spec.store_path(os.path.abspath(store) if store else None)
     try:
@@ -79,7 +79,7 @@ def _print_replicates(sweep, rows: list[dict], metric: str) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
-def _load_sweep(pipeline, overrides, sweep_spec, pick_rule):
+def _load_sweep(pipeline, overrides, sweep_spec, pick_rule, store=None):
     from datamix.spec import SpecError
     from datamix.sweep import expand, parse_pick, parse_sweep
 
@@ -88,7 +88,7 @@ def _load_sweep(pipeline, overrides, sweep_spec, pick_rule):
     try:
         var, values = parse_sweep(sweep_spec)
         rule = parse_pick(pick_rule)
-        return expand(pipeline, list(overrides), var, values), rule
+        return expand(pipeline, list(overrides), var, values, store=store), rule
     except SpecError as e:
         click.echo(f"{pipeline}: {len(e.problems)} problem(s):", err=True)
         for p in e.problems:
@@ -152,7 +152,7 @@ def plan(pipeline, overrides, store, fmt):
     from datamix import runner
     from datamix.store import Store, StoreError
 
-    spec = _load_pipeline(pipeline, overrides)
+    spec = _load_pipeline(pipeline, overrides, store=store)
     path = spec.store_path(os.path.abspath(store) if store else None)
     st = None
     if os.path.exists(path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SamplingParams(BaseModel):
@@ -110,6 +110,28 @@ class _ModelBase(BaseModel):
     sampling: ModelSampling | None = None
 
 
+class _LocalModel(_ModelBase):
+    """A model whose weights datamix loads (transformers, vllm): a folder, a hub id, or the model a
+    train step of this pipeline saves."""
+
+    path: str = Field(default="", description="local folder or hub id")
+    # Instead of `path`: the model a train step of this pipeline saves (<store folder>/outputs/<step>/model).
+    # The pipeline fills `path` from the store it runs on, so a `--store` elsewhere finds it too.
+    from_step: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_or_step(cls, data):
+        if isinstance(data, dict):
+            if data.get("path") and data.get("from_step"):
+                raise ValueError("give `path` or `from_step`, not both: from_step is the folder a train step of "
+                                 "this pipeline saves its model in")
+            if not data.get("path") and not data.get("from_step"):
+                raise ValueError("give `path` (a local folder or a hub id) or `from_step` "
+                                 "(a train step of this pipeline whose saved model this is)")
+        return data
+
+
 class TinyModel(BaseModel):
     """Build a tiny random model at `path` when it is missing (offline demos and tests)."""
 
@@ -150,7 +172,7 @@ class RayReplicas(BaseModel):
     cpus_per_replica: float = Field(default=1.0, ge=0)
 
 
-class TransformersModel(_ModelBase):
+class TransformersModel(_LocalModel):
     backend: Literal["transformers"]
     tiny: TinyModel | None = None
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -159,7 +181,7 @@ class TransformersModel(_ModelBase):
     ray: RayReplicas | None = None
 
 
-class VLLMModel(_ModelBase):
+class VLLMModel(_LocalModel):
     backend: Literal["vllm"]
     tensor_parallel_size: int = Field(default=1, ge=1)
     dtype: str = "auto"

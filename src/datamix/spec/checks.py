@@ -479,6 +479,21 @@ def _check_models(models: dict[str, Any], parsed: list[tuple[int, StepConfig]], 
     return problems
 
 
+def _check_trained_models(models: dict[str, Any], raw_steps: list, at) -> list[str]:
+    """A model declared `from_step:` names a train step of this pipeline (its saved model)."""
+    kinds = {r.get("name"): r.get("kind") for r in raw_steps if isinstance(r, dict)}
+    problems = []
+    for name, spec in models.items():
+        step = getattr(spec, "from_step", None)
+        if step is None or kinds.get(step) == "train":
+            continue
+        trains = ", ".join(sorted(str(n) for n, k in kinds.items() if k == "train")) or "none"
+        what = f"step {step!r} is a {kinds[step]} step" if step in kinds else f"no step named {step!r}"
+        problems.append(f"{at(('models', name, 'from_step'))}models.{name}.from_step: {what}; from_step names "
+                        f"a train step of this pipeline, whose saved model this is (train steps: {trains})")
+    return problems
+
+
 def _check_in_pipeline(p: Pipeline, parsed: list[tuple[int, StepConfig]], check_files: bool, at) -> list[str]:
     """What only the whole pipeline can tell about a step (a kind's `check_pipeline(pipeline,
     check_files)` returns (location inside the step, problem) pairs)."""

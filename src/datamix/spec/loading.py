@@ -9,8 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from datamix.spec.checks import (_check_columns, _check_files, _check_graph, _check_in_pipeline, _check_model_files,
-                                  _check_models, _check_values, _declared_models, _format_loc, _friendly,
-                                  _graph_entries, _step_output_dirs, _without, _yaml_loc)
+                                  _check_models, _check_trained_models, _check_values, _declared_models, _format_loc,
+                                  _friendly, _graph_entries, _step_output_dirs, _without, _yaml_loc)
 from datamix.spec.pipeline import Pipeline, SpecError
 from datamix.spec.source import _VAR, _apply_override, _interpolate, _line_map, _parse_value, _read_yaml
 from datamix.steps.base import REGISTRY, StepConfig
@@ -38,8 +38,12 @@ def store_path_of(path: str) -> str:
     return rel if os.path.isabs(rel) else os.path.join(os.path.dirname(os.path.abspath(path)), rel)
 
 
-def load(path: str, overrides: list[str] | None = None, check_files: bool = True) -> Pipeline:
-    """Read, override, interpolate and validate a pipeline YAML. Raises SpecError."""
+def load(path: str, overrides: list[str] | None = None, check_files: bool = True,
+         store: str | None = None) -> Pipeline:
+    """Read, override, interpolate and validate a pipeline YAML. Raises SpecError.
+
+    `store` (--store, from the current folder) replaces the YAML's `store:` before validation, so
+    what lives beside the store (step outputs, models declared `from_step:`) is looked for there."""
     from datamix.steps import load_registry
 
     load_registry()
@@ -86,6 +90,8 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     for key in ("store", "models", "steps", "name", "seed"):
         if key in raw:
             raw[key] = _interpolate(raw[key], variables, key, problems)
+    if store:
+        raw["store"] = os.path.abspath(store)
 
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -148,6 +154,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
         problems += _check_files(base_dir, salvaged, raw_steps, models, at, only_written=True)
         problems += _check_model_files(base_dir, models, at, _step_output_dirs(pipeline, raw_steps, base_dir))
     problems += _check_models(models, parsed, at)
+    problems += _check_trained_models(models, raw_steps, at)
     problems += _check_columns(parsed, at)
     problems += _check_values(pipeline, raw, parsed, raw_steps, at)
     if pipeline is not None and len(steps) == len(raw_steps):

@@ -55,6 +55,16 @@ class Pipeline(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _trained_model_paths(self):
+        """A model declared `from_step:` lives in that step's output folder beside the store:
+        its path follows the store (a `--store` elsewhere included)."""
+        root = os.path.join(os.path.dirname(self.store_path()), "outputs")
+        for spec in self.models.values():
+            if getattr(spec, "from_step", None):
+                spec.path = os.path.join(root, spec.from_step, "model")
+        return self
+
+    @model_validator(mode="after")
     def _memory_settings_read(self):
         self.memory_settings()  # a bad DATAMIX_MEMORY_LIMIT is bad input, found when the YAML is read
         return self
