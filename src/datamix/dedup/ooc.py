@@ -174,7 +174,8 @@ def find_duplicates_ooc(
 
 
 class _Clock:
-    """Logs each stage's time: where a long out-of-core run is, and what it spends."""
+    """Logs each stage's time and the process's memory (resident now, and the peak so far):
+    where a long out-of-core run is, what it spends, and whether the budget holds."""
 
     def __init__(self, log):
         import time
@@ -184,8 +185,24 @@ class _Clock:
     def lap(self, what: str) -> None:
         if self.log:
             t = self.now()
-            self.log(f"  {what} in {t - self.t:.1f} s")
+            self.log(f"  {what} in {t - self.t:.1f} s (RSS {_size(rss())}, peak {_size(peak_rss())})")
             self.t = t
+
+
+def rss() -> int:
+    """Resident bytes of this process now (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_rss() -> int:
+    """The process's peak resident bytes so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:

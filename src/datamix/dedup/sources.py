@@ -42,7 +42,10 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         self.path, self.column = path, column
-        self._file = pq.ParquetFile(path)
+        # pre_buffer off: with it, the reader keeps every range it has read cached until it
+        # is closed, so one pass over the file held the whole file in memory (measured:
+        # ~350 bytes per 100-word document, growing to the end of the pass)
+        self._file = pq.ParquetFile(path, pre_buffer=False)
         sizes = [self._file.metadata.row_group(i).num_rows for i in range(self._file.num_row_groups)]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
