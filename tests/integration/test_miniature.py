@@ -60,7 +60,7 @@ def test_scaled_down_miniature_fills_every_row_of_dm_forgetting(replicates):
     assert result.exit_code == 0, result.output
     store = store_of(tmp_path)
     assert (store.parent / "outputs" / "train_vendor" / "model" / "config.json").exists()  # V beside that store
-    assert not (tmp_path / ".datamix").exists()
+    assert not (tmp_path / ".datamix" / "outputs").exists()  # (.datamix/models holds the untrained V, as declared)
     con = duckdb.connect(str(store), read_only=True)
     try:
         # V is trained once for both replicates, from scratch on all tokens; each replicate has its own pool
