@@ -66,10 +66,14 @@ def test_memory_budget_chooses_the_path_and_changes_no_fingerprint(tmp_path, mon
     assert run_pipeline(pipeline).ok
     in_memory = _decisions(pipeline)
     before = runner.fingerprints(spec.load(str(pipeline), []))
-    # a budget this small sends even 300 texts out of core; every step is still up to date
-    monkeypatch.setenv("DATAMIX_MEMORY_LIMIT", "500KB")
+    # a budget that 300 texts seem to outgrow (each counted as 10 MB in memory) sends them out of
+    # core; every step is still up to date
+    from datamix.dedup import ooc
+
+    monkeypatch.setattr(ooc, "IN_MEMORY_BYTES_PER_DOC", 10**7)
+    monkeypatch.setenv("DATAMIX_MEMORY_LIMIT", "4GB")
     p = spec.load(str(pipeline), [])
-    assert p.memory_settings()[0] == 500_000
+    assert p.memory_settings()[0] == 4 * 10**9
     assert runner.fingerprints(p) == before
     store = Store(str(p.store_path()))
     try:
@@ -81,8 +85,20 @@ def test_memory_budget_chooses_the_path_and_changes_no_fingerprint(tmp_path, mon
     monkeypatch.setenv("DATAMIX_TEMP_DIRECTORY", str(tmp_path / "spill"))
     result = runner.run(p, str(tmp_path / "other.duckdb"), log=logs.append)
     assert result.ok, result.error
-    assert any("dedup dd: out of core, memory limit 500 KB" in m for m in logs)
+    assert any("dedup dd: out of core, memory limit 4.0 GB" in m for m in logs)
+    assert any("memory limit 4.0 GB for the whole process" in m and "DuckDB" in m for m in logs)
     assert query(tmp_path / "other.duckdb", DECISIONS) == in_memory
+
+
+def test_a_memory_limit_the_process_cannot_keep_is_refused(tmp_path, monkeypatch):
+    """500 KB sends even 300 texts out of core, and no process fits in it: the run stops with
+    what the limit would need (exit 2) instead of overrunning it."""
+    pipeline = _pipeline(tmp_path, "auto")
+    monkeypatch.setenv("DATAMIX_MEMORY_LIMIT", "500KB")
+    result = cli("run", pipeline)
+    assert result.exit_code == 2, result.output
+    assert "memory_limit 500 KB is too small for out-of-core MinHash over 300 documents" in result.output
+    assert "Raise memory_limit" in result.output and "to at least" in result.output
 
 
 @pytest.mark.parametrize("value", ["lots", "4 parsecs"])

@@ -21,74 +21,23 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from datamix.dedup import bands as layout
+from datamix.dedup.budget import Budget, parse_size, peak_rss, physical_memory, rss, size_text  # noqa: F401 (the API)
 from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures, verified_pairs
 from datamix.dedup.sources import ParquetSource, SeriesSource, SpilledTexts  # noqa: F401 (the API)
 
 if TYPE_CHECKING:
     import polars as pl
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 # What one document costs the in-memory path besides its text (measured: 3.9 GB per
 # million 100-word documents, of which ~0.6 GB is text): signatures, band keys, tables.
 IN_MEMORY_BYTES_PER_DOC = 3300
 SORTED_BATCH = 131_072  # sorted band-key rows per Arrow batch (tests set a few, so buckets straddle batches)
-
-
-def parse_size(value: str | int | None, where: str = "memory_limit") -> int | None:
-    """Bytes of a size such as '4GB', '512MB', '2GiB' or a plain number of bytes."""
-    if value is None or isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(value).upper())
-    if not m or m.group(2) not in _UNITS:
-        raise ValueError(f"{where}: {value!r} is not a size; write e.g. 4GB, 512MB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n // scale} {unit}"
-    return f"{n} B"
-
-
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-@dataclasses.dataclass
-class Budget:
-    """How the process's memory limit is shared. DuckDB's buffer pool gets a third (the
-    store's connection, idle during dedup, is given a quarter by the runner); numpy
-    work (signing chunks, verification blocks) sizes itself from the rest minus a base
-    for the interpreter, numba, polars and the per-document arrays (ids, priority, labels)."""
-
-    limit: int | None = None  # bytes; None: no limit given
-    temp_directory: str | None = None
-
-    @property
-    def effective(self) -> int:
-        return self.limit if self.limit else physical_memory() // 2
-
-    @property
-    def duckdb_bytes(self) -> int:
-        return max(128 * 2**20, self.effective // 3)
-
-    def work_bytes(self, n_docs: int) -> int:
-        base = 600 * 2**20 + 64 * n_docs  # interpreter + libraries; ~8 arrays of 8 bytes per document
-        return max(64 * 2**20, self.effective - self.effective // 3 - self.effective // 4 - base)
-
-    def describe(self) -> str:
-        if not self.limit:
-            return "no memory limit"
-        return f"memory limit {_size(self.limit)} (DuckDB {_size(self.duckdb_bytes)})"
 
 
 def choose_out_of_core(cfg: MinHashConfig, n_docs: int, text_bytes: int, budget: Budget) -> bool:
@@ -126,7 +75,6 @@ def find_duplicates_ooc(
     from datamix.dedup import clusters
     from datamix.dedup.lsh import MAX_BUCKET
 
-    budget = budget or Budget()
     stats = {} if stats is None else stats
     n = len(source)
     priority = np.asarray(priority, dtype=np.float64)
@@ -136,6 +84,9 @@ def find_duplicates_ooc(
         raise ValueError("at most 2^32 - 1 documents per dedup call")
     ref = None if reference is None else (reference if hasattr(reference, "take") else SeriesSource(reference))
     n_ref = 0 if ref is None else len(ref)
+    # the split of the limit, from what the process holds now (the caller's ids and priorities
+    # included) and what n documents will hold; a limit too small for them stops here (exit 2)
+    budget = dataclasses.replace(budget or Budget()).plan(n + n_ref)
     os.makedirs(folder, exist_ok=True)
     chunk = chunk_docs(cfg, budget, n)
     if log:
@@ -153,7 +104,7 @@ def find_duplicates_ooc(
     con = _connect(budget, folder)
     try:
         if candidates is None:
-            left, right = _candidate_pairs(con, layout.band_files(folder, "docs"), MAX_BUCKET, budget.work_bytes(n))
+            left, right = _candidate_pairs(con, layout.band_files(folder, "docs"), MAX_BUCKET, budget.pair_bytes())
         else:
             left, right = candidates(layout.band_files(folder, "docs"), MAX_BUCKET)
         ref_doc = ref_row = np.zeros(0, np.int64)
@@ -163,10 +114,12 @@ def find_duplicates_ooc(
     finally:
         con.close()
     stats["candidate_pairs"] = int(len(left) + len(ref_doc))
+    budget.note_pairs(stats["candidate_pairs"])  # pairs past one per document shrink the stages' memory
     clock.lap(f"{stats['candidate_pairs']:,} candidate pairs")
 
     similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget)
     pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
+    del left, right, ref_doc, ref_row  # the verified ones are in `pairs`: the clustering needs no more
     clock.lap(f"{stats['verified_pairs']:,} verified pairs")
     removed = clusters.removal_frame(n, priority, *pairs, similarity)
     clock.lap(f"{len(removed):,} removed")
@@ -183,26 +136,26 @@ class _Clock:
         self.log, self.now, self.t = log, time.perf_counter, time.perf_counter()
 
     def lap(self, what: str) -> None:
+        release_unused()
         if self.log:
             t = self.now()
-            self.log(f"  {what} in {t - self.t:.1f} s (RSS {_size(rss())}, peak {_size(peak_rss())})")
+            self.log(f"  {what} in {t - self.t:.1f} s (RSS {size_text(rss())}, peak {size_text(peak_rss())})")
             self.t = t
 
 
-def rss() -> int:
-    """Resident bytes of this process now (0 where /proc is not there)."""
+def release_unused() -> None:
+    """Hand memory freed by a stage back to the system, so the next stage's room under the
+    limit is real: pyarrow's pool and glibc's heap keep freed blocks for reuse otherwise
+    (measured: ~300 MB resident past the candidate stage at 3M documents, not in use)."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def peak_rss() -> int:
-    """The process's peak resident bytes so far (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
@@ -234,16 +187,17 @@ def _connect(budget: Budget, folder: str):
     temp = budget.temp_directory or os.path.join(folder, "duckdb.tmp")
     # preserve_insertion_order off: DISTINCT and GROUP BY may stream in any order
     # (the pairs are sorted in numpy), which lets DuckDB spill more of them
-    con = duckdb.connect(config={"memory_limit": f"{budget.duckdb_bytes // 2**20}MB", "temp_directory": temp,
+    con = duckdb.connect(config={"memory_limit": f"{budget.duckdb_bytes // 2**20}MiB", "temp_directory": temp,
                                  "preserve_insertion_order": False})
     con.execute("SET enable_progress_bar = false")  # the step shows its own progress
     return con
 
 
-def _candidate_pairs(con, files: list[str], max_bucket: int, work_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _candidate_pairs(con, files: list[str], max_bucket: int, pair_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct candidate pairs (sorted, as np.unique sorts the in-memory path's) from the band
     keys sorted by DuckDB, streamed: lsh.sorted_bucket_pairs makes each bucket's pairs, and
-    they are merged into the distinct set whenever a quarter of the work memory has piled up."""
+    they are merged into the distinct set whenever a quarter of `pair_bytes` has piled up (the
+    merge holds the distinct set, the pile, their concatenation and np.unique's sorted copy)."""
     from datamix.dedup.lsh import sorted_bucket_pairs
     from datamix.store import sql_text
 
@@ -251,7 +205,7 @@ def _candidate_pairs(con, files: list[str], max_bucket: int, work_bytes: int) ->
     if not files:
         return _decode(found)
     pending: list[np.ndarray] = []
-    piled, limit = 0, max(2**20, work_bytes // 4 // 16)  # pairs; the merge holds two copies
+    piled, limit = 0, max(2**20, pair_bytes // 4 // 8)  # 8-byte encoded pairs
     carry = None  # the rows of a bucket that may go on in the next batch
     reader = con.sql(sql_text("minhash_candidates.sql"), params={"files": files}).to_arrow_reader(SORTED_BATCH)
     batch = next(reader, None)
@@ -315,7 +269,7 @@ class _SignatureRows:
     """Rows of signatures.npy by index, through a read-only map whose pages are dropped
     after each read (MADV_DONTNEED), so the process holds only the rows it copied."""
 
-    GATHER = 65_536  # rows per copy between drops: at most this many pages resident
+    GATHER = 8_192  # rows per copy between drops: at most this many pages (32 MB) resident
 
     def __init__(self, path: str):
         with open(path, "rb") as f:
@@ -323,6 +277,9 @@ class _SignatureRows:
             shape, _, _ = np.lib.format.read_array_header_1_0(f)
             header = f.tell()
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # rows are read scattered: without this, each page fault reads ahead up to 128 KB of
+        # neighbours, all resident until dropped (measured: 0.5 GB of file pages at 3M)
+        self._map.madvise(mmap.MADV_RANDOM)
         self.shape = shape
         count = shape[0] * shape[1]
         self._rows = np.frombuffer(self._map, np.uint32, count=count, offset=header).reshape(shape)
@@ -349,11 +306,13 @@ class _Verifier:
     def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget):
         self.rows = _SignatureRows(sig_path)
         self.source, self.ref, self.n, self.cfg, self.stats = source, ref, n, cfg, stats
-        work = budget.work_bytes(n)
-        # a signature block copies up to 2 rows per pair; a text fetch holds up to 2 texts per
-        # pair plus their UTF-8 copy and shingle hashes (~3x the text)
+        work = budget.work_bytes()
+        # half the work memory for a block or a fetch (the rest: the pairs' arrays and index
+        # copies beside it). A signature block copies up to 2 rows per pair; a fetched text is
+        # held as read, concatenated, as a UTF-8 buffer, and as shingle hashes (8 bytes per
+        # word, up to 4x the text): ~7x its bytes
         self.block = self.BLOCK or int(max(10_000, work // 2 // (2 * 4 * cfg.num_perm)))
-        self.text_docs = int(max(10_000, work // 2 // (3 * _text_bytes(source))))
+        self.text_docs = int(max(10_000, work // 2 // (7 * _text_bytes(source))))
         self._known = np.zeros(0, np.uint64)  # encoded pairs whose exact Jaccard is known, sorted
         self._known_sim = np.zeros(0, np.float64)
 
@@ -368,6 +327,7 @@ class _Verifier:
             out[s : s + len(aa)] = block(np.searchsorted(docs, aa), np.searchsorted(docs, bb))
             later_a += block.put_off_a
             later_b += block.put_off_b
+            del block  # its signature rows, before the next block's (or the texts) are read
         put_off = np.flatnonzero(np.isnan(out))  # in the order the rule asked for them
         if len(put_off):
             out[put_off] = self.exact(np.concatenate(later_a), np.concatenate(later_b))
