@@ -48,6 +48,7 @@ def small_blocks(monkeypatch):
     """Many signing chunks and verification blocks, as a large corpus would have."""
     monkeypatch.setattr(ooc._Verifier, "BLOCK", 97)
     monkeypatch.setattr(ooc._Verifier, "TEXT_PAIRS", 41)
+    monkeypatch.setattr(ooc._Verifier, "TEXT_DOCS", 53)
     monkeypatch.setattr(ooc._SignatureRows, "GATHER", 31)
     monkeypatch.setattr(ooc, "SORTED_BATCH", 1000)  # buckets straddle batches
 
@@ -128,3 +129,12 @@ def test_memory_budget_parsing_and_the_auto_choice():
     assert ooc.choose_out_of_core(cfg, 2_000_000, 12 * 10**8, budget)
     assert not ooc.choose_out_of_core(cfg.model_copy(update={"out_of_core": False}), 2_000_000, 12 * 10**8, budget)
     assert "out_of_core" not in cfg.model_dump()  # a run setting: not in what the fingerprint hashes
+
+
+@pytest.mark.parametrize("texts", [["", "", "  "], ["", "", "  ", "a b c d e f g h", "a b c d e f g x"]])
+def test_exact_jaccard_from_shingles_on_disk_with_empty_texts(tmp_path, small_blocks, texts):
+    """Texts without a shingle among the exact checks (alone, the shingle file stays empty)."""
+    cfg = MinHashConfig(method="minhash", threshold=0.5, verify="jaccard")
+    in_memory, out, mem_stats, ooc_stats = _both(texts, cfg, tmp_path=tmp_path)
+    assert len(out) >= 2 and out.equals(in_memory) and ooc_stats == mem_stats
+    assert ooc_stats["exact_pairs"] > 0

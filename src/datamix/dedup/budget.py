@@ -6,8 +6,8 @@ Besides the memory its stages work in, the process holds:
   ids and priorities, the store's idle DuckDB connection): measured, its resident size then;
 - what the dedup loads on top (numba's compiled kernels, DuckDB, pyarrow's pools): LIBRARIES;
 - arrays with one entry per document or candidate pair that live until the removal records
-  are made (priority, union-find labels and the keep policy's sort, the candidate pairs,
-  their similarities and the verified ones): PER_DOC_BYTES per document, which assumes about
+  are made (priority, union-find labels and the keep policy's sort, the shingle file's
+  index, the candidate pairs, their similarities and the verified ones): PER_DOC_BYTES per document, which assumes about
   one candidate pair per document; PAIR_BYTES for each pair beyond that.
 What is left (`rest`) goes to the stages, which run one after another: the candidate stage
 (DuckDB's sort under its memory_limit, plus the pairs being merged), then verification
@@ -28,8 +28,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 # resident growth past the start of the dedup that is not the stages' arrays.
 LIBRARIES = 350 * 2**20
 # priority (8 B), the removal records' per-document arrays (reference flags, labels, the keep
-# policy's lexsort and its index arrays: ~11 arrays of 1-8 B), and ~1 candidate pair per document
-PER_DOC_BYTES = 96 + 96
+# policy's lexsort and its index arrays: ~11 arrays of 1-8 B), the index of the shingles on
+# disk (bags.py: 24 B per document checked exactly), and ~1 candidate pair per document
+PER_DOC_BYTES = 96 + 24 + 96
 # a candidate pair: (left, right) decoded, its similarity, the exact value kept for the
 # removal records, and the verified copies the clustering filters and widens
 PAIR_BYTES = 96

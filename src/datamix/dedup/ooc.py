@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from datamix.dedup import bands as layout
+from datamix.dedup.bags import ShingleBags
 from datamix.dedup.budget import Budget, parse_size, peak_rss, physical_memory, rss, size_text  # noqa: F401 (the API)
 from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures, verified_pairs
 from datamix.dedup.sources import ParquetSource, SeriesSource, SpilledTexts  # noqa: F401 (the API)
@@ -296,12 +297,13 @@ class _Verifier:
     """minhash._PairSimilarity over global indices (documents, then reference rows at n + j),
     in two passes. First, in blocks of pairs, the rule runs on the blocks' signature rows
     only, with the exact Jaccard it asks for put off; then the exact Jaccard of every pair
-    put off, fetching the texts of as many pairs at once as the budget holds (each fetch
-    reads the text file once: fetching per block read it once per block). Exact values are
-    kept, since the removal records ask again about verified pairs."""
+    put off: their documents shingled onto disk in one pass in position order (bags.py), then
+    read back per block of pairs. Exact values are kept, since the removal records ask again
+    about verified pairs."""
 
     BLOCK: int | None = None  # pairs per signature block; None: from the budget (tests set a few)
-    TEXT_PAIRS: int | None = None  # pairs per text fetch; None: from the budget
+    TEXT_PAIRS: int | None = None  # pairs per exact-Jaccard block; None: from the budget
+    TEXT_DOCS: int | None = None  # texts per fetch to shingle; None: from the budget
 
     def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget):
         self.rows = _SignatureRows(sig_path)
@@ -312,7 +314,8 @@ class _Verifier:
         # held as read, concatenated, as a UTF-8 buffer, and as shingle hashes (8 bytes per
         # word, up to 4x the text): ~7x its bytes
         self.block = self.BLOCK or int(max(10_000, work // 2 // (2 * 4 * cfg.num_perm)))
-        self.text_docs = int(max(10_000, work // 2 // (7 * _text_bytes(source))))
+        self.text_docs = self.TEXT_DOCS or int(max(10_000, work // 2 // (7 * _text_bytes(source))))
+        self.bags = ShingleBags(os.path.join(os.path.dirname(sig_path), "shingles.bin"), self.texts, cfg)
         self._known = np.zeros(0, np.uint64)  # encoded pairs whose exact Jaccard is known, sorted
         self._known_sim = np.zeros(0, np.float64)
 
@@ -341,18 +344,19 @@ class _Verifier:
         pairs = (lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64)
         new = np.setdiff1d(pairs, self._known)
         if len(new):
+            na, nb = _decode(new)
+            # every document of these pairs shingled once, in position order, onto disk
+            self.bags.add(np.unique(np.concatenate([na, nb])), self.text_docs)
             sims = np.empty(len(new), np.float64)
-            order = np.argsort(new >> np.uint64(32), kind="stable")  # nearby first documents together
-            # pairs per fetch: as many as the budget holds texts of, pairs sharing documents
+            order = np.argsort(na, kind="stable")  # nearby first documents together
+            # pairs per block: as many as the budget holds the shingles of (a document's hashes
+            # and their index, ~3x its text: twice a fetch's texts), pairs sharing documents
             # (a cluster's pairs) counted once by the average over all of them
-            docs = len(np.unique(np.concatenate([new >> np.uint64(32), new & np.uint64(0xFFFFFFFF)])))
-            step = self.TEXT_PAIRS or max(1, int(self.text_docs * len(new) / docs))
+            docs = len(np.unique(np.concatenate([na, nb])))
+            step = self.TEXT_PAIRS or max(1, int(2 * self.text_docs * len(new) / docs))
             for s in range(0, len(new), step):
                 part = order[s : s + step]
-                na, nb = (new[part] >> np.uint64(32)).astype(np.int64), (new[part] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-                need = np.unique(np.concatenate([na, nb]))
-                inner = _PairSimilarity(None, self.texts(need), None, self.cfg, {})  # counted where put off
-                sims[part] = inner.exact(np.searchsorted(need, na), np.searchsorted(need, nb))
+                sims[part] = self.bags.jaccard(na[part], nb[part])
             known = np.concatenate([self._known, new])
             keep = np.argsort(known)
             self._known, self._known_sim = known[keep], np.concatenate([self._known_sim, sims])[keep]
