@@ -150,10 +150,12 @@ def main() -> None:
         results = {}
         for path in args.paths:
             out = os.path.join(args.workdir, f"removed-{n}-{path}.parquet")
+            load = os.getloadavg()[0]
             r = results[path] = run_child(corpus, path, args.memory_limit, args.workdir, out)
             print(f"{n:>11,} docs  {path:<6}  {r['seconds']:7.1f} s ({r['seconds'] / n * 1e6:5.1f} us/doc)  "
                   f"peak RSS {r['peak_rss_gb']:5.2f} GB  removed {r['removed']:,}  "
-                  f"candidates {r.get('candidate_pairs', 0):,}  exact {r.get('exact_pairs', 0):,}", flush=True)
+                  f"candidates {r.get('candidate_pairs', 0):,}  exact {r.get('exact_pairs', 0):,}  "
+                  f"load {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
         if len(results) == 2:
             import polars as pl
 

@@ -117,6 +117,25 @@ def test_parquet_source_reads_batches_and_rows(tmp_path):
     assert pl.concat(list(src.batches(128))).to_list() == texts
     rows = np.array([0, 5, 299, 300, 301, 998, 999])
     assert src.take(rows).to_list() == [texts[i] for i in rows]
+    # what signing reads: the same texts as UTF-8 buffers, batch by batch
+    decoded = [bytes(data[offsets[i] : offsets[i + 1]]).decode() for data, offsets in src.utf8_batches(128)
+               for i in range(len(offsets) - 1)]
+    assert decoded == texts
+
+
+def test_parquet_source_is_signed_from_its_buffers_as_from_strings(tmp_path):
+    texts = _planted(n_base=200) + ["caf\u00e9 na\u00efve \u00c9T\u00c9", None]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), tmp_path / "t.parquet", row_group_size=97)
+    cfg = MinHashConfig(method="minhash", chunk_size=50)
+    sig_path = tmp_path / "s.npy"
+    with ooc._SignatureWriter(str(sig_path), len(texts), cfg.num_perm) as writer:
+        ooc._sign(ooc.ParquetSource(str(tmp_path / "t.parquet")), "docs", cfg, str(tmp_path), 120, writer, None, {})
+    from datamix.dedup.minhash import signatures
+
+    assert np.array_equal(np.load(sig_path), signatures(pl.Series([t or "" for t in texts]), cfg))
 
 
 def test_memory_budget_parsing_and_the_auto_choice():

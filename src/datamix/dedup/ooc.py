@@ -173,13 +173,27 @@ def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats) -> None:
     bands/<kind>-<part>.parquet (doc = the row's position in `source`)."""
     bands, rows = cfg.band_rows()
     done = 0
-    for part, texts in enumerate(source.batches(chunk)):
-        sig = signatures(texts, cfg, cache=cache, stats=stats)
+    # a Parquet source is signed from its Arrow buffers (no signature cache to consult)
+    raw = cache is None and hasattr(source, "utf8_batches")
+    for part, batch in enumerate(source.utf8_batches(chunk) if raw else source.batches(chunk)):
+        sig = _sign_utf8(*batch, cfg, stats) if raw else signatures(batch, cfg, cache=cache, stats=stats)
         writer.append(sig)
         layout.write_band_keys(folder, kind, part, sig, done, bands, rows)
-        done += len(texts)
+        done += len(sig)
     if done != len(source):
         raise ValueError(f"the text source gave {done} rows, not the {len(source)} it announced")
+
+
+def _sign_utf8(data: np.ndarray, offsets: np.ndarray, cfg, stats) -> np.ndarray:
+    """minhash.signatures of texts given as UTF-8 buffers, cfg.chunk_size at a time."""
+    from datamix.dedup.minhash import signatures_from_buffers
+
+    n = len(offsets) - 1
+    out = np.empty((n, cfg.num_perm), np.uint32)
+    for s in range(0, n, cfg.chunk_size):
+        out[s : s + cfg.chunk_size] = signatures_from_buffers(data, offsets[s : s + cfg.chunk_size + 1], cfg)
+    stats["signatures_computed"] = stats.get("signatures_computed", 0) + n
+    return out
 
 
 def _connect(budget: Budget, folder: str):
