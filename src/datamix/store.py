@@ -179,8 +179,8 @@ class Store:
 
     def limit_memory(self, limit: int | None, temp_directory: str | None) -> None:
         """Under a run's memory budget DuckDB gets a quarter of it (the rest is the steps':
-        out-of-core dedup gives its own DuckDB a third, datamix.dedup.ooc.Budget) and spills to
-        the run's temp directory."""
+        out-of-core dedup plans its share from what the process holds when it starts,
+        datamix.dedup.budget) and spills to the run's temp directory."""
         if limit:
             self.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
         if temp_directory:
