@@ -284,7 +284,7 @@ class _SignatureRows:
     """Rows of signatures.npy by index, through a read-only map whose pages are dropped
     after each read (MADV_DONTNEED), so the process holds only the rows it copied."""
 
-    GATHER = 8_192  # rows per copy between drops: at most this many pages (32 MB) resident
+    GATHER = 2_048  # rows per copy between drops (a fault may map cached neighbours too)
 
     def __init__(self, path: str):
         with open(path, "rb") as f:
