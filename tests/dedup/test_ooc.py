@@ -50,6 +50,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(ooc._Verifier, "TEXT_PAIRS", 41)
     monkeypatch.setattr(ooc._Verifier, "TEXT_DOCS", 53)
     monkeypatch.setattr(ooc.ShingleBags, "GATHER", 7)
+    monkeypatch.setattr(ooc.ShingleBags, "SPAN_BYTES", 400)  # some gathers in one read, some a read each
     monkeypatch.setattr(ooc._SignatureRows, "GATHER", 31)
     monkeypatch.setattr(ooc, "SORTED_BATCH", 1000)  # buckets straddle batches
 
