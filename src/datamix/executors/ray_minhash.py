@@ -121,64 +121,84 @@ def _sign_chunk(batch, cfg, folder: str, chunk: int, kind: str, threads: int):
 
 def candidate_pairs(band_files: list[str], max_bucket: int, spec: RayExecutor) -> tuple[np.ndarray, np.ndarray]:
     """(left, right) candidate pairs, left < right, each once, sorted: documents sharing a
-    (band, key), grouped by Ray Data across the cluster."""
-    import ray
+    (band, key), found on Ray in two stages of tasks. First every band-key file is split by a
+    hash of (band, key) into one file per partition, beside it (the store's folder, which the
+    workers share, as Parquet parts); then each partition's rows are sorted by (band, key, doc)
+    and cut into buckets, so every bucket is whole in one task, its documents ascending (the
+    single-machine paths' order, which decides who the cap keeps).
+
+    Ray Data's groupby(...).aggregate(AsList) did this before: it aggregates row by row in
+    Python, and 200k documents (3.2M band-key rows, nearly all groups of one) ran past an hour."""
+    import shutil
+
     import ray.data
-    from ray.data.aggregate import AsList
-    from ray.data.context import ShuffleStrategy
 
     from datamix.executors.ray import connect
 
     connect(spec)
     if not band_files:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    context = ray.data.DataContext.get_current()
-    before = context.shuffle_strategy
-    # a sort shuffle runs as tasks; Ray Data's default hash shuffle starts aggregator actors,
-    # whose processes crowd out the idle task workers, so the next run's signing started its
-    # workers (imports, kernels) again: 9 s of a 30 s dedup of 600 texts on 2 loaded cores, vs ~1 s
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # a few partitions per CPU: every CPU busy, each partition's sort small
+    partitions = max(1, int(ray.cluster_resources().get("CPU", 1)) * 4)
+    folder = os.path.join(os.path.dirname(band_files[0]), "shuffle")
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial split
+    os.makedirs(folder)
     try:
-        keys = ray.data.read_parquet(band_files).map_batches(_signed_keys, batch_format="pyarrow")
-        # partitions of the shuffle: a few per CPU (Ray Data's default, 200, costs seconds of tasks on a small cluster)
-        partitions = max(1, int(ray.cluster_resources().get("CPU", 1)) * 2)
-        buckets = keys.groupby(["band", "key"], num_partitions=partitions).aggregate(
-            AsList(on="doc", alias_name="docs"))
-        pairs = buckets.map_batches(_bucket_pairs, fn_kwargs={"max_bucket": max_bucket}, batch_format="pyarrow",
-                                    num_cpus=spec.num_cpus_per_task)
+        files = [{"file": f, "index": i} for i, f in enumerate(band_files)]
+        split = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+            _split_band_file, fn_kwargs={"folder": folder, "partitions": partitions}, batch_size=1,
+            batch_format="pyarrow", num_cpus=spec.num_cpus_per_task)
+        split.materialize()
+        parts = [{"part": p} for p in range(partitions)]
+        pairs = ray.data.from_items(parts, override_num_blocks=partitions).map_batches(
+            _partition_pairs, fn_kwargs={"folder": folder, "max_bucket": max_bucket}, batch_size=1,
+            batch_format="pyarrow", num_cpus=spec.num_cpus_per_task)
         found = [np.asarray(b["pair"], np.uint64) for b in pairs.iter_batches(batch_format="numpy", batch_size=None)]
     finally:
-        context.shuffle_strategy = before
+        shutil.rmtree(folder, ignore_errors=True)
+    found = [f for f in found if len(f)]
     encoded = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
     return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-def _signed_keys(batch):
-    """Band keys as int64, the same bits: Ray Data's grouping turns uint64 values past 2**63 into
-    Python objects it cannot sort."""
+def _partition_of(band: np.ndarray, key: np.ndarray, partitions: int) -> np.ndarray:
+    """Which partition a (band, key) row goes to: its key mixed with its band (keys are hashes)."""
+    mixed = key.astype(np.uint64) ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return (mixed % np.uint64(partitions)).astype(np.int64)
+
+
+def _split_band_file(batch, folder: str, partitions: int):
+    """One task: one band-key file to a file per partition (shuffle/p<part>-<file>.parquet)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    i = batch.schema.get_field_index("key")
-    return batch.set_column(i, "key", pc.cast(batch.column("key"), pa.int64(), safe=False))
+    path, index = batch.column("file")[0].as_py(), batch.column("index")[0].as_py()
+    table = pq.read_table(path, columns=["band", "key", "doc"])
+    part = _partition_of(table.column("band").to_numpy(), table.column("key").to_numpy(), partitions)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+    for p in range(partitions):
+        if bounds[p + 1] > bounds[p]:
+            rows = table.take(pa.array(order[bounds[p]:bounds[p + 1]]))
+            pq.write_table(rows, os.path.join(folder, f"p{p:05d}-{index:06d}.parquet"), compression="none")
+    return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
 
 
-def _bucket_pairs(batch, max_bucket: int):
-    """Pairs of the buckets in a batch of (band, key, docs): documents ascending within each
-    bucket (the single-machine paths' order, which decides who the cap keeps)."""
+def _partition_pairs(batch, folder: str, max_bucket: int):
+    """One task: a partition's band-key rows sorted by (band, key, doc), cut into buckets, paired."""
     import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    from datamix.dedup.lsh import bucket_pairs
+    from datamix.dedup.lsh import sorted_bucket_pairs
 
-    docs = batch.column("docs")
-    docs = docs.combine_chunks() if isinstance(docs, pa.ChunkedArray) else docs
-    docs = docs.filter(pc.greater(pc.list_value_length(docs), 1))  # a lone document makes no pair
-    if len(docs) == 0:
+    p = batch.column("part")[0].as_py()
+    names = sorted(f for f in os.listdir(folder) if f.startswith(f"p{p:05d}-"))
+    if not names:
         return pa.table({"pair": pa.array([], pa.uint64())})
-    values = pc.list_flatten(docs).to_numpy().astype(np.int64)
-    owner = pc.list_parent_indices(docs).to_numpy()
-    values = values[np.lexsort((values, owner))]  # ascending within each bucket, buckets in order
-    lengths = pc.list_value_length(docs).to_numpy().astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    return pa.table({"pair": pa.array(bucket_pairs(values, offsets, max_bucket), pa.uint64())})
+    table = pa.concat_tables([pq.read_table(os.path.join(folder, n)) for n in names])
+    band = table.column("band").to_numpy().astype(np.int64)
+    key = table.column("key").to_numpy()
+    doc = table.column("doc").to_numpy().astype(np.int64)
+    order = np.lexsort((doc, key, band))
+    pairs, _ = sorted_bucket_pairs(band[order], key[order], doc[order], True, max_bucket)
+    return pa.table({"pair": pa.array(pairs, pa.uint64())})
