@@ -49,7 +49,7 @@ class Pipeline(BaseModel):
     @classmethod
     def _a_size(cls, v: str | None) -> str | None:
         if v is not None:
-            from datamix.dedup.ooc import parse_size
+            from datamix.dedup.budget import parse_size
 
             parse_size(v, "memory_limit")  # "4GB", "512MB", "2GiB": a plain message, not pydantic's
         return v
@@ -73,7 +73,7 @@ class Pipeline(BaseModel):
         """(memory limit in bytes, temp directory) for this run: the environment's
         DATAMIX_MEMORY_LIMIT / DATAMIX_TEMP_DIRECTORY over the YAML's (a machine with less
         memory runs a shared pipeline without editing it); a relative folder is the YAML's."""
-        from datamix.dedup.ooc import parse_size
+        from datamix.dedup.budget import parse_size
 
         limit = os.environ.get("DATAMIX_MEMORY_LIMIT") or self.memory_limit
         temp = os.environ.get("DATAMIX_TEMP_DIRECTORY") or self.temp_directory

@@ -202,12 +202,12 @@ def _texts(cfg: DedupConfig, df):
 
 def _read_out_of_core(cfg: DedupConfig, table, folder: str, size: int):
     """(sample ids, priority, text source) with the input read in batches: the texts go to a
-    Parquet file in `folder` as they are read (datamix.dedup.ooc.SpilledTexts), so neither
+    Parquet file in `folder` as they are read (datamix.dedup.sources.SpilledTexts), so neither
     the chats nor their texts are ever whole in memory."""
     import numpy as np
     import polars as pl
 
-    from datamix.dedup.ooc import SpilledTexts
+    from datamix.dedup.sources import SpilledTexts
 
     spill = SpilledTexts(os.path.join(folder, "texts.parquet"))
     ids, priority = [], []
