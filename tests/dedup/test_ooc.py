@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datamix.dedup import bands, ooc
+from datamix.dedup import bands, ooc, sources
 from datamix.dedup.minhash import MinHashConfig, find_duplicates
 
 
@@ -159,3 +159,38 @@ def test_exact_jaccard_from_shingles_on_disk_with_empty_texts(tmp_path, small_bl
     in_memory, out, mem_stats, ooc_stats = _both(texts, cfg, tmp_path=tmp_path)
     assert len(out) >= 2 and out.equals(in_memory) and ooc_stats == mem_stats
     assert ooc_stats["exact_pairs"] > 0
+
+
+@pytest.mark.parametrize("case", ["texts held, shingles in memory", "texts held then dropped, shingles on disk",
+                                  "texts read again, shingles spilled midway"])
+def test_parquet_source_with_texts_held_or_read_again_decides_as_in_memory(tmp_path, small_blocks, monkeypatch, case):
+    """Texts kept from signing when the budget has room (sources.HeldTexts), else read from the
+    file again; shingle hashes in memory or on disk: the same removal records either way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = _planted(n_base=1200, seed=3)
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), tmp_path / "t.parquet", row_group_size=300)
+    cfg = MinHashConfig(method="minhash", threshold=0.7, chunk_size=700)
+    if case.startswith("texts held then dropped"):  # more text than the metadata said: given up midway
+        monkeypatch.setattr(ooc, "HeldTexts", lambda cap: sources.HeldTexts(100_000))
+    if case.startswith("texts read again"):
+        monkeypatch.setattr(ooc, "HOLD_SHARE", 0.0)
+    monkeypatch.setattr(ooc._Verifier, "BAGS_MEMORY", {"in memory": None, "on disk": 0,
+                                                       "spilled midway": 60_000}[case.split("shingles ")[1]])
+    seen = []
+    real_shingles = ooc._Verifier.shingles
+    monkeypatch.setattr(ooc._Verifier, "shingles", lambda self, rows: seen.append(self) or real_shingles(self, rows))
+    logs, stats, mem_stats = [], {}, {}
+    priority = np.arange(len(texts), dtype=float)
+    out = ooc.find_duplicates_ooc(ooc.ParquetSource(str(tmp_path / "t.parquet")), priority, cfg,
+                                  str(tmp_path / "work"), stats=stats, budget=ooc.Budget(limit=8 * 10**9),
+                                  log=logs.append)
+    in_memory = find_duplicates(texts, priority, cfg.model_copy(update={"out_of_core": False}), stats=mem_stats)
+    assert len(in_memory) > 400 and out.equals(in_memory) and stats == mem_stats
+    verifier = seen[0]
+    held = case.startswith("texts held,")
+    assert (verifier.held is not None) == held
+    assert ("texts held" in logs[0]) == (case != "texts read again, shingles spilled midway")  # the plan
+    assert ("held in memory for verification" in logs[1]) == held
+    assert verifier.bags.on_disk == (case.split("shingles ")[1] != "in memory")

@@ -9,6 +9,8 @@ Besides the memory its stages work in, the process holds:
   are made (priority, union-find labels and the keep policy's sort, the shingle file's
   index, the candidate pairs, their similarities and the verified ones): PER_DOC_BYTES per document, which assumes about
   one candidate pair per document; PAIR_BYTES for each pair beyond that.
+Where the rest has room, the texts are kept from signing to the removal records (`hold`,
+ooc.HOLD_SHARE), and what they take is charged like the above.
 What is left (`rest`) goes to the stages, which run one after another: the candidate stage
 (DuckDB's sort under its memory_limit, plus the pairs being merged), then verification
 (signature blocks, then texts and their shingles). A budget whose rest would fall below
@@ -87,6 +89,7 @@ class Budget:
     held: int | None = None  # resident bytes when the dedup began (plan); None: measured when asked
     n_docs: int = 0
     extra_pairs: int = 0  # candidate pairs beyond one per document (note_pairs)
+    holding: int = 0  # bytes kept from stage to stage when the budget has room (hold): the texts
 
     @property
     def effective(self) -> int:
@@ -96,7 +99,7 @@ class Budget:
         """What the process holds besides the stages' work memory (see the module's notes)."""
         n = self.n_docs if n_docs is None else n_docs
         held = rss() if self.held is None else self.held
-        return held + LIBRARIES + PER_DOC_BYTES * n + PAIR_BYTES * self.extra_pairs
+        return held + LIBRARIES + PER_DOC_BYTES * n + PAIR_BYTES * self.extra_pairs + self.holding
 
     def rest(self, n_docs: int | None = None) -> int:
         return self.effective - self.fixed_bytes(n_docs)
@@ -106,7 +109,7 @@ class Budget:
         MIN_REST beside it and the per-document arrays; raises BadInput (exit 2) if not."""
         from datamix.errors import BadInput
 
-        self.held, self.n_docs, self.extra_pairs = rss(), n_docs, 0
+        self.held, self.n_docs, self.extra_pairs, self.holding = rss(), n_docs, 0, 0
         if self.limit and self.rest() < MIN_REST:
             need = self.fixed_bytes() + MIN_REST
             raise BadInput(
@@ -117,6 +120,13 @@ class Budget:
                 f"`memory_limit:` or DATAMIX_MEMORY_LIMIT) to at least {size_text(need)}, or dedup the "
                 "input in parts.")
         return self
+
+    def hold(self, nbytes: int) -> None:
+        """Charge `nbytes` kept in memory across the stages (the stages' rest shrinks by them)."""
+        self.holding += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.holding = max(0, self.holding - nbytes)
 
     def note_pairs(self, pairs: int) -> None:
         """After the candidate stage: pairs beyond one per document come out of the work memory."""
@@ -142,4 +152,5 @@ class Budget:
             return f"memory limit {size_text(self.limit)}"
         return (f"memory limit {size_text(self.limit)} for the whole process: {size_text(self.held)} held at the "
                 f"start, ~{size_text(LIBRARIES)} libraries, ~{size_text(PER_DOC_BYTES * self.n_docs)} per-document "
-                f"arrays, DuckDB {size_text(self.duckdb_bytes)}, stages {size_text(self.work_bytes())}")
+                f"arrays, {f'{size_text(self.holding)} texts held, ' if self.holding else ''}"
+                f"DuckDB {size_text(self.duckdb_bytes)}, stages {size_text(self.work_bytes())}")

@@ -5,12 +5,14 @@ once (~3.9 GB per million 100-word documents). This one streams:
 
 1. sign the texts chunk by chunk (minhash.signatures), appending each chunk's
    signatures to signatures.npy and its band keys to a Parquet file (layout:
-   datamix.dedup.bands);
+   datamix.dedup.bands); where the budget has room (HOLD_SHARE), the texts' buffers are
+   kept for step 3 (sources.HeldTexts) rather than read and decoded again;
 2. candidate pairs from DuckDB's GROUP BY over (band, key) (sql/minhash_candidates.sql),
    which spills to `temp_directory` past `memory_limit`; the distinct pairs are small
    (a few per duplicate document) and come back to numpy;
 3. verification in blocks of pairs: only the blocks' signature rows are read from
-   signatures.npy, only the texts of pairs near the threshold (hybrid) from the source;
+   signatures.npy, only the texts of pairs near the threshold (hybrid) are shingled
+   (bags.py: their hashes in memory while the budget holds them, else on disk);
 4. union-find and the keep policy (clusters.removal_frame), as the in-memory path.
 
 Both paths give the same removed rows, dup_of, ref_index and similarity (tested).
@@ -27,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from datamix.dedup import bands as layout
+from datamix.dedup.arrays import distinct, distinct_rows, missing
 from datamix.dedup.bags import ShingleBags
 from datamix.dedup.budget import Budget, parse_size, peak_rss, physical_memory, rss, size_text  # noqa: F401 (the API)
 from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, signatures, verified_pairs
-from datamix.dedup.sources import ParquetSource, SeriesSource, SpilledTexts  # noqa: F401 (the API)
+from datamix.dedup.sources import HeldTexts, ParquetSource, SeriesSource, SpilledTexts  # noqa: F401 (the API)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 # What one document costs the in-memory path besides its text (measured: 3.9 GB per
 # million 100-word documents, of which ~0.6 GB is text): signatures, band keys, tables.
 IN_MEMORY_BYTES_PER_DOC = 3300
+# The most of the budget's rest that the texts may take to be held in memory from signing to
+# verification (budget.Budget.hold): at 1M 100-word documents under 4 GB, 0.59 of 3.2 GB
+HOLD_SHARE = 0.25
 SORTED_BATCH = 131_072  # sorted band-key rows per Arrow batch (tests set a few, so buckets straddle batches)
 
 
@@ -89,6 +95,7 @@ def find_duplicates_ooc(
     # included) and what n documents will hold; a limit too small for them stops here (exit 2)
     budget = dataclasses.replace(budget or Budget()).plan(n + n_ref)
     os.makedirs(folder, exist_ok=True)
+    held = None if sign is not None or cache is not None else hold_texts(source, budget)
     chunk = chunk_docs(cfg, budget, n)
     if log:
         log(f"out-of-core MinHash: {n:,} documents in chunks of {chunk:,}, {budget.describe()}; "
@@ -97,10 +104,19 @@ def find_duplicates_ooc(
     clock = _Clock(log)
     sig_path = os.path.join(folder, "signatures.npy")
     with _SignatureWriter(sig_path, n + n_ref, cfg.num_perm) as writer:
-        (sign or _sign)(source, "docs", cfg, folder, chunk, writer, cache, stats)
+        if sign is None:
+            _sign(source, "docs", cfg, folder, chunk, writer, cache, stats, held)
+        else:
+            sign(source, "docs", cfg, folder, chunk, writer, cache, stats)
         if ref is not None:
             (sign or _sign)(ref, "refs", cfg, folder, chunk, writer, cache, stats)
-    clock.lap(f"signed {n + n_ref:,} texts")
+    if held is not None:
+        budget.release(held.limit)
+        if held.dropped:  # past the share: verification reads them again
+            held = None
+        else:
+            budget.hold(held.size)
+    clock.lap(f"signed {n + n_ref:,} texts" + (" (held in memory for verification)" if held else ""))
 
     con = _connect(budget, folder)
     try:
@@ -118,7 +134,7 @@ def find_duplicates_ooc(
     budget.note_pairs(stats["candidate_pairs"])  # pairs past one per document shrink the stages' memory
     clock.lap(f"{stats['candidate_pairs']:,} candidate pairs")
 
-    similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget)
+    similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget, held)
     pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
     del left, right, ref_doc, ref_row  # the verified ones are in `pairs`: the clustering needs no more
     clock.lap(f"{stats['verified_pairs']:,} verified pairs")
@@ -168,15 +184,34 @@ def chunk_docs(cfg: MinHashConfig, budget: Budget, n: int) -> int:
     return int(min(cfg.chunk_size, max(1000, budget.work_bytes(n) // 4 // per_doc)))
 
 
-def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats) -> None:
+def hold_texts(source, budget: Budget) -> HeldTexts | None:
+    """A HeldTexts for a source read from disk (utf8_batches) whose texts take at most
+    HOLD_SHARE of the budget's rest, which is charged for them; else None (verification
+    then reads its texts from the source again)."""
+    size = getattr(source, "text_bytes", None)
+    if not hasattr(source, "utf8_batches") or size is None:
+        return None  # texts already in memory (SeriesSource) or of unknown size
+    cap = int(HOLD_SHARE * budget.rest())
+    if size() + 8 * (len(source) + 1) > cap:
+        return None
+    # the whole share is reserved while signing (the metadata's size understates texts that
+    # Parquet stored in a dictionary); what is really held is charged once they are all read
+    budget.hold(cap)
+    return HeldTexts(cap)
+
+
+def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats, held: HeldTexts | None = None) -> None:
     """Sign `source` chunk by chunk: signatures appended to `writer`, band keys to
-    bands/<kind>-<part>.parquet (doc = the row's position in `source`)."""
+    bands/<kind>-<part>.parquet (doc = the row's position in `source`); the texts' buffers
+    to `held` when given."""
     bands, rows = cfg.band_rows()
     done = 0
     # a Parquet source is signed from its Arrow buffers (no signature cache to consult)
     raw = cache is None and hasattr(source, "utf8_batches")
     for part, batch in enumerate(source.utf8_batches(chunk) if raw else source.batches(chunk)):
         sig = _sign_utf8(*batch, cfg, stats) if raw else signatures(batch, cfg, cache=cache, stats=stats)
+        if raw and held is not None:
+            held.add(*batch)
         writer.append(sig)
         layout.write_band_keys(folder, kind, part, sig, done, bands, rows)
         done += len(sig)
@@ -209,10 +244,10 @@ def _connect(budget: Budget, folder: str):
 
 
 def _candidate_pairs(con, files: list[str], max_bucket: int, pair_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct candidate pairs (sorted, as np.unique sorts the in-memory path's) from the band
+    """Distinct candidate pairs (sorted, as the in-memory path's np.unique sorts them) from the band
     keys sorted by DuckDB, streamed: lsh.sorted_bucket_pairs makes each bucket's pairs, and
     they are merged into the distinct set whenever a quarter of `pair_bytes` has piled up (the
-    merge holds the distinct set, the pile, their concatenation and np.unique's sorted copy)."""
+    merge holds the distinct set, the pile, their concatenation and its sorted copy)."""
     from datamix.dedup.lsh import sorted_bucket_pairs
     from datamix.store import sql_text
 
@@ -234,9 +269,9 @@ def _candidate_pairs(con, files: list[str], max_bucket: int, pair_bytes: int) ->
         pending.append(pairs)
         piled += len(pairs)
         if piled > limit:
-            found, pending, piled = np.unique(np.concatenate([found, *pending])), [], 0
+            found, pending, piled = distinct(np.concatenate([found, *pending])), [], 0
         batch = following
-    return _decode(np.unique(np.concatenate([found, *pending])))
+    return _decode(distinct(np.concatenate([found, *pending])))
 
 
 def _decode(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,17 +346,19 @@ class _Verifier:
     """minhash._PairSimilarity over global indices (documents, then reference rows at n + j),
     in two passes. First, in blocks of pairs, the rule runs on the blocks' signature rows
     only, with the exact Jaccard it asks for put off; then the exact Jaccard of every pair
-    put off: their documents shingled onto disk in one pass in position order (bags.py), then
-    read back per block of pairs. Exact values are kept, since the removal records ask again
-    about verified pairs."""
+    put off: their documents shingled in one pass in position order (bags.py: from the texts
+    held since signing, else read again), kept in memory or on disk. Exact values are kept,
+    since the removal records ask again about verified pairs."""
 
     BLOCK: int | None = None  # pairs per signature block; None: from the budget (tests set a few)
     TEXT_PAIRS: int | None = None  # pairs per exact-Jaccard block; None: from the budget
     TEXT_DOCS: int | None = None  # texts per fetch to shingle; None: from the budget
+    BAGS_MEMORY: int | None = None  # bytes of shingle hashes kept in memory; None: from the budget
 
-    def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget):
+    def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget, held: HeldTexts | None = None):
         self.rows = _SignatureRows(sig_path)
         self.source, self.ref, self.n, self.cfg, self.stats = source, ref, n, cfg, stats
+        self.held = held
         work = budget.work_bytes()
         # half the work memory for a block or a fetch (the rest: the pairs' arrays and index
         # copies beside it). A signature block copies up to 2 rows per pair; a fetched text is
@@ -329,7 +366,10 @@ class _Verifier:
         # word, up to 4x the text): ~7x its bytes
         self.block = self.BLOCK or int(max(10_000, work // 2 // (2 * 4 * cfg.num_perm)))
         self.text_docs = self.TEXT_DOCS or int(max(10_000, work // 2 // (7 * _text_bytes(source))))
-        self.bags = ShingleBags(os.path.join(os.path.dirname(sig_path), "shingles.bin"), self.texts, cfg)
+        # the shingle hashes stay in memory up to the other half (a block or a fetch never runs
+        # beside their concatenation, which doubles them for a moment), else go to disk
+        memory = work // 2 if self.BAGS_MEMORY is None else self.BAGS_MEMORY
+        self.bags = ShingleBags(os.path.join(os.path.dirname(sig_path), "shingles.bin"), self.shingles, cfg, memory)
         self._known = np.zeros(0, np.uint64)  # encoded pairs whose exact Jaccard is known, sorted
         self._known_sim = np.zeros(0, np.float64)
 
@@ -339,7 +379,7 @@ class _Verifier:
         later_a, later_b = [], []
         for s in range(0, len(a), self.block):
             aa, bb = a[s : s + self.block], b[s : s + self.block]
-            docs = np.unique(np.concatenate([aa, bb]))
+            docs = distinct_rows(np.concatenate([aa, bb]), self.rows.shape[0])
             block = _PutOff(self.rows(docs), docs, self)
             out[s : s + len(aa)] = block(np.searchsorted(docs, aa), np.searchsorted(docs, bb))
             later_a += block.put_off_a
@@ -356,18 +396,20 @@ class _Verifier:
         # (removed, kept) find what the candidates' (lower, higher) computed
         lo, hi = np.minimum(a, b), np.maximum(a, b)
         pairs = (lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64)
-        new = np.setdiff1d(pairs, self._known)
+        new = missing(pairs, self._known)
         if len(new):
             na, nb = _decode(new)
-            # every document of these pairs shingled once, in position order, onto disk
-            self.bags.add(np.unique(np.concatenate([na, nb])), self.text_docs)
+            # every document of these pairs shingled once, in position order
+            docs = distinct_rows(np.concatenate([na, nb]), self.rows.shape[0])
+            self.bags.add(docs, self.text_docs)
             sims = np.empty(len(new), np.float64)
             order = np.argsort(na, kind="stable")  # nearby first documents together
-            # pairs per block: as many as the budget holds the shingles of (a document's hashes
-            # and their index, ~3x its text: twice a fetch's texts), pairs sharing documents
-            # (a cluster's pairs) counted once by the average over all of them
-            docs = len(np.unique(np.concatenate([na, nb])))
-            step = self.TEXT_PAIRS or max(1, int(2 * self.text_docs * len(new) / docs))
+            # pairs per block (on disk): as many as the budget holds the shingles of (a
+            # document's hashes and their index, ~3x its text: twice a fetch's texts), pairs
+            # sharing documents (a cluster's pairs) counted once by the average over all of them
+            step = self.TEXT_PAIRS or max(1, int(2 * self.text_docs * len(new) / len(docs)))
+            if not self.bags.on_disk and not self.TEXT_PAIRS:
+                step = len(new)  # in memory: one call, in place
             for s in range(0, len(new), step):
                 part = order[s : s + step]
                 sims[part] = self.bags.jaccard(na[part], nb[part])
@@ -375,6 +417,18 @@ class _Verifier:
             keep = np.argsort(known)
             self._known, self._known_sim = known[keep], np.concatenate([self._known_sim, sims])[keep]
         return self._known_sim[np.searchsorted(self._known, pairs)]
+
+    def shingles(self, rows: np.ndarray):
+        """minhash._shingle_bags of sorted global rows, in pieces: the documents' from the
+        texts held since signing when there are any, else from texts read again."""
+        from datamix.dedup.minhash import _shingle_bags, _Utf8
+
+        split = np.searchsorted(rows, self.n) if self.held is not None else 0
+        if split:
+            yield from self.held.shingles(rows[:split], self.cfg)
+        if split < len(rows):
+            rest = rows[split:]
+            yield _shingle_bags(_Utf8(self.texts(rest)), np.arange(len(rest)), self.cfg)
 
     def texts(self, rows: np.ndarray) -> pl.Series:
         """Texts of sorted global rows (documents, then reference rows)."""

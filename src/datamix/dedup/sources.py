@@ -126,3 +126,49 @@ class SpilledTexts:
         else:
             self._writer.close()
         return ParquetSource(self.path)
+
+
+class HeldTexts:
+    """The UTF-8 buffers of a source's texts, kept from the signing pass when the memory budget
+    has room for them (datamix.dedup.ooc), so that exact verification shingles its documents
+    from memory instead of reading and decoding the source a second time (at 1M 100-word
+    documents: 0.58 GB held, ~2.5 s of Parquet reads saved). Gives up, dropping what it
+    holds, once the texts pass `limit` bytes (a size from the Parquet metadata can understate
+    dictionary-encoded texts); the caller then reads the source as before."""
+
+    def __init__(self, limit: int):
+        self.limit, self.size = limit, 0
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (bytes, offsets) per signed batch
+        self.first = [0]  # first row of each chunk, then the row count
+        self.dropped = False
+
+    def add(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        if self.dropped:
+            return
+        # the whole buffers count (a batch's offsets may view a larger one)
+        self.size += data.nbytes + offsets.nbytes
+        if self.size > self.limit:
+            self.dropped, self.chunks, self.first = True, [], [0]
+            return
+        self.chunks.append((data, offsets))
+        self.first.append(self.first[-1] + len(offsets) - 1)
+
+    def __len__(self) -> int:
+        return self.first[-1]
+
+    def shingles(self, rows: np.ndarray, cfg) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """minhash._shingle_bags of sorted rows, one (hashes, starts, ends) per chunk they fall in, in order."""
+        from datamix.dedup.minhash import _shingle_bags
+
+        bounds = np.searchsorted(rows, self.first)
+        for c, (data, offsets) in enumerate(self.chunks):
+            local = rows[bounds[c] : bounds[c + 1]] - self.first[c]
+            if len(local):
+                yield _shingle_bags(_Buffers(data, offsets), local, cfg)
+
+
+class _Buffers:
+    """(data, offsets) as minhash._shingle_bags reads them (the shape of minhash._Utf8)."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, np.ascontiguousarray(offsets, np.int64)
