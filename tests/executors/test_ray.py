@@ -202,3 +202,37 @@ def test_an_error_in_a_worker_fails_the_step_with_its_own_message(cluster, tmp_p
     assert not result.ok and result.failed_step == "tagged" and not result.bad_input
     assert "must return the same rows in the same order" in result.error
     assert query(tmp_path / "ray.duckdb", "SELECT state FROM dm.steps WHERE name = 'tagged'") == [("failed",)]
+
+
+
+BLOCK_BYTES = 16 * 2**20  # blocks of some size: the reservation splits the object store between operators
+
+
+def test_two_slices_run_at_once_on_two_cpus(cluster):
+    """The second worker is used: on a 2-CPU cluster two slices of one step run at the same time
+    (what the 1-vs-2-worker benchmark relies on; overlap, not durations, is checked)."""
+    import pyarrow as pa
+    import ray.data
+
+    from datamix.executors import RayExecutor
+    from datamix.executors.ray import connect
+
+    def _hold(batch):  # defined here: workers get it by value (this module is not importable there)
+        """A slice of work that takes a while: when it began and ended."""
+        import time
+
+        start = time.time()
+        time.sleep(0.5)
+        return pa.table({"start": [start], "end": [time.time()]})
+
+    spec = RayExecutor(type="ray", address=cluster, concurrency=2)
+    connect(spec)
+    blocks = [pa.table({"x": [bytes(BLOCK_BYTES)]}) for i in range(6)]
+    out = ray.data.from_arrow(blocks).map_batches(_hold, batch_size=None, batch_format="pyarrow", num_cpus=1,
+                                                  compute=ray.data.TaskPoolStrategy(size=spec.concurrency))
+    spans = sorted((r["start"], r["end"]) for b in out.iter_batches(batch_size=None, batch_format="pyarrow")
+                   for r in b.to_pylist())
+    assert len(spans) == 6
+    # the most slices running at one moment (at some slice's start)
+    overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlap == 2

@@ -53,6 +53,11 @@ def connect(spec: RayExecutor) -> None:
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False  # the run's own progress bar counts the slices instead
     data.print_on_execution_start = False
+    # Ray Data reserves part of the cluster for each operator so that one stage of a multi-stage
+    # dataset cannot starve the next. Every dataset here is one map over blocks already made, so
+    # the reservation only idles CPUs: on a 2-CPU cluster, two tasks of 0.3 s each ran one after
+    # the other (span 2.2 s for 8 tasks; 1.4 s without it, 1.2 s as plain Ray tasks).
+    data.op_resource_reservation_enabled = False
 
 
 def _start(ray, spec: RayExecutor) -> None:
