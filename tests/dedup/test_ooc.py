@@ -192,5 +192,5 @@ def test_parquet_source_with_texts_held_or_read_again_decides_as_in_memory(tmp_p
     held = case.startswith("texts held,")
     assert (verifier.held is not None) == held
     assert ("texts held" in logs[0]) == (case != "texts read again, shingles spilled midway")  # the plan
-    assert ("held in memory for verification" in logs[1]) == held
+    assert ("of them held for verification" in logs[1]) == held
     assert verifier.bags.on_disk == (case.split("shingles ")[1] != "in memory")
