@@ -48,7 +48,7 @@ def _reference_normalise(text):
 
 
 def _reference_signature(text, ngram, a, b):
-    """Words -> word_hash -> n-gram hash -> min over (a*x + b) mod 2^64 >> 32, in numpy."""
+    """Words -> word_hash -> n-gram hash -> its high 32 bits x -> min over (a*x + b) mod 2^64 >> 32, in numpy."""
     words = _reference_normalise(text).split(" ") if _reference_normalise(text) else []
     if not words:
         return np.full(len(a), 0xFFFFFFFF, np.uint32)
@@ -60,7 +60,7 @@ def _reference_signature(text, ngram, a, b):
     width = min(ngram, len(wh))
     sh = np.array([shingle.ngram_hash(wh, j, width) for j in range(max(len(wh) - ngram + 1, 1))], np.uint64)
     with np.errstate(over="ignore"):
-        v = a[None, :] * sh[:, None] + b[None, :]
+        v = a[None, :] * (sh[:, None] >> np.uint64(32)) + b[None, :]
     return (v.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
@@ -234,13 +234,13 @@ def test_threshold_error_message():
 
 def _formula(docs, a, b):
     with np.errstate(over="ignore"):
-        return np.array([((a[None, :] * d[:, None] + b[None, :]).min(axis=0) >> np.uint64(32)).astype(np.uint32)
+        return np.array([((a[None, :] * (d[:, None] >> np.uint64(32)) + b[None, :]).min(axis=0) >> np.uint64(32)).astype(np.uint32)
                          if len(d) else np.full(len(a), 0xFFFFFFFF, np.uint32) for d in docs])
 
 
 def test_signature_kernel_equals_the_64_bit_formula_on_extreme_hashes():
     # The kernels compute only the high 32 bits, in 32-bit lanes: check them against
-    # (a*x + b) mod 2^64 >> 32 on random and extreme shingle hashes (carries, all-ones words),
+    # (a*x + b) mod 2^64 >> 32, x the high half of each shingle hash, on random and extreme hashes (carries, all-ones words),
     # documents of every length modulo the 8-shingle block, and an odd number of permutations.
     rng = np.random.default_rng(3)
     edge = np.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 0xFFFFFFFF00000000], np.uint64)

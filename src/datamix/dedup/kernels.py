@@ -3,11 +3,14 @@ the method configs (`MinHashConfig`, `SemanticConfig`) load without numba: every
 `datamix` command builds the step registry, which imports them.
 
 Signature of a document = for each of `num_perm` hash functions
-h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; multiply-add-shift, the family
-rensa uses), the minimum over the document's 64-bit shingle hashes. Only those high
-32 bits are computed (`_hi32`): one 32x32->64 product carries into them, the two cross
-products only matter mod 2^32, so the minima run in 32-bit lanes (8 per AVX2 register)
-instead of emulated 64-bit multiplies (CPUs without AVX-512 have no 64-bit vector multiply).
+h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; Dietzfelbinger's multiply-add-shift,
+strongly universal for 32-bit keys), the minimum over the document's shingles, each keyed
+by the high 32 bits of its 64-bit hash (`_key`). Only the high 32 bits of the sum are
+computed (`_hi32`): one 32x32->64 product carries into them and the cross product a_hi * x
+only matters mod 2^32, so the minima run in 32-bit lanes (8 per AVX2 register) instead of
+emulated 64-bit multiplies (CPUs without AVX-512 have no 64-bit vector multiply). A 64-bit
+key cost a second cross product per lane: 1.32x the signing time (HASH_VERSION 3).
+Exact Jaccard still compares the full 64-bit shingle hashes.
 
 For word shingles one fused kernel goes from raw UTF-8 bytes to signatures, one
 document at a time (16 per parallel iteration): the word pass (`shingle.word_hashes`: lowercase,
@@ -70,25 +73,30 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 
 @intrinsic
 def _hi32(typingctx, a_lo, a_hi, b, x):
-    """(a * x + b) mod 2^64 >> 32 for a = a_hi:a_lo (uint32 halves), x and b uint64.
+    """(a * x + b) mod 2^64 >> 32 for a = a_hi:a_lo (uint32 halves), b uint64, x a uint32 key.
 
-    a * x = a_lo * x_lo + 2^32 (a_hi * x_lo + a_lo * x_hi) mod 2^64, so the high word is
-    the high word of a_lo * x_lo + b (one 32x32->64 product: its carry) plus the two cross
-    products mod 2^32. Written as LLVM IR because numba widens uint32 arithmetic to 64 bits:
-    here the cross products stay 32-bit multiplies (vpmulld, 8 lanes) and the result a
-    uint32 whose minimum is vpminud. Same values as the 64-bit formula (tested)."""
-    if not (a_lo == types.uint32 and a_hi == types.uint32 and b == types.uint64 and x == types.uint64):
+    a * x = a_lo * x + 2^32 a_hi * x, so the high word is the high word of a_lo * x + b (one
+    32x32->64 product: its carry) plus a_hi * x mod 2^32. Written as LLVM IR because numba
+    widens uint32 arithmetic to 64 bits: here the cross product stays a 32-bit multiply
+    (vpmulld, 8 lanes) and the result a uint32 whose minimum is vpminud. Same values as the
+    64-bit formula (tested)."""
+    if not (a_lo == types.uint32 and a_hi == types.uint32 and b == types.uint64 and x == types.uint32):
         return None
 
     def codegen(context, builder, signature, args):
         a_lo, a_hi, b, x = args
         i32, i64 = ir.IntType(32), ir.IntType(64)
-        x_lo, x_hi = builder.trunc(x, i32), builder.trunc(builder.lshr(x, ir.Constant(i64, 32)), i32)
-        low = builder.add(builder.mul(builder.zext(a_lo, i64), builder.zext(x_lo, i64)), b)
+        low = builder.add(builder.mul(builder.zext(a_lo, i64), builder.zext(x, i64)), b)
         carry = builder.trunc(builder.lshr(low, ir.Constant(i64, 32)), i32)
-        return builder.add(carry, builder.add(builder.mul(a_hi, x_lo), builder.mul(a_lo, x_hi)))
+        return builder.add(carry, builder.mul(a_hi, x))
 
-    return types.uint32(types.uint32, types.uint32, types.uint64, types.uint64), codegen
+    return types.uint32(types.uint32, types.uint32, types.uint64, types.uint32), codegen
+
+
+@njit(cache=True, inline="always")
+def _key(h):
+    """A shingle's 32-bit key for the signatures: the high half of its 64-bit hash."""
+    return np.uint32(h >> np.uint64(32))
 
 
 @njit(cache=True, inline="always")
@@ -105,7 +113,8 @@ def _split(a):
 @njit(cache=True, inline="always")
 def _sign_block(acc, x, a_lo, a_hi, b):
     """acc[k] = min(acc[k], h_k(x_j)) over the _BLOCK shingle hashes in x."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+    x0, x1, x2, x3 = _key(x[0]), _key(x[1]), _key(x[2]), _key(x[3])
+    x4, x5, x6, x7 = _key(x[4]), _key(x[5]), _key(x[6]), _key(x[7])
     for k in range(a_lo.shape[0]):
         al, ah, bk = a_lo[k], a_hi[k], b[k]
         m0 = min(min(_hi32(al, ah, bk, x0), _hi32(al, ah, bk, x1)), min(_hi32(al, ah, bk, x2), _hi32(al, ah, bk, x3)))
@@ -114,7 +123,8 @@ def _sign_block(acc, x, a_lo, a_hi, b):
 
 
 @njit(cache=True, inline="always")
-def _sign_one(acc, x, a_lo, a_hi, b):
+def _sign_one(acc, h, a_lo, a_hi, b):
+    x = _key(h)
     for k in range(a_lo.shape[0]):
         acc[k] = min(acc[k], _hi32(a_lo[k], a_hi[k], b[k], x))
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 # cache key, so signatures made by older code are never mixed with new ones.
 # v2: in-kernel Unicode lowercase (final sigma folded), packed word hash.
 # v3: little-endian packing of the word hash (SWAR word pass).
-HASH_VERSION = "3"
+# v4: signatures keyed by the high 32 bits of each shingle hash (kernels._key).
+HASH_VERSION = "4"
 
 # the words and hashes of text.py and hashing.py, also reached as shingle.<name> by the MinHash
 # kernels and tests
