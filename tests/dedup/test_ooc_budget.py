@@ -25,7 +25,8 @@ def _duckdb_limits(monkeypatch):
         con = real(budget, folder)
         (value,), = con.execute("SELECT current_setting('memory_limit')").fetchall()
         number, unit = re.fullmatch(r"([\d.]+) (\w+)", value).groups()
-        seen.append((float(number) * _UNIT[unit], budget))
+        # the plan's figure now: candidate pairs past one per document shrink it afterwards
+        seen.append((float(number) * _UNIT[unit], budget, budget.duckdb_bytes))
         return con
 
     monkeypatch.setattr(ooc, "_connect", connect)
@@ -41,14 +42,14 @@ def test_duckdb_gets_the_planned_share_of_the_whole_process_limit(tmp_path, monk
     logs = []
     ooc.find_duplicates_ooc(ooc.SeriesSource(texts), np.zeros(n), MinHashConfig(method="minhash"), str(tmp_path),
                             budget=ooc.Budget(limit=limit), log=logs.append)
-    (duckdb_limit, planned), = seen
-    assert duckdb_limit == pytest.approx(planned.duckdb_bytes, abs=2**20)  # what DuckDB was given
+    (duckdb_limit, planned, planned_duckdb), = seen
+    assert duckdb_limit == pytest.approx(planned_duckdb, abs=2**20)  # what DuckDB was given
     # the stages' 1.2 GB (less what the process grew by meanwhile): DuckDB half of it, less its overshoot
     assert 0.35 * 1.2e9 < duckdb_limit < 0.5 * 1.2e9 / bm.DUCKDB_OVERSHOOT + 2**20
     assert planned.held > 0 and planned.n_docs == n
     said = logs[0]
     assert f"memory limit {bm.size_text(limit)} for the whole process" in said
-    assert "per-document arrays" in said and f"DuckDB {bm.size_text(planned.duckdb_bytes)}" in said
+    assert "per-document arrays" in said and f"DuckDB {bm.size_text(planned_duckdb)}" in said
     # each stage's line says the process's resident size and its peak
     assert all(re.search(r"\(RSS [\d.]+ [KMG]?B, peak [\d.]+ [KMG]?B\)", m) for m in logs[1:])
 
