@@ -90,3 +90,38 @@ def test_a_minhash_dedup_step_under_ray_signs_and_shuffles_there_and_decides_as_
     assert "signing and the band shuffle on Ray" in found["ray log"]
     assert "signed 5 chunks as Ray tasks" in found["ray log"]
     assert "Ray" not in found["local log"]
+
+
+def test_a_parquet_source_is_read_by_the_tasks_and_signed_as_on_one_machine(cluster, tmp_path, monkeypatch):
+    """Stages.sign on a Parquet file (what the dedup step spills its texts to): the tasks read
+    their row groups themselves (the driver never reads the texts), and signatures.npy and the
+    band-key files are those of the single-machine signing."""
+    from datamix.dedup import ooc
+    from datamix.dedup.sources import ParquetSource
+    from datamix.executors.ray_minhash import Stages
+
+    cfg = MinHashConfig(method="minhash", num_perm=64, threshold=0.7)
+    docs = texts()
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": docs}), path, row_group_size=100)  # 7 groups, the last of 5 rows
+    source = ParquetSource(str(path))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the driver read the texts")
+
+    monkeypatch.setattr(ParquetSource, "batches", no_reading)
+    monkeypatch.setattr(ParquetSource, "utf8_batches", no_reading)
+    stages = Stages(RayExecutor(type="ray", address=cluster, concurrency=2))
+    folder = tmp_path / "work"
+    folder.mkdir()
+    with ooc._SignatureWriter(str(folder / "signatures.npy"), len(docs), cfg.num_perm) as writer:
+        stages.sign(source, "docs", cfg, str(folder), 250, writer)
+    assert stages.tasks == 3  # row groups 0-2, 3-5 (300 rows each: at least 250), and 6
+    expected = signatures(docs, cfg)
+    assert np.array_equal(np.load(folder / "signatures.npy"), expected)
+    n_bands, rows = cfg.band_rows()
+    files = layout.band_files(str(folder), "docs")
+    assert len(files) == 3
+    got = pa.concat_tables([pq.read_table(f) for f in files]).sort_by([("doc", "ascending"), ("band", "ascending")])
+    want = layout.band_table(expected, 0, n_bands, rows).sort_by([("doc", "ascending"), ("band", "ascending")])
+    assert got.equals(want)

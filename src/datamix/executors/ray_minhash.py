@@ -61,16 +61,23 @@ class Stages:
         self.spec, self.tasks = spec, 0
 
     def sign(self, source, kind: str, cfg, folder: str, chunk: int, writer, cache=None, stats=None) -> None:
-        """Sign a text source (len, batches) on Ray a window of chunks at a time (two per
-        cluster CPU: every CPU busy, and the driver holds only that window's texts), appending
-        the signatures to `writer` in order; each chunk's band keys land in
-        bands/<kind>-<part>.parquet as the local stage writes them."""
+        """Sign a text source on Ray, appending the signatures to `writer` in order; each
+        chunk's band keys land in bands/<kind>-<part>.parquet as the local stage writes them.
+        A Parquet source (the dedup step spills its texts to one in the store's folder) is read
+        by the tasks, a few row groups each, so no text passes through the driver; any other
+        (len, batches) is sent from the driver a window of chunks at a time (two per cluster
+        CPU: every CPU busy, and the driver holds only that window's texts)."""
+        from datamix.dedup.sources import ParquetSource
+
         import pyarrow as pa
         import ray
 
         from datamix.executors.ray import connect
 
         connect(self.spec)
+        if isinstance(source, ParquetSource):  # a file the workers can read: they read it themselves
+            self.tasks += sign_parquet(source.path, source.column, cfg, folder, chunk, self.spec, writer, kind=kind)
+            return
         window = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
         done, pending = 0, []
 
@@ -96,10 +103,66 @@ class Stages:
         return candidate_pairs(band_files, max_bucket, self.spec)
 
 
+def sign_parquet(path: str, column: str, cfg, folder: str, chunk: int, spec: RayExecutor, writer, *,
+                 kind: str = "docs") -> int:
+    """Sign the texts of one column of a Parquet file on Ray: each task reads consecutive row
+    groups (about `chunk` rows, at least one group) itself, and writes its band keys and
+    signatures as `sign`'s tasks do; the driver appends the signatures to `writer` in order and
+    reads no text. Returns the number of tasks."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from datamix.executors.ray import connect
+
+    connect(spec)
+    os.makedirs(os.path.join(folder, "sig"), exist_ok=True)
+    meta = pq.ParquetFile(path).metadata
+    tasks, first, groups, rows = [], 0, [], 0
+    for g in range(meta.num_row_groups):
+        groups.append(g)
+        rows += meta.row_group(g).num_rows
+        if rows >= chunk or g == meta.num_row_groups - 1:
+            tasks.append({"part": len(tasks), "first": first, "groups": groups})
+            first, groups, rows = first + rows, [], 0
+    if not tasks:
+        return 0
+    out = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        _sign_row_groups, fn_kwargs={"path": path, "column": column, "cfg": cfg, "folder": folder, "kind": kind,
+                                     "threads": max(1, int(spec.num_cpus_per_task))},
+        batch_size=1, batch_format="pyarrow", num_cpus=spec.num_cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=spec.concurrency))
+    parts = sorted((row for batch in out.iter_batches(batch_size=None, batch_format="pyarrow")
+                    for row in batch.to_pylist()), key=lambda p: p["part"])
+    for part in parts:
+        writer.append(np.load(part["sig"]))
+        os.remove(part["sig"])  # signatures.npy has it now
+    return len(parts)
+
+
+def _sign_row_groups(batch, path: str, column: str, cfg, folder: str, kind: str, threads: int):
+    """One task: some row groups of a Parquet file to their band-key file and signature file."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    part, first = batch.column("part")[0].as_py(), batch.column("first")[0].as_py()
+    groups = batch.column("groups")[0].as_py()
+    texts = pq.ParquetFile(path, pre_buffer=False).read_row_groups(groups, columns=[column]).column(0)
+    return _sign_and_write(pl.Series("text", texts.combine_chunks()).cast(pl.String), part, first, cfg, folder,
+                           kind, threads)
+
+
 def _sign_chunk(batch, cfg, folder: str, chunk: int, kind: str, threads: int):
     """One task: a whole chunk of texts (one block) to its band-key file and signature file."""
-    import numba
     import polars as pl
+
+    first = batch.column("first")[0].as_py()
+    return _sign_and_write(pl.from_arrow(batch.column("text")), first // chunk, first, cfg, folder, kind, threads)
+
+
+def _sign_and_write(texts, part: int, first: int, cfg, folder: str, kind: str, threads: int):
+    """Sign texts (documents first .. first + len - 1) into bands/<kind>-<part>.parquet and
+    sig/<kind>-<part>.npy; the row describing them for the driver."""
+    import numba
     import pyarrow as pa
 
     # the kernels are parallel loops: a task uses the CPUs Ray reserved for it, not every core
@@ -108,9 +171,7 @@ def _sign_chunk(batch, cfg, folder: str, chunk: int, kind: str, threads: int):
     from datamix.dedup import bands as layout
     from datamix.dedup.minhash import signatures
 
-    first = batch.column("first")[0].as_py()
-    part = first // chunk
-    sig = signatures(pl.from_arrow(batch.column("text")), cfg)
+    sig = signatures(texts, cfg)
     n_bands, rows = cfg.band_rows()
     band_file = layout.write_band_keys(folder, kind, part, sig, first, n_bands, rows)
     sig_file = os.path.join(folder, "sig", f"{kind}-{part:06d}.npy")
