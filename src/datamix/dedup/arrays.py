@@ -1,9 +1,10 @@
-"""Set operations on large integer arrays for out-of-core MinHash (datamix.dedup.ooc, bags).
+"""Set operations on large integer arrays for MinHash (datamix.dedup.lsh, minhash, ooc, bags).
 
 numpy 2.4's np.unique (and setdiff1d, which calls it) goes through a hash table before
 sorting: measured here on 1.7M random uint64 pair codes, 0.94 s against 0.03 s for a sort
 and a neighbour comparison, and 0.53 s against 0.004 s for document rows by a mask. At 1M
-documents the out-of-core path spent ~3 s in it (candidate merging, verification blocks).
+documents the out-of-core path spent ~3 s in it (candidate merging, verification blocks),
+and the in-memory path's candidate pairs (lsh.candidate_pairs) went through it too.
 These give the same sorted, distinct values.
 """
 

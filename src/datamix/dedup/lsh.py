@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from datamix.dedup.arrays import distinct
 from datamix.dedup.shingle import pick, serial_and_parallel
 
 MAX_BUCKET = 64
@@ -221,8 +222,9 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, max_bucket: int = MA
     if sig.shape[0] < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     keys = all_band_keys(np.ascontiguousarray(sig), bands, rows)
-    # Each band's table work is ~20 operations per document.
-    return _decode(np.unique(pick(_ALL_BAND_PAIRS, 20 * keys.size)(keys, max_bucket)))
+    # Each band's table work is ~20 operations per document. (distinct, not np.unique: numpy
+    # 2.4's hashes before it sorts, 20x slower on these codes; see dedup/arrays.py.)
+    return _decode(distinct(pick(_ALL_BAND_PAIRS, 20 * keys.size)(keys, max_bucket)))
 
 
 @njit(cache=True)
@@ -275,7 +277,7 @@ def candidate_pairs_against(
         all_band_keys(np.ascontiguousarray(sig), bands, rows), all_band_keys(np.ascontiguousarray(ref_sig), bands, rows),
         max_bucket,
     )
-    found = np.unique((docs.astype(np.uint64) << np.uint64(32)) | refs.astype(np.uint64))
+    found = distinct((docs.astype(np.uint64) << np.uint64(32)) | refs.astype(np.uint64))
     return _decode(found)
 
 

@@ -394,7 +394,9 @@ class _PairSimilarity:
         """Shingle the texts among `wanted` not shingled yet (only those: the removal
         records ask about a few texts beyond the verified pairs) and keep every text's
         shingles in one store ordered by text index."""
-        new = wanted if self._docs is None else np.setdiff1d(wanted, self._docs, assume_unique=True)
+        from datamix.dedup.arrays import missing
+
+        new = wanted if self._docs is None else missing(wanted, self._docs)
         if len(new) == 0:
             return
         hashes, starts, ends = _shingle_bags(self._buffers(), new, self.cfg)

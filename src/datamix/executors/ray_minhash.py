@@ -194,6 +194,7 @@ def candidate_pairs(band_files: list[str], max_bucket: int, spec: RayExecutor) -
 
     import ray.data
 
+    from datamix.dedup.arrays import distinct
     from datamix.executors.ray import connect
 
     connect(spec)
@@ -218,7 +219,7 @@ def candidate_pairs(band_files: list[str], max_bucket: int, spec: RayExecutor) -
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     found = [f for f in found if len(f)]
-    encoded = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+    encoded = distinct(np.concatenate(found)) if found else np.zeros(0, np.uint64)
     return (encoded >> np.uint64(32)).astype(np.int64), (encoded & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
