@@ -78,7 +78,12 @@ class ParquetSource:
             arr = arr.cast(pa.large_string())
             _, off_buf, data_buf = arr.buffers()
             offsets = np.frombuffer(off_buf, np.int64)[arr.offset : arr.offset + len(arr) + 1]
-            yield (np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)), offsets
+            data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+            # read-only, as the buffers of a polars Series are: numba compiles a kernel once per
+            # array type, and a writable pair here cost a second compilation of the signing and
+            # shingling kernels (~10 s each on a fresh checkout)
+            data.flags.writeable = offsets.flags.writeable = False
+            yield data, offsets
 
     def take(self, rows: np.ndarray) -> pl.Series:
         """The texts of sorted row positions `rows`, reading only the row groups they fall in."""
