@@ -20,10 +20,12 @@ checked to be the same (count and id hash of `sized`, dropped count of `clean`).
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --signatures 200000   # MinHash signing only
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --dedup 200000        # the whole dedup step
 
---signatures N: MinHash signatures (datamix.executors.ray_minhash.sign: map_batches writing
-band-key Parquet and signatures per chunk of 10,000) of N random 100-word documents with one
-task at a time and with two, interleaved; each task's kernels use one thread (the CPU it
-reserved). For reference, one process signing the same texts with one kernel thread.
+--signatures N: MinHash signatures of N random 100-word documents in a Parquet file (row groups
+of 10,000) by Ray tasks that read their own row groups (100,000 documents a task, the step's
+default chunk_size) and write band-key Parquet and
+signatures (datamix.executors.ray_minhash.sign_parquet, what the dedup step runs under ray),
+one task at a time and two, interleaved; each task's kernels use one thread (the CPU it
+reserved). For reference, one process signing the same file with one kernel thread.
 """
 
 from __future__ import annotations
@@ -104,42 +106,65 @@ def _warm(batch):
 
 
 def signatures_bench(n: int, repeat: int) -> None:
-    """MinHash signing on 1 and 2 Ray tasks at once, and in one process on one thread."""
+    """MinHash signing of a Parquet file of texts (what the dedup step spills its texts to) on 1
+    and 2 Ray tasks at once (datamix.executors.ray_minhash.sign_parquet: each task reads its own
+    row groups), and in one process on one thread reading the same file
+    (datamix.dedup.ooc._sign, the local out-of-core stage). Every arm writes signatures.npy and
+    band-key files; the signatures are checked equal."""
     import numba
     import numpy as np
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from datamix.dedup.minhash import MinHashConfig, signatures
+    from datamix.dedup import ooc
+    from datamix.dedup.minhash import MinHashConfig
     from datamix.executors import RayExecutor
-    from datamix.executors.ray_minhash import sign
+    from datamix.executors.ray_minhash import sign_parquet
 
     rng = np.random.default_rng(0)
     vocab = np.array([f"w{i}" for i in range(50_000)])
-    texts = pa.array([" ".join(vocab[rng.integers(0, len(vocab), 100)]) for _ in range(n)])
-    cfg = MinHashConfig(method="minhash")
     root = tempfile.mkdtemp(prefix="dm-ray-sig-")
+    path = os.path.join(root, "texts.parquet")
+    writer = None
+    for first in range(0, n, 100_000):
+        batch = pa.table({"text": [" ".join(vocab[rng.integers(0, len(vocab), 100)]) for _ in range(min(100_000, n - first))]})
+        writer = writer or pq.ParquetWriter(path, batch.schema, compression="zstd")
+        writer.write_table(batch, row_group_size=10_000)  # a task's share: a row group or more
+    writer.close()
+    cfg = MinHashConfig(method="minhash")
+    chunk = cfg.chunk_size  # documents per task, as the dedup step signs them (100,000 by default)
+
+    def run(arm: str, folder: str) -> None:
+        os.makedirs(folder)
+        with ooc._SignatureWriter(os.path.join(folder, "signatures.npy"), n, cfg.num_perm) as out:
+            if arm.startswith("ray"):
+                sign_parquet(path, "text", cfg, folder, chunk, RayExecutor(type="ray", concurrency=int(arm[-1])), out)
+            else:
+                ooc._sign(ooc.ParquetSource(path), "docs", cfg, folder, chunk, out, None, {})
+
     try:
         times: dict[str, list[float]] = {"ray-1": [], "ray-2": [], "one process, 1 thread": []}
-        sign(texts.slice(0, 20_000), cfg, os.path.join(root, "warm"), 10_000,
-             RayExecutor(type="ray", concurrency=2))  # workers import and load the kernels once
-        as_list = texts.to_pylist()
+        run("ray-2", os.path.join(root, "warm"))  # workers import and load the kernels once
         numba.set_num_threads(1)
-        signatures(as_list[:1000], cfg)  # and this process
+        run("local", os.path.join(root, "warm-local"))  # and this process
+        reference = None
         for r in range(repeat):
             for arm in (["ray-1", "ray-2"] if r % 2 == 0 else ["ray-2", "ray-1"]) + ["one process, 1 thread"]:
+                folder = os.path.join(root, f"{arm.split(',')[0]}-{r}")
                 t0 = time.perf_counter()
-                if arm.startswith("ray"):
-                    sign(texts, cfg, os.path.join(root, f"{arm}-{r}"), 10_000,
-                         RayExecutor(type="ray", concurrency=int(arm[-1])))
-                else:
-                    signatures(as_list, cfg)
+                run(arm, folder)
                 times[arm].append(time.perf_counter() - t0)
+                sig = np.load(os.path.join(folder, "signatures.npy"))
+                reference = sig if reference is None else reference
+                if not np.array_equal(sig, reference):
+                    raise SystemExit(f"{arm}: signatures differ")
+                shutil.rmtree(folder)
                 print(f"round {r + 1} signatures {arm:22s} {times[arm][-1]:6.2f}s  "
                       f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         med = {arm: statistics.median(t) for arm, t in times.items()}
-        print(f"signatures of {n:,} docs, medians: " + ", ".join(f"{a} {t:.2f}s" for a, t in med.items()))
+        print(f"signatures of {n:,} docs from Parquet, medians: " + ", ".join(f"{a} {t:.2f}s" for a, t in med.items()))
         print(f"ray-1 / ray-2 (speed-up of a 2nd worker, <= 2x): {med['ray-1'] / med['ray-2']:.2f}x; "
-              f"ray-2 / one process: {med['ray-2'] / med['one process, 1 thread']:.2f}x")
+              f"ray-2 / one process: {med['ray-2'] / med['one process, 1 thread']:.2f}x; signatures equal in every run")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
