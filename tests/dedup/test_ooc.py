@@ -194,3 +194,22 @@ def test_parquet_source_with_texts_held_or_read_again_decides_as_in_memory(tmp_p
     assert ("texts held" in logs[0]) == (case != "texts read again, shingles spilled midway")  # the plan
     assert ("of them held for verification" in logs[1]) == held
     assert verifier.bags.on_disk == (case.split("shingles ")[1] != "in memory")
+
+
+def test_parquet_source_reads_a_row_group_once_for_fetches_in_position_order(tmp_path):
+    """Consecutive fetches share their boundary row group: `take` keeps the last one it read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"text number {i}" for i in range(1000)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "t.parquet", row_group_size=100)
+    src = ooc.ParquetSource(str(tmp_path / "t.parquet"))
+    reads = []
+    real = src._file.read_row_group
+    src._file.read_row_group = lambda g, **kw: reads.append(g) or real(g, **kw)
+    wanted = np.arange(3, 1000, 7)
+    fetched = [src.take(wanted[s : s + 20]) for s in range(0, len(wanted), 20)]  # 140 rows each: groups straddled
+    assert pl.concat(fetched).to_list() == [texts[i] for i in wanted]
+    assert reads == list(range(10))  # each group once
+    src.release()
+    assert src.take(np.array([999])).to_list() == [texts[999]] and reads[-1] == 9 and len(reads) == 11

@@ -368,7 +368,9 @@ class _Verifier:
         # held as read, concatenated, as a UTF-8 buffer, and as shingle hashes (8 bytes per
         # word, up to 4x the text): ~7x its bytes
         self.block = self.BLOCK or int(max(10_000, work // 2 // (2 * 4 * cfg.num_perm)))
-        self.text_docs = self.TEXT_DOCS or int(max(10_000, work // 2 // (7 * _text_bytes(source))))
+        # (less the row group a Parquet source keeps between fetches)
+        kept = getattr(source, "group_bytes", lambda: 0)()
+        self.text_docs = self.TEXT_DOCS or int(max(10_000, (work // 2 - kept) // (7 * _text_bytes(source))))
         # the shingle hashes stay in memory up to the other half (a block or a fetch never runs
         # beside their concatenation, which doubles them for a moment), else go to disk
         memory = work // 2 if self.BAGS_MEMORY is None else self.BAGS_MEMORY
@@ -405,6 +407,8 @@ class _Verifier:
             # every document of these pairs shingled once, in position order
             docs = distinct_rows(np.concatenate([na, nb]), self.rows.shape[0])
             self.bags.add(docs, self.text_docs)
+            for source in (self.source, self.ref):
+                getattr(source, "release", lambda: None)()  # the row group kept between fetches
             sims = np.empty(len(new), np.float64)
             order = np.argsort(na, kind="stable")  # nearby first documents together
             # pairs per block (on disk): as many as the budget holds the shingles of (a

