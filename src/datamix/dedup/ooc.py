@@ -247,7 +247,7 @@ def _connect(budget: Budget, folder: str):
 
 
 def _candidate_pairs(con, files: list[str], max_bucket: int, pair_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct candidate pairs (sorted, as the in-memory path's np.unique sorts them) from the band
+    """Distinct candidate pairs (sorted, as the in-memory path sorts them) from the band
     keys sorted by DuckDB, streamed: lsh.sorted_bucket_pairs makes each bucket's pairs, and
     they are merged into the distinct set whenever a quarter of `pair_bytes` has piled up (the
     merge holds the distinct set, the pile, their concatenation and its sorted copy)."""
