@@ -173,6 +173,12 @@ def test_exact_jaccard_from_raw_text_equals_the_merge_of_sorted_sets(unit):
     assert np.array_equal(sim(left[:100], right[:100]), expected[:100])
     assert np.array_equal(sim(left, right), expected)
     assert expected[-4:-2].tolist() == [1.0, 0.0] and 0.0 < expected[-2] < 1.0 and expected[-1] == 1.0
+    # texts added a few at a time, in the store's growth and in its spare room, between old ones
+    sim = _PairSimilarity(np.zeros((len(texts), 2), np.uint32), texts, None, cfg.model_copy(update={"verify": "jaccard"}), {})
+    for lo, hi in ((40, 60), (0, 10), (152, 154), (150, 156), (100, 110), (10, 40), (60, 100), (110, 150)):
+        part = (left >= lo) & (left < hi) & (right >= lo) & (right < hi)
+        assert np.array_equal(sim(left[part], right[part]), expected[part])
+    assert np.array_equal(sim(left, right), expected)
 
 
 def _brute_force_pairs(sig, bands, rows):

@@ -387,7 +387,7 @@ class _PairSimilarity:
         involved[b] = True
         self._add_docs(np.flatnonzero(involved))
         ia, ib = np.searchsorted(self._docs, a), np.searchsorted(self._docs, b)
-        kernel = mk.pick(mk.JACCARD_BAGS, len(a) * max(1, len(self._sets) // max(1, len(self._docs))) * 8)
+        kernel = mk.pick(mk.JACCARD_BAGS, len(a) * max(1, self._used // max(1, len(self._docs))) * 8)
         return kernel(self._sets, self._starts, self._ends, ia, ib)
 
     def _add_docs(self, wanted: np.ndarray) -> None:
@@ -402,14 +402,22 @@ class _PairSimilarity:
         hashes, starts, ends = _shingle_bags(self._buffers(), new, self.cfg)
         if self._docs is None:
             self._docs, self._sets, self._starts, self._ends = new, hashes, starts, ends
+            self._used = len(hashes)
             return
-        docs = np.concatenate([self._docs, new])
-        order = np.argsort(docs, kind="stable")
-        shift = len(self._sets)
-        self._docs = docs[order]
-        self._starts = np.concatenate([self._starts, starts + shift])[order]
-        self._ends = np.concatenate([self._ends, ends + shift])[order]
-        self._sets = np.concatenate([self._sets, hashes])
+        # Later calls (the removal records ask about a few texts more) append: the hash store
+        # grows by a quarter when full (geometric, so copies stay linear overall, without
+        # doubling a 0.5 GB store for a few texts) and only the per-text index (24 B a text) is
+        # rebuilt. Concatenating the whole store each time copied ~0.5 GB per call at 1M documents.
+        if self._used + len(hashes) > len(self._sets):
+            grown = np.empty(max(len(self._sets) + len(self._sets) // 4, self._used + len(hashes)), np.uint64)
+            grown[: self._used] = self._sets[: self._used]
+            self._sets = grown
+        self._sets[self._used : self._used + len(hashes)] = hashes
+        at = np.searchsorted(self._docs, new)  # both sorted, distinct: where each new text goes
+        self._docs = np.insert(self._docs, at, new)
+        self._starts = np.insert(self._starts, at, starts + self._used)
+        self._ends = np.insert(self._ends, at, ends + self._used)
+        self._used += len(hashes)
 
     def _buffers(self) -> _Utf8:
         """UTF-8 buffers of texts followed by reference rows (built once)."""
