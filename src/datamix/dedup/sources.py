@@ -136,7 +136,11 @@ class SpilledTexts:
 
         table = pa.table({"text": texts.cast(str).to_arrow()})
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            # Neither compressed nor dictionary-encoded: the file lives only while the step runs
+            # (it takes the texts' own size on disk) and is written once and read once or twice.
+            # zstd with dictionaries cost the 1M-document dedup step 3.2 s of its 9.75 s
+            # (benchmarks/ray_executor.py --dedup; lz4 left 2.4 s of it).
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="none", use_dictionary=False)
         self._writer.write_table(table, row_group_size=self.ROW_GROUP)
 
     def close(self) -> ParquetSource:
