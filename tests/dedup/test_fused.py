@@ -14,7 +14,7 @@ from datamix.dedup.minhash import (
     _shingle_bags,
     _Utf8,
     find_duplicates,
-    permutations,
+    sketch_seeds,
     signatures,
     signatures_from_hashes,
 )
@@ -47,21 +47,53 @@ def _reference_normalise(text):
     return "".join(out)
 
 
-def _reference_signature(text, ngram, a, b):
-    """Words -> word_hash -> n-gram hash -> its high 32 bits x -> min over (a*x + b) mod 2^64 >> 32, in numpy."""
+M64 = 2**64 - 1
+
+
+def _py_mix(x):
+    """murmur3's fmix64 in Python integers."""
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & M64
+    return x ^ (x >> 33)
+
+
+def _py_sketch(shingle_hashes, n_bins, seeds):
+    """One-permutation hashing with optimal densification, written from the description
+    (Shrivastava 2017) in Python integers: the kernels must agree bit for bit."""
+    s0, s1 = int(seeds[0]), int(seeds[1])
+    bins = [0xFFFFFFFF] * n_bins
+    for h in shingle_hashes:
+        x = _py_mix(int(h) ^ s0)
+        k = ((x >> 32) * n_bins) >> 32
+        bins[k] = min(bins[k], x & 0xFFFFFFFF)
+    filled = [v != 0xFFFFFFFF for v in bins]
+    out = list(bins)
+    for j in range(n_bins):
+        attempt = 0
+        while any(filled) and not filled[j]:
+            attempt += 1
+            k = ((_py_mix((s1 + (j << 32) + attempt) & M64) >> 32) * n_bins) >> 32
+            if filled[k]:
+                out[j] = bins[k]
+                break
+    return np.array(out, np.uint32)
+
+
+def _reference_signature(text, ngram, n_bins, seed):
+    """Words -> word_hash -> n-gram hash -> the sketch above."""
     words = _reference_normalise(text).split(" ") if _reference_normalise(text) else []
     if not words:
-        return np.full(len(a), 0xFFFFFFFF, np.uint32)
+        return np.full(n_bins, 0xFFFFFFFF, np.uint32)
     wh = []
     for w in words:
         raw = np.frombuffer(w.encode("utf-8"), np.uint8)
         wh.append(shingle.word_hash(raw, 0, len(raw)))
     wh = np.array(wh, np.uint64)
     width = min(ngram, len(wh))
-    sh = np.array([shingle.ngram_hash(wh, j, width) for j in range(max(len(wh) - ngram + 1, 1))], np.uint64)
-    with np.errstate(over="ignore"):
-        v = a[None, :] * (sh[:, None] >> np.uint64(32)) + b[None, :]
-    return (v.min(axis=0) >> np.uint64(32)).astype(np.uint32)
+    sh = [shingle.ngram_hash(wh, j, width) for j in range(max(len(wh) - ngram + 1, 1))]
+    return _py_sketch(sh, n_bins, sketch_seeds(seed))
 
 
 def test_normalisation_matches_python_lowercase_on_random_unicode():
@@ -75,8 +107,7 @@ def test_fused_signatures_equal_the_reference_on_random_unicode(ngram):
     texts = _random_texts(200, seed=ngram)
     cfg = MinHashConfig(method="minhash", ngram=ngram, num_perm=32)
     fused = signatures(texts, cfg)
-    a, b = permutations(32, cfg.seed)
-    expected = np.stack([_reference_signature(t, ngram, a, b) for t in texts])
+    expected = np.stack([_reference_signature(t, ngram, 32, cfg.seed) for t in texts])
     assert np.array_equal(fused, expected)
     # The unfused path (normalised buffer -> shingle hashes -> signatures) agrees too.
     hashes, offsets = shingle.shingle_hashes(texts, "word", ngram)
@@ -107,8 +138,7 @@ def _ascii_texts(n, seed):
 def test_eight_byte_word_pass_equals_the_per_character_reference(ngram):
     texts = _ascii_texts(300, seed=ngram)
     cfg = MinHashConfig(method="minhash", ngram=ngram, num_perm=16)
-    a, b = permutations(16, cfg.seed)
-    expected = np.stack([_reference_signature(t, ngram, a, b) for t in texts])
+    expected = np.stack([_reference_signature(t, ngram, 16, cfg.seed) for t in texts])
     assert np.array_equal(signatures(texts, cfg), expected)
     # Same texts at every alignment of the buffer (a prefix text shifts all byte offsets).
     for shift in range(1, 8):
@@ -130,8 +160,7 @@ def test_all_ascii_bit_mask_pass_equals_the_per_character_reference():
             parts.append("".join(rng.choice(" .,_\n!") for _ in range(rng.randint(1, 3))))
         texts.append("".join(parts))
     cfg = MinHashConfig(method="minhash", ngram=2, num_perm=16)
-    a, b = permutations(16, cfg.seed)
-    expected = np.stack([_reference_signature(t, 2, a, b) for t in texts])
+    expected = np.stack([_reference_signature(t, 2, 16, cfg.seed) for t in texts])
     for shift in range(0, 8):  # every alignment of the buffer
         assert np.array_equal(signatures(["x" * shift] + texts, cfg)[1:], expected)
 
@@ -238,24 +267,40 @@ def test_threshold_error_message():
 
 
 
-def _formula(docs, a, b):
-    with np.errstate(over="ignore"):
-        return np.array([((a[None, :] * (d[:, None] >> np.uint64(32)) + b[None, :]).min(axis=0) >> np.uint64(32)).astype(np.uint32)
-                         if len(d) else np.full(len(a), 0xFFFFFFFF, np.uint32) for d in docs])
-
-
-def test_signature_kernel_equals_the_64_bit_formula_on_extreme_hashes():
-    # The kernels compute only the high 32 bits, in 32-bit lanes: check them against
-    # (a*x + b) mod 2^64 >> 32, x the high half of each shingle hash, on random and extreme hashes (carries, all-ones words),
-    # documents of every length modulo the 8-shingle block, and an odd number of permutations.
+def test_signature_kernel_equals_the_python_sketch_on_extreme_hashes():
+    # Random and extreme shingle hashes (all-zero and all-one halves), documents of 0 to 300
+    # shingles (from mostly-empty bins, densified, to every bin filled), bin counts that are
+    # and are not powers of two.
     rng = np.random.default_rng(3)
     edge = np.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1, 0xFFFFFFFF00000000], np.uint64)
-    docs = [rng.integers(0, 2**64 - 1, n, dtype=np.uint64) for n in range(21)] + [edge]
+    docs = [rng.integers(0, 2**64 - 1, n, dtype=np.uint64) for n in list(range(21)) + [64, 300]] + [edge]
     offsets = np.cumsum([0] + [len(d) for d in docs]).astype(np.int64)
     hashes = np.concatenate(docs)
-    a, b = permutations(13, 5)
-    a[0], b[0] = np.uint64(2**64 - 1), np.uint64(2**64 - 2)  # the largest odd multiplier and b
+    for n_bins, seed in [(13, 5), (128, 5), (64, 1)]:
+        expected = np.stack([_py_sketch(d, n_bins, sketch_seeds(seed)) for d in docs])
+        np.testing.assert_array_equal(signatures_from_hashes(hashes, offsets, n_bins, seed), expected)
     out = np.empty((len(docs), 13), np.uint32)
-    kernels.signature_kernel(hashes, offsets, a, b, out)
-    np.testing.assert_array_equal(out, _formula(docs, a, b))
-    np.testing.assert_array_equal(signatures_from_hashes(hashes, offsets, 128, 5), _formula(docs, *permutations(128, 5)))
+    kernels.signature_kernel(hashes, offsets, sketch_seeds(5), out)
+    np.testing.assert_array_equal(out, np.stack([_py_sketch(d, 13, sketch_seeds(5)) for d in docs]))
+
+
+def test_sketch_agreement_is_an_unbiased_jaccard_estimate_for_small_and_large_sets():
+    """The fraction of agreeing bins estimates J without bias whether the sets are much
+    smaller than the bin count (most bins copied from others) or larger, and its spread
+    stays near k-permutation MinHash's (densification that copied copies, or probe sequences
+    that differ between documents, would bias the small sets' estimate)."""
+    rng = np.random.default_rng(7)
+    for size in (20, 1000):
+        for j_true in (0.5, 0.7, 0.9):
+            shared = int(round(2 * size * j_true / (1 + j_true)))  # |A & B| for |A| = |B| = size
+            docs = []
+            for _ in range(400):
+                pool = rng.integers(0, 2**64 - 1, 2 * size - shared, dtype=np.uint64)
+                docs += [pool[:size], pool[size - shared:]]
+            offsets = np.cumsum([0] + [len(d) for d in docs]).astype(np.int64)
+            sig = signatures_from_hashes(np.concatenate(docs), offsets, 128, 3)
+            est = (sig[0::2] == sig[1::2]).mean(axis=1)
+            exact = shared / (2 * size - shared)
+            assert abs(est.mean() - exact) < 0.015, (size, j_true, est.mean(), exact)
+            minhash_std = np.sqrt(exact * (1 - exact) / 128)
+            assert est.std() < 2.0 * minhash_std, (size, j_true, est.std(), minhash_std)

@@ -2,31 +2,32 @@
 the method configs (`MinHashConfig`, `SemanticConfig`) load without numba: every
 `datamix` command builds the step registry, which imports them.
 
-Signature of a document = for each of `num_perm` hash functions
-h_k(x) = (a_k * x + b_k) mod 2^64 >> 32 (a_k odd; Dietzfelbinger's multiply-add-shift,
-strongly universal for 32-bit keys), the minimum over the document's shingles, each keyed
-by the high 32 bits of its 64-bit hash (`_key`). Only the high 32 bits of the sum are
-computed (`_hi32`): one 32x32->64 product carries into them and the cross product a_hi * x
-only matters mod 2^32, so the minima run in 32-bit lanes (8 per AVX2 register) instead of
-emulated 64-bit multiplies (CPUs without AVX-512 have no 64-bit vector multiply). A 64-bit
-key cost a second cross product per lane: 1.32x the signing time (HASH_VERSION 3).
-Exact Jaccard still compares the full 64-bit shingle hashes.
+Signature of a document: one-permutation hashing with optimal densification (Li, Owen &
+Zhang 2012; Shrivastava 2017). Each shingle's 64-bit hash is remixed with the seed
+(murmur3's fmix64, `_mix`); its high 32 bits pick one of `num_perm` bins (multiply-high,
+any bin count), its low 32 bits are its value, and a bin keeps the minimum value that
+lands in it. A bin no shingle landed in takes the value of the first non-empty bin along
+its own probe sequence (a hash of the bin index and the attempt, the same for every
+document): for two documents the chance that bin k agrees is exactly their Jaccard
+similarity, as with `num_perm` independent permutations. With more shingles than bins
+few bins are empty and the estimate's variance is at most k-permutation MinHash's (the
+bins sample the union without replacement); with fewer, copied bins raise it (the
+accuracy section of benchmarks/dedup.py measures recall and precision on real text).
+The cost is one hash per shingle plus one probe walk per empty bin, where k-permutation
+MinHash costs `num_perm` hashes per shingle (HASH_VERSION 4: ~38 ms of the 5,635
+alpaca_eval answers' 70 ms; benchmarks/dedup.py). Exact Jaccard still compares the full
+64-bit shingle hashes.
 
 For word shingles one fused kernel goes from raw UTF-8 bytes to signatures, one
-document at a time (16 per parallel iteration): the word pass (`shingle.word_hashes`: lowercase,
-fold, split and hash; bit masks + count-trailing-zeros for ASCII), then n-gram hashes, then
-the `num_perm` minima, 8 shingles per pass over the functions so each a_k, b_k and
-running minimum is loaded once per 8 shingles (the innermost loop over k is what
-LLVM vectorises).
+document at a time (16 per parallel iteration): the word pass (`shingle.word_hashes`:
+lowercase, fold, split and hash; bit masks + count-trailing-zeros for ASCII), then n-gram
+hashes, then the bins.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
-from numba.core import types
-from numba.core.extending import intrinsic
 
 from datamix.dedup import shingle
 from datamix.dedup.hashing import ngram_hashes
@@ -67,98 +68,65 @@ def connected_components(n, left, right):
 
 # ---------------------------------------------------------------- signatures
 
-_BLOCK = 8  # shingles per pass over the hash functions
+_EMPTY = np.uint32(0xFFFFFFFF)  # a bin no shingle landed in (and an empty document's signature)
 _LOW32 = np.uint64(0xFFFFFFFF)
-
-
-@intrinsic
-def _hi32(typingctx, a_lo, a_hi, b, x):
-    """(a * x + b) mod 2^64 >> 32 for a = a_hi:a_lo (uint32 halves), b uint64, x a uint32 key.
-
-    a * x = a_lo * x + 2^32 a_hi * x, so the high word is the high word of a_lo * x + b (one
-    32x32->64 product: its carry) plus a_hi * x mod 2^32. Written as LLVM IR because numba
-    widens uint32 arithmetic to 64 bits: here the cross product stays a 32-bit multiply
-    (vpmulld, 8 lanes) and the result a uint32 whose minimum is vpminud. Same values as the
-    64-bit formula (tested)."""
-    if not (a_lo == types.uint32 and a_hi == types.uint32 and b == types.uint64 and x == types.uint32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        a_lo, a_hi, b, x = args
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        low = builder.add(builder.mul(builder.zext(a_lo, i64), builder.zext(x, i64)), b)
-        carry = builder.trunc(builder.lshr(low, ir.Constant(i64, 32)), i32)
-        return builder.add(carry, builder.mul(a_hi, x))
-
-    return types.uint32(types.uint32, types.uint32, types.uint64, types.uint32), codegen
+_32 = np.uint64(32)
 
 
 @njit(cache=True, inline="always")
-def _key(h):
-    """A shingle's 32-bit key for the signatures: the high half of its 64-bit hash."""
-    return np.uint32(h >> np.uint64(32))
+def _mix(x):
+    """murmur3's 64-bit finaliser: every input bit flips each output bit with probability ~1/2."""
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
 
 
 @njit(cache=True, inline="always")
-def _split(a):
-    """The uint32 halves (low, high) of the 64-bit multipliers."""
-    a_lo = np.empty(a.shape[0], np.uint32)
-    a_hi = np.empty(a.shape[0], np.uint32)
-    for k in range(a.shape[0]):
-        a_lo[k] = np.uint32(a[k] & _LOW32)
-        a_hi[k] = np.uint32(a[k] >> np.uint64(32))
-    return a_lo, a_hi
+def _bin(x, n_bins):
+    """The bin of a mixed hash: its high 32 bits scaled to [0, n_bins) (multiply-high)."""
+    return np.int64(((x >> _32) * n_bins) >> _32)
 
 
 @njit(cache=True, inline="always")
-def _sign_block(acc, x, a_lo, a_hi, b):
-    """acc[k] = min(acc[k], h_k(x_j)) over the _BLOCK shingle hashes in x."""
-    x0, x1, x2, x3 = _key(x[0]), _key(x[1]), _key(x[2]), _key(x[3])
-    x4, x5, x6, x7 = _key(x[4]), _key(x[5]), _key(x[6]), _key(x[7])
-    for k in range(a_lo.shape[0]):
-        al, ah, bk = a_lo[k], a_hi[k], b[k]
-        m0 = min(min(_hi32(al, ah, bk, x0), _hi32(al, ah, bk, x1)), min(_hi32(al, ah, bk, x2), _hi32(al, ah, bk, x3)))
-        m1 = min(min(_hi32(al, ah, bk, x4), _hi32(al, ah, bk, x5)), min(_hi32(al, ah, bk, x6), _hi32(al, ah, bk, x7)))
-        acc[k] = min(acc[k], min(m0, m1))
-
-
-@njit(cache=True, inline="always")
-def _sign_one(acc, h, a_lo, a_hi, b):
-    x = _key(h)
-    for k in range(a_lo.shape[0]):
-        acc[k] = min(acc[k], _hi32(a_lo[k], a_hi[k], b[k], x))
-
-
-@njit(cache=True, inline="always")
-def _new_acc(n):
-    # A document without shingles keeps all ones -> EMPTY.
-    return np.full(n, np.uint32(0xFFFFFFFF))
-
-
-@njit(cache=True, inline="always")
-def _store_signature(acc, out, d):
+def _sign_hashes(acc, filled, hashes, start, end, seeds):
+    """acc = the densified one-permutation signature of shingle hashes[start:end];
+    acc arrives all _EMPTY; filled: scratch of acc's size."""
+    n_bins = np.uint64(acc.shape[0])
+    for i in range(start, end):
+        x = _mix(hashes[i] ^ seeds[0])
+        k = _bin(x, n_bins)
+        v = np.uint32(x & _LOW32)
+        if v < acc[k]:
+            acc[k] = v
+    n_filled = 0
     for k in range(acc.shape[0]):
-        out[d, k] = acc[k]
-
-
-@njit(cache=True, inline="always")
-def _sign_hashes(acc, hashes, start, end, a_lo, a_hi, b):
-    i = start
-    while i + _BLOCK <= end:
-        _sign_block(acc, hashes[i : i + _BLOCK], a_lo, a_hi, b)
-        i += _BLOCK
-    while i < end:
-        _sign_one(acc, hashes[i], a_lo, a_hi, b)
-        i += 1
+        filled[k] = acc[k] != _EMPTY
+        n_filled += filled[k]
+    if n_filled == 0 or n_filled == acc.shape[0]:
+        return
+    # Optimal densification: an empty bin j copies the first bin that was filled by a shingle
+    # along j's probe sequence (never a bin that was itself filled by copying).
+    for j in range(acc.shape[0]):
+        if not filled[j]:
+            attempt = np.uint64(0)
+            while True:
+                attempt += np.uint64(1)
+                k = _bin(_mix(seeds[1] + (np.uint64(j) << _32) + attempt), n_bins)
+                if filled[k]:
+                    acc[j] = acc[k]
+                    break
 
 
 @njit(cache=True, parallel=True)
-def signature_kernel(hashes, offsets, a, b, out):
-    a_lo, a_hi = _split(a)
+def signature_kernel(hashes, offsets, seeds, out):
     for d in prange(offsets.shape[0] - 1):
-        acc = _new_acc(a.shape[0])
-        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], a_lo, a_hi, b)
-        _store_signature(acc, out, d)
+        acc = np.full(out.shape[1], _EMPTY)
+        filled = np.empty(out.shape[1], np.bool_)
+        _sign_hashes(acc, filled, hashes, offsets[d], offsets[d + 1], seeds)
+        out[d, :] = acc
 
 
 # Documents per parallel iteration: each iteration allocates its scratch arrays once,
@@ -175,11 +143,10 @@ def _longest(offsets, rows, q0, q1):
     return longest
 
 
-def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
-    """Raw UTF-8 texts -> word n-gram MinHash signatures (same result as the unfused path)."""
+def _fused_word_kernel(data, offsets, lower, ngram, seeds, out):
+    """Raw UTF-8 texts -> word n-gram signatures (same result as the unfused path)."""
     n = offsets.shape[0] - 1
     no_rows = np.empty(0, np.int64)
-    a_lo, a_hi = _split(a)
     for g in prange((n + _GROUP - 1) // _GROUP):
         d0, d1 = g * _GROUP, min(g * _GROUP + _GROUP, n)
         longest = _longest(offsets, no_rows, d0, d1)
@@ -187,18 +154,18 @@ def _fused_word_kernel(data, offsets, lower, ngram, a, b, out):
         words = np.empty((longest + 1) // 2 + 1, np.uint64)
         shingles = np.empty_like(words)
         wmask, lowered = word_pass_scratch(longest)
-        acc = np.empty(a.shape[0], np.uint32)
+        acc = np.empty(out.shape[1], np.uint32)
+        filled = np.empty(out.shape[1], np.bool_)
         for d in range(d0, d1):
             n_words = word_hashes_into(data, offsets[d], offsets[d + 1], lower, words, wmask, lowered)
-            acc[:] = np.uint32(0xFFFFFFFF)
+            acc[:] = _EMPTY
             if n_words > 0:
                 # A document shorter than one n-gram still gets one shingle (itself).
                 n_shingles = max(n_words - ngram + 1, 1)
                 width = min(ngram, n_words)
-                # All n-gram hashes first (vectorised loops), then the signature pass.
                 ngram_hashes(words, n_shingles, width, shingles)
-                _sign_hashes(acc, shingles, 0, n_shingles, a_lo, a_hi, b)
-            _store_signature(acc, out, d)
+                _sign_hashes(acc, filled, shingles, 0, n_shingles, seeds)
+            out[d, :] = acc
 
 
 def _fused_word_bags(data, offsets, rows, lower, ngram, slot_starts, out, counts):

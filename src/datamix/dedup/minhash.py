@@ -28,6 +28,8 @@ class MinHashConfig(BaseModel):
     method: Literal["minhash"]
     unit: Literal["word", "char"] = "word"
     ngram: int = Field(default=5, ge=1, le=64)
+    # signature length: the bins of the one-permutation sketch (datamix.dedup.kernels),
+    # named as datasketch names its permutations, which it stands for
     num_perm: int = Field(default=128, ge=2, le=4096)
     threshold: float = Field(default=0.8, description="Jaccard similarity, strictly between 0 and 1")
     bands: int | None = Field(default=None, ge=1)
@@ -130,20 +132,19 @@ def _optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float, fn_we
 # ---------------------------------------------------------------- signatures
 
 
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    b = rng.integers(0, 2**63, num_perm, dtype=np.uint64) * np.uint64(2)
-    return a, b
+def sketch_seeds(seed: int) -> np.ndarray:
+    """The two 64-bit seeds of the signature kernels (datamix.dedup.kernels): one remixes
+    the shingle hashes into bins and values, one drives the densification probes."""
+    return np.random.default_rng(seed).integers(0, 2**64 - 1, 2, dtype=np.uint64, endpoint=True)
 
 
 def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
     """(n_docs, num_perm) uint32 signatures from flat shingle hashes + offsets."""
     from datamix.dedup.kernels import signature_kernel
 
-    a, b = permutations(num_perm, seed)
     out = np.empty((len(offsets) - 1, num_perm), np.uint32)
-    signature_kernel(np.ascontiguousarray(hashes, np.uint64), np.ascontiguousarray(offsets, np.int64), a, b, out)
+    signature_kernel(np.ascontiguousarray(hashes, np.uint64), np.ascontiguousarray(offsets, np.int64),
+                     sketch_seeds(seed), out)
     return out
 
 
@@ -157,11 +158,11 @@ def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashC
         norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
         return signatures_from_hashes(hashes, shingle_offsets, cfg.num_perm, cfg.seed)
-    a, b = permutations(cfg.num_perm, cfg.seed)
     out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
     offsets = np.ascontiguousarray(offsets, np.int64)
-    kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]) * cfg.num_perm // 32)
-    kernel(data, offsets, shingle.lower_table(), cfg.ngram, a, b, out)
+    # the work is the word pass, ~linear in bytes (one hash per shingle, not num_perm of them)
+    kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]))
+    kernel(data, offsets, shingle.lower_table(), cfg.ngram, sketch_seeds(cfg.seed), out)
     return out
 
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # v2: in-kernel Unicode lowercase (final sigma folded), packed word hash.
 # v3: little-endian packing of the word hash (SWAR word pass).
 # v4: signatures keyed by the high 32 bits of each shingle hash (kernels._key).
-HASH_VERSION = "4"
+# v5: one-permutation hashing with optimal densification (kernels._sign_hashes).
+HASH_VERSION = "5"
 
 # the words and hashes of text.py and hashing.py, also reached as shingle.<name> by the MinHash
 # kernels and tests
