@@ -91,42 +91,63 @@ def _bin(x, n_bins):
 
 
 @njit(cache=True, inline="always")
-def _sign_hashes(acc, filled, hashes, start, end, seeds):
-    """acc = the densified one-permutation signature of shingle hashes[start:end];
-    acc arrives all _EMPTY; filled: scratch of acc's size."""
+def _probe(seeds, j, attempt, n_bins):
+    """The bin an empty bin j looks at on its attempt-th try (the same for every document)."""
+    return _bin(_mix(seeds[1] + (np.uint64(j) << _32) + np.uint64(attempt)), n_bins)
+
+
+@njit(cache=True)
+def first_probes(seeds, n_bins):
+    """Each bin's first probe, computed once per kernel call rather than once per document."""
+    out = np.empty(n_bins, np.int64)
+    for j in range(n_bins):
+        out[j] = _probe(seeds, j, 1, np.uint64(n_bins))
+    return out
+
+
+@njit(cache=True, inline="always")
+def _sign_hashes(acc, hashes, start, end, seeds, first, row):
+    """row = the densified one-permutation signature of shingle hashes[start:end]
+    (acc: scratch of row's size; first: `first_probes`)."""
     n_bins = np.uint64(acc.shape[0])
+    acc[:] = _EMPTY
     for i in range(start, end):
         x = _mix(hashes[i] ^ seeds[0])
         k = _bin(x, n_bins)
-        v = np.uint32(x & _LOW32)
-        if v < acc[k]:
-            acc[k] = v
+        acc[k] = min(acc[k], np.uint32(x & _LOW32))  # no branch: whether it is smaller is a coin toss
+    # Optimal densification: an empty bin j takes the first bin along j's probe sequence that a
+    # shingle filled (never one that was itself filled by copying). The first probe resolves most
+    # empty bins, as a select without branches; the rest walk on.
+    unresolved = 0
+    for j in range(acc.shape[0]):
+        v = acc[j]
+        v = acc[first[j]] if v == _EMPTY else v
+        row[j] = v
+        unresolved += v == _EMPTY
+    if unresolved == 0 or end == start:
+        return
     n_filled = 0
     for k in range(acc.shape[0]):
-        filled[k] = acc[k] != _EMPTY
-        n_filled += filled[k]
-    if n_filled == 0 or n_filled == acc.shape[0]:
+        n_filled += acc[k] != _EMPTY
+    if n_filled == 0:  # every shingle's value was 2^32 - 1 (as likely as 2^-32 per shingle)
         return
-    # Optimal densification: an empty bin j copies the first bin that was filled by a shingle
-    # along j's probe sequence (never a bin that was itself filled by copying).
     for j in range(acc.shape[0]):
-        if not filled[j]:
-            attempt = np.uint64(0)
+        if row[j] == _EMPTY:
+            attempt = 1
             while True:
-                attempt += np.uint64(1)
-                k = _bin(_mix(seeds[1] + (np.uint64(j) << _32) + attempt), n_bins)
-                if filled[k]:
-                    acc[j] = acc[k]
+                attempt += 1
+                k = _probe(seeds, j, attempt, n_bins)
+                if acc[k] != _EMPTY:
+                    row[j] = acc[k]
                     break
 
 
 @njit(cache=True, parallel=True)
 def signature_kernel(hashes, offsets, seeds, out):
+    first = first_probes(seeds, out.shape[1])
     for d in prange(offsets.shape[0] - 1):
-        acc = np.full(out.shape[1], _EMPTY)
-        filled = np.empty(out.shape[1], np.bool_)
-        _sign_hashes(acc, filled, hashes, offsets[d], offsets[d + 1], seeds)
-        out[d, :] = acc
+        acc = np.empty(out.shape[1], np.uint32)
+        _sign_hashes(acc, hashes, offsets[d], offsets[d + 1], seeds, first, out[d])
 
 
 # Documents per parallel iteration: each iteration allocates its scratch arrays once,
@@ -147,6 +168,7 @@ def _fused_word_kernel(data, offsets, lower, ngram, seeds, out):
     """Raw UTF-8 texts -> word n-gram signatures (same result as the unfused path)."""
     n = offsets.shape[0] - 1
     no_rows = np.empty(0, np.int64)
+    first = first_probes(seeds, out.shape[1])
     for g in prange((n + _GROUP - 1) // _GROUP):
         d0, d1 = g * _GROUP, min(g * _GROUP + _GROUP, n)
         longest = _longest(offsets, no_rows, d0, d1)
@@ -155,17 +177,13 @@ def _fused_word_kernel(data, offsets, lower, ngram, seeds, out):
         shingles = np.empty_like(words)
         wmask, lowered = word_pass_scratch(longest)
         acc = np.empty(out.shape[1], np.uint32)
-        filled = np.empty(out.shape[1], np.bool_)
         for d in range(d0, d1):
             n_words = word_hashes_into(data, offsets[d], offsets[d + 1], lower, words, wmask, lowered)
-            acc[:] = _EMPTY
-            if n_words > 0:
-                # A document shorter than one n-gram still gets one shingle (itself).
-                n_shingles = max(n_words - ngram + 1, 1)
-                width = min(ngram, n_words)
-                ngram_hashes(words, n_shingles, width, shingles)
-                _sign_hashes(acc, filled, shingles, 0, n_shingles, seeds)
-            out[d, :] = acc
+            # A document shorter than one n-gram still gets one shingle (itself); one without
+            # words none (all bins _EMPTY).
+            n_shingles = max(n_words - ngram + 1, 1) if n_words > 0 else 0
+            ngram_hashes(words, n_shingles, min(ngram, n_words), shingles)
+            _sign_hashes(acc, shingles, 0, n_shingles, seeds, first, out[d])
 
 
 def _fused_word_bags(data, offsets, rows, lower, ngram, slot_starts, out, counts):
