@@ -70,3 +70,80 @@ def test_a_run_with_a_minhash_step_removes_the_same_rows_as_before(tmp_path):
     removed = query(store_of(pipeline), "SELECT s.origin_line, d.reason FROM dm.decisions d "
                     "JOIN src s USING (sample_id) WHERE d.step = 'near' AND NOT d.kept")
     assert removed == [(2, "near_duplicate")]
+
+
+NO_SCIPY_LINALG = """
+import sys
+from tests.dedup.test_warm import dedup_step
+from datamix.dedup.warm import start_for
+start_for([dedup_step('near', 'minhash')], lambda s: True).wait()
+import numba.np.arraymath
+print(numba.np.arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules, len(sys.meta_path))
+"""
+
+
+def test_the_warm_up_does_not_import_scipy_linalg():
+    """numba's BLAS question at its registries' import imported scipy.linalg (~0.15 s of every run
+    with a MinHash step); the warm-up answers it without, and leaves no finder behind."""
+    base = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.meta_path))"], capture_output=True,
+                          text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", NO_SCIPY_LINALG], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", base.stdout.strip()]
+
+
+REFUSED_IN_ONE_THREAD = """
+import sys, threading
+from datamix.dedup.warm import _RefusedInThread
+refuse = _RefusedInThread("json")
+sys.modules.pop("json", None)
+sys.meta_path.insert(0, refuse)
+try:
+    import json
+    print("imported")
+except ModuleNotFoundError as e:
+    print("refused", e.name)
+other = []
+thread = threading.Thread(target=lambda: other.append(__import__("json").dumps([1])))
+thread.start(); thread.join()
+print("other thread", other)
+sys.meta_path.remove(refuse)
+sys.modules.pop("json", None)
+import json
+print("after", json.dumps([2]))
+"""
+
+
+def test_the_module_is_refused_to_the_warming_thread_only():
+    """While the warm-up hides scipy.linalg from numba, a step running in the main thread (one
+    that imports scikit-learn, say) still imports it; and once the finder is gone, so does the
+    warming thread."""
+    out = subprocess.run([sys.executable, "-c", REFUSED_IN_ONE_THREAD], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["refused json", "other thread ['[1]']", "after [2]"]
+
+
+BLAS_STILL_THERE = """
+import numpy as np
+from numba import njit
+from datamix.dedup.warm import import_numba_registries
+import_numba_registries()
+
+@njit
+def dot(a, b):
+    return np.dot(a, b)
+
+print(dot(np.arange(3.0), np.arange(3.0)))
+"""
+
+
+def test_numba_linear_algebra_still_finds_scipy_after_the_warm_up():
+    """np.dot in numba asks for scipy's BLAS again when it compiles, and gets it."""
+    out = subprocess.run([sys.executable, "-c", BLAS_STILL_THERE], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "5.0"
+
+
+def test_nothing_is_refused_where_scipy_linalg_is_already_imported():
+    probe = ("import sys, scipy.linalg\nfrom datamix.dedup.warm import import_numba_registries\n"
+             "import_numba_registries()\nimport numba.np.arraymath\nprint(numba.np.arraymath._HAVE_BLAS)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

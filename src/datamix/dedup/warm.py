@@ -9,6 +9,7 @@ character shingles, every verification mode, and a reference set (decontaminatio
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -47,6 +48,7 @@ class Warming:
     @staticmethod
     def _load(configs: list) -> None:
         try:
+            import_numba_registries()
             import numpy as np
 
             from datamix.dedup.minhash import find_duplicates
@@ -63,6 +65,42 @@ class Warming:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+
+
+class _RefusedInThread:
+    """A meta path finder that makes `name` (and its submodules) unimportable from one thread
+    only: the others, and this one once the finder is removed, import it as usual."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.thread = name, threading.get_ident()
+
+    def find_spec(self, fullname, path=None, target=None):
+        if threading.get_ident() == self.thread and (fullname == self.name or fullname.startswith(self.name + ".")):
+            raise ModuleNotFoundError(f"{fullname} is not imported while numba loads its registries", name=fullname)
+        return None  # not ours: the next finder looks
+
+
+def import_numba_registries() -> None:
+    """Import numba's array-math lowering (which numba's first compile or cache load imports
+    anyway) without importing scipy.linalg, ~0.15 s of every run's ~0.5 s numba start.
+
+    numba.np.arraymath asks at import whether a BLAS is there (`_HAVE_BLAS`, by importing
+    scipy.linalg.cython_blas), and scipy.linalg's package import is the cost (its array-API
+    layer touches every numpy attribute, importing numpy.f2py, numpy.testing, numpy.polynomial, ...). The answer
+    only picks how numba-compiled np.correlate / np.convolve take inner products of floats;
+    no datamix kernel calls them. np.dot and numba's other linear algebra ask again when they
+    compile (numba.np.linalg.ensure_blas), after this, and find scipy as usual. scipy.linalg is
+    refused to this thread only, for this one import, so another thread importing it meanwhile
+    (a step running before the dedup step) is not affected; where scipy.linalg is already
+    imported the question costs nothing and nothing is refused."""
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    refuse = _RefusedInThread("scipy.linalg")
+    sys.meta_path.insert(0, refuse)
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        sys.meta_path.remove(refuse)
 
 
 def start_for(steps, will_run) -> Warming:
