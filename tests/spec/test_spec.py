@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -543,3 +545,43 @@ def test_a_bad_option_does_not_hide_the_files_of_the_same_step(tmp_path):
     assert "(name: d).threshold: must be between 0 and 1" in problems[2]
     assert "(name: d).reference: bench/none.jsonl does not exist" in problems[3]
     assert "(name: ex).format:" in problems[4] and "(name: tr).options: train option lr" in problems[5]
+
+
+LOADED_KINDS = """
+import sys
+from datamix.spec import load
+pipeline = load(sys.argv[1])
+print(" ".join(s.kind for s in pipeline.steps))
+print(" ".join(sorted(m.rpartition(".")[2] for m in sys.modules if m.startswith("datamix.steps.") and m != "datamix.steps.base")))
+"""
+
+
+def test_a_pipeline_imports_the_step_modules_of_its_own_kinds_only(tmp_path):
+    """In a fresh process: a load -> dedup pipeline imports steps/load.py and steps/dedup.py, not
+    export, evaluate, train, ... (their imports were ~55 ms of every run); the kind given by a var
+    is the one loaded."""
+    write_jsonl(tmp_path / "a.jsonl", [chat("q?", "a")])
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""\
+        name: lazy
+        vars: {how: dedup}
+        steps:
+          - {name: src, kind: load, path: a.jsonl}
+          - {name: d, kind: "${how}", input: src, method: exact}
+    """))
+    out = subprocess.run([sys.executable, "-c", LOADED_KINDS, str(tmp_path / "p.yaml")], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    kinds, modules = out.stdout.splitlines()
+    assert kinds == "load dedup"
+    assert modules == "dedup load"
+
+
+def test_an_unknown_kind_still_lists_every_kind(tmp_path):
+    """The kinds a pipeline does not use are not imported, yet the message names them all."""
+    result, problems = validate(tmp_path, HEAD + "  - {name: x, kind: exprot, input: src}\n")
+    assert result.exit_code == 2
+    assert problems[0].startswith("p.yaml:6: steps[1] (name: x).kind: unknown kind 'exprot'; known kinds: ")
+    known = problems[0].split("known kinds: ")[1].split(", ")
+    assert {"dedup", "evaluate", "export", "filter", "generate", "judge", "load", "map", "mix", "reconstruct",
+            "report", "select", "train"} <= set(known)
+    assert known == sorted(known) and "base" not in known

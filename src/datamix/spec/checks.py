@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from datamix.llm import batch_problem
 from datamix.models import ModelSpec
 from datamix.spec.pipeline import Pipeline, _model_refs
 from datamix.steps.base import StepConfig
@@ -474,7 +473,10 @@ def _check_models(models: dict[str, Any], parsed: list[tuple[int, StepConfig]], 
                     f"{at(('steps', i, field))}steps[{i}] (name: {s.name}).{field}: no model named {name!r} under "
                     f"`models:` ({known})"
                 )
-            elif problem := batch_problem(models.get(name), name, getattr(s, "batch", None)):
+                continue
+            from datamix.llm import batch_problem  # here: a pipeline that calls no model never loads the LLM layer
+
+            if problem := batch_problem(models.get(name), name, getattr(s, "batch", None)):
                 problems.append(f"{at(('steps', i, 'batch'))}steps[{i}] (name: {s.name}).batch: {problem}")
     return problems
 

@@ -13,6 +13,7 @@ from datamix.spec.checks import (_check_columns, _check_files, _check_graph, _ch
                                   _friendly, _graph_entries, _step_output_dirs, _without, _yaml_loc)
 from datamix.spec.pipeline import Pipeline, SpecError
 from datamix.spec.source import _VAR, _apply_override, _interpolate, _line_map, _parse_value, _read_yaml
+from datamix.steps import kind_names, load_registry
 from datamix.steps.base import REGISTRY, StepConfig
 
 
@@ -44,9 +45,6 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
 
     `store` (--store, from the current folder) replaces the YAML's `store:` before validation, so
     what lives beside the store (step outputs, models declared `from_step:`) is looked for there."""
-    from datamix.steps import load_registry
-
-    load_registry()
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -97,6 +95,8 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.append(f"{at(('steps',))}steps: a pipeline needs a non-empty list of steps")
         raw_steps = []
+    # only the kinds this pipeline names: every other kind's module is import time the run never uses
+    load_registry(s.get("kind") for s in raw_steps if isinstance(s, dict))
 
     steps: list[StepConfig] = []
     parsed: list[tuple[int, StepConfig]] = []  # (YAML index, step) of the steps that parsed
@@ -108,7 +108,7 @@ def load(path: str, overrides: list[str] | None = None, check_files: bool = True
             continue
         kind = s.get("kind")
         if kind not in REGISTRY:
-            known = ", ".join(sorted(REGISTRY))
+            known = ", ".join(kind_names())
             problems.append(f"{at(('steps', i, 'kind'))}{label}.kind: unknown kind {kind!r}; known kinds: {known}")
             continue
         try:
