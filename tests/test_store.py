@@ -575,3 +575,20 @@ def test_loaded_text_is_stored_zstd_compressed(tmp_path):
     # the texts read back intact
     assert query(store, "SELECT messages[-1].content FROM src ORDER BY messages[1].content LIMIT 1")[0][0] == \
         rows[0]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("file_name", ["pipeline.duckdb", "memory.duckdb", "it's \"odd\".duckdb"])
+def test_the_store_writes_row_groups_of_its_own_size_under_any_file_name(tmp_path, file_name):
+    """Writers attach the file with datamix's row-group size (an insert smaller than DuckDB's
+    default 122,880 rows would go through the WAL and be compressed twice); the catalog's
+    name comes from the file name, or `store` where that name is DuckDB's own."""
+    from datamix.store import ROW_GROUP_SIZE, Store
+
+    store = Store(str(tmp_path / file_name))
+    n = 70_000  # one row group at DuckDB's default size
+    store.con.execute("CREATE TABLE t AS SELECT range AS i, 'text ' || range AS s FROM range(?)", [n])
+    store.con.execute("CHECKPOINT")
+    store.close()
+    groups = query(tmp_path / file_name, "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')")
+    assert groups == [(-(-n // ROW_GROUP_SIZE),)] and ROW_GROUP_SIZE < n
+    assert query(tmp_path / file_name, "SELECT count(*), sum(i) FROM t") == [(n, sum(range(n)))]

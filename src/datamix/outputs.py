@@ -124,7 +124,7 @@ class StoreInput(InputTable):
         if scan is None:
             yield from super().stream(size, columns)
             return
-        cursor = self._store.con.cursor()
+        cursor = self._store.cursor()
         try:
             offset = 0
             for batch in cursor.sql(f"SELECT {columns or '*'} {scan[0]}", params=scan[1]).to_arrow_reader(size):

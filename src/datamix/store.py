@@ -142,7 +142,9 @@ def connect(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     OPENED.append(path)
     try:
-        return duckdb.connect(path, read_only=read_only)
+        if read_only:
+            return duckdb.connect(path, read_only=True)
+        return _attach(duckdb, path)
     except duckdb.Error as e:
         problem = explain(e, path)
         if problem and problem[1] == 2:
@@ -164,6 +166,31 @@ def connect(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
                 "Wait for it to finish, stop it, or pass --store to use another file."
             ) from None
         raise StoreError(f"cannot open the store {path}: {e}") from None
+
+
+# Rows per row group of the tables a run writes (DuckDB's default: 122,880). DuckDB writes
+# and compresses whole row groups as an insert fills them; an insert of fewer rows than one
+# goes through the write-ahead log and is compressed again by the next checkpoint. A load of
+# 100k texts of 200 words (136 MB) committed and checkpointed in 1.32 s at the default, in
+# 0.87 s at 32,768 (no WAL), the same file size.
+ROW_GROUP_SIZE = 32_768
+
+
+def _attach(duckdb, path: str):
+    """A read-write connection to the store file: the file attached with the run's row-group
+    size (an ATTACH option only, not kept in the file) and made the default catalog, under the
+    name `duckdb.connect(path)` would give it."""
+    con = duckdb.connect()
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name.lower() in ("", "memory", "main", "temp", "system"):  # taken or reserved catalog names
+        name = "store"
+    try:
+        con.execute(f"ATTACH ? AS {quote(name)} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})", [path])
+        con.execute(f"USE {quote(name)}")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 class Store:
@@ -191,6 +218,15 @@ class Store:
             self.con.execute("SET memory_limit = ?", [f"{max(limit // 4, 64 * 2**20) // 2**20}MB"])
         if temp_directory:
             self.con.execute("SET temp_directory = ?", [temp_directory])
+
+    def cursor(self):
+        """A second connection to the store, for reading while the runner commits on `con`.
+        A DuckDB cursor starts in the instance's default catalog (in-memory, for a writer that
+        attached the file: `_attach`), so it is pointed at the store's."""
+        cursor = self.con.cursor()
+        catalog = self.con.execute("SELECT current_database()").fetchone()[0]
+        cursor.execute(f"USE {quote(catalog)}")
+        return cursor
 
     def close(self) -> None:
         self.con.close()
