@@ -592,3 +592,23 @@ def test_the_store_writes_row_groups_of_its_own_size_under_any_file_name(tmp_pat
     groups = query(tmp_path / file_name, "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')")
     assert groups == [(-(-n // ROW_GROUP_SIZE),)] and ROW_GROUP_SIZE < n
     assert query(tmp_path / file_name, "SELECT count(*), sum(i) FROM t") == [(n, sum(range(n)))]
+
+
+def test_chunk_rows_reach_duckdb_in_batches_of_one_row_group():
+    import pyarrow as pa
+
+    from datamix.store import ROW_GROUP_SIZE, _row_group_batches
+
+    n = ROW_GROUP_SIZE * 2 + 100
+    values = list(range(n))
+    uneven = pa.Table.from_batches([pa.record_batch({"i": values[a:b]})
+                                    for a, b in [(0, 7), (7, ROW_GROUP_SIZE + 3), (ROW_GROUP_SIZE + 3, n)]])
+    out = _row_group_batches(uneven)
+    assert [b.num_rows for b in out.to_batches()] == [ROW_GROUP_SIZE, ROW_GROUP_SIZE, 100]
+    assert out.column("i").to_pylist() == values
+    small = pa.table({"i": [1, 2, 3]})
+    assert _row_group_batches(small) is small
+    aligned = pa.Table.from_batches(out.to_batches())
+    assert _row_group_batches(aligned) is aligned
+    one = pa.table({"i": values})
+    assert [b.num_rows for b in _row_group_batches(one).to_batches()] == [ROW_GROUP_SIZE, ROW_GROUP_SIZE, 100]
