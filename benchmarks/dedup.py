@@ -8,7 +8,7 @@
 Corpus: synthetic documents of ~`--words` words (Zipf vocabulary), 30% of them copies of
 earlier ones with words substituted at known edit rates; plus the alpaca_eval answers in
 /work/shared/datasets when present (a second corpus: 7 models' answers to the same 805
-instructions). Settings: word 5-grams, 128 permutations, threshold 0.8, 16 bands x 8 rows
+instructions). Settings: word 5-grams, 128 permutations (datamix: 128 bins of one permutation), threshold 0.8, 16 bands x 8 rows
 for every side (datamix's default for verified candidates; the peers get the same).
 
 Sections (all timed sides interleaved in every round, best of `--repeat`):
