@@ -202,7 +202,7 @@ def test_exact_jaccard_from_raw_text_equals_the_merge_of_sorted_sets(unit):
     assert np.array_equal(sim(left[:100], right[:100]), expected[:100])
     assert np.array_equal(sim(left, right), expected)
     assert expected[-4:-2].tolist() == [1.0, 0.0] and 0.0 < expected[-2] < 1.0 and expected[-1] == 1.0
-    # texts added a few at a time, in the store's growth and in its spare room, between old ones
+    # later calls with texts the kept store lacks, a few at a time, between kept ones
     sim = _PairSimilarity(np.zeros((len(texts), 2), np.uint32), texts, None, cfg.model_copy(update={"verify": "jaccard"}), {})
     for lo, hi in ((40, 60), (0, 10), (152, 154), (150, 156), (100, 110), (10, 40), (60, 100), (110, 150)):
         part = (left >= lo) & (left < hi) & (right >= lo) & (right < hi)
@@ -304,3 +304,24 @@ def test_sketch_agreement_is_an_unbiased_jaccard_estimate_for_small_and_large_se
             assert abs(est.mean() - exact) < 0.015, (size, j_true, est.mean(), exact)
             minhash_std = np.sqrt(exact * (1 - exact) / 128)
             assert est.std() < 2.0 * minhash_std, (size, j_true, est.std(), minhash_std)
+
+
+def test_shingle_bags_in_many_passes_equal_one_pass(monkeypatch):
+    """The verification's shingling packs pass by pass (a reused scratch of _BAG_PASS slots):
+    passes of a few texts, one text longer than a pass, the spare room after the packed part."""
+    import datamix.dedup.minhash as mh
+
+    rng = random.Random(5)
+    texts = _ascii_texts(120, seed=9) + [" ".join(f"w{i}" for i in range(400)), "", "one"]
+    rng.shuffle(texts)
+    utf8 = _Utf8(pl.Series(texts, dtype=pl.String))
+    docs = np.array(sorted(rng.sample(range(len(texts)), 90)), np.int64)
+    cfg = MinHashConfig(method="minhash", ngram=3)
+    one_h, one_s, one_e = _shingle_bags(utf8, docs, cfg)
+    monkeypatch.setattr(mh, "_BAG_PASS", 64)
+    many_h, many_s, many_e = _shingle_bags(utf8, docs, cfg, spare=True)
+    for q in range(len(docs)):
+        assert np.array_equal(many_h[many_s[q]:many_e[q]], one_h[one_s[q]:one_e[q]])
+    assert np.array_equal(many_e - many_s, one_e - one_s)
+    assert (many_s[1:] == many_e[:-1]).all() and many_s[0] == 0  # packed, in text order
+    assert len(many_h) > many_e[-1]  # room to spare after the packed part

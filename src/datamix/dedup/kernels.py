@@ -260,6 +260,20 @@ def _jaccard_bags(hashes, starts, ends, left, right):
 
 
 @njit(cache=True)
+def pack_slots(src, slots, counts, out):
+    """out = src[slots[q]:slots[q] + counts[q]] for each q, one after another (in 64-bit words:
+    copy_rows over the same bytes, one byte at a time, took 3-4x as long)."""
+    at = 0
+    for q in range(slots.shape[0]):
+        c = counts[q]
+        s = slots[q]
+        for k in range(c):
+            out[at + k] = src[s + k]
+        at += c
+    return at
+
+
+@njit(cache=True)
 def copy_rows(data, offsets, rows, new_offsets, out):
     """out[new_offsets[q]:new_offsets[q + 1]] = text rows[q]'s bytes."""
     for q in range(rows.shape[0]):
