@@ -308,7 +308,7 @@ def test_sketch_agreement_is_an_unbiased_jaccard_estimate_for_small_and_large_se
 
 def test_shingle_bags_in_many_passes_equal_one_pass(monkeypatch):
     """The verification's shingling packs pass by pass (a reused scratch of _BAG_PASS slots):
-    passes of a few texts, one text longer than a pass, the spare room after the packed part."""
+    passes of a few texts, one text longer than a pass, room after the packed part."""
     import datamix.dedup.minhash as mh
 
     rng = random.Random(5)
@@ -319,9 +319,9 @@ def test_shingle_bags_in_many_passes_equal_one_pass(monkeypatch):
     cfg = MinHashConfig(method="minhash", ngram=3)
     one_h, one_s, one_e = _shingle_bags(utf8, docs, cfg)
     monkeypatch.setattr(mh, "_BAG_PASS", 64)
-    many_h, many_s, many_e = _shingle_bags(utf8, docs, cfg, spare=True)
+    many_h, many_s, many_e = _shingle_bags(utf8, docs, cfg)
     for q in range(len(docs)):
         assert np.array_equal(many_h[many_s[q]:many_e[q]], one_h[one_s[q]:one_e[q]])
     assert np.array_equal(many_e - many_s, one_e - one_s)
     assert (many_s[1:] == many_e[:-1]).all() and many_s[0] == 0  # packed, in text order
-    assert len(many_h) > many_e[-1]  # room to spare after the packed part
+    assert len(many_h) > many_e[-1]  # room after the packed part, where later texts go

@@ -401,16 +401,17 @@ class _PairSimilarity:
         if len(new) == 0:
             return
         if self._docs is None:
-            # Room to spare for later calls (the removal records ask about a few texts more):
-            # memory no page of which is touched until a text is written there. Without it the
-            # second call grew the store by a copy: 1.2 GB and 3 s at 1M documents, for 32 texts.
-            self._sets, starts, ends = _shingle_bags(self._buffers(), new, self.cfg, spare=True)
+            # The word path's array runs on past its packed part (it is sized by the shingles'
+            # upper bound, its pages touched only as far as they are packed): later calls (the
+            # removal records ask about a few texts more) append there. Growing an array sized to
+            # fit copied it: 1.2 GB and 3 s at 1M documents, for 32 texts.
+            self._sets, starts, ends = _shingle_bags(self._buffers(), new, self.cfg)
             self._docs, self._starts, self._ends = new, starts, ends
             self._used = int(ends[-1]) if len(ends) else 0
             return
         hashes, starts, ends = _shingle_bags(self._buffers(), new, self.cfg)
         hashes = hashes[: int(ends[-1])]  # the packed part
-        # Later calls append: in the spare room, else the hash store grows by a quarter
+        # Later calls append: in the room after the packed part, else the hash store grows by a quarter
         # (geometric, so copies stay linear overall, without doubling a 0.5 GB store for a few
         # texts); only the per-text index (24 B a text) is rebuilt.
         if self._used + len(hashes) > len(self._sets):
@@ -436,10 +437,10 @@ class _PairSimilarity:
         return self._utf8
 
 
-def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig, spare: bool = False):
+def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig):
     """(hashes, starts, ends): the shingle hashes (text order, repeats included) of rows
-    `docs` of the texts in `utf8`; row docs[q]'s are hashes[starts[q]:ends[q]]. spare:
-    `hashes` runs on past ends[-1] with unwritten room (a quarter more) for later texts."""
+    `docs` of the texts in `utf8`; row docs[q]'s are hashes[starts[q]:ends[q]], packed one
+    after another from 0 (for word shingles `hashes` runs on past ends[-1], unwritten)."""
     from datamix.dedup import kernels as mk, shingle
 
     docs = np.ascontiguousarray(docs, np.int64)
@@ -447,8 +448,6 @@ def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig, spare: bool
         data, offsets = _select(utf8.data, utf8.offsets, docs)
         norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
-        if spare:
-            hashes = np.concatenate([hashes, np.empty(len(hashes) // 4 + 1, np.uint64)])
         return hashes, shingle_offsets[:-1], shingle_offsets[1:]
     # Only these rows are walked (hybrid verification needs a few percent of them),
     # straight from the shared buffer.
@@ -460,7 +459,7 @@ def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig, spare: bool
     offsets = utf8.offsets
     bound = (offsets[docs + 1] - offsets[docs] + 1) // 2 + 1  # shingles <= words <= this
     total = int(bound.sum())
-    hashes = np.empty(total + (total // 4 + 1 if spare else 0), np.uint64)
+    hashes = np.empty(total, np.uint64)
     starts = np.empty(len(docs), np.int64)
     counts = np.empty(len(docs), np.int64)
     ends_of_bound = np.cumsum(bound)
