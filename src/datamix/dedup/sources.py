@@ -73,16 +73,19 @@ class ParquetSource:
             yield pl.Series(self.column, batch.column(0)).cast(pl.String)
 
     def utf8_batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The texts in order as (UTF-8 bytes, int64 offsets), `size` at a time (null -> ''):
-        what signing reads. Polars reads each slice (only the row groups it falls in, decoded
-        on every core: 1M 100-word texts in 0.7 s, where pyarrow's batch reader took 1.3-2.3 s
-        on one) and hands its texts over as Arrow's large_string, whose buffers are used in place."""
-        import polars as pl
+        """The texts in order as (UTF-8 bytes, int64 offsets) straight from the Parquet
+        batches' Arrow buffers (null -> ''): what signing reads, without the two copies
+        through a polars Series (to its string views and back). The next batch is decoded
+        in a thread while the caller works on this one (pyarrow decodes without the GIL):
+        decoding 580 MB of text took 1.3-1.6 s of the 3.4 s signing 1M documents out of core."""
+        import concurrent.futures
 
-        scan = pl.scan_parquet(self.path).select(pl.col(self.column).cast(pl.String).fill_null(""))
-        for start in range(0, len(self), size):
-            texts = scan.slice(start, size).collect().to_series()
-            yield _utf8_of(texts.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        batches = self._file.iter_batches(batch_size=size, columns=[self.column])
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datamix-parquet") as pool:
+            ahead = pool.submit(next, batches, None)
+            while (batch := ahead.result()) is not None:
+                ahead = pool.submit(next, batches, None)
+                yield _utf8_of(batch.column(0))
 
     def take(self, rows: np.ndarray) -> pl.Series:
         """The texts of sorted row positions `rows`, reading only the row groups they fall in.
