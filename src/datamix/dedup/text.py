@@ -412,11 +412,32 @@ def utf8_buffers(texts: list[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
     arr = s.cast(pl.String).fill_null("").rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if arr.type != pa.large_string():  # a cast imports pyarrow.compute (~0.05 s a run), even as a no-op
-        arr = arr.cast(pa.large_string())
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return arrow_buffers(arr)
+
+
+def arrow_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes uint8, offsets int64) of an Arrow string array (null -> ''), the bytes used where
+    they are: 32-bit offsets are widened (a cast to large_string would copy the bytes too), a
+    large_string taken as it is (a cast, even a no-op one, imports pyarrow.compute: ~0.05 s a run).
+    Both read-only, as the buffers of a polars Series are: numba compiles a kernel once per array
+    type, and a writable pair cost a second compilation of the signing and shingling kernels
+    (~10 s each on a fresh checkout)."""
+    import pyarrow as pa
+
+    if arr.null_count:
+        import pyarrow.compute as pc
+
+        arr = pc.fill_null(arr, "")
+    if arr.type == pa.string():
+        _, off_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(off_buf, np.int32)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    else:
+        if arr.type != pa.large_string():
+            arr = arr.cast(pa.large_string())
+        _, off_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(off_buf, np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    data.flags.writeable = offsets.flags.writeable = False
     return data, offsets
 
 
