@@ -7,16 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datamix.dedup.bags import ShingleBags, _pack
+from datamix.dedup.bags import ShingleBags
 from datamix.dedup.minhash import MinHashConfig, _PairSimilarity, _shingle_bags, _Utf8, signatures
 from tests.dedup.test_ooc import _planted
-
-
-def test_pack_keeps_each_documents_hashes_in_order():
-    hashes = np.arange(20, dtype=np.uint64) * np.uint64(3)
-    starts, ends = np.array([0, 5, 9, 9]), np.array([3, 5, 12, 10])  # an empty one, a one-hash one
-    assert _pack(hashes, starts, ends).tolist() == [0, 3, 6, 27, 30, 33, 27]
-    assert len(_pack(hashes, starts[:0], ends[:0])) == 0
 
 
 @pytest.mark.parametrize("where", ["in memory", "on disk", "spilled in the first call", "spilled in the second"])

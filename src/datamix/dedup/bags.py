@@ -25,6 +25,7 @@ import numpy as np
 from datamix.dedup.arrays import missing
 
 # (hashes, starts, ends) of sorted rows, in pieces in row order: minhash._shingle_bags' result
+# (each piece packed from 0: starts[0] == 0, starts[q + 1] == ends[q])
 Shingler = Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
@@ -35,29 +36,6 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     first = np.cumsum(lengths) - lengths  # where each range begins in the output
     return np.repeat(starts - first, lengths) + np.arange(total, dtype=np.int64)
-
-
-def _pack(hashes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """hashes[starts[q]:ends[q]] for each q, concatenated: _shingle_bags sizes each document's
-    slot by an upper bound (~3x its shingles for 100-word texts), so its arrays are packed
-    before they are kept. One memcpy per document by kernels.copy_rows over the bytes (the
-    bounds interleaved as (start, end) so that row 2q spans document q); the index arrays of
-    a numpy gather cost ~5x the time (measured: 0.7 s at 1M documents)."""
-    from datamix.dedup.kernels import copy_rows
-
-    starts, ends = starts.astype(np.int64), ends.astype(np.int64)
-    lengths = ends - starts
-    out = np.empty(int(lengths.sum()), np.uint64)
-    if len(out) == 0:
-        return out
-    bounds = np.empty(2 * len(starts), np.int64)
-    bounds[0::2], bounds[1::2] = 8 * starts, 8 * ends
-    new = np.zeros(len(starts) + 1, np.int64)
-    np.cumsum(8 * lengths, out=new[1:])
-    src = np.ascontiguousarray(hashes, np.uint64).view(np.uint8)
-    src.flags.writeable = False  # as the text buffers copy_rows is compiled for (one compilation)
-    copy_rows(src, bounds, np.arange(0, 2 * len(starts), 2, dtype=np.int64), new, out.view(np.uint8))
-    return out
 
 
 class ShingleBags:
@@ -90,8 +68,9 @@ class ShingleBags:
         starts, ends, pieces = [], [], []
         for s in range(0, len(new), per_fetch):
             for hashes, st, en in self.shingle(new[s : s + per_fetch]):
-                packed = _pack(hashes, st, en)
-                del hashes
+                # _shingle_bags packs its documents one after another from 0: the kept part
+                # is a prefix (a copy per document here, as before it packed, was work twice)
+                packed = hashes[: int(en[-1])] if len(en) else hashes[:0]
                 lengths = (en - st).astype(np.int64)
                 begin = self.size + np.cumsum(lengths) - lengths
                 starts.append(begin)

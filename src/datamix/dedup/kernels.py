@@ -261,8 +261,9 @@ def _jaccard_bags(hashes, starts, ends, left, right):
 
 @njit(cache=True)
 def pack_slots(src, slots, counts, out):
-    """out = src[slots[q]:slots[q] + counts[q]] for each q, one after another (in 64-bit words:
-    copy_rows over the same bytes, one byte at a time, took 3-4x as long)."""
+    """out = src[slots[q]:slots[q] + counts[q]] for each q, one after another, in 64-bit words
+    (copy_rows over the same memory as bytes: 1.15 s against 1.0 s for the 1M-document
+    verification's shingles, most of either the first touch of `out`'s pages)."""
     at = 0
     for q in range(slots.shape[0]):
         c = counts[q]
