@@ -147,3 +147,50 @@ def test_nothing_is_refused_where_scipy_linalg_is_already_imported():
              "import_numba_registries()\nimport numba.np.arraymath\nprint(numba.np.arraymath._HAVE_BLAS)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+LIGHT_KERNEL = """
+import sys
+import numpy as np
+from numba import njit
+from datamix.dedup.warm import load_cached_lightly
+
+@njit(cache=True)
+def running_sum(values):
+    out = np.empty_like(values)  # an array allocated in the kernel: the runtime (NRT) is needed
+    total = 0
+    for i in range(values.shape[0]):
+        total += values[i]
+        out[i] = total
+    return out
+
+load_cached_lightly(globals())
+print(running_sum(np.arange(5)).tolist(), running_sum._cache_hits[running_sum.signatures[0]],
+      "numba.np.random" in sys.modules)
+"""
+
+
+def test_a_cached_kernel_loads_without_numba_s_full_start(tmp_path):
+    """The first process compiles (the cache is empty: numba's full start, registries and all);
+    the second loads the cached code without importing numba's other registries, and both
+    compute the same."""
+    module = tmp_path / "light_kernel.py"
+    module.write_text(LIGHT_KERNEL)
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, str(module)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["[0,", "1,", "3,", "6,", "10]", "0", "True"]  # compiled: a full start
+    second = subprocess.run([sys.executable, str(module)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["[0,", "1,", "3,", "6,", "10]", "1", "False"]  # loaded from the cache
+
+
+def test_the_dedup_kernels_are_treated():
+    """Every numba kernel of the dedup modules loads its cached code the light way."""
+    from numba.core.registry import CPUDispatcher
+
+    from datamix.dedup import hashing, kernels, lsh, shingle, text
+
+    found = [v for m in (hashing, kernels, lsh, shingle, text) for v in vars(m).values() if isinstance(v, CPUDispatcher)]
+    assert len(found) > 10
+    assert all(isinstance(d._cache.load_overload, __import__("functools").partial) for d in found)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from datamix.dedup.warm import load_cached_lightly
+
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -126,3 +128,6 @@ def ngram_hashes(words, n_shingles, width, out):
     tag = np.uint64(width)
     for j in range(n_shingles):
         out[j] = _mix64(out[j] ^ tag)
+
+
+load_cached_lightly(globals())

@@ -29,16 +29,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from datamix.dedup.warm import import_numba_registries
-
-# every path to a kernel comes through this module (the step, out of core, Ray workers, a
-# library call): numba's lowering registries load here without scipy.linalg (see there)
-import_numba_registries()
-
-from datamix.dedup import shingle  # noqa: E402
-from datamix.dedup.hashing import ngram_hashes  # noqa: E402
-from datamix.dedup.shingle import serial_and_parallel  # noqa: E402
-from datamix.dedup.text import word_hashes_into, word_pass_scratch  # noqa: E402
+from datamix.dedup import shingle
+from datamix.dedup.hashing import ngram_hashes
+from datamix.dedup.shingle import serial_and_parallel
+from datamix.dedup.text import word_hashes_into, word_pass_scratch
+from datamix.dedup.warm import load_cached_lightly
 
 # ---------------------------------------------------------------- union-find (clusters)
 
@@ -297,3 +292,5 @@ FUSED_WORD_BAGS = serial_and_parallel(_fused_word_bags)
 JACCARD_BAGS = serial_and_parallel(_jaccard_bags)
 SIGNATURE_SIMILARITY = serial_and_parallel(_signature_similarity)
 pick = shingle.pick
+
+load_cached_lightly(globals())

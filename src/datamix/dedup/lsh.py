@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from datamix.dedup.arrays import distinct
 from datamix.dedup.shingle import pick, serial_and_parallel
+from datamix.dedup.warm import load_cached_lightly
 
 MAX_BUCKET = 64
 
@@ -284,3 +285,6 @@ def candidate_pairs_against(
 _ALL_BAND_KEYS = serial_and_parallel(_all_band_keys)
 _ALL_BAND_PAIRS = serial_and_parallel(_all_band_pairs)
 _ALL_BAND_PAIRS_AGAINST = serial_and_parallel(_all_band_pairs_against)
+
+
+load_cached_lightly(globals())

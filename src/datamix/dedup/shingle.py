@@ -35,6 +35,7 @@ HASH_VERSION = "5"
 from datamix.dedup.hashing import _FNV_OFFSET, _FNV_PRIME, _SPACE, _hash_bytes, _mix64, ngram_hash, ngram_hashes, word_hash
 from datamix.dedup.text import (_is_separator, lower_table, normalize, normalize_buffers,  # noqa: F401
                                 normalized_buffers, utf8_buffers, word_hashes, word_hashes_into, word_pass_scratch)
+from datamix.dedup.warm import load_cached_lightly
 
 
 @njit(cache=True)
@@ -259,3 +260,6 @@ def _jaccard_spans(sets, starts, ends, left, right):
 
 
 _JACCARD_SPANS = serial_and_parallel(_jaccard_spans)
+
+
+load_cached_lightly(globals())

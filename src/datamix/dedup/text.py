@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 from datamix.dedup.hashing import (_ALL, _HIGH, _ONES, _SPACE, _WORD_SEED, _feed, _feed_bytes, _feed_code_point,
                                    _finish_word, _mix64)
+from datamix.dedup.warm import load_cached_lightly
 
 
 # ---------------------------------------------------------------- characters
@@ -472,3 +473,6 @@ def normalize(texts: list[str] | pl.Series) -> list[str]:
     data, offsets = normalized_buffers(texts)
     raw = data.tobytes()
     return [raw[offsets[d] : offsets[d + 1]].decode("utf-8", "replace") for d in range(len(offsets) - 1)]
+
+
+load_cached_lightly(globals())
