@@ -24,7 +24,7 @@ def test_bags_in_memory_on_disk_or_spilled_give_the_in_memory_jaccard(tmp_path, 
     first, both = np.unique(np.concatenate([a[:250], b[:250]])), np.unique(np.concatenate([a, b]))
 
     def bags_of(memory):
-        bags = ShingleBags(str(tmp_path / "shingles.bin"), lambda rows: [_shingle_bags(utf8, rows, cfg)], cfg, memory)
+        bags = ShingleBags(str(tmp_path / "shingles.bin"), lambda rows, room: [_shingle_bags(utf8, rows, cfg, room)], cfg, memory)
         bags.GATHER = 5
         bags.add(first, 37)
         return bags
@@ -40,3 +40,29 @@ def test_bags_in_memory_on_disk_or_spilled_give_the_in_memory_jaccard(tmp_path, 
     expected = _PairSimilarity(signatures(texts, cfg), texts, None, cfg, {}).exact(a, b)
     assert np.array_equal(bags.jaccard(a, b), expected)
     assert (expected > 0).any() and (expected < 1).any()
+
+
+def test_in_memory_pieces_are_packed_where_they_are_kept(tmp_path):
+    """The shingling packs each piece into the bags' own array (no copy of the hashes), and the
+    Jaccard is the same as from pieces that came in arrays of their own."""
+    texts = pl.Series(_planted(n_base=100))
+    cfg = MinHashConfig(method="minhash")
+    utf8 = _Utf8(texts)
+    lent_used = []
+
+    def shingle(rows, room):
+        piece = _shingle_bags(utf8, rows, cfg, room)
+        lent_used.append(piece[0] is bags._lent)
+        return [piece]
+
+    bags = ShingleBags(str(tmp_path / "shingles.bin"), shingle, cfg, 10**8)
+    bags.add(np.arange(0, len(texts), 2), 50)
+    bags.add(np.arange(len(texts)), 50)  # the rest, after what is kept
+    assert lent_used and all(lent_used) and not bags.on_disk
+    copied = ShingleBags(str(tmp_path / "copied.bin"), lambda rows, room: [_shingle_bags(utf8, rows, cfg)], cfg, 10**8)
+    copied.add(np.arange(0, len(texts), 2), 50)
+    copied.add(np.arange(len(texts)), 50)
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, len(texts), 300), rng.integers(0, len(texts), 300)
+    assert np.array_equal(bags.jaccard(a, b), copied.jaccard(a, b))
+    assert np.array_equal(bags.sets[: bags.size], copied.sets[: copied.size])

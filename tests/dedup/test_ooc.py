@@ -45,7 +45,9 @@ def _both(texts, cfg, priority=None, reference=None, tmp_path=None, budget=None)
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Many signing chunks and verification blocks, as a large corpus would have."""
+    """Many signing chunks and verification blocks, as a large corpus would have (its signatures
+    on disk, read back a block of pairs at a time)."""
+    monkeypatch.setattr(ooc, "hold_signatures", lambda rows, cfg, budget: None)
     monkeypatch.setattr(ooc._Verifier, "BLOCK", 97)
     monkeypatch.setattr(ooc._Verifier, "TEXT_PAIRS", 41)
     monkeypatch.setattr(ooc._Verifier, "TEXT_DOCS", 53)
@@ -69,6 +71,29 @@ def test_same_removals_and_decisions_as_in_memory(tmp_path, small_blocks, verify
     assert len(bands.band_files(str(tmp_path), "docs")) == 5  # 3350 texts in chunks of 700
 
 
+@pytest.mark.parametrize("verify", ["hybrid", "jaccard"])
+def test_signatures_held_in_memory_decide_as_in_memory(tmp_path, verify):
+    """Where the budget has room, the signatures are signed into one array and verification reads
+    them in place: no signatures.npy, the same decisions."""
+    texts = _planted()
+    cfg = MinHashConfig(method="minhash", threshold=0.7, verify=verify, chunk_size=700)
+    in_memory, out, mem_stats, ooc_stats = _both(texts, cfg, tmp_path=tmp_path)
+    assert not os.path.exists(tmp_path / "signatures.npy")
+    assert len(in_memory) > 400 and out.equals(in_memory)
+    assert ooc_stats == mem_stats and ooc_stats["exact_pairs"] > 0
+
+
+def test_signatures_are_held_only_where_the_budget_has_room():
+    cfg = MinHashConfig(method="minhash")
+    budget = ooc.Budget(limit=ooc.parse_size("2GB")).plan(1000)
+    rest = budget.rest()
+    held = ooc.hold_signatures(1000, cfg, budget)
+    assert held is not None and held.shape == (1000, cfg.num_perm)
+    assert budget.rest() == rest - 1000 * cfg.num_perm * 4  # charged for them
+    too_many = int(ooc.HOLD_SHARE * budget.rest() // (cfg.num_perm * 4)) + 1
+    assert ooc.hold_signatures(too_many, cfg, budget) is None
+
+
 def test_keep_policy_and_reference_rows_out_of_core(tmp_path, small_blocks):
     texts = _planted(n_base=1200, seed=1)
     reference = [texts[i] for i in range(0, 300, 7)] + ["an unrelated reference row"]
@@ -90,8 +115,10 @@ def test_out_of_core_option_routes_find_duplicates(monkeypatch):
     assert called and forced.equals(find_duplicates(texts, priority, MinHashConfig(method="minhash", out_of_core=False)))
 
 
-def test_band_key_layout_on_disk(tmp_path):
-    """What other engines (Ray Data) rely on: (doc, band, key) per document and band."""
+def test_band_key_layout_on_disk(tmp_path, monkeypatch):
+    """What other engines (Ray Data) rely on: (doc, band, key) per document and band, and the
+    signatures file (written whenever they are not held in memory)."""
+    monkeypatch.setattr(ooc, "hold_signatures", lambda rows, cfg, budget: None)
     texts = _planted(n_base=200)
     cfg = MinHashConfig(method="minhash", chunk_size=100)
     ooc.find_duplicates_ooc(ooc.SeriesSource(texts), np.zeros(len(texts)), cfg, str(tmp_path))
@@ -137,7 +164,11 @@ def test_parquet_source_is_signed_from_its_buffers_as_from_strings(tmp_path):
         ooc._sign(ooc.ParquetSource(str(tmp_path / "t.parquet")), "docs", cfg, str(tmp_path), 120, writer, None, {})
     from datamix.dedup.minhash import signatures
 
-    assert np.array_equal(np.load(sig_path), signatures(pl.Series([t or "" for t in texts]), cfg))
+    expected = signatures(pl.Series([t or "" for t in texts]), cfg)
+    assert np.array_equal(np.load(sig_path), expected)
+    with ooc.HeldSignatures(len(texts), cfg.num_perm) as held:  # signed in place, chunk by chunk
+        ooc._sign(ooc.ParquetSource(str(tmp_path / "t.parquet")), "docs", cfg, str(tmp_path), 120, held, None, {})
+    assert np.array_equal(held.all, expected)
 
 
 def test_memory_budget_parsing_and_the_auto_choice():
@@ -180,7 +211,7 @@ def test_parquet_source_with_texts_held_or_read_again_decides_as_in_memory(tmp_p
                                                        "spilled midway": 60_000}[case.split("shingles ")[1]])
     seen = []
     real_shingles = ooc._Verifier.shingles
-    monkeypatch.setattr(ooc._Verifier, "shingles", lambda self, rows: seen.append(self) or real_shingles(self, rows))
+    monkeypatch.setattr(ooc._Verifier, "shingles", lambda self, rows, room=None: seen.append(self) or real_shingles(self, rows, room))
     logs, stats, mem_stats = [], {}, {}
     priority = np.arange(len(texts), dtype=float)
     out = ooc.find_duplicates_ooc(ooc.ParquetSource(str(tmp_path / "t.parquet")), priority, cfg,
@@ -191,7 +222,7 @@ def test_parquet_source_with_texts_held_or_read_again_decides_as_in_memory(tmp_p
     verifier = seen[0]
     held = case.startswith("texts held,")
     assert (verifier.held is not None) == held
-    assert ("texts held" in logs[0]) == (case != "texts read again, shingles spilled midway")  # the plan
+    assert ("held from signing" in logs[0]) == (case != "texts read again, shingles spilled midway")  # the plan
     assert ("of them held for verification" in logs[1]) == held
     assert verifier.bags.on_disk == (case.split("shingles ")[1] != "in memory")
 

@@ -152,5 +152,5 @@ class Budget:
             return f"memory limit {size_text(self.limit)}"
         return (f"memory limit {size_text(self.limit)} for the whole process: {size_text(self.held)} held at the "
                 f"start, ~{size_text(LIBRARIES)} libraries, ~{size_text(PER_DOC_BYTES * self.n_docs)} per-document "
-                f"arrays, {f'up to {size_text(self.holding)} of texts held, ' if self.holding else ''}"
+                f"arrays, {f'up to {size_text(self.holding)} held from signing (texts, signatures), ' if self.holding else ''}"
                 f"DuckDB {size_text(self.duckdb_bytes)}, stages {size_text(self.work_bytes())}")

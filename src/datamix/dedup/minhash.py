@@ -148,17 +148,23 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: in
     return out
 
 
-def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+def signatures_from_buffers(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig,
+                            out: np.ndarray | None = None) -> np.ndarray:
     """Signatures of texts given as UTF-8 (bytes, offsets), raw or already normalised
-    (normalisation is idempotent, so both give the same signatures). `offsets` may be
-    a slice (absolute positions in `data`)."""
+    (normalisation is idempotent, so both give the same signatures), into `out` when given.
+    `offsets` may be a slice (absolute positions in `data`)."""
     from datamix.dedup import kernels as mk, shingle
 
     if cfg.unit == "char":
         norm, norm_offsets = shingle.normalize_buffers(data, offsets)
         hashes, shingle_offsets = shingle.shingle_hashes_from_buffers(norm, norm_offsets, cfg.unit, cfg.ngram)
-        return signatures_from_hashes(hashes, shingle_offsets, cfg.num_perm, cfg.seed)
-    out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
+        sig = signatures_from_hashes(hashes, shingle_offsets, cfg.num_perm, cfg.seed)
+        if out is None:
+            return sig
+        out[:] = sig
+        return out
+    if out is None:
+        out = np.empty((len(offsets) - 1, cfg.num_perm), np.uint32)
     offsets = np.ascontiguousarray(offsets, np.int64)
     # the work is the word pass, ~linear in bytes (one hash per shingle, not num_perm of them)
     kernel = mk.pick(mk.FUSED_WORD_KERNEL, int(offsets[-1] - offsets[0]))
@@ -437,10 +443,12 @@ class _PairSimilarity:
         return self._utf8
 
 
-def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig):
+def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig, room=None):
     """(hashes, starts, ends): the shingle hashes (text order, repeats included) of rows
     `docs` of the texts in `utf8`; row docs[q]'s are hashes[starts[q]:ends[q]], packed one
-    after another from 0 (for word shingles `hashes` runs on past ends[-1], unwritten)."""
+    after another from 0 (for word shingles `hashes` runs on past ends[-1], unwritten).
+    room(n): an array of at least n hashes to pack into, or None; word shingles are packed
+    into it when it gives one (`hashes` is then that array), which saves a copy."""
     from datamix.dedup import kernels as mk, shingle
 
     docs = np.ascontiguousarray(docs, np.int64)
@@ -459,7 +467,9 @@ def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig):
     offsets = utf8.offsets
     bound = (offsets[docs + 1] - offsets[docs] + 1) // 2 + 1  # shingles <= words <= this
     total = int(bound.sum())
-    hashes = np.empty(total, np.uint64)
+    hashes = room(total) if room is not None else None
+    if hashes is None:
+        hashes = np.empty(total, np.uint64)
     starts = np.empty(len(docs), np.int64)
     counts = np.empty(len(docs), np.int64)
     ends_of_bound = np.cumsum(bound)

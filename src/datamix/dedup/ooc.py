@@ -6,7 +6,8 @@ once (~3.9 GB per million 100-word documents). This one streams:
 1. sign the texts chunk by chunk (minhash.signatures), appending each chunk's
    signatures to signatures.npy and its band keys to a Parquet file (layout:
    datamix.dedup.bands); where the budget has room (HOLD_SHARE), the texts' buffers are
-   kept for step 3 (sources.HeldTexts) rather than read and decoded again;
+   kept for step 3 (sources.HeldTexts) rather than read and decoded again, and so are the
+   signatures (signed into one array, no file);
 2. candidate pairs from DuckDB's GROUP BY over (band, key) (sql/minhash_candidates.sql),
    which spills to `temp_directory` past `memory_limit`; the distinct pairs are small
    (a few per duplicate document) and come back to numpy;
@@ -96,6 +97,7 @@ def find_duplicates_ooc(
     budget = dataclasses.replace(budget or Budget()).plan(n + n_ref)
     os.makedirs(folder, exist_ok=True)
     held = None if sign is not None or cache is not None else hold_texts(source, budget)
+    sigs = None if sign is not None else hold_signatures(n + n_ref, cfg, budget)
     chunk = chunk_docs(cfg, budget, n)
     if log:
         log(f"out-of-core MinHash: {n:,} documents in chunks of {chunk:,}, {budget.describe()}; "
@@ -103,7 +105,7 @@ def find_duplicates_ooc(
 
     clock = _Clock(log)
     sig_path = os.path.join(folder, "signatures.npy")
-    with _SignatureWriter(sig_path, n + n_ref, cfg.num_perm) as writer:
+    with (_SignatureWriter(sig_path, n + n_ref, cfg.num_perm) if sigs is None else sigs) as writer:
         if sign is None:
             _sign(source, "docs", cfg, folder, chunk, writer, cache, stats, held)
         else:
@@ -117,7 +119,7 @@ def find_duplicates_ooc(
         else:
             budget.hold(held.size)
     clock.lap(f"signed {n + n_ref:,} texts" + (f" ({size_text(held.size)} of them held for verification)"
-                                                 if held else ""))
+                                                 if held else "") + (", signatures held" if sigs else ""))
 
     con = _connect(budget, folder)
     try:
@@ -135,7 +137,7 @@ def find_duplicates_ooc(
     budget.note_pairs(stats["candidate_pairs"])  # pairs past one per document shrink the stages' memory
     clock.lap(f"{stats['candidate_pairs']:,} candidate pairs")
 
-    similarity = _Verifier(sig_path, source, ref, n, cfg, stats, budget, held)
+    similarity = _Verifier(sigs or _SignatureRows(sig_path), folder, source, ref, n, cfg, stats, budget, held)
     pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
     del left, right, ref_doc, ref_row  # the verified ones are in `pairs`: the clustering needs no more
     clock.lap(f"{stats['verified_pairs']:,} verified pairs")
@@ -202,15 +204,18 @@ def hold_texts(source, budget: Budget) -> HeldTexts | None:
 
 
 def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats, held: HeldTexts | None = None) -> None:
-    """Sign `source` chunk by chunk: signatures appended to `writer`, band keys to
-    bands/<kind>-<part>.parquet (doc = the row's position in `source`); the texts' buffers
-    to `held` when given."""
+    """Sign `source` chunk by chunk: signatures appended to `writer` (signed in place where it
+    lends the rows: HeldSignatures), band keys to bands/<kind>-<part>.parquet (doc = the row's
+    position in `source`); the texts' buffers to `held` when given."""
     bands, rows = cfg.band_rows()
     done = 0
     # a Parquet source is signed from its Arrow buffers (no signature cache to consult)
     raw = cache is None and hasattr(source, "utf8_batches")
     for part, batch in enumerate(source.utf8_batches(chunk) if raw else source.batches(chunk)):
-        sig = _sign_utf8(*batch, cfg, stats) if raw else signatures(batch, cfg, cache=cache, stats=stats)
+        if raw:
+            sig = _sign_utf8(*batch, cfg, stats, out=getattr(writer, "lend", lambda k: None)(len(batch[1]) - 1))
+        else:
+            sig = signatures(batch, cfg, cache=cache, stats=stats)
         if raw and held is not None:
             held.add(*batch)
         writer.append(sig)
@@ -220,15 +225,16 @@ def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats, held: Hel
         raise ValueError(f"the text source gave {done} rows, not the {len(source)} it announced")
 
 
-def _sign_utf8(data: np.ndarray, offsets: np.ndarray, cfg, stats) -> np.ndarray:
-    """minhash.signatures of texts given as UTF-8 buffers, cfg.chunk_size at a time."""
+def _sign_utf8(data: np.ndarray, offsets: np.ndarray, cfg, stats, out: np.ndarray | None = None) -> np.ndarray:
+    """minhash.signatures of texts given as UTF-8 buffers, cfg.chunk_size at a time (into `out`
+    when given)."""
     from datamix.dedup.minhash import signatures_from_buffers
 
     n = len(offsets) - 1
     stats["signatures_computed"] = stats.get("signatures_computed", 0) + n
     if n <= cfg.chunk_size:  # chunk_docs keeps it so: no copy into a second array
-        return signatures_from_buffers(data, offsets, cfg)
-    out = np.empty((n, cfg.num_perm), np.uint32)
+        return signatures_from_buffers(data, offsets, cfg, out)
+    out = np.empty((n, cfg.num_perm), np.uint32) if out is None else out
     for s in range(0, n, cfg.chunk_size):
         out[s : s + cfg.chunk_size] = signatures_from_buffers(data, offsets[s : s + cfg.chunk_size + 1], cfg)
     return out
@@ -318,6 +324,46 @@ class _SignatureWriter:
             raise ValueError(f"wrote {self.written} signatures, expected {self.rows}")
 
 
+def hold_signatures(rows: int, cfg, budget: Budget) -> HeldSignatures | None:
+    """A HeldSignatures for `rows` documents when their signatures take at most HOLD_SHARE of the
+    budget's rest (charged for them), else None (they go to signatures.npy)."""
+    size = rows * cfg.num_perm * 4
+    if size > HOLD_SHARE * budget.rest():
+        return None
+    budget.hold(size)
+    return HeldSignatures(rows, cfg.num_perm)
+
+
+class HeldSignatures:
+    """Every document's signature in one array, signed into it chunk by chunk (`lend`), for
+    verification to read in place. In place of signatures.npy where the budget has room: at
+    1M documents that file's 0.5 GB were written, then gathered back row by row per block of
+    pairs (1.3 s of the out-of-core path's 10.5 s; the in-memory path reads none of it).
+    A writer (append) and a reader (shape, all) at once."""
+
+    def __init__(self, rows: int, num_perm: int):
+        self.all = np.empty((rows, num_perm), np.uint32)  # pages touched as they are signed
+        self.shape = self.all.shape
+        self.written = 0
+
+    def __enter__(self):
+        return self
+
+    def lend(self, count: int) -> np.ndarray:
+        """The next `count` rows, to sign into."""
+        return self.all[self.written : self.written + count]
+
+    def append(self, sig: np.ndarray) -> None:
+        end = self.written + len(sig)
+        if not np.shares_memory(sig, self.all):  # not signed in place (a cached signature source)
+            self.all[self.written : end] = sig
+        self.written = end
+
+    def __exit__(self, *exc):
+        if exc[0] is None and self.written != self.shape[0]:
+            raise ValueError(f"wrote {self.written} signatures, expected {self.shape[0]}")
+
+
 class _SignatureRows:
     """Rows of signatures.npy by index, through a read-only map whose pages are dropped
     after each read (MADV_DONTNEED), so the process holds only the rows it copied."""
@@ -358,8 +404,9 @@ class _Verifier:
     TEXT_DOCS: int | None = None  # texts per fetch to shingle; None: from the budget
     BAGS_MEMORY: int | None = None  # bytes of shingle hashes kept in memory; None: from the budget
 
-    def __init__(self, sig_path, source, ref, n, cfg, stats, budget: Budget, held: HeldTexts | None = None):
-        self.rows = _SignatureRows(sig_path)
+    def __init__(self, rows: _SignatureRows | HeldSignatures, folder: str, source, ref, n, cfg, stats, budget: Budget,
+                 held: HeldTexts | None = None):
+        self.rows = rows
         self.source, self.ref, self.n, self.cfg, self.stats = source, ref, n, cfg, stats
         self.held = held
         work = budget.work_bytes()
@@ -374,7 +421,7 @@ class _Verifier:
         # the shingle hashes stay in memory up to the other half (a block or a fetch never runs
         # beside their concatenation, which doubles them for a moment), else go to disk
         memory = work // 2 if self.BAGS_MEMORY is None else self.BAGS_MEMORY
-        self.bags = ShingleBags(os.path.join(os.path.dirname(sig_path), "shingles.bin"), self.shingles, cfg, memory)
+        self.bags = ShingleBags(os.path.join(folder, "shingles.bin"), self.shingles, cfg, memory)
         self._known = np.zeros(0, np.uint64)  # encoded pairs whose exact Jaccard is known, sorted
         self._known_sim = np.zeros(0, np.float64)
 
@@ -382,11 +429,8 @@ class _Verifier:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         out = np.empty(len(a), np.float64)
         later_a, later_b = [], []
-        for s in range(0, len(a), self.block):
-            aa, bb = a[s : s + self.block], b[s : s + self.block]
-            docs = distinct_rows(np.concatenate([aa, bb]), self.rows.shape[0])
-            block = _PutOff(self.rows(docs), docs, self)
-            out[s : s + len(aa)] = block(np.searchsorted(docs, aa), np.searchsorted(docs, bb))
+        for s, block, ia, ib in self._blocks(a, b):
+            out[s : s + len(ia)] = block(ia, ib)
             later_a += block.put_off_a
             later_b += block.put_off_b
             del block  # its signature rows, before the next block's (or the texts) are read
@@ -394,6 +438,18 @@ class _Verifier:
         if len(put_off):
             out[put_off] = self.exact(np.concatenate(later_a), np.concatenate(later_b))
         return out
+
+    def _blocks(self, a: np.ndarray, b: np.ndarray):
+        """(first pair, the rule on signature rows, the pairs' rows there) per block of pairs:
+        one block on the signatures in place when they are held, else blocks of `self.block`
+        pairs on their rows read from signatures.npy."""
+        if isinstance(self.rows, HeldSignatures):
+            yield 0, _PutOff(self.rows.all, None, self), a, b
+            return
+        for s in range(0, len(a), self.block):
+            aa, bb = a[s : s + self.block], b[s : s + self.block]
+            docs = distinct_rows(np.concatenate([aa, bb]), self.rows.shape[0])
+            yield s, _PutOff(self.rows(docs), docs, self), np.searchsorted(docs, aa), np.searchsorted(docs, bb)
 
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Exact Jaccard of global pairs: known ones looked up, the rest computed in fetches."""
@@ -425,17 +481,18 @@ class _Verifier:
             self._known, self._known_sim = known[keep], np.concatenate([self._known_sim, sims])[keep]
         return self._known_sim[np.searchsorted(self._known, pairs)]
 
-    def shingles(self, rows: np.ndarray):
-        """minhash._shingle_bags of sorted global rows, in pieces: the documents' from the
-        texts held since signing when there are any, else from texts read again."""
+    def shingles(self, rows: np.ndarray, room=None):
+        """minhash._shingle_bags of sorted global rows, in pieces (packed into `room` where it
+        lends one, see there): the documents' from the texts held since signing when there
+        are any, else from texts read again."""
         from datamix.dedup.minhash import _shingle_bags, _Utf8
 
         split = np.searchsorted(rows, self.n) if self.held is not None else 0
         if split:
-            yield from self.held.shingles(rows[:split], self.cfg)
+            yield from self.held.shingles(rows[:split], self.cfg, room)
         if split < len(rows):
             rest = rows[split:]
-            yield _shingle_bags(_Utf8(self.texts(rest)), np.arange(len(rest)), self.cfg)
+            yield _shingle_bags(_Utf8(self.texts(rest)), np.arange(len(rest)), self.cfg, room)
 
     def texts(self, rows: np.ndarray) -> pl.Series:
         """Texts of sorted global rows (documents, then reference rows)."""
@@ -459,14 +516,14 @@ class _PutOff(_PairSimilarity):
     """The in-memory rule on one block's signature rows, with the exact Jaccard it asks for
     put off: those pairs (as global indices) are noted and their values left NaN."""
 
-    def __init__(self, sig: np.ndarray, docs: np.ndarray, verifier: _Verifier):
+    def __init__(self, sig: np.ndarray, docs: np.ndarray | None, verifier: _Verifier):
         super().__init__(sig, None, None, verifier.cfg, verifier.stats)
-        self._global = docs
+        self._global = docs  # the global index of each row of `sig`; None: rows are global
         self.put_off_a: list[np.ndarray] = []
         self.put_off_b: list[np.ndarray] = []
 
     def exact(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.stats["exact_pairs"] = self.stats.get("exact_pairs", 0) + len(a)  # as the in-memory path counts
-        self.put_off_a.append(self._global[a])
-        self.put_off_b.append(self._global[b])
+        self.put_off_a.append(a if self._global is None else self._global[a])
+        self.put_off_b.append(b if self._global is None else self._global[b])
         return np.full(len(a), np.nan)

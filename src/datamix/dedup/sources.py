@@ -178,15 +178,16 @@ class HeldTexts:
     def __len__(self) -> int:
         return self.first[-1]
 
-    def shingles(self, rows: np.ndarray, cfg) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """minhash._shingle_bags of sorted rows, one (hashes, starts, ends) per chunk they fall in, in order."""
+    def shingles(self, rows: np.ndarray, cfg, room=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """minhash._shingle_bags of sorted rows, one (hashes, starts, ends) per chunk they fall in,
+        in order (each packed into `room` where it lends one: _shingle_bags)."""
         from datamix.dedup.minhash import _shingle_bags
 
         bounds = np.searchsorted(rows, self.first)
         for c, (data, offsets) in enumerate(self.chunks):
             local = rows[bounds[c] : bounds[c + 1]] - self.first[c]
             if len(local):
-                yield _shingle_bags(_Buffers(data, offsets), local, cfg)
+                yield _shingle_bags(_Buffers(data, offsets), local, cfg, room)
 
 
 class _Buffers:
