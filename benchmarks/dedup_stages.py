@@ -51,7 +51,8 @@ def in_memory(corpus: str) -> None:
     none = np.zeros(0, np.int64)
     pairs = mh.verified_pairs(similarity, n, left, right, none, none, cfg, stats)
     lap(f"{stats['verified_pairs']:,} verified pairs ({stats['exact_pairs']:,} exact)")
-    removed = clusters.removal_frame(n, np.arange(n, dtype=np.float64), *pairs, similarity)
+    removed = clusters.removal_frame(n, np.arange(n, dtype=np.float64), *pairs,
+                                     clusters.answering_verified_pairs(similarity, *pairs[:3]))
     lap(f"{len(removed):,} removed")
     print(f"  total {t[-1] - t[0]:.2f} s")
 

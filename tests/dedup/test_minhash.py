@@ -203,3 +203,31 @@ def test_large_bucket_is_linked_without_quadratic_pairs():
     assert len(left) < 2 * 500
     out = find_duplicates(["same words in every one of them"] * 500, np.zeros(500), _cfg())
     assert len(out) == 499 and set(out["dup_of"].to_list()) == {0}
+
+
+def test_removal_records_answer_verified_pairs_with_their_values_and_ask_about_the_rest():
+    """clusters.answering_verified_pairs: the same values as asking the rule, in either order,
+    with the rule asked only about pairs that were not verified."""
+    from datamix.dedup import clusters
+    from datamix.dedup.minhash import _PairSimilarity
+
+    texts = _corpus(n_base=300, n_dup=200, edits=3) + _corpus(n_base=100, n_dup=100, edits=8)[100:]
+    cfg = MinHashConfig(method="minhash", threshold=0.7)
+    rule = _PairSimilarity(signatures(texts, cfg), texts, None, cfg, {})
+    left, right = lsh.candidate_pairs(rule.sig, *cfg.band_rows())
+    sim = rule(left, right)
+    asked = []
+
+    def counting(a, b):
+        asked.append(len(a))
+        return rule(a, b)
+
+    answer = clusters.answering_verified_pairs(counting, left, right, sim)
+    rng = np.random.default_rng(0)
+    others_a, others_b = rng.integers(0, len(texts), 50), rng.integers(0, len(texts), 50)
+    a = np.concatenate([right[:100], left[100:200], others_a])  # verified pairs in both orders, then others
+    b = np.concatenate([left[:100], right[100:200], others_b])
+    assert np.array_equal(answer(a, b), rule(a, b))
+    unknown = ~np.isin(clusters._pair_keys(others_a, others_b), clusters._pair_keys(left, right))
+    assert asked == [int(unknown.sum())]
+    assert clusters.answering_verified_pairs(counting, left[:0], right[:0], sim[:0])(a[:3], b[:3]).shape == (3,)

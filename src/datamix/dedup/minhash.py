@@ -320,7 +320,7 @@ def find_duplicates(
     all_sig = sig if ref_sig is None else np.concatenate([sig, ref_sig])
     similarity = _PairSimilarity(all_sig, texts, reference, cfg, stats, utf8)
     pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
-    return clusters.removal_frame(n, priority, *pairs, similarity)
+    return clusters.removal_frame(n, priority, *pairs, clusters.answering_verified_pairs(similarity, *pairs[:3]))
 
 
 def verified_pairs(similarity, n: int, left, right, ref_doc, ref_row, cfg: MinHashConfig, stats: dict) -> tuple:

@@ -141,7 +141,7 @@ def find_duplicates_ooc(
     pairs = verified_pairs(similarity, n, left, right, ref_doc, ref_row, cfg, stats)
     del left, right, ref_doc, ref_row  # the verified ones are in `pairs`: the clustering needs no more
     clock.lap(f"{stats['verified_pairs']:,} verified pairs")
-    removed = clusters.removal_frame(n, priority, *pairs, similarity)
+    removed = clusters.removal_frame(n, priority, *pairs, clusters.answering_verified_pairs(similarity, *pairs[:3]))
     clock.lap(f"{len(removed):,} removed")
     return removed
 
