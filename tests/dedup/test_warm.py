@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from datamix.dedup.warm import Warming, start_for
 from datamix.steps.dedup import DedupConfig
 
@@ -76,19 +78,23 @@ NO_SCIPY_LINALG = """
 import sys
 from tests.dedup.test_warm import dedup_step
 from datamix.dedup.warm import start_for
-start_for([dedup_step('near', 'minhash')], lambda s: True).wait()
-import numba.np.arraymath
-print(numba.np.arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules, len(sys.meta_path))
+start_for([dedup_step('near', 'minhash', **OPTIONS)], lambda s: True).wait()
+arraymath = sys.modules.get("numba.np.arraymath")
+print(arraymath and arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules, len(sys.meta_path))
 """
 
 
-def test_the_warm_up_does_not_import_scipy_linalg():
+@pytest.mark.parametrize("options", [{}, {"unit": "char", "ngram": 3, "verify": "jaccard"}])
+def test_the_warm_up_does_not_import_scipy_linalg(options):
     """numba's BLAS question at its registries' import imported scipy.linalg (~0.15 s of every run
-    with a MinHash step); the warm-up answers it without, and leaves no finder behind."""
+    with a MinHash step): the kernels load without numba.np.arraymath, or where cached code names
+    it, import it without scipy.linalg; no finder is left behind."""
     base = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.meta_path))"], capture_output=True,
                           text=True, check=True)
-    out = subprocess.run([sys.executable, "-c", NO_SCIPY_LINALG], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False", base.stdout.strip()]
+    probe = NO_SCIPY_LINALG.replace("**OPTIONS", "**" + repr(options))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    have_blas, scipy_linalg, finders = out.stdout.split()
+    assert have_blas in ("None", "False") and scipy_linalg == "False" and finders == base.stdout.strip()
 
 
 REFUSED_IN_ONE_THREAD = """
@@ -191,6 +197,21 @@ def test_the_dedup_kernels_are_treated():
 
     from datamix.dedup import hashing, kernels, lsh, shingle, text
 
-    found = [v for m in (hashing, kernels, lsh, shingle, text) for v in vars(m).values() if isinstance(v, CPUDispatcher)]
-    assert len(found) > 10
-    assert all(isinstance(d._cache.load_overload, __import__("functools").partial) for d in found)
+    found = {id(v): v for m in (hashing, kernels, lsh, shingle, text) for v in vars(m).values()
+             if isinstance(v, CPUDispatcher)}.values()
+    cached = [d for d in found if d.targetoptions.get("inline") != "always"]
+    assert len(cached) > 10
+    assert all(isinstance(d._cache.load_overload, __import__("functools").partial) for d in cached)
+    # helpers inlined into the kernels are cached with them, not on their own (see datamix.dedup.jit)
+    assert all(not hasattr(d._cache, "_load_overload") for d in found if d not in cached)
+
+
+def test_numba_is_imported_without_scipy_and_scipy_stays_importable():
+    """numba's package import asks scipy for its version; datamix.dedup.jit refuses it that import
+    only (the kernels use no scipy)."""
+    probe = ("import sys\nfrom datamix.dedup import kernels\nprint('scipy' in sys.modules, len(sys.meta_path))\n"
+             "import scipy\nprint(scipy.__name__)")
+    base = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.meta_path))"], capture_output=True,
+                          text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", base.stdout.strip(), "scipy"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit
+from datamix.dedup.jit import njit  # numba, imported there
 
 from datamix.dedup.warm import load_cached_lightly
 
@@ -18,7 +18,7 @@ _WORD_SEED = np.uint64(0x9E3779B97F4A7C15)
 _SPACE = 32
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _mix64(x):
     """splitmix64 finaliser: spreads every input bit over all 64 output bits."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -26,7 +26,7 @@ def _mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _hash_bytes(data, start, end):
     h = _FNV_OFFSET
     for i in range(start, end):
@@ -47,7 +47,7 @@ _ONES = np.uint64(0x0101010101010101)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _feed(h, pack, nb, byte):
     pack |= np.uint64(byte) << np.uint64(8 * (nb & 7))
     nb += 1
@@ -57,7 +57,7 @@ def _feed(h, pack, nb, byte):
     return h, pack, nb
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _feed_bytes(h, pack, nb, piece, r):
     """Feed r (1..8) bytes at once, packed little-endian in `piece` (upper bytes zero)."""
     f = nb & 7
@@ -68,7 +68,7 @@ def _feed_bytes(h, pack, nb, piece, r):
     return h, pack, nb + r
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _feed_code_point(h, pack, nb, cp):
     """Feed the UTF-8 encoding of code point `cp`."""
     if cp < 0x80:
@@ -86,7 +86,7 @@ def _feed_code_point(h, pack, nb, cp):
     return _feed(h, pack, nb, 0x80 | (cp & 0x3F))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _finish_word(h, pack, nb):
     return _mix64(h ^ pack ^ (np.uint64(nb) << np.uint64(56)))
 
@@ -104,7 +104,7 @@ def word_hash(data, start, end):
 _POSITION_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, 64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def ngram_hash(words, j, width):
     """Hash of the word n-gram words[j:j + width]: a position-weighted sum, then one
     finaliser (order-sensitive and far cheaper than mixing after every word)."""
@@ -114,7 +114,7 @@ def ngram_hash(words, j, width):
     return _mix64(h ^ np.uint64(width))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def ngram_hashes(words, n_shingles, width, out):
     """out[j] = ngram_hash(words, j, width) for j < n_shingles, one position at a time
     over all shingles: each pass is a loop without dependencies between iterations,

@@ -27,7 +27,7 @@ hashes, then the bins.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from datamix.dedup.jit import njit, prange  # numba, imported there
 
 from datamix.dedup import shingle
 from datamix.dedup.hashing import ngram_hashes
@@ -74,7 +74,7 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _32 = np.uint64(32)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _mix(x):
     """murmur3's 64-bit finaliser: every input bit flips each output bit with probability ~1/2."""
     x ^= x >> np.uint64(33)
@@ -85,13 +85,13 @@ def _mix(x):
     return x
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _bin(x, n_bins):
     """The bin of a mixed hash: its high 32 bits scaled to [0, n_bins) (multiply-high)."""
     return np.int64(((x >> _32) * n_bins) >> _32)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _probe(seeds, j, attempt, n_bins):
     """The bin an empty bin j looks at on its attempt-th try (the same for every document)."""
     return _bin(_mix(seeds[1] + (np.uint64(j) << _32) + np.uint64(attempt)), n_bins)
@@ -106,7 +106,7 @@ def first_probes(seeds, n_bins):
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _sign_hashes(acc, hashes, start, end, seeds, first, row):
     """row = the densified one-permutation signature of shingle hashes[start:end]
     (acc: scratch of row's size; first: `first_probes`)."""
@@ -156,7 +156,7 @@ def signature_kernel(hashes, offsets, seeds, out):
 _GROUP = 16
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _longest(offsets, rows, q0, q1):
     longest = 0
     for q in range(q0, q1):
@@ -209,7 +209,7 @@ def _fused_word_bags(data, offsets, rows, lower, ngram, slot_starts, out, counts
             counts[q] = m
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _slot(table, state, mask, x):
     """Open addressing: the slot holding x, or the empty slot where it belongs."""
     s = np.int64(x & np.uint64(mask))

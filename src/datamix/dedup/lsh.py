@@ -19,7 +19,7 @@ candidate edges, which other bands usually supply).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from datamix.dedup.jit import njit, prange  # numba, imported there
 
 from datamix.dedup.arrays import distinct
 from datamix.dedup.shingle import pick, serial_and_parallel
@@ -28,7 +28,7 @@ from datamix.dedup.warm import load_cached_lightly
 MAX_BUCKET = 64
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _band_key(sig, d, start, rows):
     h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(start)
     for j in range(start, start + rows):
@@ -98,7 +98,7 @@ def _bucket_table(keys):
     return slot_key, head, count, nxt
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _encode(a, b):
     return (np.uint64(a) << np.uint64(32)) | np.uint64(b)
 
@@ -128,7 +128,7 @@ def _band_pairs(keys, max_bucket, out, w):
     return w
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _emit(members, m, max_bucket, out, w):
     """The pairs of one bucket of m ascending members at out[w:]: all of them, or past
     max_bucket a star from the first member plus the chain of neighbours."""
@@ -192,13 +192,25 @@ def bucket_pairs(values: np.ndarray, offsets: np.ndarray, max_bucket: int = MAX_
     return _bucket_pairs(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(offsets, np.int64), max_bucket)
 
 
+@njit(inline="always")
+def _running_totals(counts):
+    """np.cumsum(counts), as a loop: numba's np.cumsum lives in numba.np.arraymath, which loading
+    the cached kernel would then import (~0.05 s of a run's start)."""
+    out = np.empty_like(counts)
+    total = counts.dtype.type(0)
+    for i in range(counts.shape[0]):
+        total += counts[i]
+        out[i] = total
+    return out
+
+
 def _all_band_pairs(keys, max_bucket):
     bands = keys.shape[0]
     counts = np.zeros(bands + 1, np.int64)
     empty = np.empty(0, np.uint64)
     for band in prange(bands):
         counts[band + 1] = _band_pairs(keys[band], max_bucket, empty, 0)
-    starts = np.cumsum(counts)
+    starts = _running_totals(counts)
     out = np.empty(starts[-1], np.uint64)
     for band in prange(bands):
         if counts[band + 1] > 0:
@@ -257,7 +269,7 @@ def _all_band_pairs_against(doc_keys, ref_keys, max_bucket):
     empty = np.empty(0, np.int64)
     for band in prange(bands):
         counts[band + 1] = _band_pairs_against(doc_keys[band], ref_keys[band], max_bucket, empty, empty, 0)
-    starts = np.cumsum(counts)
+    starts = _running_totals(counts)
     docs = np.empty(starts[-1], np.int64)
     refs = np.empty(starts[-1], np.int64)
     for band in prange(bands):

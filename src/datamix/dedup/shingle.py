@@ -17,7 +17,7 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit, prange
+from datamix.dedup.jit import njit, prange  # numba, imported there
 
 if TYPE_CHECKING:
     import polars as pl

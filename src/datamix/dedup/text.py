@@ -9,7 +9,7 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit, prange
+from datamix.dedup.jit import njit, prange  # numba, imported there (first)
 from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
@@ -26,7 +26,7 @@ from datamix.dedup.warm import load_cached_lightly
 # ---------------------------------------------------------------- characters
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _decode(data, i, end):
     """(code point, byte length) of the UTF-8 sequence at data[i]; bad bytes decode as themselves."""
     c = np.int64(data[i])
@@ -42,7 +42,7 @@ def _decode(data, i, end):
     return c, 1
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _is_separator(cp):
     """True for punctuation, symbols, whitespace and control characters (folded to one space).
 
@@ -95,7 +95,7 @@ def lower_table() -> np.ndarray:
     return table
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def next_char(data, i, end, lower):
     """(lowercased code point, or 0 for a separator; byte length) of the character at data[i]."""
     c = data[i]
@@ -119,13 +119,13 @@ def next_char(data, i, end, lower):
 # nb), so a word may start in one and end in the other.
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _at_least(x, c):
     """0x80 in each byte of x (all bytes < 0x80) that is >= c (1 <= c <= 128), else 0."""
     return (x + _ONES * np.uint64(0x80 - c)) & _HIGH
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _byte_index(bits):
     """Index of the lowest byte whose 0x80 bit is set (bits != 0)."""
     return np.int64(trailing_zeros(bits)) >> 3
@@ -151,7 +151,7 @@ def _load8(typingctx, words, i):
     return types.uint64(words, i), codegen
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _load8_text(data, i):
     """The bytes data[i:i + 8] as a little-endian uint64 (zeros past the buffer's end):
     texts are read in place from the Arrow buffer, which need not be padded."""
@@ -166,7 +166,7 @@ def _load8_text(data, i):
 _GATHER = np.uint64(0x0002040810204081)  # (bits at 0x80 of each byte) * this >> 56 = one bit per byte
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _word_bits(x):
     """0x80 in each byte of x (all ASCII) that is a word byte (a-z, A-Z, 0-9)."""
     upper = _at_least(x, 0x41) & ~_at_least(x, 0x5B)
@@ -174,12 +174,12 @@ def _word_bits(x):
     return (_at_least(low, 0x61) & ~_at_least(low, 0x7B)) | (_at_least(x, 0x30) & ~_at_least(x, 0x3A))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _lower_ascii(x):
     return x | ((_at_least(x, 0x41) & ~_at_least(x, 0x5B)) >> np.uint64(2))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _ascii_word_mask(data, start, end, wmask, lowered):
     """Bit p of wmask[p >> 6] = byte start + p is a word byte, `lowered` = the text's
     bytes lowercased (as uint64 words from its start); False if the text is not all ASCII.
@@ -208,7 +208,7 @@ def _ascii_word_mask(data, start, end, wmask, lowered):
     return high & _HIGH == 0
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _ascii_word_hashes(lowered, start, end, wmask, words):
     """Hash the words marked in wmask (see `_ascii_word_mask`); returns the word count.
 
@@ -275,7 +275,7 @@ def word_hashes(data, start, end, lower, words):
     return word_hashes_into(data, start, end, lower, words, wmask, lowered)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def word_pass_scratch(longest):
     """(wmask, lowered) scratch arrays for `word_hashes_into` on texts of up to `longest` bytes."""
     n_blocks = (((longest + 7) >> 3) + 7) >> 3
@@ -285,7 +285,7 @@ def word_pass_scratch(longest):
     return np.empty(n_blocks, np.uint64), np.empty(8 * n_blocks + 2, np.uint64)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def word_hashes_into(data, start, end, lower, words, wmask, lowered):
     """`word_hashes` with caller-owned scratch (from `word_pass_scratch`), reused across texts."""
     if _ascii_word_mask(data, start, end, wmask, lowered):
@@ -355,7 +355,7 @@ def word_hashes_mixed(data, start, end, lower, words):
     return n_words
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _put_utf8(out, w, cp):
     """Write code point `cp` as UTF-8 at out[w]; return the new write position."""
     if cp < 0x80:

@@ -9,6 +9,7 @@ character shingles, every verification mode, and a reference set (decontaminatio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -96,7 +97,16 @@ def import_numba_registries() -> None:
     refused to this thread only, for this one import, so another thread importing it meanwhile
     (a step running before the dedup step) is not affected; where scipy.linalg is already
     imported the question costs nothing and nothing is refused."""
+    with _arraymath_without_scipy():
+        import numba.np.arraymath  # noqa: F401
+
+
+@contextlib.contextmanager
+def _arraymath_without_scipy():
+    """Within: scipy.linalg refused to this thread while numba.np.arraymath is not imported yet
+    and scipy.linalg is not either (see import_numba_registries)."""
     if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        yield
         return
     refuse = _RefusedInThread("scipy.linalg")
     # new lists, not an insert and a remove in place: an import in another thread walks the list
@@ -104,7 +114,7 @@ def import_numba_registries() -> None:
     # after the one it is asking into that one's place, and so skip it
     sys.meta_path = [refuse, *sys.meta_path]
     try:
-        import numba.np.arraymath  # noqa: F401
+        yield
     finally:
         sys.meta_path = [finder for finder in sys.meta_path if finder is not refuse]
 
@@ -118,9 +128,10 @@ def load_cached_lightly(namespace: dict) -> None:
     polynomials, typed containers, ...; ~0.1 s) and scans every installed package's entry points
     for numba extensions (~0.03 s). Machine code read from the cache needs neither; it needs the
     runtime that its arrays are allocated through (NRT), which is initialised here, and the modules
-    its environment names, imported here without scipy.linalg (import_numba_registries). When the
-    cache has no code for a call (a fresh install, a changed kernel, new argument types) numba
-    compiles as usual: its compiler refreshes the context itself. Numba extensions of other packages are never
+    its environment names (those of the numpy functions it inlined), which its unpickling imports,
+    numba.np.arraymath without scipy.linalg (see import_numba_registries). When the cache has no
+    code for a call (a fresh install, a changed kernel, new argument types) numba compiles as
+    usual: its compiler refreshes the context itself, after the registries are imported here. Numba extensions of other packages are never
     loaded for these kernels, which use none; other numba functions in the process are unaffected."""
     from numba.core.registry import CPUDispatcher
 
@@ -135,11 +146,11 @@ def _load_cached(cache, sig, target_context):
     from numba.core.runtime import rtsys
 
     rtsys.initialize(target_context)
-    # a cached kernel's environment names the modules of the numpy functions it inlined (its
-    # unpickling imports numba.np.arraymath, for one), so the registries still load, without scipy
-    import_numba_registries()
-    with cache._guard_against_spurious_io_errors():
-        return cache._load_overload(sig, target_context)  # None: numba compiles next, and refreshes
+    with _arraymath_without_scipy(), cache._guard_against_spurious_io_errors():
+        compiled = cache._load_overload(sig, target_context)
+    if compiled is None:
+        import_numba_registries()  # numba compiles next (its compiler refreshes the context)
+    return compiled
 
 
 def _no_extensions() -> None:
