@@ -1,5 +1,5 @@
 """`python -m datamix.cli ...`, as the tests and torchrun-free subprocesses call it."""
 
-from datamix.cli import main
+from datamix.cli import entry
 
-main()
+entry()
