@@ -322,7 +322,9 @@ def _datamix_cli(folder: str, src: str | None = None) -> tuple[float, float, flo
             path = os.path.join(folder, name)
             subprocess.run(["rm", "-rf", path], check=True)
     env = None if src is None else {**os.environ, "PYTHONPATH": src}
-    wall, cpu, _ = run_child([DATAMIX, "run", "-q", "pipeline.yaml"], cwd=folder, env=env)
+    # `python -m datamix.cli` rather than the console script: the script imports the installed
+    # entry point, which another revision's source may not have
+    wall, cpu, _ = run_child([PYTHON, "-m", "datamix.cli", "run", "-q", "pipeline.yaml"], cwd=folder, env=env)
     import duckdb
 
     con = duckdb.connect(os.path.join(folder, "store.duckdb"), read_only=True)
