@@ -246,18 +246,15 @@ def test_parquet_source_reads_a_row_group_once_for_fetches_in_position_order(tmp
     assert src.take(np.array([999])).to_list() == [texts[999]] and reads[-1] == 9 and len(reads) == 11
 
 
-def test_signature_rows_are_copied_in_runs_that_map_little(tmp_path, monkeypatch):
-    """Scattered rows map a fault-around window each: a copy stops after WINDOWS of them (or
-    GATHER rows), so the mapped pages between drops stay small; the rows are the file's."""
-    monkeypatch.setattr(ooc._SignatureRows, "WINDOWS", 4)
-    monkeypatch.setattr(ooc._SignatureRows, "GATHER", 10)
+def test_scattered_signature_rows_are_read_without_the_map(tmp_path):
+    """Rows that each lie in a fault-around window of their own are read one by one (a fault would
+    map the 64 KB around each); denser ones through the map; the rows are the file's either way."""
     sig = np.arange(3000 * 128, dtype=np.uint32).reshape(3000, 128)
     with ooc._SignatureWriter(str(tmp_path / "s.npy"), 3000, 128) as writer:
         writer.append(sig)
     reader = ooc._SignatureRows(str(tmp_path / "s.npy"))
-    scattered = np.arange(0, 2000, 200)  # 100 KB apart: a window each
-    assert [b - a for a, b in reader._copies(scattered)] == [4, 4, 2]
-    dense = np.arange(0, 25)  # 25 rows of 512 B: one window
-    assert [b - a for a, b in reader._copies(dense)] == [10, 10, 5]
-    rows = np.sort(np.random.default_rng(0).choice(3000, 500, replace=False))
-    assert np.array_equal(reader(rows), sig[rows]) and reader(rows[:0]).shape == (0, 128)
+    scattered, dense = np.arange(0, 3000, 200), np.arange(0, 3000, 3)  # 100 KB apart; 1.5 KB apart
+    assert reader.scattered(scattered) and not reader.scattered(dense) and not reader.scattered(dense[:0])
+    for rows in (scattered, dense, np.sort(np.random.default_rng(0).choice(3000, 500, replace=False))):
+        assert np.array_equal(reader(rows), sig[rows])
+    assert reader(dense[:0]).shape == (0, 128)

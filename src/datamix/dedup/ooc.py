@@ -369,11 +369,12 @@ class _SignatureRows:
     after each read (MADV_DONTNEED), so the process holds only the rows it copied."""
 
     GATHER = 2_048  # rows per copy between drops
-    # A fault maps the cached pages around it too (the kernel's fault-around, 64 KB): rows far
-    # apart map that much each, so a copy also stops after this many such windows. Without it,
-    # the removal records' few thousand rows scattered over the 1.5 GB file at 3M mapped 0.33 GB
-    # in one copy, over the 1.5 GB budget's plan (1.32 GB peak against 0.99 GB).
-    WINDOW, WINDOWS = 64 * 1024, 256
+    # A fault maps the cached pages around it too (the kernel's fault-around, 64 KB and more):
+    # rows that each lie in a window of their own are read with one pread each instead (the
+    # removal records' few thousand rows, scattered over the 1.5 GB file at 3M, mapped 0.33 GB
+    # in one copy: a 1.32 GB peak under a 1.5 GB budget planned at 0.99 GB). Verification's
+    # blocks hold ~10 rows per window and go through the map.
+    WINDOW = 64 * 1024
 
     def __init__(self, path: str):
         with open(path, "rb") as f:
@@ -381,7 +382,7 @@ class _SignatureRows:
             shape, _, _ = np.lib.format.read_array_header_1_0(f)
             header = f.tell()
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._header, self._row_bytes = header, 4 * shape[1]
+        self._path, self._header, self._row_bytes = path, header, 4 * shape[1]
         # rows are read scattered: without this, each page fault reads ahead up to 128 KB of
         # neighbours, all resident until dropped (measured: 0.5 GB of file pages at 3M)
         self._map.madvise(mmap.MADV_RANDOM)
@@ -390,24 +391,27 @@ class _SignatureRows:
         self._rows = np.frombuffer(self._map, np.uint32, count=count, offset=header).reshape(shape)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.shape[1]), np.uint32)
-        for start, stop in self._copies(np.asarray(rows, np.int64)):
-            out[start:stop] = self._rows[rows[start:stop]]
+        if self.scattered(rows):
+            fd = os.open(self._path, os.O_RDONLY)
+            try:
+                for k, row in enumerate(rows.tolist()):
+                    os.preadv(fd, [out[k]], self._header + row * self._row_bytes)
+            finally:
+                os.close(fd)
+            return out
+        for s in range(0, len(rows), self.GATHER):
+            out[s : s + self.GATHER] = self._rows[rows[s : s + self.GATHER]]
             self._map.madvise(mmap.MADV_DONTNEED)
         return out
 
-    def _copies(self, rows: np.ndarray) -> list[tuple[int, int]]:
-        """(start, stop) ranges of `rows` copied between drops: at most GATHER rows, and rows in
-        at most WINDOWS fault-around windows (counted as changes of window along `rows`)."""
+    def scattered(self, rows: np.ndarray) -> bool:
+        """True when most of `rows` (in order) lie in a fault-around window of their own."""
         if len(rows) == 0:
-            return []
+            return False
         window = (self._header + rows * self._row_bytes) // self.WINDOW
-        changes = np.ones(len(rows), np.int64)
-        changes[1:] = window[1:] != window[:-1]
-        group = (np.cumsum(changes) - 1) // self.WINDOWS
-        cuts = np.union1d(np.flatnonzero(np.diff(group)) + 1, np.arange(self.GATHER, len(rows), self.GATHER))
-        bounds = [0, *cuts.tolist(), len(rows)]
-        return list(zip(bounds[:-1], bounds[1:]))
+        return 2 * (1 + int(np.count_nonzero(window[1:] != window[:-1]))) > len(rows)
 
 
 class _Verifier:
