@@ -36,9 +36,9 @@ def warm_kernels() -> float:
 
 class Warming:
     """numba's cached MinHash kernels loading in a background thread while a run's earlier
-    steps work (`start_for`). Even cached, numba's first use costs ~0.35 s on a quiet core
-    (importing numba ~0.11 s, its lowering registries ~0.14 s, loading the kernels ~0.08 s,
-    with scipy.linalg left out: import_numba_registries), a fixed cost of every run with a
+    steps work (`start_for`). Even cached, numba's first use costs ~0.25 s on a quiet core
+    (importing numba ~0.13 s, its runtime ~0.04 s, the kernels' machine code ~0.04 s; with
+    load_cached_lightly, without which it was ~0.5 s), a fixed cost of every run with a
     MinHash step. Both threads mostly hold the GIL, so the thread gains only where the other
     waits on DuckDB, files or LLVM: starting it at the CLI's start instead of here measured no
     faster. The runner calls `wait()` before a dedup step starts, so numba is never used
@@ -131,8 +131,9 @@ def load_cached_lightly(namespace: dict) -> None:
     its environment names (those of the numpy functions it inlined), which its unpickling imports,
     numba.np.arraymath without scipy.linalg (see import_numba_registries). When the cache has no
     code for a call (a fresh install, a changed kernel, new argument types) numba compiles as
-    usual: its compiler refreshes the context itself, after the registries are imported here. Numba extensions of other packages are never
-    loaded for these kernels, which use none; other numba functions in the process are unaffected."""
+    usual: its compiler refreshes the context itself, after the registries are imported here.
+    Numba extensions of other packages are never loaded for these kernels, which use none; other
+    numba functions in the process are unaffected."""
     from numba.core.registry import CPUDispatcher
 
     for value in namespace.values():
