@@ -213,7 +213,7 @@ def _sign(source, kind: str, cfg, folder, chunk, writer, cache, stats, held: Hel
     raw = cache is None and hasattr(source, "utf8_batches")
     for part, batch in enumerate(source.utf8_batches(chunk) if raw else source.batches(chunk)):
         if raw:
-            sig = _sign_utf8(*batch, cfg, stats, out=getattr(writer, "lend", lambda k: None)(len(batch[1]) - 1))
+            sig = _sign_utf8(*batch, cfg, stats, out=writer.lend(len(batch[1]) - 1))
         else:
             sig = signatures(batch, cfg, cache=cache, stats=stats)
         if raw and held is not None:
@@ -314,6 +314,10 @@ class _SignatureWriter:
                       "shape": (self.rows, self.num_perm)})
         return self
 
+    def lend(self, count: int) -> None:
+        """No rows to sign into (HeldSignatures lends its own): the signer allocates."""
+        return None
+
     def append(self, sig: np.ndarray) -> None:
         self._f.write(np.ascontiguousarray(sig, np.uint32))  # its buffer as it is (tobytes: a copy, 0.3 s at 1M)
         self.written += len(sig)
@@ -355,7 +359,7 @@ class HeldSignatures:
 
     def append(self, sig: np.ndarray) -> None:
         end = self.written + len(sig)
-        if not np.shares_memory(sig, self.all):  # not signed in place (a cached signature source)
+        if not np.may_share_memory(sig, self.all):  # not signed in place (a cached signature source)
             self.all[self.written : end] = sig
         self.written = end
 

@@ -108,7 +108,14 @@ def _arraymath_without_scipy():
     if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
         yield
         return
-    refuse = _RefusedInThread("scipy.linalg")
+    with refused_in_this_thread("scipy.linalg"):
+        yield
+
+
+@contextlib.contextmanager
+def refused_in_this_thread(name: str):
+    """Within: `name` (and its submodules) unimportable from this thread (_RefusedInThread)."""
+    refuse = _RefusedInThread(name)
     # new lists, not an insert and a remove in place: an import in another thread walks the list
     # it started with (importlib's _find_spec), where a removal in place could shift the finder
     # after the one it is asking into that one's place, and so skip it
