@@ -273,10 +273,12 @@ class RunResult:
     bad_input: bool = False
 
 
-def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, verbose: bool = False) -> RunResult:
+def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, verbose: bool = False,
+        quiet: bool = False) -> RunResult:
     """Run every step that is not up to date, in dependency order.
 
-    verbose: also log every committed chunk (step, key, rows), as it commits."""
+    verbose: also log every committed chunk (step, key, rows), as it commits.
+    quiet: steps that print their own progress write it to their output folder (Context.quiet)."""
     _use_jemalloc_for_arrow()
     fps = fingerprints(pipeline)
     store = Store(store_path)
@@ -319,7 +321,8 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                     log(f"{'resume' if row else 'run   '} {step.name} ({step.kind})")
                     if step.kind == "dedup":
                         warming.wait()  # numba from one thread at a time
-                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log, pool=pool)
+                    _run_step(pipeline, store, step, entry, fp, run_id, bars, log if verbose else None, log=log, pool=pool,
+                              quiet=quiet)
                     bars.mark(step.name, "done")
                 except (StepError, BadInput) as e:
                     bars.mark(step.name, "failed")
@@ -375,7 +378,7 @@ def _missing_secrets(pipeline: Pipeline, store: Store, fps: dict[str, str]) -> t
 
 
 def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str, run_id: str, bars,
-              log_chunk=None, log=print, pool: dict | None = None) -> None:
+              log_chunk=None, log=print, pool: dict | None = None, quiet: bool = False) -> None:
     parents = step.parent_steps()
     store.begin_step(step.name, step.kind, fp, step.model_dump(mode="json"), parents, entry.passthrough, run_id,
                      keeps_ids=entry.keeps_ids)
@@ -398,6 +401,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         query=lambda sql, params=None: _records(store.con.execute(sql, params or [])),
         log=log,  # a step's warnings (a pre-query template full of whitespace) reach the user
         pool=pool,
+        quiet=quiet,
     )
     ctx.memory_limit, ctx.temp_directory = pipeline.memory_settings()
     sp = bars.step(step.name, step.kind, *_progress_unit(step, total, output_dir))

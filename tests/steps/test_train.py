@@ -139,3 +139,19 @@ def test_validate_names_a_bad_validation_file(tmp_path):
     pipeline = early_stopping_pipeline(tmp_path, {"path": "data/unanswered.jsonl"})
     result = cli("validate", pipeline, cwd=tmp_path)
     assert result.exit_code == 2 and "validation.path" in result.output and "no assistant reply" in result.output
+
+
+def test_run_quiet_prints_nothing_and_keeps_the_trainers_lines_in_a_log(tmp_path):
+    """`datamix run -q` prints nothing on success: the trainer's loss lines go to train.log in
+    the step's output folder; without -q they are printed as before."""
+    from datamix.models.tiny import build_tiny_model
+
+    build_tiny_model(str(tmp_path / "models" / "base"), arch="qwen2", chat_template="qwen2.5-instruct")
+    pipeline = make_pipeline(tmp_path)
+    quiet = cli("run", "-q", pipeline, cwd=tmp_path)
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.strip() == ""
+    log = (tmp_path / ".datamix" / "outputs" / "train" / "train.log").read_text()
+    assert "step 2/2 loss" in log
+    loud = cli("run", pipeline, "general_share=0.8", cwd=tmp_path)
+    assert loud.exit_code == 0 and "step 2/2 loss" in loud.output

@@ -41,7 +41,8 @@ def run(pipeline, overrides, store, quiet, verbose, sweep_spec, pick_rule):
     path = spec.store_path(os.path.abspath(store) if store else None)
     try:
         result = runner.run(spec, path, progress=not quiet and sys.stderr.isatty(),
-                            log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)), verbose=verbose)
+                            log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)), verbose=verbose,
+                            quiet=quiet)
     except StoreError as e:
         _fail(str(e), EXIT_FAILED)
     if not result.ok:

@@ -319,6 +319,9 @@ class Context:
     # The step's executor (datamix.executors; None: local). A `whole` step that can spread its
     # work over a cluster (MinHash dedup's signing and band shuffle) looks here; a run setting too.
     executor: Any = None
+    # `datamix run -q`: a step that would print its own progress (the trainer's loss lines)
+    # writes it to a log file in its output folder instead
+    quiet: bool = False
 
     def resolve(self, path: str) -> str:
         import os

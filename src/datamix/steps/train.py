@@ -214,9 +214,13 @@ def run(cfg: TrainStepConfig, inputs: dict[str, InputTable], ctx: Context) -> Ou
     overrides += [f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in cfg.options.items()]
     if cfg.validation is not None:
         overrides.append(f"eval_shards={_validation_shards(cfg, inputs, ctx, shards)}")
-    status = train_command(None, overrides, cfg.nproc_per_node, cfg.torchrun_args)
+    # under `run -q` the trainer's lines go to a file beside its outputs (its own fresh-run
+    # housekeeping moves only checkpoints, model, metrics and run.json aside)
+    log_file = os.path.join(ctx.output_dir, "train.log") if ctx.quiet else None
+    status = train_command(None, overrides, cfg.nproc_per_node, cfg.torchrun_args, log_file=log_file)
     if status != 0:
-        raise StepError(f"step {cfg.name!r}: training exited with status {status}; see the log above and {ctx.output_dir}/metrics.jsonl")
+        raise StepError(f"step {cfg.name!r}: training exited with status {status}; see "
+                        f"{log_file or 'the log above'} and {ctx.output_dir}/metrics.jsonl")
     return Output(rows=_summary(cfg, model, shards, ctx), rows_in=_sequences(shards),
                   files=[os.path.join(ctx.output_dir, "model")])
 
