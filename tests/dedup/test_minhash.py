@@ -228,6 +228,6 @@ def test_removal_records_answer_verified_pairs_with_their_values_and_ask_about_t
     a = np.concatenate([right[:100], left[100:200], others_a])  # verified pairs in both orders, then others
     b = np.concatenate([left[:100], right[100:200], others_b])
     assert np.array_equal(answer(a, b), rule(a, b))
-    unknown = ~np.isin(clusters._pair_keys(others_a, others_b), clusters._pair_keys(left, right))
+    unknown = ~np.isin(clusters.pair_keys(others_a, others_b), clusters.pair_keys(left, right))
     assert asked == [int(unknown.sum())]
     assert clusters.answering_verified_pairs(counting, left[:0], right[:0], sim[:0])(a[:3], b[:3]).shape == (3,)

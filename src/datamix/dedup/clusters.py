@@ -46,13 +46,13 @@ def answering_verified_pairs(pair_similarity: Callable[[np.ndarray, np.ndarray],
     rows back from disk (110 s of a 272 s run, with the page cache holding a fraction of the
     5 GB file). Semantic dedup does not use it: its pairs' cosines come from a matrix product,
     whose rounding may differ from the per-pair dot product in the last bits."""
-    keys = _pair_keys(left, right)
+    keys = pair_keys(left, right)
     order = np.argsort(keys, kind="stable")
     keys, values = keys[order], np.asarray(similarity, np.float64)[order]
 
     def ask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-        wanted = _pair_keys(a, b)
+        wanted = pair_keys(a, b)
         pos = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
         found = keys[pos] == wanted if len(keys) else np.zeros(len(a), bool)
         out = np.empty(len(a), np.float64)
@@ -65,7 +65,7 @@ def answering_verified_pairs(pair_similarity: Callable[[np.ndarray, np.ndarray],
     return ask
 
 
-def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One uint64 per unordered pair of indices below 2^32: (lower << 32) | higher."""
     lo, hi = np.minimum(a, b).astype(np.uint64), np.maximum(a, b).astype(np.uint64)
     return (lo << np.uint64(32)) | hi

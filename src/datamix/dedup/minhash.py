@@ -481,10 +481,10 @@ def _shingle_bags(utf8: _Utf8, docs: np.ndarray, cfg: MinHashConfig, room=None):
         slots = np.zeros(q1 - q0, np.int64)
         np.cumsum(bound[q0 : q1 - 1], out=slots[1:])
         width = int(ends_of_bound[q1 - 1] - before)
-        room = scratch if width <= len(scratch) else np.empty(width, np.uint64)  # one long text
+        work = scratch if width <= len(scratch) else np.empty(width, np.uint64)  # one long text
         kernel = mk.pick(mk.FUSED_WORD_BAGS, width * 8)
-        kernel(utf8.data, offsets, docs[q0:q1], shingle.lower_table(), cfg.ngram, slots, room, counts[q0:q1])
-        mk.pack_slots(room, slots, counts[q0:q1], hashes[packed:])
+        kernel(utf8.data, offsets, docs[q0:q1], shingle.lower_table(), cfg.ngram, slots, work, counts[q0:q1])
+        mk.pack_slots(work, slots, counts[q0:q1], hashes[packed:])
         starts[q0] = packed
         np.cumsum(counts[q0 : q1 - 1], out=starts[q0 + 1 : q1])
         starts[q0 + 1 : q1] += packed

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from datamix.dedup import bands as layout
+from datamix.dedup import bands as layout, clusters
 from datamix.dedup.arrays import distinct, distinct_rows, missing
 from datamix.dedup.bags import ShingleBags
 from datamix.dedup.budget import Budget, parse_size, peak_rss, physical_memory, rss, size_text  # noqa: F401 (the API)
@@ -80,7 +80,6 @@ def find_duplicates_ooc(
     files, max_bucket) -> (left, right)` replace the local signing and candidate-pair
     stages (datamix.executors.ray_minhash.Stages: on a Ray cluster); any replacement writes
     the same layout and gives the same pairs, so the decisions do not change."""
-    from datamix.dedup import clusters
     from datamix.dedup.lsh import MAX_BUCKET
 
     stats = {} if stats is None else stats
@@ -482,8 +481,7 @@ class _Verifier:
         """Exact Jaccard of global pairs: known ones looked up, the rest computed in fetches."""
         # Jaccard is symmetric: a pair is kept as (lower, higher), so the removal records'
         # (removed, kept) find what the candidates' (lower, higher) computed
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        pairs = (lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64)
+        pairs = clusters.pair_keys(a, b)
         new = missing(pairs, self._known)
         if len(new):
             na, nb = _decode(new)
