@@ -12,9 +12,14 @@ from __future__ import annotations
 import json
 import os
 
+from typing import TYPE_CHECKING
+
 from datamix.errors import BadInput
 from datamix.steps.base import InputTable, copy_sql
 from datamix.store import Store, quote
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def read_output(store: Store, name: str, columns: str | None = None):
@@ -144,6 +149,33 @@ class StoreInput(InputTable):
         self._store.con.execute(copy_sql(columns, scan[0], fmt), [*scan[1], path])
 
 
+class HeldInput(StoreInput):
+    """An upstream step's output that this run has just written, read from the Arrow tables it
+    committed (the runner holds them, see runner._Held) while their commit may still be running
+    behind (Store.writing_behind). A select runs through DuckDB over those tables, as
+    read_output's runs over the stored table made from them, so the rows, their order and their
+    types are the same; what the step writes to a file (`write`) is copied from the store."""
+
+    def __init__(self, store: Store, name: str, rows: "pa.Table"):
+        InputTable.__init__(self, name, self._select, rows.num_rows)
+        self._store, self._rows = store, rows
+
+    def _select(self, columns: str | None = None):
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            return con.from_arrow(self._rows).query("held", f"SELECT {columns or '*'} FROM held").to_arrow_table()
+        finally:
+            con.close()
+
+    def column_names(self) -> list[str]:
+        return list(self._rows.column_names)
+
+    def stream(self, size: int, columns: str | None = None):
+        yield from InputTable.stream(self, size, columns)
+
+
 def output_folder(store: Store, step: str) -> str:
     """The folder beside the store where a step writes files (exports, shards, checkpoints, models)."""
     root = os.path.join(os.path.dirname(os.path.abspath(store.path)), "outputs")
@@ -153,12 +185,12 @@ def output_folder(store: Store, step: str) -> str:
     return path
 
 
-def discard_outputs(store: Store, step: str, output_dir: str) -> None:
-    """Remove what a step wrote outside the store: the files it recorded (an export's `path:` may be
-    anywhere) and its own output folder (checkpoints, models, shards)."""
+def discard_outputs(recorded: list[str], output_dir: str) -> None:
+    """Remove what a step wrote outside the store: the files it recorded (Store.recorded_files: an
+    export's `path:` may be anywhere) and its own output folder (checkpoints, models, shards)."""
     import shutil
 
-    for path in store.recorded_files(step):
+    for path in recorded:
         if os.path.isfile(path) or os.path.islink(path):
             os.remove(path)
         elif os.path.isdir(path):

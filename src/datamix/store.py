@@ -7,9 +7,13 @@ Only the runner writes; CLI queries open the file read-only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,15 @@ SQL_FILES = ("schema.sql", "funnel.sql", "lineage.sql", "composition.sql", "clus
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says why and what to do."""
+
+
+class WriteFailed(Exception):
+    """A write the store ran behind the runner (Store.writing_behind) failed: `step` wrote it,
+    `error` is what DuckDB or the file system raised. Raised at the runner's next use of the store."""
+
+    def __init__(self, step: str, what: str, error: BaseException):
+        super().__init__(f"step {step}: {what} failed: {type(error).__name__}: {error}")
+        self.step, self.what, self.error = step, what, error
 
 
 class StoreDamaged(Exception):
@@ -200,7 +213,8 @@ class Store:
     def __init__(self, path: str, read_only: bool = False):
         self.path = path
         self.read_only = read_only
-        self.con = connect(path, read_only=read_only)
+        self._con = connect(path, read_only=read_only)
+        self._behind: _WriteBehind | None = None
         if not read_only:
             # Text columns compressed with zstd, not DuckDB's default pick (DICT_FSST): on 100k
             # texts of 200 words (136 MB) its checkpoint took 1.35 s for a 77 MB file, zstd's
@@ -210,6 +224,41 @@ class Store:
             self.con.execute("SET force_compression = 'zstd'")
             for name in SQL_FILES:
                 self.con.execute(sql_text(name))
+
+    @property
+    def con(self) -> "duckdb.DuckDBPyConnection":
+        """The store's connection. While writes run behind (writing_behind), taking it waits for
+        them, so every read sees and every write follows what the runner wrote before."""
+        behind = self._behind
+        if behind is not None and not behind.on_its_thread():
+            behind.wait()
+        return self._con
+
+    @contextlib.contextmanager
+    def writing_behind(self) -> Iterator[None]:
+        """Writes given to `later` run in order on one thread of their own while the caller goes
+        on: the runner hands a step's output to the next step in memory while its commit (DuckDB
+        compressing the rows) runs. Leaving waits for the writes and raises a failed one's
+        WriteFailed."""
+        self._behind = _WriteBehind()
+        try:
+            yield
+        finally:
+            behind, self._behind = self._behind, None
+            behind.close()
+
+    def later(self, step: str, what: str, write: Callable[[], Any]) -> None:
+        """Run `write` (which uses the store) after every write given before it: on the writer's
+        thread while writing behind, at once otherwise. A failure stops the writes after it."""
+        if self._behind is None:
+            write()
+        else:
+            self._behind.put(step, what, write)
+
+    def flush(self) -> None:
+        """Wait for the writes running behind; raise a failed one's WriteFailed."""
+        if self._behind is not None:
+            self._behind.wait()
 
     def limit_memory(self, limit: int | None, temp_directory: str | None) -> None:
         """Under a run's memory budget DuckDB gets a quarter of it (the rest is the steps':
@@ -470,6 +519,48 @@ class Store:
 
     def count(self, step: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {quote(step)}").fetchall()[0][0]
+
+
+class _WriteBehind:
+    """One thread running the store's writes in the order given. After a failure the writes
+    after it are dropped (each may depend on the ones before) and `wait` raises it, once."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._failure: WriteFailed | None = None
+        self._thread = threading.Thread(target=self._work, name="datamix-store-writer", daemon=True)
+        self._thread.start()
+
+    def on_its_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def put(self, step: str, what: str, write: Callable[[], Any]) -> None:
+        self._queue.put((step, what, write))
+
+    def wait(self) -> None:
+        self._queue.join()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            step, what, write = item
+            try:
+                if self._failure is None:
+                    write()
+            except BaseException as e:  # noqa: BLE001 - handed to the runner's thread by wait()
+                self._failure = WriteFailed(step, what, e)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
 
 
 def _row_group_batches(rows: "pa.Table") -> "pa.Table":
