@@ -8,12 +8,17 @@ or any other column of the table.
 
 from __future__ import annotations
 
-import polars as pl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the step kinds import this module when a pipeline is loaded
+    import polars as pl
 
 CHAT_FIELDS = ("instruction", "response", "system", "conversation", "user", "assistant")
 
 
 def _contents(role: str | None) -> pl.Expr:
+    import polars as pl
+
     msgs = pl.col("messages")
     if role is None:
         return msgs.list.eval(pl.element().struct.field("content"))
@@ -24,6 +29,8 @@ def _contents(role: str | None) -> pl.Expr:
 
 def field_expr(field: str) -> pl.Expr:
     """The text of `field` for every row (empty string when the chat has none)."""
+    import polars as pl
+
     if field == "instruction":
         expr = _contents("user").list.first()
     elif field == "response":
@@ -64,11 +71,15 @@ def sql_select(field: str, alias: str) -> str:
 
 def cast_text(column: str) -> pl.Expr:
     """A column read by sql_select as field_expr's text: Polars' cast to text, null as ''."""
+    import polars as pl
+
     return pl.col(column).cast(pl.Utf8).fill_null("")
 
 
 def text_of(df: pl.DataFrame, fields: list[str]) -> pl.Series:
     """The named fields joined with a blank line, one string per row."""
+    import polars as pl
+
     if len(fields) == 1:
         return df.select(field_expr(fields[0])).to_series()
     return df.select(pl.concat_str([field_expr(f) for f in fields], separator="\n\n").alias("text")).to_series()

@@ -1,8 +1,9 @@
 """Clean JSONL goes through DuckDB's reader; anything unusual falls back to the line reader.
 
 Either way a file must give the same rows, ids, lines and quarantine as the line reader alone.
-Two fast paths: the records parsed by DuckDB's reader straight into the structure
-(read_parsed_records), else their text read by it and parsed in SQL (read_raw_records).
+Fast paths: the records parsed by DuckDB's reader straight into the structure and normalised
+in the same query (read_normalized; read_parsed_records stops at the parsed records), else
+their text read by it and parsed in SQL (read_raw_records).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datamix import readers
 from datamix.loop import chunks_of
 from datamix.steps import load
 from datamix.steps.base import Context
-from datamix.steps.load import LoadConfig, normalize, read_parsed_records, read_raw_records
+from datamix.steps.load import LoadConfig, normalize, read_normalized, read_parsed_records, read_raw_records, split_quarantine
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]})
 OTHER = json.dumps({"prompt": "p?", "response": "r."})
@@ -75,9 +76,10 @@ def test_undecodable_bytes_fall_back_and_are_quarantined(tmp_path):
 
 
 def load_step(path, chunk: int, monkeypatch=None):
-    """The load step's chunks (key, rows, quarantine, rows_in); with `monkeypatch`, with both
-    fast paths turned off (the line reader alone)."""
+    """The load step's chunks (key, rows, quarantine, rows_in); with `monkeypatch`, with every
+    fast path turned off (the line reader alone)."""
     if monkeypatch is not None:
+        monkeypatch.setattr(load, "read_normalized", lambda *a: None)
         monkeypatch.setattr(load, "read_parsed_records", lambda *a: None)
         monkeypatch.setattr(readers, "_jsonl_clean_lines", lambda *a: None)
     cfg = LoadConfig(name="l", kind="load", path=path.name, chunk_size=chunk, max_bad_fraction=1.0)
@@ -102,11 +104,28 @@ def test_the_load_step_gives_what_the_line_reader_alone_gives(tmp_path, monkeypa
 def test_which_files_the_reader_parses_in_one_pass(tmp_path, case, parsed):
     path = tmp_path / "f.jsonl"
     path.write_bytes(CASES[case].encode())
-    records = read_parsed_records(str(path), LoadConfig(name="l", kind="load", path=str(path)))
-    assert (records is not None) == parsed
+    cfg = LoadConfig(name="l", kind="load", path=str(path))
+    records = read_parsed_records(str(path), cfg)
+    con = duckdb.connect()
+    rows = read_normalized(con, str(path), "f.jsonl", cfg)
+    assert (records is not None) == parsed and (rows is not None) == parsed
     if parsed:
-        assert records.column("origin_line").to_pylist() == list(range(1, CASES[case].count("\n") + 1 + (
-            not CASES[case].endswith("\n"))))
+        lines = list(range(1, CASES[case].count("\n") + 1 + (not CASES[case].endswith("\n"))))
+        assert records.column("origin_line").to_pylist() == lines
+        # one query or two: the same rows and quarantine
+        assert [t.to_pylist() for t in split_quarantine(rows)] == [t.to_pylist() for t in normalize(con, records, "f.jsonl", cfg)]
+
+
+def test_a_record_key_named_like_the_readers_position_column_takes_the_line_reader(tmp_path, monkeypatch):
+    """WITH ORDINALITY names the position `ordinality`: a kept field of that name is read line by line."""
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"prompt": "p?", "response": "r.", "ordinality": "first"}) + "\n")
+    cfg = LoadConfig(name="l", kind="load", path=path.name, keep_fields=["ordinality"])
+    assert read_normalized(duckdb.connect(), str(path), "f.jsonl", cfg) is None
+    ctx = Context(step="l", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0)
+    (chunk,) = chunks_of(cfg, {}, ctx)
+    assert chunk.rows.column("ordinality").to_pylist() == ["first"]
+    assert chunk.rows.column("origin_line").to_pylist() == [1]
 
 
 @pytest.mark.parametrize("seed", range(4))
