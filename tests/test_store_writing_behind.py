@@ -73,3 +73,15 @@ def test_leaving_raises_a_failure_not_yet_reported(store):
         with store.writing_behind():
             store.later("src", "finishing", fail)
     assert store.con.execute("SELECT count(*) FROM log").fetchone()[0] == 0  # and the store works after it
+
+
+def test_an_exception_in_flight_is_not_replaced_by_a_failed_write_and_the_writes_before_it_run(store):
+    def fail():
+        raise OSError("No space left on device")
+
+    with pytest.raises(KeyboardInterrupt):
+        with store.writing_behind():
+            store.later("src", "committing chunk a:0", lambda: store.con.execute("INSERT INTO log VALUES (1)"))
+            store.later("src", "committing chunk a:2", fail)
+            raise KeyboardInterrupt
+    assert store.con.execute("SELECT list(n) FROM log").fetchone()[0] == [1]

@@ -332,7 +332,7 @@ def run(pipeline: Pipeline, store_path: str, progress: bool = False, log=print, 
                               quiet=quiet, fresh=row is None, held=held)
                     bars.mark(step.name, "done")
                 except WriteFailed as e:  # an earlier write of this run, run behind the loop
-                    bars.mark(step.name, "failed")
+                    bars.mark(e.step, "failed")
                     _write_failed(store, result, e)
                     break
                 except (StepError, BadInput) as e:
@@ -416,9 +416,15 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     nothing before it runs. held: the rows of the step just before, kept for this one (_Held)."""
     parents = step.parent_steps()
     config, code = step.model_dump(mode="json"), step_code(pipeline, step)
-    store.later(step.name, "starting", lambda: (
-        store.begin_step(step.name, step.kind, fp, config, parents, entry.passthrough, run_id, keeps_ids=entry.keeps_ids),
-        store.set_step_code(step.name, code)))  # so `plan` can name the file that changed
+    t0 = time.perf_counter()
+    clock = {"writes from": t0}  # when the writer turned to this step's writes (after earlier steps')
+
+    def start() -> None:
+        clock["writes from"] = time.perf_counter()
+        store.begin_step(step.name, step.kind, fp, config, parents, entry.passthrough, run_id, keeps_ids=entry.keeps_ids)
+        store.set_step_code(step.name, code)  # so `plan` can name the file that changed
+
+    store.later(step.name, "starting", start)
     if entry.passthrough:
         def create_view():
             stored, deciders = stored_ancestor(store, parents["input"])
@@ -453,7 +459,6 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         parent_step_of = parents
     else:
         parent_step_of = None
-    t0 = time.perf_counter()
 
     def commit(chunk, rows, decisions, quarantine, metrics) -> None:
         n_out = store.commit_chunk(step.name, chunk.key, rows, decisions, quarantine, chunk.rows_in, chunk.files,
@@ -485,6 +490,7 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         seconds, error = time.perf_counter() - t0, str(e)
         store.later(step.name, "recording its failure", lambda: store.finish_step(step.name, "failed", seconds, error))
         raise
+    computed = time.perf_counter()
 
     def finish() -> None:
         if entry.passthrough:
@@ -492,8 +498,10 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
         elif not store.output_exists(step.name):
             # a step that produced nothing still gets its (empty) table, so SQL on it works
             store.con.execute(f"CREATE TABLE {quote(step.name)} (sample_id VARCHAR)")
-        # its time includes its commits, which may have run behind the next step's start
-        store.finish_step(step.name, "done", time.perf_counter() - t0)
+        # its time: its own work, then its writes that were left when that was done (which may
+        # have run behind the next step's start), not the time they waited behind earlier steps'
+        tail_from = max(computed, clock["writes from"])
+        store.finish_step(step.name, "done", (computed - t0) + (time.perf_counter() - tail_from))
 
     store.later(step.name, "finishing", finish)
 

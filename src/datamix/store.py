@@ -243,9 +243,15 @@ class Store:
         self._behind = _WriteBehind()
         try:
             yield
-        finally:
+        except BaseException:
+            # the exception in flight is what the caller reports (an interrupt, a bug): the writes
+            # before it still run; one that failed leaves its step partial, resumed by the next run
             behind, self._behind = self._behind, None
-            behind.close()
+            with contextlib.suppress(WriteFailed):
+                behind.close()
+            raise
+        behind, self._behind = self._behind, None
+        behind.close()
 
     def later(self, step: str, what: str, write: Callable[[], Any]) -> None:
         """Run `write` (which uses the store) after every write given before it: on the writer's
