@@ -5,6 +5,11 @@ from the store, hands them to the step's `run` function with its config, and
 commits every chunk the step yields (rows, lineage edges, decisions,
 quarantine, completion marker) in one transaction. A crash therefore loses
 nothing committed, and a resumed run skips the committed chunk keys.
+
+The store's writes run behind the loop, in order, on one thread (Store.writing_behind):
+the next step starts while DuckDB compresses the last one's rows, and reads them from
+memory when it is the step that reads them (_Held). Whatever reads the store waits for
+the writes before it, and a write that fails fails the step that gave it.
 """
 
 from __future__ import annotations
