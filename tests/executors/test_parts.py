@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datamix.executors.parts import END, OFFSET, SliceJob, register, run_slice, slice_key
+from datamix.executors.parts import END, OFFSET, SliceJob, register, run_slice, run_slices, slice_key
 from datamix.ids import mint
 from datamix.steps.base import Context, Output, StepConfig, StepKind
 from datamix.store import Store
@@ -108,3 +108,43 @@ def test_a_part_whose_registration_fails_leaves_no_marker_no_edges_and_no_rows(t
     assert q("SELECT count(*) FROM dm.edges").fetchall() == [(12,)]  # slice 0-4's: 4 + 8 parent links
     assert q("SELECT count(*) FROM kids").fetchall() == [(8,)]
     assert list(parts) == ["rows-0-4"]
+
+
+def test_a_task_of_several_slices_writes_and_registers_what_one_task_a_slice_does(tmp_path):
+    """The Ray executor gives a task consecutive slices in one block (datamix.executors.ray._groups):
+    one record per slice, the same files, the same store."""
+    local, parts_store = stores(tmp_path)
+    ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)
+    for offset, end in SLICES:
+        out = split(STEP, INPUT.slice(offset, end - offset), ctx)
+        local.commit_chunk("kids", slice_key(offset, end), out.rows, out.decisions.to_arrow(), None, end - offset,
+                           [], "src")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    block = pa.concat_tables([with_slice(o, e) for o, e in SLICES])
+    records = run_slices(block, SliceJob(ENTRY, STEP, ctx, str(folder))).to_pylist()
+    assert [r["key"] for r in records] == [slice_key(o, e) for o, e in SLICES]
+    parts: dict = {}
+    for record in records:
+        register(parts_store, "kids", record, "src", parts)
+    assert contents(parts_store) == contents(local)
+
+
+def test_a_block_holding_part_of_a_slice_is_refused(tmp_path):
+    from datamix.errors import StepError
+
+    job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
+                   str(tmp_path))
+    block = pa.concat_tables([with_slice(0, 4), with_slice(4, 8).slice(0, 3)])
+    with pytest.raises(StepError, match="part of a slice"):
+        run_slices(block, job)
+
+
+@pytest.mark.parametrize("slices, workers", [(1, 2), (7, 1), (7, 2), (100, 2), (100, 3)])
+def test_slices_are_grouped_in_order_a_few_tasks_per_worker(slices, workers):
+    from datamix.executors.ray import TASKS_PER_WORKER, _groups
+
+    groups = _groups(list(range(slices)), workers)
+    assert [b for g in groups for b in g] == list(range(slices))  # every slice once, in order
+    assert len(groups) == min(slices, workers * TASKS_PER_WORKER) and all(groups)
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1

@@ -48,9 +48,31 @@ def slice_key(offset: int, end: int) -> str:
     return f"rows-{offset}-{end}"  # the local loop's key (datamix.loop.step_chunks)
 
 
-def run_slice(batch, job: SliceJob):
-    """Ray Data's map_batches function: one whole slice in, one row describing its files out."""
+def run_slices(batch, job: SliceJob):
+    """Ray Data's map_batches function: one or more whole slices in, consecutive (the executor
+    gives a task several: datamix.executors.ray), one row per slice out describing its files."""
+    import duckdb
     import pyarrow as pa
+
+    records = []
+    con = duckdb.connect()  # one connection writes every file of the task's slices
+    try:
+        start = 0
+        while start < batch.num_rows:
+            offset, end = batch.column(OFFSET)[start].as_py(), batch.column(END)[start].as_py()
+            records.append(_run_one(batch.slice(start, max(end - offset, 1)), job, con))
+            start += max(end - offset, 1)
+    finally:
+        con.close()
+    return pa.Table.from_pylist(records, schema=_result_schema())
+
+
+def run_slice(batch, job: SliceJob):
+    """One whole slice in, one row describing its files out (run_slices of a single slice)."""
+    return run_slices(batch, job)
+
+
+def _run_one(batch, job: SliceJob, con) -> dict:
     import pyarrow.compute as pc
 
     from datamix.errors import StepError
@@ -72,46 +94,43 @@ def run_slice(batch, job: SliceJob):
     rows = _arrow(out.rows)
     if rows is not None:
         record["rows_out"] = rows.num_rows
-        record["rows"], record["edges"] = _write_rows(job, key, rows)
+        record["rows"], record["edges"] = _write_rows(job, key, rows, con)
     for name in ("decisions", "quarantine"):
         table = _arrow(getattr(out, name))
         if table is not None and table.num_rows:
-            record[name] = _write(table, "SELECT * FROM _t", _path(job, name, key))
-    return pa.Table.from_pylist([record], schema=_result_schema())
+            record[name] = _write(con, table, "SELECT * FROM _t", _path(job, name, key))
+    return record
 
 
 def _path(job: SliceJob, what: str, key: str) -> str:
     return os.path.join(job.parts_dir, f"{what}-{key}.parquet")
 
 
-def _write_rows(job: SliceJob, key: str, rows) -> tuple[str, str | None]:
+def _write_rows(job: SliceJob, key: str, rows, con) -> tuple[str, str | None]:
     """The rows' part and, for a step that mints new ids, its lineage edges."""
     has_parents = "parent_ids" in rows.schema.names
     if job.entry.keeps_ids and has_parents:
         from datamix.store import _check_keeps_ids, _one_parent_each
 
         _check_keeps_ids(job.step.name, rows, _one_parent_each(rows.column("parent_ids")))
-    rows_file = _write(rows, "SELECT * EXCLUDE (parent_ids) FROM _t" if has_parents else "SELECT * FROM _t",
+    rows_file = _write(con, rows, "SELECT * EXCLUDE (parent_ids) FROM _t" if has_parents else "SELECT * FROM _t",
                        _path(job, "part", key))
     edges = None
     if has_parents and not job.entry.keeps_ids:
         # unnest: a row with several parents has an edge to each, one with none has no edge
-        edges = _write(rows, "SELECT sample_id, unnest(parent_ids) AS parent_id FROM _t", _path(job, "edges", key))
+        edges = _write(con, rows, "SELECT sample_id, unnest(parent_ids) AS parent_id FROM _t", _path(job, "edges", key))
     return rows_file, edges
 
 
-def _write(table, select: str, path: str) -> str:
-    """`select` over `table` (as _t) to a zstd Parquet file, written by DuckDB: the types it
-    reads back are those the local path's CREATE TABLE from the same Arrow gives."""
-    import duckdb
-
+def _write(con, table, select: str, path: str) -> str:
+    """`select` over `table` (as _t) to a zstd Parquet file, written by DuckDB (`con`): the types
+    it reads back are those the local path's CREATE TABLE from the same Arrow gives."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    con = duckdb.connect()
+    con.register("_t", table)
     try:
-        con.register("_t", table)
         con.execute(f"COPY ({select}) TO ? (FORMAT PARQUET, COMPRESSION ZSTD)", [tmp])
     finally:
-        con.close()
+        con.unregister("_t")
     os.replace(tmp, path)  # atomic: a part is whole or absent
     return path
 
