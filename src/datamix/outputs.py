@@ -129,12 +129,12 @@ class StoreInput(InputTable):
         if scan is None:
             yield from super().stream(size, columns)
             return
+        import pyarrow as pa
+
         cursor = self._store.cursor()
         try:
             offset = 0
             for batch in cursor.sql(f"SELECT {columns or '*'} {scan[0]}", params=scan[1]).to_arrow_reader(size):
-                import pyarrow as pa
-
                 yield offset, pa.Table.from_batches([batch])
                 offset += batch.num_rows
         finally:

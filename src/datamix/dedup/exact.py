@@ -6,20 +6,10 @@ Same interface as the near-duplicate methods (minhash, semantic), so the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import numpy as np
+import polars as pl
 
-from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:  # imported where used: the step registry imports this module for ExactConfig
-    import numpy as np
-    import polars as pl
-
-
-class ExactConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["exact"] = "exact"
-    # lowercase, punctuation to spaces, whitespace folded: "Hello,  World!" == "hello world"
-    normalize: bool = True
+from datamix.dedup.options import ExactConfig  # noqa: F401 - the method's options, here for its callers
 
 
 def normalized(texts: pl.Series) -> pl.Series:
@@ -30,9 +20,6 @@ def normalized(texts: pl.Series) -> pl.Series:
 
 def find_duplicates(texts, priority: np.ndarray, cfg: ExactConfig, *, reference=None, cache=None) -> pl.DataFrame:
     """One row per removed text: index, dup_of (kept text's index), ref_index, similarity (1.0)."""
-    import numpy as np
-    import polars as pl
-
     texts = pl.Series("t", texts, dtype=pl.Utf8)
     keys = normalized(texts) if cfg.normalize else texts
     frame = pl.DataFrame({"key": keys.hash(seed=0), "priority": priority, "index": np.arange(len(texts))})

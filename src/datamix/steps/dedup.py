@@ -28,22 +28,13 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
-from datamix.dedup.exact import ExactConfig
+from datamix.dedup.options import ExactConfig, MinHashConfig, SemanticConfig
 from datamix.steps.base import BadInput, ColumnUse, Context, Output, Resource, StepConfig, register
 
-_METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact")}
-try:  # the near-duplicate methods (issue 4) live in their own modules
-    from datamix.dedup.minhash import MinHashConfig
-
-    _METHODS["minhash"] = (MinHashConfig, "datamix.dedup.minhash")
-except ImportError:  # pragma: no cover - only while the module is absent
-    MinHashConfig = None
-try:
-    from datamix.dedup.semantic import SemanticConfig
-
-    _METHODS["semantic"] = (SemanticConfig, "datamix.dedup.semantic")
-except ImportError:  # pragma: no cover
-    SemanticConfig = None
+# method -> (its options, the module that finds the duplicates: imported when the step runs)
+_METHODS: dict[str, tuple[type, str]] = {"exact": (ExactConfig, "datamix.dedup.exact"),
+                                         "minhash": (MinHashConfig, "datamix.dedup.minhash"),
+                                         "semantic": (SemanticConfig, "datamix.dedup.semantic")}
 
 MethodConfig = Annotated[Union[tuple(c for c, _ in _METHODS.values())], Field(discriminator="method")]  # noqa: UP007
 
