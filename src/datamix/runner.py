@@ -511,8 +511,8 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     store.later(step.name, "finishing", finish)
 
 
-# The most a run holds of a step's rows for the next step to read (see _Held); a quarter of it
-# under a memory budget.
+# The most a run holds of a step's rows for the next step to read (see _Held); under a memory
+# budget, no more than a quarter of the budget either.
 HOLD_BYTES = 512 * 2**20
 
 
