@@ -40,6 +40,17 @@ def general_records(n: int = 12) -> list[dict]:
     ]
 
 
+def short_and_repeated_chats(n: int) -> list[dict]:
+    """Chats of which every 5th has a one-word answer (a length filter drops it) and every 7th
+    repeats the question before it (exact dedup on the instruction drops it)."""
+    records = []
+    for i in range(n):
+        question = f"question {i - 1}" if i % 7 == 0 and i else f"question {i}"
+        answer = "no" if i % 5 == 0 else f"an answer with several words, number {i}"
+        records.append(chat(question + "?", answer))
+    return records
+
+
 def domain_records(n: int = 8) -> list[dict]:
     return [{"question": f"What is {i} plus {i + 1}?", "answer": f"The sum of {i} and {i + 1} is {2 * i + 1}."}
             for i in range(n)]

@@ -19,19 +19,14 @@ from datamix.outputs import StoreInput, read_output
 from datamix.steps.base import InputTable
 from datamix.store import Store
 
-from tests.helpers import chat, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import chat, run_pipeline, short_and_repeated_chats, store_of, write_jsonl, write_pipeline
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """load -> filter -> dedup over 40 chats: every 5th is too short, every 7th a duplicate."""
     folder = tmp_path_factory.mktemp("store_input")
-    records = []
-    for i in range(40):
-        question = f"question {i - 1}" if i % 7 == 0 and i else f"question {i}"
-        answer = "no" if i % 5 == 0 else f"an answer with several words, number {i}"
-        records.append(chat(question + "?", answer))
-    write_jsonl(folder / "data.jsonl", records)
+    write_jsonl(folder / "data.jsonl", short_and_repeated_chats(40))
     pipeline = write_pipeline(folder, [
         {"name": "raw", "kind": "load", "path": "data.jsonl", "chunk_size": 16},
         {"name": "clean", "kind": "filter", "input": "raw", "rules": [{"rule": "length", "field": "response", "min": 3,

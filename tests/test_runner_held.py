@@ -13,19 +13,14 @@ import pytest
 from datamix import outputs, runner, spec
 from datamix.store import Store
 
-from tests.helpers import chat, query, run_pipeline, store_of, write_jsonl, write_pipeline
+from tests.helpers import query, run_pipeline, short_and_repeated_chats, store_of, write_jsonl, write_pipeline
 
 TABLES = ("raw", "clean", "dedup", "mixed")
 
 
 def pipeline(folder, name="held"):
     """load (several chunks) -> filter -> dedup -> mix: each step reads the one before it."""
-    records = []
-    for i in range(60):
-        question = f"question {i - 1}" if i % 7 == 0 and i else f"question {i}"
-        answer = "no" if i % 5 == 0 else f"an answer with several words, number {i}"
-        records.append(chat(question + "?", answer))
-    write_jsonl(folder / "data.jsonl", records)
+    write_jsonl(folder / "data.jsonl", short_and_repeated_chats(60))
     return write_pipeline(folder, [
         {"name": "raw", "kind": "load", "path": "data.jsonl", "chunk_size": 16},
         {"name": "clean", "kind": "filter", "input": "raw", "chunk_size": 25,

@@ -71,13 +71,18 @@ def contents(store: Store) -> dict:
                        "ORDER BY column_index").fetchall()}
 
 
+def commit_locally(store: Store, ctx: Context) -> None:
+    """Every slice through the local loop's commit: what registered parts must equal."""
+    for offset, end in SLICES:
+        out = split(STEP, INPUT.slice(offset, end - offset), ctx)
+        store.commit_chunk("kids", slice_key(offset, end), out.rows, out.decisions.to_arrow(), None, end - offset,
+                           [], "src")
+
+
 def test_registered_parts_equal_committed_chunks_whatever_order_the_slices_finish_in(tmp_path):
     local, parts_store = stores(tmp_path)
     ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)
-    for offset, end in SLICES:
-        out = split(STEP, INPUT.slice(offset, end - offset), ctx)
-        local.commit_chunk("kids", slice_key(offset, end), out.rows, out.decisions.to_arrow(), None, end - offset,
-                           [], "src")
+    commit_locally(local, ctx)
     folder = tmp_path / "parts"
     folder.mkdir()
     job = SliceJob(ENTRY, STEP, ctx, str(folder))
@@ -115,10 +120,7 @@ def test_a_task_of_several_slices_writes_and_registers_what_one_task_a_slice_doe
     one record per slice, the same files, the same store."""
     local, parts_store = stores(tmp_path)
     ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)
-    for offset, end in SLICES:
-        out = split(STEP, INPUT.slice(offset, end - offset), ctx)
-        local.commit_chunk("kids", slice_key(offset, end), out.rows, out.decisions.to_arrow(), None, end - offset,
-                           [], "src")
+    commit_locally(local, ctx)
     folder = tmp_path / "parts"
     folder.mkdir()
     block = pa.concat_tables([with_slice(o, e) for o, e in SLICES])
