@@ -538,10 +538,10 @@ class _Held:
         self.step, self.tables = None, None
         order = self.pipeline.order()
         entry = REGISTRY[step.kind]
-        later = [s for s in order[order.index(step) + 1:] if self.actions[s.name] != "skip"]
-        if (self.actions[step.name] != "run" or entry.passthrough or not later
-                or step.name not in later[0].parent_steps().values()
-                or "ray" in (self.pipeline.executor_of(step.name).type, self.pipeline.executor_of(later[0].name).type)):
+        to_run = [s for s in order[order.index(step) + 1:] if self.actions[s.name] != "skip"]
+        if (self.actions[step.name] != "run" or entry.passthrough or not to_run
+                or step.name not in to_run[0].parent_steps().values()
+                or "ray" in (self.pipeline.executor_of(step.name).type, self.pipeline.executor_of(to_run[0].name).type)):
             return None
         self.step, self.tables = step.name, []
         return self
