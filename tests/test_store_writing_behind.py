@@ -85,3 +85,22 @@ def test_an_exception_in_flight_is_not_replaced_by_a_failed_write_and_the_writes
             store.later("src", "committing chunk a:2", fail)
             raise KeyboardInterrupt
     assert store.con.execute("SELECT list(n) FROM log").fetchone()[0] == [1]
+
+
+def test_a_caller_ahead_of_the_writer_by_the_pending_limit_waits_for_it(store):
+    """Chunks made faster than they commit are not all held in memory: `later` waits."""
+    from datamix.store import PENDING_WRITES
+
+    release = threading.Event()
+    with store.writing_behind():
+        store.later("s", "held", lambda: release.wait(10))  # the writer takes it and blocks
+        for n in range(PENDING_WRITES):
+            store.later("s", f"write {n}", lambda n=n: store.con.execute("INSERT INTO log VALUES (?)", [n]))
+        one_more = threading.Thread(target=lambda: store.later("s", "one more", lambda: None))
+        one_more.start()
+        one_more.join(0.5)
+        assert one_more.is_alive()  # the queue is full: it waits for the writer
+        release.set()
+        one_more.join(10)
+        assert not one_more.is_alive()
+    assert store.con.execute("SELECT count(*) FROM log").fetchone()[0] == PENDING_WRITES

@@ -255,8 +255,9 @@ class Store:
 
     def later(self, step: str, what: str, write: Callable[[], Any]) -> None:
         """Run `write` (which uses the store) after every write given before it: on the writer's
-        thread while writing behind, at once otherwise. A failure stops the writes after it."""
-        if self._behind is None:
+        thread while writing behind (waiting while PENDING_WRITES are queued), at once otherwise.
+        A failure stops the writes after it."""
+        if self._behind is None or self._behind.on_its_thread():  # a write giving a write: in its turn
             write()
         else:
             self._behind.put(step, what, write)
@@ -527,12 +528,17 @@ class Store:
         return self.con.execute(f"SELECT count(*) FROM {quote(step)}").fetchall()[0][0]
 
 
+# Writes given and not yet started, at most: a step that makes chunks faster than DuckDB commits
+# them waits for the writer instead of holding every chunk not yet written in memory.
+PENDING_WRITES = 4
+
+
 class _WriteBehind:
     """One thread running the store's writes in the order given. After a failure the writes
     after it are dropped (each may depend on the ones before) and `wait` raises it, once."""
 
     def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue(maxsize=PENDING_WRITES)
         self._failure: WriteFailed | None = None
         self._thread = threading.Thread(target=self._work, name="datamix-store-writer", daemon=True)
         self._thread.start()
