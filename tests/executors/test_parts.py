@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datamix.executors.parts import END, OFFSET, SliceJob, register, run_slice, run_slices, slice_key
+from datamix.executors.parts import END, OFFSET, SliceJob, register, run_slices, slice_key
 from datamix.ids import mint
 from datamix.steps.base import Context, Output, StepConfig, StepKind
 from datamix.store import Store
@@ -88,7 +88,7 @@ def test_registered_parts_equal_committed_chunks_whatever_order_the_slices_finis
     job = SliceJob(ENTRY, STEP, ctx, str(folder))
     parts: dict = {}
     for offset, end in reversed(SLICES):  # the last slice finishes first
-        record = run_slice(with_slice(offset, end), job).to_pylist()[0]
+        record = run_slices(with_slice(offset, end), job).to_pylist()[0]
         assert record["key"] == slice_key(offset, end) and record["rows_out"] == 2 * (end - offset)
         register(parts_store, "kids", record, "src", parts)
     assert contents(parts_store) == contents(local)
@@ -103,8 +103,8 @@ def test_a_part_whose_registration_fails_leaves_no_marker_no_edges_and_no_rows(t
     job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
                    str(folder))
     parts: dict = {}
-    register(store, "kids", run_slice(with_slice(0, 4), job).to_pylist()[0], "src", parts)
-    record = run_slice(with_slice(4, 8), job).to_pylist()[0]
+    register(store, "kids", run_slices(with_slice(0, 4), job).to_pylist()[0], "src", parts)
+    record = run_slices(with_slice(4, 8), job).to_pylist()[0]
     os.remove(record["decisions"])  # read inside the transaction, after the edges went in
     with pytest.raises(Exception, match="decisions-rows-4-8"):
         register(store, "kids", record, "src", parts)

@@ -67,11 +67,6 @@ def run_slices(batch, job: SliceJob):
     return pa.Table.from_pylist(records, schema=_result_schema())
 
 
-def run_slice(batch, job: SliceJob):
-    """One whole slice in, one row describing its files out (run_slices of a single slice)."""
-    return run_slices(batch, job)
-
-
 def _run_one(batch, job: SliceJob, con) -> dict:
     import pyarrow.compute as pc
 
