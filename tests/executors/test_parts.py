@@ -90,7 +90,7 @@ def test_registered_parts_equal_committed_chunks_whatever_order_the_slices_finis
     for offset, end in reversed(SLICES):  # the last slice finishes first
         record = run_slices(with_slice(offset, end), job).to_pylist()[0]
         assert record["key"] == slice_key(offset, end) and record["rows_out"] == 2 * (end - offset)
-        register(parts_store, "kids", record, "src", parts)
+        register(parts_store, "kids", [record], "src", parts)
     assert contents(parts_store) == contents(local)
     # the rows stay as Parquet; edges and decisions were copied into the store and their files removed
     assert sorted(os.listdir(folder)) == sorted(f"part-{slice_key(o, e)}.parquet" for o, e in SLICES)
@@ -103,11 +103,11 @@ def test_a_part_whose_registration_fails_leaves_no_marker_no_edges_and_no_rows(t
     job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
                    str(folder))
     parts: dict = {}
-    register(store, "kids", run_slices(with_slice(0, 4), job).to_pylist()[0], "src", parts)
+    register(store, "kids", run_slices(with_slice(0, 4), job).to_pylist(), "src", parts)
     record = run_slices(with_slice(4, 8), job).to_pylist()[0]
     os.remove(record["decisions"])  # read inside the transaction, after the edges went in
     with pytest.raises(Exception, match="decisions-rows-4-8"):
-        register(store, "kids", record, "src", parts)
+        register(store, "kids", [record], "src", parts)
     q = store.con.execute
     assert q("SELECT key FROM dm.chunks").fetchall() == [("rows-0-4",)]
     assert q("SELECT count(*) FROM dm.edges").fetchall() == [(12,)]  # slice 0-4's: 4 + 8 parent links
@@ -127,9 +127,30 @@ def test_a_task_of_several_slices_writes_and_registers_what_one_task_a_slice_doe
     records = run_slices(block, SliceJob(ENTRY, STEP, ctx, str(folder))).to_pylist()
     assert [r["key"] for r in records] == [slice_key(o, e) for o, e in SLICES]
     parts: dict = {}
-    for record in records:
-        register(parts_store, "kids", record, "src", parts)
+    register(parts_store, "kids", records, "src", parts)  # the task's slices in one transaction
     assert contents(parts_store) == contents(local)
+    assert sorted(os.listdir(folder)) == sorted(f"part-{slice_key(o, e)}.parquet" for o, e in SLICES)
+
+
+def test_a_task_whose_registration_fails_leaves_none_of_its_slices(tmp_path):
+    _, store = stores(tmp_path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
+                   str(folder))
+    records = run_slices(pa.concat_tables([with_slice(o, e) for o, e in SLICES]), job).to_pylist()
+    os.remove(records[-1]["decisions"])  # the last slice's: read after the others' edges and decisions
+    parts: dict = {}
+    with pytest.raises(Exception, match="decisions-rows-8-10"):
+        register(store, "kids", records, "src", parts)
+    q = store.con.execute
+    assert q("SELECT count(*) FROM dm.chunks").fetchall() == [(0,)]
+    assert q("SELECT count(*) FROM dm.edges").fetchall() == [(0,)]
+    assert q("SELECT count(*) FROM dm.decisions").fetchall() == [(0,)]
+    assert q("SELECT rows_in, rows_out FROM dm.steps WHERE name = 'kids'").fetchall() == [(0, 0)]
+    assert parts == {}
+    # the files stay for the rerun, which runs the slices again and writes the same ones
+    assert os.path.exists(records[0]["decisions"]) and os.path.exists(records[0]["edges"])
 
 
 def test_a_block_holding_part_of_a_slice_is_refused(tmp_path):

@@ -153,9 +153,10 @@ SLOW_DRIVER = textwrap.dedent("""
 
     real = executor.register
 
-    def register(store, step, part, *a, **k):
-        real(store, step, part, *a, **k)
-        print("registered", step, part["key"], flush=True)
+    def register(store, step, new, *a, **k):
+        real(store, step, new, *a, **k)
+        for part in new:
+            print("registered", step, part["key"], flush=True)
         time.sleep(0.5)
 
     executor.register = register

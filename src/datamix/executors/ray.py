@@ -5,7 +5,7 @@ in the slices the local loop makes (`chunk_size` rows, keys rows-<start>-<end>),
 the slices already committed, and hands the rest to Ray Data, one block per slice. Each
 task calls datamix.loop.run_batch on its slice (the very call the local loop makes) and
 writes the result as Parquet beside the store (datamix.executors.parts); the driver
-registers each part as its task finishes, one transaction per part. So:
+registers a task's parts as it finishes, in one transaction. So:
 
 - a worker that dies is replaced and its slice run again by Ray (max_retries), writing the
   same files under the same names;
@@ -129,13 +129,14 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     registered = 0
     try:
         for out in results.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            for part in out.to_pylist():  # registered as each slice finishes, not at the end
-                registered += 1
-                # the view is redefined after the 1st, 2nd, 4th, 8th ... part and at the end:
-                # defining it reads every part's footer, so once per part would cost
-                # parts^2 footer reads (100 parts: ~1 s, 10,000: hours). A run killed midway
-                # leaves the view behind its committed parts until the resumed step ends.
-                register(store, step.name, part, parent, parts, view=registered & (registered - 1) == 0)
+            new = out.to_pylist()  # a task's slices, registered together as the task finishes
+            before, registered = registered, registered + len(new)
+            # the view is redefined when the count passes the 1st, 2nd, 4th, 8th ... part and
+            # at the end: defining it reads every part's footer, so once per part would cost
+            # parts^2 footer reads (100 parts: ~1 s, 10,000: hours). A run killed midway
+            # leaves the view behind its committed parts until the resumed step ends.
+            register(store, step.name, new, parent, parts, view=registered.bit_length() > before.bit_length())
+            for part in new:
                 ctx.progress(part["rows_in"])
                 if log_chunk:
                     log_chunk(f"  committed {step.name} part {part['key']}: {part['rows_in']} rows in, "
