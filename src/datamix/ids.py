@@ -22,20 +22,20 @@ def mint(step: str, *parts: "pl.Series | pa.Array | list") -> "pl.Series":
     integer arrays are hashed as they are (no Polars round trip); integers are
     written in decimal either way, so the ids do not depend on the column's type.
     """
-    import duckdb
     import polars as pl
     import pyarrow as pa
+
+    from datamix import scratch
 
     if not parts:
         raise ValueError("mint needs at least one column")
     frame = pa.table({f"p{i}": _as_text(p) for i, p in enumerate(parts)})
     expr = " || chr(31) || ".join(f"coalesce(p{i}, chr(0))" for i in range(len(parts)))
-    con = duckdb.connect()
-    con.register("frame", frame)
-    out = con.sql(
-        f"SELECT substr(md5($step || chr(30) || {expr}), 1, 16) AS sample_id FROM frame", params={"step": step}
-    ).to_arrow_table()
-    con.close()
+    with scratch.cursor() as con:
+        con.register("frame", frame)
+        out = con.sql(
+            f"SELECT substr(md5($step || chr(30) || {expr}), 1, 16) AS sample_id FROM frame", params={"step": step}
+        ).to_arrow_table()
     return pl.Series("sample_id", out.column("sample_id").combine_chunks()) if out.num_rows else pl.Series("sample_id", [], dtype=pl.Utf8)
 
 

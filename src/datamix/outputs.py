@@ -161,13 +161,10 @@ class HeldInput(StoreInput):
         self._store, self._rows = store, rows
 
     def _select(self, columns: str | None = None):
-        import duckdb
+        from datamix import scratch
 
-        con = duckdb.connect()
-        try:
+        with scratch.cursor() as con:
             return con.from_arrow(self._rows).query("held", f"SELECT {columns or '*'} FROM held").to_arrow_table()
-        finally:
-            con.close()
 
     def column_names(self) -> list[str]:
         return list(self._rows.column_names)

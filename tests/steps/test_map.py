@@ -89,3 +89,11 @@ def test_in_a_pipeline_its_module_is_part_of_the_fingerprint(tmp_path):
     assert plan == {"src": "skip", "tagged": "run", "sized": "run"}
     assert run_pipeline(pipeline).ok
     assert query(store, "SELECT DISTINCT tag FROM sized") == [("v2",)]
+
+
+def test_an_expression_reads_no_file(tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("x\n1\n")
+    cfg = MapConfig(name="m", kind="map", input="src", columns={"leak": f"(SELECT max(x) FROM read_csv('{secret}'))"})
+    with pytest.raises(BadInput, match="an expression failed"):
+        chunks_of(cfg, rows(), ctx())

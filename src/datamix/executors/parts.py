@@ -51,19 +51,17 @@ def slice_key(offset: int, end: int) -> str:
 def run_slices(batch, job: SliceJob):
     """Ray Data's map_batches function: one or more whole slices in, consecutive (the executor
     gives a task several: datamix.executors.ray), one row per slice out describing its files."""
-    import duckdb
     import pyarrow as pa
 
+    from datamix import scratch
+
     records = []
-    con = duckdb.connect()  # one connection writes every file of the task's slices
-    try:
+    with scratch.cursor() as con:  # one cursor writes every file of the task's slices
         start = 0
         while start < batch.num_rows:
             offset, end = batch.column(OFFSET)[start].as_py(), batch.column(END)[start].as_py()
             records.append(_run_one(batch.slice(start, max(end - offset, 1)), job, con))
             start += max(end - offset, 1)
-    finally:
-        con.close()
     return pa.Table.from_pylist(records, schema=_result_schema())
 
 

@@ -270,14 +270,11 @@ def copy_sql(columns: list[str], source: str, fmt: str) -> str:
 
 def write_arrow(table: pa.Table, path: str, fmt: str) -> None:
     """Every column of `table` to `path` with DuckDB's writer (see copy_sql)."""
-    import duckdb
+    from datamix import scratch
 
-    con = duckdb.connect()
-    try:
+    with scratch.cursor() as con:
         con.register("_rows", table)
         con.execute(copy_sql(table.column_names, "FROM _rows", fmt), [path])
-    finally:
-        con.close()
 
 
 @dataclasses.dataclass

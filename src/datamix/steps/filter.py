@@ -305,14 +305,14 @@ def _sql(df, rule: SqlRule, text_of):
     import duckdb
     import polars as pl
 
-    con = duckdb.connect()
-    con.register("sample", df.to_arrow())
-    try:
-        out = con.sql(f"SELECT coalesce(({rule.where}), false) AS ok FROM sample").to_arrow_table()
-    except duckdb.Error as e:
-        raise BadInput(f"rule sql: invalid predicate {rule.where!r}: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
+    from datamix import scratch
+
+    with scratch.cursor() as con:
+        con.register("sample", df.to_arrow())
+        try:
+            out = con.sql(f"SELECT coalesce(({rule.where}), false) AS ok FROM sample").to_arrow_table()
+        except duckdb.Error as e:
+            raise BadInput(f"rule sql: invalid predicate {rule.where!r}: {str(e).splitlines()[0]}") from None
     return pl.Series(out.column("ok").to_pylist(), dtype=pl.Boolean), None
 
 

@@ -120,23 +120,22 @@ _ROW = "__datamix_map_row"
 
 def _with_expressions(batch, columns: dict[str, str]):
     import duckdb
-
     import pyarrow as pa
 
-    con = duckdb.connect()
-    try:
-        con.execute("SET enable_external_access = false")  # expressions compute; they read no file
-        # a row number keeps the slice's order, whatever the expressions do
-        con.register("rows", batch.append_column(_ROW, pa.array(range(batch.num_rows), pa.int64())))
-        replaced = [c for c in columns if c in batch.column_names]
-        star = f"* EXCLUDE ({_ROW})" + (
-            f" REPLACE ({', '.join(f'({columns[c]}) AS {quote(c)}' for c in replaced)})" if replaced else "")
-        added = [f"({e}) AS {quote(c)}" for c, e in columns.items() if c not in batch.column_names]
-        return con.sql(f"SELECT {', '.join([star, *added])} FROM rows ORDER BY {_ROW}").to_arrow_table()
-    except duckdb.Error as e:
-        raise BadInput(f"map: an expression failed: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
+    from datamix import scratch
+
+    # sandboxed: expressions compute; they read and write no file
+    with scratch.cursor(sandboxed=True) as con:
+        try:
+            # a row number keeps the slice's order, whatever the expressions do
+            con.register("rows", batch.append_column(_ROW, pa.array(range(batch.num_rows), pa.int64())))
+            replaced = [c for c in columns if c in batch.column_names]
+            star = f"* EXCLUDE ({_ROW})" + (
+                f" REPLACE ({', '.join(f'({columns[c]}) AS {quote(c)}' for c in replaced)})" if replaced else "")
+            added = [f"({e}) AS {quote(c)}" for c, e in columns.items() if c not in batch.column_names]
+            return con.sql(f"SELECT {', '.join([star, *added])} FROM rows ORDER BY {_ROW}").to_arrow_table()
+        except duckdb.Error as e:
+            raise BadInput(f"map: an expression failed: {str(e).splitlines()[0]}") from None
 
 
 @register("map", MapConfig, keeps_ids=True, shape="batch")
