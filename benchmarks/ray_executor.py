@@ -12,8 +12,11 @@ a run pays it once). Arms alternate within each round, in a rotating order, so l
 other processes falls on all of them. Reported: each step's seconds from dm.steps (the
 runner's own timing of the step), per arm the median over rounds, and the ratios
 ray-2 / local (the executor's overhead on one machine; target <= 1.5x) and ray-1 / ray-2
-(the speed-up of a second worker; 2x at best on 2 free cores). Every arm's outputs are
-checked to be the same (count and id hash of `sized`, dropped count of `clean`).
+(the speed-up of a second worker; 2x at best on 2 free cores). Beside the times, the CPU
+seconds of the whole machine over each run (/proc/stat) and the driver's own: how near the
+cores are to full, and how much of the work is the driver's, which a second worker does not
+share. Every arm's outputs are checked to be the same (count and id hash of `sized`, dropped
+count of `clean`).
 
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
@@ -82,18 +85,29 @@ def run_arm(root: str, base: str, arm: str) -> dict:
     path = write_yaml(folder, arm)
     shutil.copy(base, os.path.join(folder, "store.duckdb"))  # the same starting point: the load done
     p = spec.load(path)
-    t0 = time.perf_counter()
+    t0, busy0, driver0 = time.perf_counter(), machine_busy(), time.process_time()
     result = runner.run(p, p.store_path(), log=lambda m: None)
     wall = time.perf_counter() - t0
+    busy, driver = machine_busy() - busy0, time.process_time() - driver0
     if not result.ok:
         raise SystemExit(f"{arm}: {result.error}")
     store = os.path.join(folder, "store.duckdb")
     seconds = dict(query(store, "SELECT name, seconds FROM dm.steps WHERE name IN ('clean', 'sized')"))
-    if seconds.get("general") is not None:
+    load_run = "SELECT run_id FROM dm.steps WHERE name = 'general'"
+    if query(store, load_run) != query(base, load_run):  # e.g. the base store made by other code
         raise SystemExit("the load step ran again: the arms would not start from the same point")
     digest = query(store, "SELECT (SELECT count(*) FROM sized), (SELECT sum(hash(sample_id)) FROM sized), "
                           "(SELECT count(*) FROM dm.decisions WHERE step = 'clean' AND NOT kept)")[0]
-    return {"clean": seconds["clean"], "sized": seconds["sized"], "wall": wall, "digest": digest}
+    return {"clean": seconds["clean"], "sized": seconds["sized"], "wall": wall, "busy": busy, "driver": driver,
+            "digest": digest}
+
+
+def machine_busy() -> float:
+    """CPU seconds every process on the machine has used so far (Linux /proc/stat: all but idle
+    and iowait): over a run, the driver's, the workers', Ray's own and anyone else's."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _warm(batch):
@@ -317,16 +331,18 @@ def main() -> None:
                 out = run_arm(root, base, arm)
                 results[arm].append(out)
                 print(f"round {r + 1} {arm:6s} filter {out['clean']:6.2f}s  map {out['sized']:6.2f}s  "
-                      f"run {out['wall']:6.2f}s  (load average {load:.1f})", flush=True)
+                      f"run {out['wall']:6.2f}s  CPU: machine {out['busy']:5.1f}s, driver {out['driver']:5.1f}s  "
+                      f"(load average {load:.1f})", flush=True)
             order = order[1:] + order[:1]
         digests = {arm: {o["digest"] for o in outs} for arm, outs in results.items()}
         same = len({d for ds in digests.values() for d in ds}) == 1
         print(f"outputs identical across arms and rounds: {same}")
-        med = {arm: {k: statistics.median(o[k] for o in outs) for k in ("clean", "sized", "wall")}
+        med = {arm: {k: statistics.median(o[k] for o in outs) for k in ("clean", "sized", "wall", "busy", "driver")}
                for arm, outs in results.items()}
-        print("\nmedian seconds   filter     map   both steps")
+        print("\nmedian seconds   filter     map   both steps   run   CPU: machine  driver  machine busy")
         for arm, m in med.items():
-            print(f"  {arm:12s} {m['clean']:8.2f} {m['sized']:7.2f} {m['clean'] + m['sized']:8.2f}")
+            print(f"  {arm:12s} {m['clean']:8.2f} {m['sized']:7.2f} {m['clean'] + m['sized']:8.2f} {m['wall']:8.2f} "
+                  f"{m['busy']:11.1f} {m['driver']:7.1f} {m['busy'] / (m['wall'] * os.cpu_count()):9.0%}")
 
         def both(arm):
             return med[arm]["clean"] + med[arm]["sized"]
