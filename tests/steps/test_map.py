@@ -97,3 +97,15 @@ def test_an_expression_reads_no_file(tmp_path):
     cfg = MapConfig(name="m", kind="map", input="src", columns={"leak": f"(SELECT max(x) FROM read_csv('{secret}'))"})
     with pytest.raises(BadInput, match="an expression failed"):
         chunks_of(cfg, rows(), ctx())
+
+
+def test_a_window_expression_keeps_the_rows_in_their_order():
+    # a window function may hand DuckDB's rows back in another order; the slice's order stands
+    cfg = MapConfig(name="m", kind="map", input="src", chunk_size=5,
+                    columns={"rank": "row_number() OVER (ORDER BY length(messages[-1].content) DESC)",
+                             "score": "-score"})
+    out = chunks_of(cfg, rows(), ctx())[0].rows
+    assert out.column_names == ["sample_id", "messages", "score", "rank", "parent_ids"]
+    assert out.column("sample_id").to_pylist() == [f"s{i}" for i in range(5)]
+    assert out.column("rank").to_pylist() == [5, 4, 3, 2, 1]
+    assert out.column("score").to_pylist() == [0.0, -1.0, -2.0, -3.0, -4.0]
