@@ -612,3 +612,18 @@ def test_chunk_rows_reach_duckdb_in_batches_of_one_row_group():
     assert _row_group_batches(aligned) is aligned
     one = pa.table({"i": values})
     assert [b.num_rows for b in _row_group_batches(one).to_batches()] == [ROW_GROUP_SIZE, ROW_GROUP_SIZE, 100]
+
+
+def test_a_cursor_leaves_the_runners_connection_free(tmp_path):
+    """A step reading its input through a cursor while the runner goes on using `con`."""
+    import pyarrow as pa
+
+    from datamix.store import Store
+
+    store = Store(str(tmp_path / "s.duckdb"))
+    cursor = store.cursor()
+    store.con.register("_rows", pa.table({"a": [1, 2]}))
+    assert store.con.execute("SELECT sum(a) FROM _rows").fetchall() == [(3,)]
+    assert cursor.execute("SELECT 1").fetchall() == [(1,)]
+    cursor.close()
+    store.close()

@@ -281,7 +281,8 @@ class Store:
         A DuckDB cursor starts in the instance's default catalog (in-memory, for a writer that
         attached the file: `_attach`), so it is pointed at the store's."""
         cursor = self.con.cursor()
-        catalog = self.con.execute("SELECT current_database()").fetchone()[0]
+        # fetchall, not fetchone: a result left unfinished on `con` blocks its next statement
+        catalog = self.con.execute("SELECT current_database()").fetchall()[0][0]
         cursor.execute(f"USE {quote(catalog)}")
         return cursor
 
