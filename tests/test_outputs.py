@@ -71,6 +71,15 @@ def test_take_equals_taking_from_the_whole_read(store, step, columns):
         assert got.column_names == whole.column_names
 
 
+@pytest.mark.parametrize("step", ["raw", "clean", "dedup"])
+@pytest.mark.parametrize("size", [1, 3, 16, 100])
+def test_slices_read_from_the_store_equal_slicing_the_whole_read(store, step, size):
+    got = list(StoreInput(store, step).slices(size, "sample_id, messages"))
+    whole = list(InputTable.slices(StoreInput(store, step), size, "sample_id, messages"))
+    assert [o for o, _ in got] == [o for o, _ in whole]
+    assert all(a.combine_chunks().equals(b.combine_chunks()) for (_, a), (_, b) in zip(got, whole))
+
+
 def test_take_past_the_kept_rows_is_an_error(store):
     n = len(StoreInput(store, "dedup"))
     with pytest.raises(IndexError):

@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 from datamix.errors import BadInput
-from datamix.steps.base import InputTable, copy_sql
+from datamix.steps.base import InputTable, copy_sql, exact_slices
 from datamix.store import Store, quote
 
 if TYPE_CHECKING:
@@ -122,13 +122,25 @@ class StoreInput(InputTable):
     def column_names(self) -> list[str]:
         return self._store.con.sql(f"SELECT * FROM {quote(self.name)} LIMIT 0").columns
 
+    def slices(self, size: int, columns: str | None = None):
+        """InputTable.slices read from the store as they are used (`stream` cut to `size`): a
+        `batch` step holds a slice or two of its input, not all of it."""
+        scan = _output_scan(self._store, self.name)
+        if scan is None:
+            yield from InputTable.slices(self, size, columns)
+            return
+        yield from exact_slices(self._scanned(scan, size, columns), size)
+
     def stream(self, size: int, columns: str | None = None):
         """InputTable.stream from the store, through a cursor of its own (the runner may
         commit on the store's connection while this is read)."""
         scan = _output_scan(self._store, self.name)
         if scan is None:
-            yield from super().stream(size, columns)
+            yield from InputTable.stream(self, size, columns)
             return
+        yield from self._scanned(scan, size, columns)
+
+    def _scanned(self, scan: tuple[str, list], size: int, columns: str | None):
         import pyarrow as pa
 
         cursor = self._store.cursor()
@@ -168,6 +180,9 @@ class HeldInput(StoreInput):
 
     def column_names(self) -> list[str]:
         return list(self._rows.column_names)
+
+    def slices(self, size: int, columns: str | None = None):
+        yield from InputTable.slices(self, size, columns)
 
     def stream(self, size: int, columns: str | None = None):
         yield from InputTable.stream(self, size, columns)

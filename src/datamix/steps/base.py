@@ -248,7 +248,8 @@ class InputTable:
         write_arrow(self.arrow(", ".join(quote(c) for c in columns)), path, fmt)
 
     def slices(self, size: int, columns: str | None = None) -> Iterator[tuple[int, pa.Table]]:
-        """(offset, table) pairs of `size` rows, in the stable order."""
+        """(offset, table) pairs of `size` rows (the last may have fewer), in the stable order.
+        The runner's version reads them from the store as they are used."""
         table = self.arrow(columns)
         for start in range(0, table.num_rows, size):
             yield start, table.slice(start, size)
@@ -258,6 +259,26 @@ class InputTable:
         used: a step that sees its whole input (out-of-core dedup) never holds all of it.
         The runner's version streams from the store."""
         yield from self.slices(size, columns)
+
+
+def exact_slices(pieces: Iterable[tuple[int, pa.Table]], size: int) -> Iterator[tuple[int, pa.Table]]:
+    """(offset, table) pairs of exactly `size` rows (the last may have fewer) cut from `pieces`,
+    consecutive tables of any sizes (a stream): InputTable.slices from InputTable.stream."""
+    import pyarrow as pa
+
+    held: list = []
+    count = offset = 0
+    for _, piece in pieces:
+        held.append(piece)
+        count += piece.num_rows
+        while count >= size:
+            table = pa.concat_tables(held) if len(held) > 1 else held[0]
+            yield offset, table.slice(0, size)
+            offset += size
+            rest = table.slice(size)
+            held, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield offset, pa.concat_tables(held) if len(held) > 1 else held[0]
 
 
 def copy_sql(columns: list[str], source: str, fmt: str) -> str:
