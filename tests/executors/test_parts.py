@@ -167,7 +167,25 @@ def test_a_block_holding_part_of_a_slice_is_refused(tmp_path):
 def test_slices_are_grouped_in_order_a_few_tasks_per_worker(slices, workers):
     from datamix.executors.ray import TASKS_PER_WORKER, _groups
 
-    groups = _groups(list(range(slices)), workers)
+    given = []
+
+    def blocks():  # read as they are used: a group is handed on before the next block is read
+        for b in range(slices):
+            given.append(b)
+            yield b
+
+    groups = []
+    for group in _groups(blocks(), workers, slices):
+        assert given[-1] == group[-1]
+        groups.append(group)
     assert [b for g in groups for b in g] == list(range(slices))  # every slice once, in order
     assert len(groups) == min(slices, workers * TASKS_PER_WORKER) and all(groups)
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
+@pytest.mark.parametrize("slices, expected", [(0, 5), (3, 10), (10, 3), (5, 0)])
+def test_more_or_fewer_slices_than_expected_are_each_grouped_once_in_order(slices, expected):
+    from datamix.executors.ray import _groups
+
+    groups = list(_groups(iter(range(slices)), 2, expected))
+    assert [b for g in groups for b in g] == list(range(slices)) and all(groups)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from datamix.errors import BadInput, StepError
 from datamix.executors import RayExecutor, calls_models
 from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, define_view, register, run_slices,
                                      slice_key)
-from datamix.steps.base import Chunk, Context
+from datamix.steps.base import Chunk, Context, exact_slices
 
 
 def connect(spec: RayExecutor) -> None:
@@ -97,25 +97,38 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     parts_dir = os.path.join(ctx.output_dir, "parts")
     os.makedirs(parts_dir, exist_ok=True)
     columns = entry.columns(step) if entry.columns else None
-    blocks = []
-    for offset, batch in inputs["input"].slices(step.chunk_size, columns):
-        end = offset + batch.num_rows
-        if slice_key(offset, end) in ctx.done_keys:
-            continue
-        blocks.append(batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
-                      .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
+
+    expected = -(-len(inputs["input"]) // step.chunk_size) - sum(k.startswith("rows-") for k in ctx.done_keys)
+    workers = _workers(spec)
+    # read a task's worth at a time: slices of reads of one slice each came in two or three
+    # chunks where the reads' batches split them, and Ray serialises a table chunk by chunk
+    read = step.chunk_size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
+
+    def pending():  # the input's slices not committed yet, read as they are used
+        for offset, batch in exact_slices(inputs["input"].stream(read, columns), step.chunk_size):
+            end = offset + batch.num_rows
+            if slice_key(offset, end) not in ctx.done_keys:
+                yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
+                       .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
+
+    # a task runs several consecutive slices, a few tasks per worker: a task's own cost in Ray
+    # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms). Each
+    # task's block goes into Ray's object store as soon as its slices are read, so the driver
+    # holds one block, not the step's whole input. Its chunks are left as they are: Ray copies
+    # each chunk's own rows (not the buffers it is a slice of), so a worker's slices come compact
+    # (one combined chunk was an extra copy here, and Polars then copied a list column's whole
+    # child for every slice of it)
+    refs = [ray.put(pa.concat_tables(group)) for group in _groups(pending(), workers, expected)]
     parts = committed_parts(store, step.name)
-    if not blocks:  # every slice committed by a run that may have died before its last view
+    if not refs:  # every slice committed by a run that may have died before its last view
         if parts:
             define_view(store, step.name, parts)
         return
     # only plain fields travel: the store's callables (cache, calls, query) stay in the driver
     job = SliceJob(entry, step, Context(step=ctx.step, pipeline_dir=ctx.pipeline_dir, output_dir=ctx.output_dir,
                                         seed=ctx.seed, models=ctx.models), parts_dir)
-    # a task runs several consecutive slices, a few tasks per worker: a task's own cost in Ray
-    # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms)
-    data = ray.data.from_arrow([pa.concat_tables(group) for group in _groups(blocks, _workers(spec))])
-    del blocks
+    data = ray.data.from_arrow_refs(refs)
+    del refs
     with warnings.catch_warnings():
         # max_retries bounds the reruns of a slice whose worker died (Ray Data's default is
         # without end: a slice that kills its worker every time would hang the run); Ray 2.60
@@ -160,11 +173,22 @@ def _workers(spec: RayExecutor) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // spec.num_cpus_per_task))
 
 
-def _groups(blocks: list, workers: int) -> list[list]:
-    """`blocks` (one per slice, in order) as consecutive groups, TASKS_PER_WORKER per worker."""
-    n = min(len(blocks), workers * TASKS_PER_WORKER)
-    bounds = [round(i * len(blocks) / n) for i in range(n + 1)]
-    return [blocks[a:b] for a, b in zip(bounds, bounds[1:])]
+def _groups(blocks: Iterable, workers: int, expected: int) -> Iterator[list]:
+    """`blocks` (one per slice, in order, read as they come) as consecutive groups, each given
+    as soon as it is full: for `expected` blocks, TASKS_PER_WORKER groups per worker of even
+    sizes; blocks beyond `expected` make more groups of the last size."""
+    n = max(1, min(expected, workers * TASKS_PER_WORKER))
+    bounds = [round(i * expected / n) for i in range(n + 1)]
+    sizes = [max(1, b - a) for a, b in zip(bounds, bounds[1:])]
+    group: list = []
+    for block in blocks:
+        group.append(block)
+        if len(group) == sizes[0]:
+            yield group
+            group = []
+            sizes = sizes[1:] or sizes
+    if group:
+        yield group
 
 
 def _user_error(error: BaseException) -> BaseException | None:
