@@ -73,7 +73,11 @@ def test_take_equals_taking_from_the_whole_read(store, step, columns):
 
 @pytest.mark.parametrize("step", ["raw", "clean", "dedup"])
 @pytest.mark.parametrize("size", [1, 3, 16, 100])
-def test_slices_read_from_the_store_equal_slicing_the_whole_read(store, step, size):
+@pytest.mark.parametrize("read_rows", [5, 100_000])  # several reads, one read
+def test_slices_read_from_the_store_equal_slicing_the_whole_read(store, step, size, read_rows, monkeypatch):
+    from datamix import outputs
+
+    monkeypatch.setattr(outputs, "SLICE_READ_ROWS", read_rows)
     got = list(StoreInput(store, step).slices(size, "sample_id, messages"))
     whole = list(InputTable.slices(StoreInput(store, step), size, "sample_id, messages"))
     assert [o for o, _ in got] == [o for o, _ in whole]
