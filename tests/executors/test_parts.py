@@ -71,6 +71,15 @@ def contents(store: Store) -> dict:
                        "ORDER BY column_index").fetchall()}
 
 
+def parts_store_and_job(tmp_path) -> tuple[Store, SliceJob]:
+    """A store to register parts in, and a job writing them to tmp_path/parts."""
+    _, store = stores(tmp_path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0)
+    return store, SliceJob(ENTRY, STEP, ctx, str(folder))
+
+
 def commit_locally(store: Store, ctx: Context) -> None:
     """Every slice through the local loop's commit: what registered parts must equal."""
     for offset, end in SLICES:
@@ -97,11 +106,7 @@ def test_registered_parts_equal_committed_chunks_whatever_order_the_slices_finis
 
 
 def test_a_part_whose_registration_fails_leaves_no_marker_no_edges_and_no_rows(tmp_path):
-    _, store = stores(tmp_path)
-    folder = tmp_path / "parts"
-    folder.mkdir()
-    job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
-                   str(folder))
+    store, job = parts_store_and_job(tmp_path)
     parts: dict = {}
     register(store, "kids", run_slices(with_slice(0, 4), job).to_pylist(), "src", parts)
     record = run_slices(with_slice(4, 8), job).to_pylist()[0]
@@ -133,11 +138,7 @@ def test_a_task_of_several_slices_writes_and_registers_what_one_task_a_slice_doe
 
 
 def test_a_task_whose_registration_fails_leaves_none_of_its_slices(tmp_path):
-    _, store = stores(tmp_path)
-    folder = tmp_path / "parts"
-    folder.mkdir()
-    job = SliceJob(ENTRY, STEP, Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path), seed=0),
-                   str(folder))
+    store, job = parts_store_and_job(tmp_path)
     records = run_slices(pa.concat_tables([with_slice(o, e) for o, e in SLICES]), job).to_pylist()
     os.remove(records[-1]["decisions"])  # the last slice's: read after the others' edges and decisions
     parts: dict = {}
