@@ -1,10 +1,15 @@
 """The Ray executor against the local one, and 1 against 2 Ray workers, on the same batch steps.
 
 N synthetic chats (default 1M, benchmarks/pipeline.py's generator) are loaded once into a base
-store; each arm starts from a copy of it and runs the same two `batch` steps:
+store; each arm starts from a copy of it and runs the same three `batch` steps:
 
     clean: filter (>= 3 words, no listed phrase)          decisions only
     sized: map (two DuckDB expressions per row)           rows: a table locally, Parquet parts on Ray
+    long:  filter (>= 5 words, no listed phrase) of sized decisions only
+
+On Ray, `clean` and `sized` read a stored table (the load's, less clean's drops), which the
+driver reads and puts into Ray's object store; `long` reads sized's Parquet parts, which its
+tasks read themselves: the two ways a step's input reaches the workers, side by side.
 
 Arms: `local` (the runner's loop), `ray-1` (Ray Data, one task at a time) and `ray-2` (two at
 once), on one Ray started here with 2 CPUs before any timing (its start is printed on its own:
@@ -16,7 +21,7 @@ ray-2 / local (the executor's overhead on one machine; target <= 1.5x) and ray-1
 seconds of the whole machine over each run (/proc/stat) and the driver's own: how near the
 cores are to full, and how much of the work is the driver's, which a second worker does not
 share. Every arm's outputs are checked to be the same (count and id hash of `sized`, dropped
-count of `clean`).
+count of `clean`, id hash of what `long` dropped).
 
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
@@ -61,7 +66,16 @@ steps:
     kind: map
     input: clean
     columns: {{response_chars: "length(messages[-1].content)", turns: "len(messages)"}}
+  - name: long
+    kind: filter
+    input: sized
+    rules:
+      - {{rule: length, field: response, min: 5, unit: words}}
+      - {{rule: phrases, field: response, phrases: ["as an ai language model", "i cannot assist"]}}
 """
+
+# the timed steps, and what the report calls them
+STEPS_TIMED = [("clean", "filter (table)"), ("sized", "map (table)"), ("long", "filter (parts)")]
 
 ARMS = {"local": "local",
         "ray-1": "{type: ray, address: local, concurrency: 1}",
@@ -92,14 +106,14 @@ def run_arm(root: str, base: str, arm: str) -> dict:
     if not result.ok:
         raise SystemExit(f"{arm}: {result.error}")
     store = os.path.join(folder, "store.duckdb")
-    seconds = dict(query(store, "SELECT name, seconds FROM dm.steps WHERE name IN ('clean', 'sized')"))
+    seconds = dict(query(store, "SELECT name, seconds FROM dm.steps WHERE name IN ('clean', 'sized', 'long')"))
     load_run = "SELECT run_id FROM dm.steps WHERE name = 'general'"
     if query(store, load_run) != query(base, load_run):  # e.g. the base store made by other code
         raise SystemExit("the load step ran again: the arms would not start from the same point")
     digest = query(store, "SELECT (SELECT count(*) FROM sized), (SELECT sum(hash(sample_id)) FROM sized), "
-                          "(SELECT count(*) FROM dm.decisions WHERE step = 'clean' AND NOT kept)")[0]
-    return {"clean": seconds["clean"], "sized": seconds["sized"], "wall": wall, "busy": busy, "driver": driver,
-            "digest": digest}
+                          "(SELECT count(*) FROM dm.decisions WHERE step = 'clean' AND NOT kept), "
+                          "(SELECT sum(hash(sample_id)) FROM dm.decisions WHERE step = 'long' AND NOT kept)")[0]
+    return {**seconds, "wall": wall, "busy": busy, "driver": driver, "digest": digest}
 
 
 def machine_busy() -> float:
@@ -317,8 +331,13 @@ def main() -> None:
         print(f"{args.rows:,} chats loaded into the base store in {time.perf_counter() - t0:.1f}s "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         t0 = time.perf_counter()
+        from datamix.executors import RayExecutor
+        from datamix.executors.ray import worker_env
+
+        # as datamix.executors.ray starts it: a task's libraries use the one CPU it holds
         ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env=worker_env(RayExecutor(type="ray", address="local")))
         print(f"ray start (2 CPUs), once per run: {time.perf_counter() - t0:.1f}s")
         t0 = time.perf_counter()
         ray.data.range(8, override_num_blocks=4).map_batches(_warm, concurrency=2).materialize()
@@ -330,29 +349,26 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 out = run_arm(root, base, arm)
                 results[arm].append(out)
-                print(f"round {r + 1} {arm:6s} filter {out['clean']:6.2f}s  map {out['sized']:6.2f}s  "
-                      f"run {out['wall']:6.2f}s  CPU: machine {out['busy']:5.1f}s, driver {out['driver']:5.1f}s  "
+                print(f"round {r + 1} {arm:6s} " + "  ".join(f"{name} {out[step]:6.2f}s" for step, name in STEPS_TIMED)
+                      + f"  run {out['wall']:6.2f}s  CPU: machine {out['busy']:5.1f}s, driver {out['driver']:5.1f}s  "
                       f"(load average {load:.1f})", flush=True)
             order = order[1:] + order[:1]
         digests = {arm: {o["digest"] for o in outs} for arm, outs in results.items()}
         same = len({d for ds in digests.values() for d in ds}) == 1
         print(f"outputs identical across arms and rounds: {same}")
-        med = {arm: {k: statistics.median(o[k] for o in outs) for k in ("clean", "sized", "wall", "busy", "driver")}
-               for arm, outs in results.items()}
-        print("\nmedian seconds   filter     map   both steps   run   CPU: machine  driver  machine busy")
+        keys = [step for step, _ in STEPS_TIMED] + ["wall", "busy", "driver"]
+        med = {arm: {k: statistics.median(o[k] for o in outs) for k in keys} for arm, outs in results.items()}
+        for arm in med:
+            med[arm]["steps"] = sum(med[arm][step] for step, _ in STEPS_TIMED)
+        columns = STEPS_TIMED + [("steps", "all steps")]
+        print("\nmedian seconds " + "".join(f"{name:>16s}" for _, name in columns)
+              + "      run  CPU: machine  driver  machine busy")
         for arm, m in med.items():
-            print(f"  {arm:12s} {m['clean']:8.2f} {m['sized']:7.2f} {m['clean'] + m['sized']:8.2f} {m['wall']:8.2f} "
-                  f"{m['busy']:11.1f} {m['driver']:7.1f} {m['busy'] / (m['wall'] * os.cpu_count()):9.0%}")
-
-        def both(arm):
-            return med[arm]["clean"] + med[arm]["sized"]
-
-        print(f"\nray-2 / local (overhead on one machine, target <= 1.5x): filter "
-              f"{med['ray-2']['clean'] / med['local']['clean']:.2f}x, map {med['ray-2']['sized'] / med['local']['sized']:.2f}x, "
-              f"both {both('ray-2') / both('local'):.2f}x")
-        print(f"ray-1 / ray-2 (speed-up of a 2nd worker, <= 2x): filter "
-              f"{med['ray-1']['clean'] / med['ray-2']['clean']:.2f}x, map {med['ray-1']['sized'] / med['ray-2']['sized']:.2f}x, "
-              f"both {both('ray-1') / both('ray-2'):.2f}x")
+            print(f"  {arm:12s} " + "".join(f"{m[step]:16.2f}" for step, _ in columns)
+                  + f" {m['wall']:8.2f} {m['busy']:11.1f} {m['driver']:7.1f} {m['busy'] / (m['wall'] * os.cpu_count()):9.0%}")
+        for label, a, b in (("ray-2 / local (overhead on one machine, target <= 1.5x)", "ray-2", "local"),
+                            ("ray-1 / ray-2 (speed-up of a 2nd worker, <= 2x)", "ray-1", "ray-2")):
+            print(f"\n{label}: " + ", ".join(f"{name} {med[a][step] / med[b][step]:.2f}x" for step, name in columns))
         if not same:
             raise SystemExit(f"outputs differ: {digests}")
     finally:

@@ -71,3 +71,18 @@ def test_a_forked_child_opens_its_own_database():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == 11
+
+
+def test_set_threads_applies_to_the_open_databases_and_those_opened_after():
+    def threads(sandboxed):
+        with scratch.cursor(sandboxed) as con:
+            return con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+
+    threads(False)  # open before
+    try:
+        scratch.set_threads(1)
+        assert threads(False) == 1 and threads(True) == 1  # the sandboxed one opened after
+        scratch.set_threads(3)
+        assert threads(False) == 3 and threads(True) == 3
+    finally:
+        scratch.set_threads(None)  # hand back DuckDB's default to the suite's later callers

@@ -12,7 +12,8 @@ several threads, each with its cursor, never see each other's tables.
         out = con.sql("SELECT ... FROM rows").to_arrow_table()
 
 Settings are the database's, shared by every cursor: callers set none (the sandboxed one is
-opened with file access off, which SQL cannot turn back on).
+opened with file access off, which SQL cannot turn back on), but for the threads, which a Ray
+task sets to the CPUs it holds (set_threads).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 
 _lock = threading.Lock()
 _databases: dict[tuple[int, bool], object] = {}
+_threads: int | None = None  # None: DuckDB's default, a thread per core
 
 
 @contextlib.contextmanager
@@ -43,5 +45,20 @@ def _database(sandboxed: bool):
         if key not in _databases:
             import duckdb
 
-            _databases[key] = duckdb.connect(config={"enable_external_access": False} if sandboxed else {})
+            config = {"enable_external_access": False} if sandboxed else {}
+            _databases[key] = duckdb.connect(config={**config, **({"threads": _threads} if _threads else {})})
         return _databases[key]
+
+
+def set_threads(threads: int | None) -> None:
+    """This process's scratch databases, open and to come, use `threads` threads (None: a
+    thread per core, DuckDB's default)."""
+    global _threads
+    with _lock:
+        _threads = threads
+        for (pid, _), database in _databases.items():
+            if pid == os.getpid():
+                if threads:
+                    database.execute("SET threads = ?", [threads])
+                else:
+                    database.execute("RESET threads")

@@ -190,3 +190,44 @@ def test_more_or_fewer_slices_than_expected_are_each_grouped_once_in_order(slice
 
     groups = list(_groups(iter(range(slices)), 2, expected))
     assert [b for g in groups for b in g] == list(range(slices)) and all(groups)
+
+
+def test_tasks_reading_their_slices_from_parquet_parts_give_what_blocks_of_the_rows_give(tmp_path):
+    """An input that is Parquet parts (with rows a pass-through chain dropped, and an empty part)
+    is read by each task itself (plan_tasks, run_planned): the same records, files and store as
+    the driver's blocks of the same rows."""
+    import pyarrow.parquet as pq
+
+    from datamix import scratch
+    from datamix.executors.parts import PartsRead, plan_tasks, read_parts, run_planned
+
+    dropped = pa.table({"sample_id": ["x1", "x2"], "x": [-1, -2]})
+    pieces = [pa.concat_tables([INPUT.slice(0, 2), dropped.slice(0, 1), INPUT.slice(2, 1)]), INPUT.slice(0, 0),
+              pa.concat_tables([INPUT.slice(3, 4), dropped.slice(1, 1)]), INPUT.slice(7, 3)]
+    files = []
+    for i, piece in enumerate(pieces):
+        pq.write_table(piece, tmp_path / f"in-{i}.parquet")
+        files.append((str(tmp_path / f"in-{i}.parquet"), piece.num_rows - (i in (0, 2))))
+    tasks = plan_tasks(files, [[SLICES[0]], SLICES[1:]])
+    assert [t.to_pylist() for t in tasks] == [
+        [{"files": [f for f, _ in files[:3]], "first_row": 0, "offsets": [0], "ends": [4]}],
+        [{"files": [f for f, _ in files[2:]], "first_row": 3, "offsets": [4, 8], "ends": [8, 10]}]]
+    read = PartsRead(None, INPUT.schema, dropped.column("sample_id").combine_chunks())
+    with scratch.cursor() as con:
+        assert read_parts(con, [f for f, _ in files], read).equals(INPUT)
+        only_x = PartsRead("x", INPUT.select(["x"]).schema, read.dropped)  # the ids read to drop by, not kept
+        assert read_parts(con, [f for f, _ in files], only_x).equals(INPUT.select(["x"]))
+
+    local, parts_store = stores(tmp_path)
+    ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)
+    for store, name in ((local, "blocks"), (parts_store, "planned")):
+        (tmp_path / name).mkdir()
+        job = SliceJob(ENTRY, STEP, ctx, str(tmp_path / name), read if name == "planned" else None)
+        if name == "planned":
+            records = run_planned(pa.concat_tables(tasks), job).to_pylist()
+        else:
+            records = run_slices(pa.concat_tables([with_slice(o, e) for o, e in SLICES]), job).to_pylist()
+        assert [r["key"] for r in records] == [slice_key(o, e) for o, e in SLICES]
+        register(store, "kids", records, "src", {})
+    assert contents(parts_store) == contents(local)
+    assert sorted(os.listdir(tmp_path / "planned")) == sorted(os.listdir(tmp_path / "blocks"))

@@ -48,7 +48,7 @@ FUNCTION = textwrap.dedent("""
 def make(folder: Path, module: str, executor) -> Path:
     """load -> filter -> map (a Python function in `module`) -> exact dedup -> filter, in slices of
     20-30 rows. The last filter reads a pass-through over the map's Parquet parts."""
-    records = [chat(f"Question {i % 120} about topic {i % 9}?",
+    records = [chat(f"Question {i % 120} about topic {i % 3}?",  # i and i + 120 the same: dd drops them
                     "ok" if i % 7 == 0 else f"An answer of several words to question {i}, number {i % 5}.")
                for i in range(ROWS)]
     if not (folder / "data.jsonl").exists():  # written once: its mtime is part of the fingerprints
@@ -144,6 +144,42 @@ def test_ray_with_a_worker_killed_mid_slice_gives_the_local_store_and_each_is_up
         assert result.ok and [m.split()[0] for m in log] == ["skip"] * 5, log
 
 
+def test_a_step_over_parquet_parts_is_read_by_the_workers_not_the_driver(cluster, reference, monkeypatch):
+    """`short` reads `dd`, a pass-through (dedup) over the map's parts: its tasks read the parts
+    themselves, leaving out what dd dropped, and the store is the local one's all the same."""
+    from datamix import scratch
+    from datamix.executors.parts import parts_input, read_parts
+    from datamix.outputs import StoreInput
+
+    folder, expected = reference
+    read_by_driver = []
+    stream = StoreInput.stream
+
+    def spy(self, *args, **kwargs):
+        read_by_driver.append(self.name)
+        return stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoreInput, "stream", spy)
+    store = folder / "workers_read.duckdb"
+    from datamix import runner, spec
+
+    assert runner.run(spec.load(str(make(folder, "tag", ray_executor()))), str(store), log=lambda m: None).ok
+    assert read_by_driver == ["src", "clean"]  # the stored table's readers; not dd
+    assert snapshot(store) == expected
+    # what the workers read of the parts is the driver's read: with and without a chain's drops
+    s = Store(str(store), read_only=True)
+    try:
+        for name, columns in (("dd", None), ("tagged", "sample_id, turns"), ("dd", "turns, messages")):
+            read, files = parts_input(s, name, columns)
+            assert (read.dropped is not None) == (name == "dd")
+            with scratch.cursor() as con:
+                assert read_parts(con, [f for f, _ in files], read).equals(read_output(s, name, columns)), name
+                assert [n for _, n in files] == [read_parts(con, [f], read).num_rows for f, _ in files]
+        assert parts_input(s, "clean", None) is None  # a pass-through over the stored load: the driver reads it
+    finally:
+        s.close()
+
+
 # The driver announces each registered part and dawdles after it, so the test can SIGKILL it
 # mid-step from outside; it runs on the test's cluster, which outlives it.
 SLOW_DRIVER = textwrap.dedent("""
@@ -204,6 +240,43 @@ def test_an_error_in_a_worker_fails_the_step_with_its_own_message(cluster, tmp_p
     assert "must return the same rows in the same order" in result.error
     assert query(tmp_path / "ray.duckdb", "SELECT state FROM dm.steps WHERE name = 'tagged'") == [("failed",)]
 
+
+
+PROBE = textwrap.dedent("""
+    import polars as pl
+    import pyarrow as pa
+
+    from datamix import scratch
+
+
+    def probe(batch):
+        with scratch.cursor() as con:
+            duckdb_threads = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+        n = batch.num_rows
+        return (batch.append_column("polars_threads", pa.array([pl.thread_pool_size()] * n))
+                .append_column("duckdb_threads", pa.array([duckdb_threads] * n)))
+""")
+
+
+def test_a_tasks_libraries_use_the_one_cpu_it_holds(cluster, tmp_path, monkeypatch):
+    """Polars and DuckDB in a task use as many threads as the task holds CPUs (here 1), not a
+    thread per core of the node, which tasks placed by their CPUs would fight over."""
+    write_jsonl(tmp_path / "data.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(30)])
+    (tmp_path / "probe_threads.py").write_text(PROBE)
+    steps = [{"name": "src", "kind": "load", "path": "data.jsonl"},
+             {"name": "probed", "kind": "map", "input": "src", "chunk_size": 10, "function": "probe_threads:probe"}]
+    run_ok(write_pipeline(tmp_path, steps, name="ray", store="ray.duckdb", executor=ray_executor()))
+    assert query(tmp_path / "ray.duckdb", "SELECT DISTINCT polars_threads, duckdb_threads FROM probed") == [(1, 1)]
+
+
+def test_a_ray_started_for_the_run_gives_its_workers_the_tasks_thread_limits(monkeypatch):
+    from datamix.executors import RayExecutor
+    from datamix.executors.ray import _start
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    _start(ray, RayExecutor(type="ray", address="local", num_cpus_per_task=2))
+    assert calls[0]["runtime_env"] == {"env_vars": {"POLARS_MAX_THREADS": "2"}}
 
 
 BLOCK_BYTES = 16 * 2**20  # blocks of some size: the reservation splits the object store between operators

@@ -42,6 +42,18 @@ class SliceJob:
     step: Any  # the step's config
     ctx: Any  # steps.base.Context with only plain fields (paths, seed, models)
     parts_dir: str
+    read: "PartsRead | None" = None  # how to read the input itself, when it is Parquet parts (run_planned)
+    threads: int = 0  # DuckDB's threads in the task (the CPUs Ray reserved for it); 0: as it is
+
+
+@dataclasses.dataclass
+class PartsRead:
+    """How a worker reads its slices of an input that is Parquet parts (a step that ran on Ray,
+    or a pass-through chain over one): the rows the driver would read, without the driver."""
+
+    columns: str | None  # the step's select list over its input
+    schema: Any  # pa.Schema of the driver's read: each task's read is cast to it
+    dropped: Any  # pa.Array of the sample ids the pass-through steps dropped, or None
 
 
 def slice_key(offset: int, end: int) -> str:
@@ -55,28 +67,87 @@ def run_slices(batch, job: SliceJob):
 
     from datamix import scratch
 
+    import pyarrow.compute as pc
+
+    from datamix.errors import StepError
+
     records = []
+    _limit_threads(job)
     with scratch.cursor() as con:  # one cursor writes every file of the task's slices
         start = 0
         while start < batch.num_rows:
             offset, end = batch.column(OFFSET)[start].as_py(), batch.column(END)[start].as_py()
-            records.append(_run_one(batch.slice(start, max(end - offset, 1)), job, con))
+            one = batch.slice(start, max(end - offset, 1))
+            offsets, ends = pc.min_max(one.column(OFFSET)), pc.min_max(one.column(END))
+            if (offsets["max"].as_py(), ends["min"].as_py(), ends["max"].as_py(), one.num_rows) != (offset, end, end,
+                                                                                                      end - offset):
+                raise StepError(f"step {job.step.name!r}: the Ray executor got part of a slice (rows {offset}-{end}, "
+                                f"{one.num_rows} rows); its chunk keys would not match the local loop's")
+            records.append(_run_one(one.drop_columns([OFFSET, END]), offset, end, job, con))
             start += max(end - offset, 1)
     return pa.Table.from_pylist(records, schema=_result_schema())
 
 
-def _run_one(batch, job: SliceJob, con) -> dict:
+def run_planned(batch, job: SliceJob):
+    """Ray Data's map_batches function for an input the workers read themselves (`job.read`):
+    a row per task (from `plan_tasks`) naming the part files that hold its slices, one row per
+    slice out, as run_slices gives. The driver reads none of the rows."""
+    import pyarrow as pa
+
+    from datamix import scratch
+    from datamix.errors import StepError
+
+    records = []
+    _limit_threads(job)
+    with scratch.cursor() as con:
+        for task in batch.to_pylist():
+            rows = read_parts(con, task["files"], job.read)
+            first = task["first_row"]
+            for offset, end in zip(task["offsets"], task["ends"]):
+                if end - first > rows.num_rows:
+                    raise StepError(f"step {job.step.name!r}: its input's parts hold fewer rows than the store "
+                                    f"counts (rows {offset}-{end} asked of {task['files']}); rerun the input step")
+                records.append(_run_one(rows.slice(offset - first, end - offset), offset, end, job, con))
+    return pa.Table.from_pylist(records, schema=_result_schema())
+
+
+def _limit_threads(job: SliceJob) -> None:
+    """DuckDB's threads in this worker to the task's CPUs (datamix.executors.ray.task_threads)."""
+    from datamix import scratch
+
+    if job.threads:
+        scratch.set_threads(job.threads)
+
+
+def read_parts(con, files: list[str], read: PartsRead):
+    """The rows of `files` the driver's read of the input holds (the pass-through steps' drops
+    left out), in their order, with the driver's columns and types."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    columns = read.columns or "*"
+    with_id = read.dropped is not None and read.columns is not None and "sample_id" not in _names(read.columns)
+    select = f"sample_id, {columns}" if with_id else columns
+    table = con.sql(f"SELECT {select} FROM read_parquet(?, union_by_name = true)", params=[files]).to_arrow_table()
+    if read.dropped is not None:
+        table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=read.dropped)))
+        if with_id:
+            table = table.drop_columns(["sample_id"])
+    # a subset of the parts may lack a column (or type it otherwise) that the view's union over
+    # all of them has: the driver's types win, a missing column is nulls
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in read.schema]
+    return pa.Table.from_arrays(columns, schema=read.schema)
+
+
+def _names(columns: str) -> list[str]:
+    return [c.strip().strip('"') for c in columns.split(",")]
+
+
+def _run_one(batch, offset: int, end: int, job: SliceJob, con) -> dict:
     from datamix.errors import StepError
     from datamix.loop import run_batch
 
-    offsets, ends = pc.min_max(batch.column(OFFSET)), pc.min_max(batch.column(END))
-    offset, end = offsets["min"].as_py(), ends["min"].as_py()
-    if offsets["max"].as_py() != offset or ends["max"].as_py() != end or batch.num_rows != end - offset:
-        raise StepError(f"step {job.step.name!r}: the Ray executor got part of a slice (rows {offset}-{end}, "
-                        f"{batch.num_rows} rows); its chunk keys would not match the local loop's")
-    batch = batch.drop_columns([OFFSET, END])
     key = slice_key(offset, end)
     out = run_batch(job.entry, job.step, batch, job.ctx)
     if out.metrics is not None:
@@ -191,6 +262,58 @@ def register(store: Store, step: str, new: list[dict], parent_step: str | None, 
         for path in kinds[name]:
             if os.path.exists(path):
                 os.remove(path)
+
+
+def parts_input(store: Store, name: str, columns: str | None) -> tuple[PartsRead, list[tuple[str, int]]] | None:
+    """When step `name`'s output is Parquet parts (or a pass-through chain over them): how a
+    worker reads it (PartsRead) and its files in order with the rows each gives the input (the
+    part's rows less those the chain dropped). None when its rows are in a stored table, which
+    only the driver can read (DuckDB's file has one writer)."""
+    from datamix.outputs import _dropped, _in_parquet, stored_ancestor
+
+    stored, deciders = stored_ancestor(store, name)
+    if not _in_parquet(store, stored):
+        return None
+    parts = committed_parts(store, stored)
+    counts = dict(store.con.execute("SELECT key, rows_out FROM dm.chunks WHERE step = ?", [stored]).fetchall())
+    order = sorted(parts, key=lambda k: int(k.split("-")[1]))  # the view's order (define_view)
+    files = [os.path.abspath(parts[k]) for k in order]
+    rows = [counts[k] for k in order]
+    dropped = None
+    if deciders and files:
+        dropped_sql, params = _dropped(deciders)
+        dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0).combine_chunks()
+        if len(dropped):
+            per_file = dict(store.con.execute(
+                f"SELECT filename, count(*) FROM read_parquet(?, filename = true) WHERE sample_id IN ({dropped_sql}) "
+                "GROUP BY filename", [files, *params]).fetchall())
+            rows = [n - per_file.get(f, 0) for f, n in zip(files, rows)]
+        else:
+            dropped = None
+    if sum(rows) != store.step_row(name)["rows_out"]:
+        return None  # parts and counts disagree: the driver reads the view, as it always could
+    schema = store.con.sql(f"SELECT {columns or '*'} FROM {quote(stored)} LIMIT 0").to_arrow_table().schema
+    return PartsRead(columns, schema, dropped), list(zip(files, rows))
+
+
+def plan_tasks(files: list[tuple[str, int]], groups) -> list:
+    """One single-row Arrow table per group of slices ((offset, end) of the input's rows): the
+    part files that hold the group's rows (`files`: path and input rows, in order), the input
+    row the first of them starts at, and the slices, for run_planned."""
+    import bisect
+    import itertools
+
+    import pyarrow as pa
+
+    starts = [0, *itertools.accumulate(n for _, n in files)]
+    tasks = []
+    for group in groups:
+        low, high = group[0][0], group[-1][1]
+        first = bisect.bisect_right(starts, low) - 1  # the last file starting at or before `low`
+        last = bisect.bisect_left(starts, high)  # the files starting before `high`
+        tasks.append(pa.table({"files": [[f for f, _ in files[first:last]]], "first_row": [starts[first]],
+                               "offsets": [[o for o, _ in group]], "ends": [[e for _, e in group]]}))
+    return tasks
 
 
 def define_view(store: Store, step: str, parts: dict[str, str]) -> None:

@@ -1,9 +1,13 @@
 """The Ray executor: a `batch` step as Ray Data `map_batches` over its input's slices.
 
-The driver (the `datamix run` process, which alone opens the store) reads the step's input
-in the slices the local loop makes (`chunk_size` rows, keys rows-<start>-<end>), leaves out
-the slices already committed, and hands the rest to Ray Data, one block per slice. Each
-task calls datamix.loop.run_batch on its slice (the very call the local loop makes) and
+The step's input is cut in the slices the local loop makes (`chunk_size` rows, keys
+rows-<start>-<end>); the slices already committed are left out, and the rest go to Ray Data,
+several consecutive slices a task. An input that is Parquet parts (an earlier step that ran on
+Ray, or a pass-through chain over one) is read by the tasks themselves: the driver hands each
+only the files and slices it runs (parts.plan_tasks). An input in a stored table is read by the
+driver (the `datamix run` process, which alone opens the store) and put into Ray's object
+store a task's block at a time. Each task calls datamix.loop.run_batch on its slice (the very
+call the local loop makes) and
 writes the result as Parquet beside the store (datamix.executors.parts); the driver
 registers a task's parts as it finishes, in one transaction. So:
 
@@ -14,9 +18,10 @@ registers a task's parts as it finishes, in one transaction. So:
 - the ids, rows, edges and decisions are the local loop's (a slice is a pure function of its
   rows, config and context).
 
-What moves: the input slices go from the driver into Ray's object store once; the outputs go
-from the workers to Parquet files on the file system the store sits on (the driver never
-holds them); only a small row per slice comes back to the driver.
+What moves: input in Parquet parts goes from the file system the store sits on to the
+workers; input in a stored table goes from the driver into Ray's object store once; the
+outputs go from the workers to Parquet files beside the store (the driver never holds them);
+only a small row per slice comes back to the driver.
 
 Steps that call models (generate, judge) keep their loop in the driver (the response cache
 and call records are the store's) and reach the cluster through their models' `ray:`
@@ -32,8 +37,9 @@ from collections.abc import Iterable, Iterator
 
 from datamix.errors import BadInput, StepError
 from datamix.executors import RayExecutor, calls_models
-from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, define_view, register, run_slices,
-                                     slice_key)
+from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, define_view, parts_input, plan_tasks,
+                                     register, run_planned, run_slices, slice_key)
+from datamix.outputs import StoreInput
 from datamix.steps.base import Chunk, Context, exact_slices
 
 
@@ -61,7 +67,7 @@ def connect(spec: RayExecutor) -> None:
 
 
 def _start(ray, spec: RayExecutor) -> None:
-    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=worker_env(spec))
     if spec.address == "local":
         ray.init(address="local", num_cpus=spec.num_cpus, **options)
     else:
@@ -98,43 +104,56 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     os.makedirs(parts_dir, exist_ok=True)
     columns = entry.columns(step) if entry.columns else None
 
-    expected = -(-len(inputs["input"]) // step.chunk_size) - sum(k.startswith("rows-") for k in ctx.done_keys)
+    total = len(inputs["input"])
+    expected = -(-total // step.chunk_size) - sum(k.startswith("rows-") for k in ctx.done_keys)
     workers = _workers(spec)
-    # read a task's worth at a time: slices of reads of one slice each came in two or three
-    # chunks where the reads' batches split them, and Ray serialises a table chunk by chunk
-    read = step.chunk_size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
-
-    def pending():  # the input's slices not committed yet, read as they are used
-        for offset, batch in exact_slices(inputs["input"].stream(read, columns), step.chunk_size):
-            end = offset + batch.num_rows
-            if slice_key(offset, end) not in ctx.done_keys:
-                yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
-                       .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
-
     # a task runs several consecutive slices, a few tasks per worker: a task's own cost in Ray
-    # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms). Each
-    # task's block goes into Ray's object store as soon as its slices are read, so the driver
-    # holds one block, not the step's whole input. Its chunks are left as they are: Ray copies
-    # each chunk's own rows (not the buffers it is a slice of), so a worker's slices come compact
-    # (one combined chunk per column was an extra copy here, and the filter ran 1.7x slower on
-    # slices of it, which point into the whole block's buffers)
-    refs = [ray.put(pa.concat_tables(group)) for group in _groups(pending(), workers, expected)]
+    # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms)
+    own = parts_input(store, inputs["input"].name, columns) if type(inputs["input"]) is StoreInput else None
+    if own is not None:
+        # the input is Parquet parts (an earlier step on Ray): each task reads its own rows from
+        # them, and the driver hands out only which files and slices
+        read, files = own
+        pending = [(offset, min(offset + step.chunk_size, total)) for offset in range(0, total, step.chunk_size)
+                   if slice_key(offset, min(offset + step.chunk_size, total)) not in ctx.done_keys]
+        blocks = [ray.put(task) for task in plan_tasks(files, _groups(pending, workers, expected))]
+        function = run_planned
+    else:
+        # a stored table, which only the driver can read (DuckDB's file has one writer): it
+        # reads a task's worth at a time (slices of reads of one slice each came in two or three
+        # chunks where the reads' batches split them, and Ray serialises a table chunk by chunk)
+        # and puts each task's block into Ray's object store as soon as it is read, holding one
+        # block, not the step's whole input. Its chunks are left as they are: Ray copies each
+        # chunk's own rows (not the buffers it is a slice of), so a worker's slices come compact
+        # (one combined chunk per column was an extra copy here, and the filter ran 1.7x slower
+        # on slices of it, which point into the whole block's buffers)
+        read, chunk_rows = None, step.chunk_size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
+
+        def pending_rows():  # the input's slices not committed yet, read as they are used
+            for offset, batch in exact_slices(inputs["input"].stream(chunk_rows, columns), step.chunk_size):
+                end = offset + batch.num_rows
+                if slice_key(offset, end) not in ctx.done_keys:
+                    yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
+                           .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
+
+        blocks = [ray.put(pa.concat_tables(group)) for group in _groups(pending_rows(), workers, expected)]
+        function = run_slices
     parts = committed_parts(store, step.name)
-    if not refs:  # every slice committed by a run that may have died before its last view
+    if not blocks:  # every slice committed by a run that may have died before its last view
         if parts:
             define_view(store, step.name, parts)
         return
     # only plain fields travel: the store's callables (cache, calls, query) stay in the driver
     job = SliceJob(entry, step, Context(step=ctx.step, pipeline_dir=ctx.pipeline_dir, output_dir=ctx.output_dir,
-                                        seed=ctx.seed, models=ctx.models), parts_dir)
-    data = ray.data.from_arrow_refs(refs)
-    del refs
+                                        seed=ctx.seed, models=ctx.models), parts_dir, read, task_threads(spec))
+    data = ray.data.from_arrow_refs(blocks)
+    del blocks
     with warnings.catch_warnings():
         # max_retries bounds the reruns of a slice whose worker died (Ray Data's default is
         # without end: a slice that kills its worker every time would hang the run); Ray 2.60
         # takes it only as a remote arg, which it says it will drop in 2.64
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        results = data.map_batches(run_slices, fn_kwargs={"job": job}, batch_size=None, batch_format="pyarrow",
+        results = data.map_batches(function, fn_kwargs={"job": job}, batch_size=None, batch_format="pyarrow",
                                    zero_copy_batch=True, num_cpus=spec.num_cpus_per_task,
                                    compute=ray.data.TaskPoolStrategy(size=spec.concurrency),
                                    max_retries=spec.max_retries)
@@ -162,6 +181,22 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
 
 
 TASKS_PER_WORKER = 4  # enough to even out slices of unequal cost, few enough to pay little per task
+
+
+def task_threads(spec: RayExecutor) -> int:
+    """Threads a task's libraries may use: the CPUs Ray reserved for it. Polars, DuckDB and Arrow
+    otherwise each start a thread per core of the node, so tasks placed by their reserved CPUs
+    would crowd its cores (and one task at a time would quietly use them all)."""
+    return max(1, int(spec.num_cpus_per_task))
+
+
+def worker_env(spec: RayExecutor) -> dict:
+    """The runtime environment of the workers this driver starts (ray.init's `runtime_env`):
+    Polars sizes its thread pool from it when imported, once per worker, so it is set for the
+    whole run, not per step (a runtime environment per step made Ray start fresh workers for
+    every step: ~1.6 s of imports each, and seconds before the first task). DuckDB's threads are
+    set per task (parts.run_slices); Ray sets OMP_NUM_THREADS per task itself."""
+    return {"env_vars": {"POLARS_MAX_THREADS": str(task_threads(spec))}}
 
 
 def _workers(spec: RayExecutor) -> int:
