@@ -11,9 +11,9 @@ On Ray, `clean` and `sized` read a stored table (the load's, less clean's drops)
 driver reads and puts into Ray's object store; `long` reads sized's Parquet parts, which its
 tasks read themselves: the two ways a step's input reaches the workers, side by side.
 
-Arms: `local` (the runner's loop), `ray-1` (Ray Data, one task at a time) and `ray-2` (two at
-once), on one Ray started here with 2 CPUs before any timing (its start is printed on its own:
-a run pays it once). Arms alternate within each round, in a rotating order, so load from
+Arms: `local` (the runner's loop), `ray-1` and `ray-2` (the Ray executor on a local Ray of 1
+and of 2 CPUs, started here as datamix starts one, with its workers' imports done before the
+arm is timed; the start is printed on its own: a run pays it once). Arms alternate within each round, in a rotating order, so load from
 other processes falls on all of them. Reported: each step's seconds from dm.steps (the
 runner's own timing of the step), per arm the median over rounds, and the ratios
 ray-2 / local (the executor's overhead on one machine; target <= 1.5x) and ray-1 / ray-2
@@ -77,9 +77,10 @@ steps:
 # the timed steps, and what the report calls them
 STEPS_TIMED = [("clean", "filter (table)"), ("sized", "map (table)"), ("long", "filter (parts)")]
 
-ARMS = {"local": "local",
-        "ray-1": "{type: ray, address: local, concurrency: 1}",
-        "ray-2": "{type: ray, address: local, concurrency: 2}"}
+# ray-1 and ray-2 run the same executor (tasks as the CPUs allow) on a Ray of 1 and of 2 CPUs:
+# one worker against two, with no cap of Ray Data's on either (`concurrency` would add one)
+ARMS = {"local": "local", "ray-1": "{type: ray, address: local}", "ray-2": "{type: ray, address: local}"}
+RAY_CPUS = {"ray-1": 1, "ray-2": 2}
 
 
 def write_yaml(folder: str, arm: str) -> str:
@@ -116,12 +117,52 @@ def run_arm(root: str, base: str, arm: str) -> dict:
     return {**seconds, "wall": wall, "busy": busy, "driver": driver, "digest": digest}
 
 
+def settle(quiet: float = 0.1, most: float = 20.0) -> None:
+    """Wait (at most `most` seconds) until the machine used under `quiet` CPU seconds in half a second."""
+    end = time.perf_counter() + most
+    while time.perf_counter() < end:
+        before = machine_busy()
+        time.sleep(0.5)
+        if machine_busy() - before < quiet:
+            return
+
+
 def machine_busy() -> float:
     """CPU seconds every process on the machine has used so far (Linux /proc/stat: all but idle
     and iowait): over a run, the driver's, the workers', Ray's own and anyone else's."""
     with open("/proc/stat") as f:
         ticks = [int(v) for v in f.readline().split()[1:]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def ray_of(cpus: int) -> None:
+    """A local Ray of `cpus` CPUs, started as datamix.executors.ray starts one (a task's libraries
+    use the CPU it holds), with its workers' imports done; the Ray running is kept if its size."""
+    import ray
+    import ray.data
+
+    from datamix.executors import RayExecutor
+    from datamix.executors.ray import worker_env
+
+    if ray.is_initialized():
+        if ray.cluster_resources().get("CPU") == cpus:
+            return
+        ray.shutdown()
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=cpus, object_store_memory=2 * 2**30, include_dashboard=False,
+             log_to_driver=False, configure_logging=False,
+             runtime_env=worker_env(RayExecutor(type="ray", address="local")))
+    started = time.perf_counter() - t0
+    # the shape of the executor's datasets (blocks put by the driver, Ray Data's metadata tasks
+    # on them, one map), so the workers it keeps are those a step finds
+    import pyarrow as pa
+
+    blocks = [ray.put(pa.table({"x": [i]})) for i in range(8)]
+    for _ in range(2):
+        ray.data.from_arrow_refs(blocks).map_batches(_warm, batch_size=None, num_cpus=1).materialize()
+    settle()  # Ray Data's own actors (stats, autoscaling requests) start behind its first dataset
+    print(f"ray start ({cpus} CPU): {started:.1f}s, workers' imports (datamix, duckdb, polars) "
+          f"{time.perf_counter() - t0 - started:.1f}s; not timed", flush=True)
 
 
 def _warm(batch):
@@ -330,22 +371,12 @@ def main() -> None:
         base = p.store_path()
         print(f"{args.rows:,} chats loaded into the base store in {time.perf_counter() - t0:.1f}s "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-        t0 = time.perf_counter()
-        from datamix.executors import RayExecutor
-        from datamix.executors.ray import worker_env
-
-        # as datamix.executors.ray starts it: a task's libraries use the one CPU it holds
-        ray.init(address="local", num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 runtime_env=worker_env(RayExecutor(type="ray", address="local")))
-        print(f"ray start (2 CPUs), once per run: {time.perf_counter() - t0:.1f}s")
-        t0 = time.perf_counter()
-        ray.data.range(8, override_num_blocks=4).map_batches(_warm, concurrency=2).materialize()
-        print(f"worker start and imports (datamix, duckdb, polars), once per run: {time.perf_counter() - t0:.1f}s")
         results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
         order = list(ARMS)
         for r in range(args.repeat):
             for arm in order:
+                if arm in RAY_CPUS:
+                    ray_of(RAY_CPUS[arm])
                 load = os.getloadavg()[0]
                 out = run_arm(root, base, arm)
                 results[arm].append(out)

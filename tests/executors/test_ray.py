@@ -269,6 +269,36 @@ def test_a_tasks_libraries_use_the_one_cpu_it_holds(cluster, tmp_path, monkeypat
     assert query(tmp_path / "ray.duckdb", "SELECT DISTINCT polars_threads, duckdb_threads FROM probed") == [(1, 1)]
 
 
+SPAN = textwrap.dedent("""
+    import time
+
+    import pyarrow as pa
+
+
+    def mark(batch):
+        start = time.time()
+        time.sleep(0.4)
+        n = batch.num_rows
+        return batch.append_column("start", pa.array([start] * n)).append_column("end", pa.array([time.time()] * n))
+""")
+
+
+@pytest.mark.parametrize("concurrency, most_at_once", [(None, 2), (1, 1)])
+def test_a_steps_tasks_run_as_the_cpus_allow_or_as_its_concurrency_caps_them(cluster, tmp_path, concurrency,
+                                                                             most_at_once):
+    """Without `concurrency` (no backpressure policy of Ray Data's) both CPUs work at once; with
+    concurrency: 1 the cap is kept."""
+    write_jsonl(tmp_path / "data.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(40)])
+    (tmp_path / f"span_{concurrency}.py").write_text(SPAN)
+    steps = [{"name": "src", "kind": "load", "path": "data.jsonl"},
+             {"name": "marked", "kind": "map", "input": "src", "chunk_size": 10, "function": f"span_{concurrency}:mark"}]
+    executor = {**ray_executor(), **({"concurrency": concurrency} if concurrency else {})}
+    run_ok(write_pipeline(tmp_path, steps, name="ray", store="ray.duckdb", executor=executor))
+    spans = query(tmp_path / "ray.duckdb", "SELECT DISTINCT start, \"end\" FROM marked")
+    assert len(spans) == 4  # a task a slice of 10 rows
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == most_at_once
+
+
 def test_a_ray_started_for_the_run_gives_its_workers_the_tasks_thread_limits(monkeypatch):
     from datamix.executors import RayExecutor
     from datamix.executors.ray import _start
@@ -276,7 +306,7 @@ def test_a_ray_started_for_the_run_gives_its_workers_the_tasks_thread_limits(mon
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     _start(ray, RayExecutor(type="ray", address="local", num_cpus_per_task=2))
-    assert calls[0]["runtime_env"] == {"env_vars": {"POLARS_MAX_THREADS": "2"}}
+    assert calls[0]["runtime_env"]["env_vars"]["POLARS_MAX_THREADS"] == "2"
 
 
 BLOCK_BYTES = 16 * 2**20  # blocks of some size: the reservation splits the object store between operators
