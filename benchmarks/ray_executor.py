@@ -142,7 +142,7 @@ def ray_of(cpus: int) -> None:
     import ray.data
 
     from datamix.executors import RayExecutor
-    from datamix.executors.ray import worker_env
+    from datamix.executors import ray as executor
 
     if ray.is_initialized():
         if ray.cluster_resources().get("CPU") == cpus:
@@ -151,7 +151,8 @@ def ray_of(cpus: int) -> None:
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, object_store_memory=2 * 2**30, include_dashboard=False,
              log_to_driver=False, configure_logging=False,
-             runtime_env=worker_env(RayExecutor(type="ray", address="local")))
+             # (code from before datamix.executors.ray.worker_env, given by PYTHONPATH, starts it bare)
+             runtime_env=getattr(executor, "worker_env", lambda spec: None)(RayExecutor(type="ray", address="local")))
     started = time.perf_counter() - t0
     # the shape of the executor's datasets (blocks put by the driver, Ray Data's metadata tasks
     # on them, one map), so the workers it keeps are those a step finds

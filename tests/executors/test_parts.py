@@ -231,3 +231,17 @@ def test_tasks_reading_their_slices_from_parquet_parts_give_what_blocks_of_the_r
         register(store, "kids", records, "src", {})
     assert contents(parts_store) == contents(local)
     assert sorted(os.listdir(tmp_path / "planned")) == sorted(os.listdir(tmp_path / "blocks"))
+
+
+def test_a_slice_handed_to_a_step_holds_only_its_own_rows():
+    """run_planned cuts slices out of a task's whole read: each is compacted first (Polars
+    would copy the whole read's buffers for every slice otherwise)."""
+    from datamix.executors.parts import _compact
+
+    whole = pa.table({"text": [f"row {i} " * 20 for i in range(1000)],
+                      "turns": pa.array([[{"role": "user", "content": str(i)}] for i in range(1000)])})
+    piece = whole.slice(500, 10)
+    compact = _compact(piece)
+    assert compact.equals(piece) and compact.schema == whole.schema
+    assert all(c.num_chunks == 1 and c.chunk(0).offset == 0 for c in compact.columns)
+    assert compact.get_total_buffer_size() * 20 < piece.get_total_buffer_size()

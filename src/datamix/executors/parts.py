@@ -107,8 +107,17 @@ def run_planned(batch, job: SliceJob):
                 if end - first > rows.num_rows:
                     raise StepError(f"step {job.step.name!r}: its input's parts hold fewer rows than the store "
                                     f"counts (rows {offset}-{end} asked of {task['files']}); rerun the input step")
-                records.append(_run_one(rows.slice(offset - first, end - offset), offset, end, job, con))
+                records.append(_run_one(_compact(rows.slice(offset - first, end - offset)), offset, end, job, con))
     return pa.Table.from_pylist(records, schema=_result_schema())
+
+
+def _compact(table):
+    """`table` in buffers of its own: a slice still points into the whole read's buffers, and
+    Polars copies those whole (pl.from_arrow of 10,000 chats sliced out of 120,000: 10 ms, of
+    the same rows on their own: 1 ms; compacting them costs ~3 ms)."""
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in table.columns], schema=table.schema)
 
 
 def _limit_threads(job: SliceJob) -> None:
