@@ -13,8 +13,8 @@ tasks read themselves: the two ways a step's input reaches the workers, side by 
 
 Arms: `local` (the runner's loop), `ray-1` and `ray-2` (the Ray executor on a local Ray of 1
 and of 2 CPUs, started here as datamix starts one, with its workers' imports done before the
-arm is timed; the start is printed on its own: a run pays it once). Arms alternate within each round, in a rotating order, so load from
-other processes falls on all of them. Reported: each step's seconds from dm.steps (the
+arm is timed; the start is printed on its own: a run pays it once). Arms alternate within
+each round, in a rotating order, so load from other processes falls on all of them. Reported: each step's seconds from dm.steps (the
 runner's own timing of the step), per arm the median over rounds, and the ratios
 ray-2 / local (the executor's overhead on one machine; target <= 1.5x) and ray-1 / ray-2
 (the speed-up of a second worker; 2x at best on 2 free cores). Beside the times, the CPU

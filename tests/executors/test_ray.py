@@ -291,7 +291,8 @@ def test_a_steps_tasks_run_as_the_cpus_allow_or_as_its_concurrency_caps_them(clu
     write_jsonl(tmp_path / "data.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(40)])
     (tmp_path / f"span_{concurrency}.py").write_text(SPAN)
     steps = [{"name": "src", "kind": "load", "path": "data.jsonl"},
-             {"name": "marked", "kind": "map", "input": "src", "chunk_size": 10, "function": f"span_{concurrency}:mark"}]
+             {"name": "marked", "kind": "map", "input": "src", "chunk_size": 10,
+              "function": f"span_{concurrency}:mark"}]
     executor = {**ray_executor(), **({"concurrency": concurrency} if concurrency else {})}
     run_ok(write_pipeline(tmp_path, steps, name="ray", store="ray.duckdb", executor=executor))
     spans = query(tmp_path / "ray.duckdb", "SELECT DISTINCT start, \"end\" FROM marked")

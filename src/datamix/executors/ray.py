@@ -95,8 +95,6 @@ def on_ray(spec: RayExecutor, store, step, entry, inputs, ctx: Context, chunks: 
 
 
 def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log_chunk) -> Iterator[Chunk]:
-    import numpy as np
-    import pyarrow as pa
     import ray.data
 
     if "input" not in inputs:
@@ -112,32 +110,11 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms)
     own = parts_input(store, inputs["input"].name, columns) if type(inputs["input"]) is StoreInput else None
     if own is not None:
-        # the input is Parquet parts (an earlier step on Ray): each task reads its own rows from
-        # them, and the driver hands out only which files and slices
         read, files = own
-        pending = [(offset, min(offset + step.chunk_size, total)) for offset in range(0, total, step.chunk_size)
-                   if slice_key(offset, min(offset + step.chunk_size, total)) not in ctx.done_keys]
-        blocks = [ray.put(task) for task in plan_tasks(files, _groups(pending, workers, expected))]
-        function = run_planned
+        blocks, function = _planned_blocks(files, total, step.chunk_size, ctx.done_keys, workers, expected), run_planned
     else:
-        # a stored table, which only the driver can read (DuckDB's file has one writer): it
-        # reads a task's worth at a time (slices of reads of one slice each came in two or three
-        # chunks where the reads' batches split them, and Ray serialises a table chunk by chunk)
-        # and puts each task's block into Ray's object store as soon as it is read, holding one
-        # block, not the step's whole input. Its chunks are left as they are: Ray copies each
-        # chunk's own rows (not the buffers it is a slice of), so a worker's slices come compact
-        # (one combined chunk per column was an extra copy here, and the filter ran 1.7x slower
-        # on slices of it, which point into the whole block's buffers)
-        read, chunk_rows = None, step.chunk_size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
-
-        def pending_rows():  # the input's slices not committed yet, read as they are used
-            for offset, batch in exact_slices(inputs["input"].stream(chunk_rows, columns), step.chunk_size):
-                end = offset + batch.num_rows
-                if slice_key(offset, end) not in ctx.done_keys:
-                    yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
-                           .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
-
-        blocks = [ray.put(pa.concat_tables(group)) for group in _groups(pending_rows(), workers, expected)]
+        read = None
+        blocks = _table_blocks(inputs["input"], columns, step.chunk_size, ctx.done_keys, workers, expected)
         function = run_slices
     parts = committed_parts(store, step.name)
     if not blocks:  # every slice committed by a run that may have died before its last view
@@ -179,6 +156,41 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     if parts:
         define_view(store, step.name, parts)
     yield from ()
+
+
+def _planned_blocks(files: list, total: int, size: int, done: set, workers: int, expected: int) -> list:
+    """The input is Parquet parts (an earlier step on Ray): each task reads its own rows from
+    them, and the driver hands out only which files and slices (a small block per task)."""
+    import ray
+
+    pending = [(offset, min(offset + size, total)) for offset in range(0, total, size)
+               if slice_key(offset, min(offset + size, total)) not in done]
+    return [ray.put(task) for task in plan_tasks(files, _groups(pending, workers, expected))]
+
+
+def _table_blocks(input, columns: str | None, size: int, done: set, workers: int, expected: int) -> list:
+    """The input is a stored table, which only the driver can read (DuckDB's file has one
+    writer): it reads a task's worth at a time (slices of reads of one slice each came in two
+    or three chunks where the reads' batches split them, and Ray serialises a table chunk by
+    chunk) and puts each task's block into Ray's object store as soon as it is read, holding
+    one block, not the step's whole input. Its chunks are left as they are: Ray copies each
+    chunk's own rows (not the buffers it is a slice of), so a worker's slices come compact (one
+    combined chunk per column was an extra copy here, and the filter ran 1.7x slower on slices
+    of it, which point into the whole block's buffers)."""
+    import numpy as np
+    import pyarrow as pa
+    import ray
+
+    chunk_rows = size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
+
+    def pending():  # the input's slices not committed yet, read as they are used
+        for offset, batch in exact_slices(input.stream(chunk_rows, columns), size):
+            end = offset + batch.num_rows
+            if slice_key(offset, end) not in done:
+                yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
+                       .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
+
+    return [ray.put(pa.concat_tables(group)) for group in _groups(pending(), workers, expected)]
 
 
 TASKS_PER_WORKER = 4  # enough to even out slices of unequal cost, few enough to pay little per task
