@@ -132,25 +132,18 @@ def read_parts(con, files: list[str], read: PartsRead):
     """The rows of `files` the driver's read of the input holds (the pass-through steps' drops
     left out), in their order, with the driver's columns and types."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    columns = read.columns or "*"
-    with_id = read.dropped is not None and read.columns is not None and "sample_id" not in _names(read.columns)
-    select = f"sample_id, {columns}" if with_id else columns
+    from datamix.outputs import with_ids, without_dropped
+
+    select = (with_ids(read.columns) if read.dropped is not None else read.columns) or "*"
     table = con.sql(f"SELECT {select} FROM read_parquet(?, union_by_name = true)", params=[files]).to_arrow_table()
     if read.dropped is not None:
-        table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=read.dropped)))
-        if with_id:
-            table = table.drop_columns(["sample_id"])
+        table = without_dropped(table, read.dropped, read.columns)
     # a subset of the parts may lack a column (or type it otherwise) that the view's union over
     # all of them has: the driver's types win, a missing column is nulls
     columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                for f in read.schema]
     return pa.Table.from_arrays(columns, schema=read.schema)
-
-
-def _names(columns: str) -> list[str]:
-    return [c.strip().strip('"') for c in columns.split(",")]
 
 
 def _run_one(batch, offset: int, end: int, job: SliceJob, con) -> dict:
