@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import time
 import uuid
 from typing import Any
 
+from datamix.executors import stores_parts
+from datamix.executors.parts import committed_parts, define_view, driver_part
 from datamix.progress import Progress
 from datamix.spec import Pipeline, models_used
 from datamix.loop import step_chunks
@@ -465,9 +468,22 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     else:
         parent_step_of = None
 
-    def commit(chunk, rows, decisions, quarantine, metrics) -> None:
+    # under the Ray executor a step's rows are Parquet parts beside the store, those its tasks write
+    # and those this loop commits (a load's, a generate's), so the steps after it on Ray read them
+    # in their own tasks (datamix.executors.parts); the view over them is defined as parts are
+    # committed (at the 1st, 2nd, 4th ... part: each definition reads every footer) and at the end
+    in_parts = stores_parts(pipeline, step)
+    parts_dir = os.path.join(output_dir, "parts")
+    numbered = itertools.count(len(ctx.done_keys))  # a resumed step numbers its parts on
+    committed = {}
+
+    def commit(chunk, rows, decisions, quarantine, metrics, rows_file=None) -> None:
         n_out = store.commit_chunk(step.name, chunk.key, rows, decisions, quarantine, chunk.rows_in, chunk.files,
-                                   parent_step_of, keeps_ids=entry.keeps_ids, metrics=metrics)
+                                   parent_step_of, keeps_ids=entry.keeps_ids, metrics=metrics, rows_file=rows_file)
+        if rows_file is not None:
+            committed[chunk.key] = rows_file
+            if len(committed) & (len(committed) - 1) == 0:
+                define_view(store, step.name, committed_parts(store, step.name))
         if log_chunk:
             if entry.passthrough:  # it writes no rows: what it kept is its input minus what it dropped
                 dropped = _dropped_in(chunk.decisions)
@@ -489,8 +505,10 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
             rows = _arrow(chunk.rows)
             if holding is not None:
                 holding.add(rows)
+            rows_file = driver_part(parts_dir, next(numbered)) if in_parts and rows is not None else None
             store.later(step.name, f"committing chunk {chunk.key}", functools.partial(
-                commit, chunk, rows, _arrow(chunk.decisions), _arrow(chunk.quarantine), _arrow(chunk.metrics)))
+                commit, chunk, rows, _arrow(chunk.decisions), _arrow(chunk.quarantine), _arrow(chunk.metrics),
+                rows_file))
     except (StepError, BadInput) as e:
         seconds, error = time.perf_counter() - t0, str(e)
         store.later(step.name, "recording its failure", lambda: store.finish_step(step.name, "failed", seconds, error))
@@ -498,6 +516,8 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     computed = time.perf_counter()
 
     def finish() -> None:
+        if in_parts and (parts := committed_parts(store, step.name)):
+            define_view(store, step.name, parts)
         if entry.passthrough:
             store.set_rows_out(step.name, store.count(step.name))
         elif not store.output_exists(step.name):

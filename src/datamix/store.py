@@ -410,13 +410,15 @@ class Store:
     def commit_chunk(self, step: str, key: str, rows: "pa.Table | None", decisions: "pa.Table | None",
                      quarantine: "pa.Table | None", rows_in: int, files: list[str],
                      parent_step_of: dict[str, str] | str | None, keeps_ids: bool = False,
-                     metrics: "pa.Table | None" = None) -> int:
+                     metrics: "pa.Table | None" = None, rows_file: str | None = None) -> int:
         """Write one chunk's rows, edges, decisions and quarantine plus its marker, atomically.
 
         parent_step_of: the parent step of every row (single input), or a map from the
         rows' `source` label to the step (several inputs), or None (a source step).
         keeps_ids: every row's parent_ids is [its own sample_id] (checked); no edges are
         written, the lineage walk follows the step's parent (see sql/lineage.sql).
+        rows_file: write the rows to this Parquet part instead of the step's table (a step
+        under the Ray executor, datamix.executors.parts); the marker records it.
         Returns the number of output rows written.
         """
         con = self.con
@@ -430,7 +432,10 @@ class Store:
                 n_out = rows.num_rows
                 con.register("_chunk_rows", _row_group_batches(rows))
                 select = "SELECT * EXCLUDE (parent_ids) FROM _chunk_rows" if has_parents else "SELECT * FROM _chunk_rows"
-                if not self.output_exists(step):
+                if rows_file is not None:
+                    write_parquet(con, select, rows_file)
+                    files = [*files, rows_file]
+                elif not self.output_exists(step):
                     con.execute(f"CREATE TABLE {quote(step)} AS {select}")
                 else:
                     con.execute(f"INSERT INTO {quote(step)} BY NAME {select}")
@@ -574,6 +579,17 @@ class _WriteBehind:
             finally:
                 self._queue.task_done()
         self._queue.task_done()
+
+
+def write_parquet(con: "duckdb.DuckDBPyConnection", select: str, path: str, params: list | None = None) -> str:
+    """`select` to a zstd Parquet file at `path`, written by DuckDB (the types it reads back are
+    those a CREATE TABLE from the same select gives) under a temporary name and renamed into
+    place: a reader sees the whole file or none, and writing it again replaces it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    con.execute(f"COPY ({select}) TO ? (FORMAT PARQUET, COMPRESSION ZSTD)", [*(params or []), tmp])
+    os.replace(tmp, path)
+    return path
 
 
 def _row_group_batches(rows: "pa.Table") -> "pa.Table":

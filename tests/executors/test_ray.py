@@ -45,9 +45,11 @@ FUNCTION = textwrap.dedent("""
 """)
 
 
-def make(folder: Path, module: str, executor) -> Path:
+def make(folder: Path, module: str, executor, load_executor=None) -> Path:
     """load -> filter -> map (a Python function in `module`) -> exact dedup -> filter, in slices of
-    20-30 rows. The last filter reads a pass-through over the map's Parquet parts."""
+    20-30 rows. The last filter reads a pass-through over the map's Parquet parts. load_executor:
+    the load's own `executor:` (local: its rows in a table, which a step on Ray reads through the
+    driver)."""
     records = [chat(f"Question {i % 120} about topic {i % 3}?",  # i and i + 120 the same: dd drops them
                     "ok" if i % 7 == 0 else f"An answer of several words to question {i}, number {i % 5}.")
                for i in range(ROWS)]
@@ -55,7 +57,8 @@ def make(folder: Path, module: str, executor) -> Path:
         write_jsonl(folder / "data.jsonl", records)
         (folder / f"{module}.py").write_text(FUNCTION)
     steps = [
-        {"name": "src", "kind": "load", "path": "data.jsonl", "chunk_size": 50},
+        {"name": "src", "kind": "load", "path": "data.jsonl", "chunk_size": 50,
+         **({"executor": load_executor} if load_executor else {})},
         {"name": "clean", "kind": "filter", "input": "src", "chunk_size": 30,
          "rules": [{"rule": "length", "field": "response", "min": 3, "unit": "words"}]},
         {"name": "tagged", "kind": "map", "input": "clean", "chunk_size": 20, "function": f"{module}:tag"},
@@ -144,9 +147,13 @@ def test_ray_with_a_worker_killed_mid_slice_gives_the_local_store_and_each_is_up
         assert result.ok and [m.split()[0] for m in log] == ["skip"] * 5, log
 
 
-def test_a_step_over_parquet_parts_is_read_by_the_workers_not_the_driver(cluster, reference, monkeypatch):
-    """`short` reads `dd`, a pass-through (dedup) over the map's parts: its tasks read the parts
-    themselves, leaving out what dd dropped, and the store is the local one's all the same."""
+@pytest.mark.parametrize("load_executor", [None, "local"])
+def test_a_step_over_parquet_parts_is_read_by_the_workers_not_the_driver(cluster, reference, monkeypatch,
+                                                                         load_executor):
+    """Under ray the load's rows are Parquet parts too, so every step reads its input in its tasks;
+    `short` reads `dd`, a pass-through (dedup) over the map's parts, leaving out what dd dropped.
+    A load run locally (its rows in a table) is read by the driver for the steps over it. Either
+    way the store is the local one's."""
     from datamix import scratch
     from datamix.executors.parts import parts_input, read_parts
     from datamix.outputs import StoreInput
@@ -160,22 +167,28 @@ def test_a_step_over_parquet_parts_is_read_by_the_workers_not_the_driver(cluster
         return stream(self, *args, **kwargs)
 
     monkeypatch.setattr(StoreInput, "stream", spy)
-    store = folder / "workers_read.duckdb"
+    store = folder / f"workers_read_{load_executor}.duckdb"
     from datamix import runner, spec
 
-    assert runner.run(spec.load(str(make(folder, "tag", ray_executor()))), str(store), log=lambda m: None).ok
-    assert read_by_driver == ["src", "clean"]  # the stored table's readers; not dd
+    pipeline = spec.load(str(make(folder, "tag", ray_executor(), load_executor)))
+    assert runner.run(pipeline, str(store), log=lambda m: None).ok
+    # the readers of a stored table (the load's, less clean's drops); never dd's
+    assert read_by_driver == (["src", "clean"] if load_executor else [])
+    views = {v for (v,) in query(store, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    assert {"src", "tagged"} & views == ({"tagged"} if load_executor else {"src", "tagged"})
     assert snapshot(store) == expected
     # what the workers read of the parts is the driver's read: with and without a chain's drops
     s = Store(str(store), read_only=True)
     try:
-        for name, columns in (("dd", None), ("tagged", "sample_id, turns"), ("dd", "turns, messages")):
+        for name, columns in (("dd", None), ("tagged", "sample_id, turns"), ("dd", "turns, messages"),
+                              *([] if load_executor else [("clean", None), ("src", "sample_id, messages")])):
             read, files = parts_input(s, name, columns)
-            assert (read.dropped is not None) == (name == "dd")
+            assert (read.dropped is not None) == (name in ("dd", "clean"))
             with scratch.cursor() as con:
                 assert read_parts(con, [f for f, _ in files], read).equals(read_output(s, name, columns)), name
                 assert [n for _, n in files] == [read_parts(con, [f], read).num_rows for f, _ in files]
-        assert parts_input(s, "clean", None) is None  # a pass-through over the stored load: the driver reads it
+        if load_executor:  # a pass-through over the stored load: the driver reads it
+            assert parts_input(s, "clean", None) is None
     finally:
         s.close()
 

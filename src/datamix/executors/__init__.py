@@ -142,6 +142,17 @@ def calls_models(step) -> bool:
     return bool(step.model_refs())
 
 
+def stores_parts(pipeline, step) -> bool:
+    """Whether `step` stores its rows as Parquet parts beside the store (read through a view), not
+    in a table: the `source` and `batch` steps under a Ray executor, whether their rows come from
+    its tasks (filter, map) or from the driver's loop (load, generate, judge), so the steps after
+    them on Ray read their input in their own tasks. A `whole` step's one chunk stays a table."""
+    from datamix.steps.base import REGISTRY
+
+    entry = REGISTRY[step.kind]
+    return pipeline.executor_of(step.name).type == "ray" and entry.shape in ("source", "batch") and not entry.passthrough
+
+
 def stored_form_change(pipeline, store, step) -> str | None:
     """Why a partial step cannot resume under this run's executor, or None: the rows it committed
     are in the other executor's form (a table the local loop appends to, or Parquet parts the
@@ -149,9 +160,9 @@ def stored_form_change(pipeline, store, step) -> str | None:
     from datamix.steps.base import REGISTRY
 
     entry = REGISTRY[step.kind]
-    if entry.passthrough or entry.shape != "batch" or not store.output_exists(step.name):
+    if entry.passthrough or entry.shape == "whole" or not store.output_exists(step.name):
         return None  # a pass-through step stores decisions only, the same under both
-    on_ray = pipeline.executor_of(step.name).type == "ray" and not calls_models(step)
+    on_ray = stores_parts(pipeline, step)
     in_parts = store.con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?",
                                  [step.name]).fetchall()[0][0] > 0
     if on_ray and not in_parts:

@@ -8,6 +8,11 @@ local loop makes) and writes what it returned beside the store:
     outputs/<step>/parts/decisions-rows-<start>-<end>.parquet   what a filter decided
     outputs/<step>/parts/quarantine-rows-<start>-<end>.parquet
 
+Under the same executor, the steps whose rows the driver commits (a load, a generate) write them
+as parts too, `outputs/<step>/parts/part-<n>.parquet` for the n-th chunk committed (their chunk
+keys, such as a file's path, make no file names), so the steps after them on Ray read their
+rows in their own tasks, not through the driver (Store.commit_chunk, runner).
+
 Each file is written under a temporary name and renamed into place, so a reader never sees
 half a file, and a slice run twice (its worker died, the run was resumed) writes the same
 bytes under the same name: nothing is duplicated. The driver then registers the parts of a
@@ -27,9 +32,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
-from datamix.store import Store, literal, quote
+from datamix.store import Store, literal, quote, write_parquet
 
 OFFSET, END = "__datamix_offset", "__datamix_end"  # the slice a batch is, carried as columns
 
@@ -189,16 +195,12 @@ def _write_rows(job: SliceJob, key: str, rows, con) -> tuple[str, str | None]:
 
 
 def _write(con, table, select: str, path: str) -> str:
-    """`select` over `table` (as _t) to a zstd Parquet file, written by DuckDB (`con`): the types
-    it reads back are those the local path's CREATE TABLE from the same Arrow gives."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    """`select` over `table` (as _t) to a Parquet part (store.write_parquet: whole or absent)."""
     con.register("_t", table)
     try:
-        con.execute(f"COPY ({select}) TO ? (FORMAT PARQUET, COMPRESSION ZSTD)", [tmp])
+        return write_parquet(con, select, path)
     finally:
         con.unregister("_t")
-    os.replace(tmp, path)  # atomic: a part is whole or absent
-    return path
 
 
 def _arrow(frame):
@@ -218,14 +220,32 @@ def _result_schema():
 # ---- the driver's side ----------------------------------------------------------------------
 
 def committed_parts(store: Store, step: str) -> dict[str, str]:
-    """chunk key -> rows part of the parts the store has committed for `step`."""
+    """chunk key -> rows part of the parts the store has committed for `step`, in the view's order."""
     rows = store.con.execute("SELECT key, files FROM dm.chunks WHERE step = ?", [step]).fetchall()
     parts = {}
     for key, files in rows:
         for f in json.loads(files or "[]"):
-            if os.path.basename(f) == f"part-{key}.parquet":
+            name = os.path.basename(f)
+            if name == f"part-{key}.parquet" or _DRIVER_PART.fullmatch(name):
                 parts[key] = f
-    return parts
+    return dict(sorted(parts.items(), key=lambda item: part_order(item[1])))
+
+
+_DRIVER_PART = re.compile(r"part-(\d+)\.parquet")  # the n-th chunk the driver committed (driver_part)
+
+
+def driver_part(parts_dir: str, n: int) -> str:
+    """Where the driver writes the rows of a step's n-th committed chunk (Store.commit_chunk)."""
+    return os.path.join(parts_dir, f"part-{n}.parquet")
+
+
+def part_order(path: str) -> int:
+    """Where a rows part goes in its step's view: a slice's first input row (part-rows-<start>-
+    <end>, the local loop's order) or the number of a chunk the driver committed (part-<n>, the
+    order the local table was filled in)."""
+    name = os.path.basename(path)
+    driver = _DRIVER_PART.fullmatch(name)
+    return int(driver.group(1)) if driver else int(name.split("-")[2])
 
 
 def register(store: Store, step: str, new: list[dict], parent_step: str | None, parts: dict[str, str],
@@ -276,11 +296,10 @@ def parts_input(store: Store, name: str, columns: str | None) -> tuple[PartsRead
     stored, deciders = stored_ancestor(store, name)
     if not _in_parquet(store, stored):
         return None
-    parts = committed_parts(store, stored)
+    parts = committed_parts(store, stored)  # in the view's order
     counts = dict(store.con.execute("SELECT key, rows_out FROM dm.chunks WHERE step = ?", [stored]).fetchall())
-    order = sorted(parts, key=lambda k: int(k.split("-")[1]))  # the view's order (define_view)
-    files = [os.path.abspath(parts[k]) for k in order]
-    rows = [counts[k] for k in order]
+    files = [os.path.abspath(f) for f in parts.values()]
+    rows = [counts[k] for k in parts]
     dropped = None
     if deciders and files:
         dropped_sql, params = _dropped(deciders)
@@ -319,8 +338,8 @@ def plan_tasks(files: list[tuple[str, int]], groups) -> list:
 
 
 def define_view(store: Store, step: str, parts: dict[str, str]) -> None:
-    """The step's output: its row parts read in place, in slice order (the local table's order)."""
-    ordered = [parts[k] for k in sorted(parts, key=lambda k: int(k.split("-")[1]))]
+    """The step's output: its row parts read in place, in the local table's order (part_order)."""
+    ordered = sorted(parts.values(), key=part_order)
     # a view's text holds no parameters: the paths go in as literals (see store.literal)
     files = ", ".join(literal(os.path.abspath(p)) for p in ordered)
     store.con.execute(f"CREATE OR REPLACE VIEW {quote(step)} AS SELECT * FROM read_parquet([{files}], "

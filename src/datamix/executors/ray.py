@@ -38,8 +38,8 @@ from collections.abc import Iterable, Iterator
 
 from datamix.errors import BadInput, StepError
 from datamix.executors import RayExecutor, calls_models
-from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, define_view, parts_input, plan_tasks,
-                                     register, run_planned, run_slices, slice_key)
+from datamix.executors.parts import (END, OFFSET, SliceJob, committed_parts, parts_input, plan_tasks, register,
+                                     run_planned, run_slices, slice_key)
 from datamix.outputs import StoreInput
 from datamix.steps.base import Chunk, Context, exact_slices
 
@@ -116,11 +116,9 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
         read = None
         blocks = _table_blocks(inputs["input"], columns, step.chunk_size, ctx.done_keys, workers, expected)
         function = run_slices
-    parts = committed_parts(store, step.name)
-    if not blocks:  # every slice committed by a run that may have died before its last view
-        if parts:
-            define_view(store, step.name, parts)
+    if not blocks:  # every slice committed (the runner defines the view over them as the step ends)
         return
+    parts = committed_parts(store, step.name)
     # only plain fields travel: the store's callables (cache, calls, query) stay in the driver
     job = SliceJob(entry, step, Context(step=ctx.step, pipeline_dir=ctx.pipeline_dir, output_dir=ctx.output_dir,
                                         seed=ctx.seed, models=ctx.models), parts_dir, read, task_threads(spec))
@@ -153,9 +151,7 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
                               f"{part['rows_out']} out (ray)")
     except Exception as e:
         raise _user_error(e) or e
-    if parts:
-        define_view(store, step.name, parts)
-    yield from ()
+    yield from ()  # the runner defines the step's view over all its parts as it ends
 
 
 def _planned_blocks(files: list, total: int, size: int, done: set, workers: int, expected: int) -> list:
