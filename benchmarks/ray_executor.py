@@ -1,15 +1,18 @@
 """The Ray executor against the local one, and 1 against 2 Ray workers, on the same batch steps.
 
-N synthetic chats (default 1M, benchmarks/pipeline.py's generator) are loaded once into a base
-store; each arm starts from a copy of it and runs the same three `batch` steps:
+N synthetic chats (default 1M, benchmarks/pipeline.py's generator) are loaded once per arm,
+under the arm's executor, into the arm's base store (not timed); each round starts from a copy
+of it and runs the same three `batch` steps:
 
     clean: filter (>= 3 words, no listed phrase)          decisions only
     sized: map (two DuckDB expressions per row)           rows: a table locally, Parquet parts on Ray
     long:  filter (>= 5 words, no listed phrase) of sized decisions only
 
-On Ray, `clean` and `sized` read a stored table (the load's, less clean's drops), which the
-driver reads and puts into Ray's object store; `long` reads sized's Parquet parts, which its
-tasks read themselves: the two ways a step's input reaches the workers, side by side.
+On Ray the load's rows are Parquet parts too, so every step's tasks read their own input
+(`clean` and `sized` the load's parts, less clean's drops; `long` sized's parts). With
+--table-input the ray arms' loads run under the local executor, as a store built by a local
+run would be: then `clean` and `sized` read a stored table, which the driver reads and puts
+into Ray's object store before their tasks start.
 
 Arms: `local` (the runner's loop), `ray-1` and `ray-2` (the Ray executor on a local Ray of 1
 and of 2 CPUs, started here as datamix starts one, with its workers' imports done before the
@@ -25,6 +28,7 @@ count of `clean`, id hash of what `long` dropped).
 
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py                # 1M rows, 2 rounds
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --rows 200000 --repeat 3
+    flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --table-input      # a stored table's steps
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --signatures 200000   # MinHash signing only
     flock /tmp/datamix-bench.lock python benchmarks/ray_executor.py --dedup 200000        # the whole dedup step
 
@@ -75,7 +79,7 @@ steps:
 """
 
 # the timed steps, and what the report calls them
-STEPS_TIMED = [("clean", "filter (table)"), ("sized", "map (table)"), ("long", "filter (parts)")]
+STEPS_TIMED = [("clean", "filter of load"), ("sized", "map of load"), ("long", "filter of map")]
 
 # ray-1 and ray-2 run the same executor (tasks as the CPUs allow) on a Ray of 1 and of 2 CPUs:
 # one worker against two, with no cap of Ray Data's on either (`concurrency` would add one)
@@ -91,14 +95,33 @@ def write_yaml(folder: str, arm: str) -> str:
     return path
 
 
-def run_arm(root: str, base: str, arm: str) -> dict:
+def load_base(root: str, arm: str, table_input: bool) -> float:
+    """The arm's folder with the load done under the arm's executor (or, table_input, the local
+    one), its store kept as base.duckdb. A Ray load's parts stay in the folder, where the view
+    reads them (by absolute path): each round copies base.duckdb back to the same place."""
+    from datamix import runner, spec
+
+    folder = os.path.join(root, arm)
+    shutil.rmtree(folder, ignore_errors=True)
+    p = spec.load(write_yaml(folder, "local" if table_input else arm))
+    p.steps = p.steps[:1]  # the load alone
+    t0 = time.perf_counter()
+    if not runner.run(p, p.store_path(), log=lambda m: None).ok:
+        raise SystemExit(f"{arm}: the base load failed")
+    seconds = time.perf_counter() - t0
+    shutil.copy(os.path.join(folder, "store.duckdb"), os.path.join(folder, "base.duckdb"))
+    return seconds
+
+
+def run_arm(root: str, arm: str) -> dict:
     from datamix import runner, spec
     from tests.helpers import query
 
     folder = os.path.join(root, arm)
-    shutil.rmtree(folder, ignore_errors=True)
+    base = os.path.join(folder, "base.duckdb")
     path = write_yaml(folder, arm)
-    shutil.copy(base, os.path.join(folder, "store.duckdb"))  # the same starting point: the load done
+    # the same starting point: the load done (the runner discards the other steps' old outputs)
+    shutil.copy(base, os.path.join(folder, "store.duckdb"))
     p = spec.load(path)
     t0, busy0, driver0 = time.perf_counter(), machine_busy(), time.process_time()
     result = runner.run(p, p.store_path(), log=lambda m: None)
@@ -154,6 +177,7 @@ def ray_of(cpus: int) -> None:
              # (code from before datamix.executors.ray.worker_env, given by PYTHONPATH, starts it bare)
              runtime_env=getattr(executor, "worker_env", lambda spec: None)(RayExecutor(type="ray", address="local")))
     started = time.perf_counter() - t0
+    executor.connect(RayExecutor(type="ray", address="local"))  # Ray Data's settings (its logs off), as a run has them
     # the shape of the executor's datasets (blocks put by the driver, Ray Data's metadata tasks
     # on them, one map), so the workers it keeps are those a step finds
     import pyarrow as pa
@@ -331,6 +355,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; every arm runs once per round")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--table-input", action="store_true", help="the ray arms' loads by the local executor: their "
+                                                                "rows in a table, which the driver reads for clean "
+                                                                "and sized")
     ap.add_argument("--signatures", type=int, default=0, help="instead: MinHash signing of this many documents")
     ap.add_argument("--dedup", type=int, default=0, help="instead: the whole MinHash dedup step on this many "
                                                           "documents, local (in memory, out of core) vs ray")
@@ -360,18 +387,12 @@ def main() -> None:
 
     root = tempfile.mkdtemp(prefix="dm-ray-bench-")
     try:
-        t0 = time.perf_counter()
         make_data(root, args.rows, 1)
-        base_dir = os.path.join(root, "base")
-        from datamix import runner, spec
-
-        p = spec.load(write_yaml(base_dir, "local"))
-        p.steps = p.steps[:1]  # the load alone
-        if not runner.run(p, p.store_path(), log=lambda m: None).ok:
-            raise SystemExit("the base load failed")
-        base = p.store_path()
-        print(f"{args.rows:,} chats loaded into the base store in {time.perf_counter() - t0:.1f}s "
-              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        loads = {arm: load_base(root, arm, args.table_input) for arm in ARMS}
+        print(f"{args.rows:,} chats loaded into each arm's base store (not timed): "
+              + ", ".join(f"{arm} {t:.1f}s" for arm, t in loads.items())
+              + (" (all by the local executor: --table-input)" if args.table_input else "")
+              + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
         order = list(ARMS)
         for r in range(args.repeat):
@@ -379,7 +400,7 @@ def main() -> None:
                 if arm in RAY_CPUS:
                     ray_of(RAY_CPUS[arm])
                 load = os.getloadavg()[0]
-                out = run_arm(root, base, arm)
+                out = run_arm(root, arm)
                 results[arm].append(out)
                 print(f"round {r + 1} {arm:6s} " + "  ".join(f"{name} {out[step]:6.2f}s" for step, name in STEPS_TIMED)
                       + f"  run {out['wall']:6.2f}s  CPU: machine {out['busy']:5.1f}s, driver {out['driver']:5.1f}s  "

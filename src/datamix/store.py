@@ -587,7 +587,10 @@ def write_parquet(con: "duckdb.DuckDBPyConnection", select: str, path: str, para
     place: a reader sees the whole file or none, and writing it again replaces it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    con.execute(f"COPY ({select}) TO ? (FORMAT PARQUET, COMPRESSION ZSTD)", [*(params or []), tmp])
+    # row groups of the store's size: a Ray task reading a range of a large part (a load's chunk)
+    # reads only the row groups that hold it (parts.read_task)
+    con.execute(f"COPY ({select}) TO ? (FORMAT PARQUET, COMPRESSION ZSTD, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+                [*(params or []), tmp])
     os.replace(tmp, path)
     return path
 

@@ -194,12 +194,12 @@ def test_more_or_fewer_slices_than_expected_are_each_grouped_once_in_order(slice
 
 def test_tasks_reading_their_slices_from_parquet_parts_give_what_blocks_of_the_rows_give(tmp_path):
     """An input that is Parquet parts (with rows a pass-through chain dropped, and an empty part)
-    is read by each task itself (plan_tasks, run_planned): the same records, files and store as
-    the driver's blocks of the same rows."""
+    is read by each task itself (plan_tasks, run_planned): each reads only the file rows of its
+    slices, and the records, files and store are those of the driver's blocks of the same rows."""
     import pyarrow.parquet as pq
 
     from datamix import scratch
-    from datamix.executors.parts import PartsRead, plan_tasks, read_parts, run_planned
+    from datamix.executors.parts import PartFile, PartsRead, plan_tasks, read_task, run_planned
 
     dropped = pa.table({"sample_id": ["x1", "x2"], "x": [-1, -2]})
     pieces = [pa.concat_tables([INPUT.slice(0, 2), dropped.slice(0, 1), INPUT.slice(2, 1)]), INPUT.slice(0, 0),
@@ -207,16 +207,23 @@ def test_tasks_reading_their_slices_from_parquet_parts_give_what_blocks_of_the_r
     files = []
     for i, piece in enumerate(pieces):
         pq.write_table(piece, tmp_path / f"in-{i}.parquet")
-        files.append((str(tmp_path / f"in-{i}.parquet"), piece.num_rows - (i in (0, 2))))
+        drops = {0: [2], 2: [4]}.get(i, [])  # the file rows of x1 and x2
+        files.append(PartFile(str(tmp_path / f"in-{i}.parquet"), piece.num_rows - len(drops), drops))
+    paths = [f.path for f in files]
     tasks = plan_tasks(files, [[SLICES[0]], SLICES[1:]])
+    # rows 0-4: all of file 0 (its row 2 dropped) and the first row of file 2; rows 4-10: the
+    # rest of file 2 (less its dropped last row, which is past the range) and all of file 3
     assert [t.to_pylist() for t in tasks] == [
-        [{"files": [f for f, _ in files[:3]], "first_row": 0, "offsets": [0], "ends": [4]}],
-        [{"files": [f for f, _ in files[2:]], "first_row": 3, "offsets": [4, 8], "ends": [8, 10]}]]
-    read = PartsRead(None, INPUT.schema, dropped.column("sample_id").combine_chunks())
+        [{"files": [paths[0], paths[2]], "lo": [0, 0], "hi": [4, 1], "skip": [[2], []], "offsets": [0], "ends": [4]}],
+        [{"files": [paths[2], paths[3]], "lo": [1, 0], "hi": [4, 3], "skip": [[], []], "offsets": [4, 8],
+          "ends": [8, 10]}]]
+    read = PartsRead(None, INPUT.schema)
+    whole = plan_tasks(files, [[(0, 10)]])[0].to_pylist()[0]
     with scratch.cursor() as con:
-        assert read_parts(con, [f for f, _ in files], read).equals(INPUT)
-        only_x = PartsRead("x", INPUT.select(["x"]).schema, read.dropped)  # the ids read to drop by, not kept
-        assert read_parts(con, [f for f, _ in files], only_x).equals(INPUT.select(["x"]))
+        assert read_task(con, whole, read).equals(INPUT)
+        assert read_task(con, whole, PartsRead("x", INPUT.select(["x"]).schema)).equals(INPUT.select(["x"]))
+        for task, (low, high) in zip(tasks, [(0, 4), (4, 10)]):
+            assert read_task(con, task.to_pylist()[0], read).equals(INPUT.slice(low, high - low))
 
     local, parts_store = stores(tmp_path)
     ctx = Context(step="kids", pipeline_dir=str(tmp_path), output_dir=str(tmp_path / "out"), seed=0)

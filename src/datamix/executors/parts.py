@@ -59,7 +59,24 @@ class PartsRead:
 
     columns: str | None  # the step's select list over its input
     schema: Any  # pa.Schema of the driver's read: each task's read is cast to it
-    dropped: Any  # pa.Array of the sample ids the pass-through steps dropped, or None
+
+
+@dataclasses.dataclass
+class PartFile:
+    """A rows part of a step's input: its path, the rows it gives the input, and the numbers
+    (file row numbers, ascending) of its rows a pass-through chain dropped, which it leaves out."""
+
+    path: str
+    rows: int
+    dropped: list[int] = dataclasses.field(default_factory=list)
+
+    def file_row(self, row: int) -> int:
+        """The file row number of the input's `row`-th row from this file (from 0)."""
+        import bisect
+
+        # the answer is row + j for the j dropped rows before it: the first j whose dropped row
+        # lies past row + j (dropped[j] - j never decreases, so it is a bisection)
+        return row + bisect.bisect_right([d - j for j, d in enumerate(self.dropped)], row)
 
 
 def slice_key(offset: int, end: int) -> str:
@@ -107,12 +124,13 @@ def run_planned(batch, job: SliceJob):
     _limit_threads(job)
     with scratch.cursor() as con:
         for task in batch.to_pylist():
-            rows = read_parts(con, task["files"], job.read)
-            first = task["first_row"]
+            rows = read_task(con, task, job.read)
+            first = task["offsets"][0]
+            if rows.num_rows != task["ends"][-1] - first:
+                raise StepError(f"step {job.step.name!r}: its input's parts hold other rows than the store counts "
+                                f"(rows {first}-{task['ends'][-1]} asked of {task['files']}, {rows.num_rows} read); "
+                                "rerun the input step")
             for offset, end in zip(task["offsets"], task["ends"]):
-                if end - first > rows.num_rows:
-                    raise StepError(f"step {job.step.name!r}: its input's parts hold fewer rows than the store "
-                                    f"counts (rows {offset}-{end} asked of {task['files']}); rerun the input step")
                 records.append(_run_one(_compact(rows.slice(offset - first, end - offset)), offset, end, job, con))
     return pa.Table.from_pylist(records, schema=_result_schema())
 
@@ -134,22 +152,26 @@ def _limit_threads(job: SliceJob) -> None:
         scratch.set_threads(job.threads)
 
 
-def read_parts(con, files: list[str], read: PartsRead):
-    """The rows of `files` the driver's read of the input holds (the pass-through steps' drops
-    left out), in their order, with the driver's columns and types."""
+def read_task(con, task: dict, read: PartsRead):
+    """A planned task's input rows (a row of plan_tasks' table): of each of its files the rows
+    between its file row numbers lo and hi, less those a pass-through chain dropped (skip), in
+    order, with the driver's columns and types. Only the row groups holding them are read."""
     import pyarrow as pa
 
-    from datamix.outputs import with_ids, without_dropped
-
-    select = (with_ids(read.columns) if read.dropped is not None else read.columns) or "*"
-    table = con.sql(f"SELECT {select} FROM read_parquet(?, union_by_name = true)", params=[files]).to_arrow_table()
-    if read.dropped is not None:
-        table = without_dropped(table, read.dropped, read.columns)
-    # a subset of the parts may lack a column (or type it otherwise) that the view's union over
-    # all of them has: the driver's types win, a missing column is nulls
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in read.schema]
-    return pa.Table.from_arrays(columns, schema=read.schema)
+    select = read.columns or "* EXCLUDE (file_row_number)"
+    tables = []
+    for path, lo, hi, skip in zip(task["files"], task["lo"], task["hi"], task["skip"]):
+        # the rows skipped in the scan, not in Arrow afterwards (a filter there copies every chat)
+        skipping = " AND file_row_number NOT IN (SELECT unnest(?::BIGINT[]))" if skip else ""
+        table = con.sql(f"SELECT {select} FROM read_parquet(?, file_row_number = true) WHERE file_row_number >= ? "
+                        f"AND file_row_number < ?{skipping}", params=[path, lo, hi, *([skip] if skip else [])]
+                        ).to_arrow_table()
+        # a part may lack a column (or type it otherwise) that the view's union over all of them
+        # has: the driver's types win, a missing column is nulls
+        tables.append(pa.Table.from_arrays(
+            [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+             for f in read.schema], schema=read.schema))
+    return pa.concat_tables(tables) if tables else read.schema.empty_table()
 
 
 def _run_one(batch, offset: int, end: int, job: SliceJob, con) -> dict:
@@ -286,11 +308,12 @@ def register(store: Store, step: str, new: list[dict], parent_step: str | None, 
                 os.remove(path)
 
 
-def parts_input(store: Store, name: str, columns: str | None) -> tuple[PartsRead, list[tuple[str, int]]] | None:
+def parts_input(store: Store, name: str, columns: str | None) -> tuple[PartsRead, list[PartFile]] | None:
     """When step `name`'s output is Parquet parts (or a pass-through chain over them): how a
-    worker reads it (PartsRead) and its files in order with the rows each gives the input (the
-    part's rows less those the chain dropped). None when its rows are in a stored table, which
-    only the driver can read (DuckDB's file has one writer)."""
+    worker reads it (PartsRead) and its files in order, each with the rows it gives the input
+    (the part's rows less those the chain dropped, whose file row numbers it names). None when
+    its rows are in a stored table, which only the driver can read (DuckDB's file has one
+    writer)."""
     from datamix.outputs import _dropped, _in_parquet, stored_ancestor
 
     stored, deciders = stored_ancestor(store, name)
@@ -298,41 +321,51 @@ def parts_input(store: Store, name: str, columns: str | None) -> tuple[PartsRead
         return None
     parts = committed_parts(store, stored)  # in the view's order
     counts = dict(store.con.execute("SELECT key, rows_out FROM dm.chunks WHERE step = ?", [stored]).fetchall())
-    files = [os.path.abspath(f) for f in parts.values()]
-    rows = [counts[k] for k in parts]
-    dropped = None
+    files = [PartFile(os.path.abspath(f), counts[k]) for k, f in parts.items()]
     if deciders and files:
+        # where in its file each dropped row is: a task reads a range of file rows and leaves
+        # these out, so no task needs the ids of the whole input's drops
         dropped_sql, params = _dropped(deciders)
-        dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0).combine_chunks()
-        if len(dropped):
-            per_file = dict(store.con.execute(
-                f"SELECT filename, count(*) FROM read_parquet(?, filename = true) WHERE sample_id IN ({dropped_sql}) "
-                "GROUP BY filename", [files, *params]).fetchall())
-            rows = [n - per_file.get(f, 0) for f, n in zip(files, rows)]
-        else:
-            dropped = None
-    if sum(rows) != store.step_row(name)["rows_out"]:
+        where = dict(store.con.execute(
+            f"SELECT filename, list(file_row_number ORDER BY file_row_number) FROM read_parquet(?, filename = true, "
+            f"file_row_number = true) WHERE sample_id IN ({dropped_sql}) GROUP BY filename",
+            [[f.path for f in files], *params]).fetchall())
+        for f in files:
+            f.dropped = where.get(f.path, [])
+            f.rows -= len(f.dropped)
+    if sum(f.rows for f in files) != store.step_row(name)["rows_out"]:
         return None  # parts and counts disagree: the driver reads the view, as it always could
     schema = store.con.sql(f"SELECT {columns or '*'} FROM {quote(stored)} LIMIT 0").to_arrow_table().schema
-    return PartsRead(columns, schema, dropped), list(zip(files, rows))
+    return PartsRead(columns, schema), files
 
 
-def plan_tasks(files: list[tuple[str, int]], groups) -> list:
-    """One single-row Arrow table per group of slices ((offset, end) of the input's rows): the
-    part files that hold the group's rows (`files`: path and input rows, in order), the input
-    row the first of them starts at, and the slices, for run_planned."""
+def plan_tasks(files: list[PartFile], groups) -> list:
+    """One single-row Arrow table per group of slices ((offset, end) of the input's rows), for
+    run_planned: the slices, and the part files that hold their rows (`files`, in order), each
+    with the range of file row numbers [lo, hi) to read and the dropped ones in it to skip."""
     import bisect
     import itertools
 
     import pyarrow as pa
 
-    starts = [0, *itertools.accumulate(n for _, n in files)]
+    starts = [0, *itertools.accumulate(f.rows for f in files)]
     tasks = []
     for group in groups:
         low, high = group[0][0], group[-1][1]
-        first = bisect.bisect_right(starts, low) - 1  # the last file starting at or before `low`
-        last = bisect.bisect_left(starts, high)  # the files starting before `high`
-        tasks.append(pa.table({"files": [[f for f, _ in files[first:last]]], "first_row": [starts[first]],
+        paths, lo, hi, skip = [], [], [], []
+        # the files starting at or before `low` (the last of them) up to those starting before `high`
+        for i in range(bisect.bisect_right(starts, low) - 1, bisect.bisect_left(starts, high)):
+            f, begin = files[i], starts[i]
+            first, last = max(low, begin) - begin, min(high, starts[i + 1]) - begin  # its input rows needed
+            if last <= first:
+                continue  # a part with no rows for the input
+            start, stop = f.file_row(first), f.file_row(last - 1) + 1
+            paths.append(f.path)
+            lo.append(start)
+            hi.append(stop)
+            skip.append(f.dropped[bisect.bisect_left(f.dropped, start):bisect.bisect_left(f.dropped, stop)])
+        tasks.append(pa.table({"files": [paths], "lo": [lo], "hi": [hi],
+                               "skip": pa.array([skip], pa.list_(pa.list_(pa.int64()))),
                                "offsets": [[o for o, _ in group]], "ends": [[e for _, e in group]]}))
     return tasks
 
