@@ -277,6 +277,8 @@ def register(store: Store, step: str, new: list[dict], parent_step: str | None, 
     parts (`parts`, updated here), in one transaction: a crash leaves them wholly in or wholly
     out. Defining the view reads every part's footer, so a caller registering many parts
     defines it now and then and once at the end (see datamix.executors.ray)."""
+    import pyarrow as pa
+
     con = store.con
     kinds = {name: [p[name] for p in new if p[name]] for name in ("rows", "edges", "decisions", "quarantine")}
     with store.transaction():
@@ -291,10 +293,16 @@ def register(store: Store, step: str, new: list[dict], parent_step: str | None, 
         if kinds["quarantine"]:
             con.execute("INSERT INTO dm.quarantine SELECT ?, file, line, reason, raw FROM read_parquet(?)",
                         [step, kinds["quarantine"]])
-        con.executemany("INSERT INTO dm.chunks VALUES (?, ?, ?, ?, ?, now())",
-                        [[step, p["key"], p["rows_in"], p["rows_out"],
-                          json.dumps(json.loads(p["files"] or "[]") + ([p["rows"]] if p["rows"] else []))]
-                         for p in new])
+        # the markers in one statement too: executemany ran one insert a slice (~1 ms each)
+        markers = pa.table({"key": [p["key"] for p in new], "rows_in": [p["rows_in"] for p in new],
+                            "rows_out": [p["rows_out"] for p in new],
+                            "files": [json.dumps(json.loads(p["files"] or "[]") + ([p["rows"]] if p["rows"] else []))
+                                      for p in new]})
+        con.register("_markers", markers)
+        try:
+            con.execute("INSERT INTO dm.chunks SELECT ?, key, rows_in, rows_out, files, now() FROM _markers", [step])
+        finally:
+            con.unregister("_markers")
         con.execute("UPDATE dm.steps SET rows_in = rows_in + ?, rows_out = rows_out + ? WHERE name = ?",
                     [sum(p["rows_in"] for p in new), sum(p["rows_out"] for p in new), step])
         if kinds["rows"] and view:
