@@ -243,12 +243,15 @@ def _result_schema():
 
 def committed_parts(store: Store, step: str) -> dict[str, str]:
     """chunk key -> rows part of the parts the store has committed for `step`, in the view's order."""
+    from datamix.outputs import output_folder
+
     rows = store.con.execute("SELECT key, files FROM dm.chunks WHERE step = ?", [step]).fetchall()
+    own = os.path.join(output_folder(store, step), "parts")  # not a file of the step's own named alike
     parts = {}
     for key, files in rows:
         for f in json.loads(files or "[]"):
             name = os.path.basename(f)
-            if name == f"part-{key}.parquet" or _DRIVER_PART.fullmatch(name):
+            if name == f"part-{key}.parquet" or (_DRIVER_PART.fullmatch(name) and os.path.dirname(f) == own):
                 parts[key] = f
     return dict(sorted(parts.items(), key=lambda item: part_order(item[1])))
 
