@@ -164,10 +164,14 @@ def test_a_block_holding_part_of_a_slice_is_refused(tmp_path):
         run_slices(block, job)
 
 
-@pytest.mark.parametrize("slices, workers", [(1, 2), (7, 1), (7, 2), (100, 2), (100, 3)])
-def test_slices_are_grouped_in_order_a_few_tasks_per_worker(slices, workers):
-    from datamix.executors.ray import TASKS_PER_WORKER, _groups
+@pytest.mark.parametrize("slices, workers, size, tasks", [
+    (1, 2, 10_000, 1), (7, 1, 10_000, 1), (7, 2, 10_000, 2), (100, 1, 10_000, 4), (100, 2, 10_000, 4),
+    (100, 3, 10_000, 6), (1000, 2, 10_000, 40), (100, 8, 10_000, 8), (100, 2, 300_000, 100)])
+def test_slices_are_grouped_in_order_as_many_tasks_a_worker_of_about_rows_per_task(slices, workers, size, tasks):
+    from datamix.executors.ray import _groups, task_count
 
+    assert task_count(workers, slices, size) == tasks
+    assert tasks % workers == 0 or tasks == slices  # no worker left running one more task than the rest
     given = []
 
     def blocks():  # read as they are used: a group is handed on before the next block is read
@@ -176,11 +180,11 @@ def test_slices_are_grouped_in_order_a_few_tasks_per_worker(slices, workers):
             yield b
 
     groups = []
-    for group in _groups(blocks(), workers, slices):
+    for group in _groups(blocks(), tasks, slices):
         assert given[-1] == group[-1]
         groups.append(group)
     assert [b for g in groups for b in g] == list(range(slices))  # every slice once, in order
-    assert len(groups) == min(slices, workers * TASKS_PER_WORKER) and all(groups)
+    assert len(groups) == tasks and all(groups)
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
 
 

@@ -214,6 +214,7 @@ SLOW_DRIVER = textwrap.dedent("""
         time.sleep(0.5)
 
     executor.register = register
+    executor.ROWS_PER_TASK = 1  # a slice a task: its parts are registered one by one
     p = spec.load(sys.argv[1])
     runner.run(p, p.store_path(), log=lambda m: None)
 """)

@@ -105,16 +105,16 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
 
     total = len(inputs["input"])
     expected = -(-total // step.chunk_size) - sum(k.startswith("rows-") for k in ctx.done_keys)
-    workers = _workers(spec)
-    # a task runs several consecutive slices, a few tasks per worker: a task's own cost in Ray
-    # Data (~30 ms here) was most of a light step's slice of 10,000 rows (filter: ~45 ms)
+    # a task runs several consecutive slices (a task's own cost in Ray Data, ~30 ms here, was
+    # most of a light step's slice of 10,000 rows), in as many tasks per worker (task_count)
+    tasks = task_count(_workers(spec), expected, step.chunk_size)
     own = parts_input(store, inputs["input"].name, columns) if type(inputs["input"]) is StoreInput else None
     if own is not None:
         read, files = own
-        blocks, function = _planned_blocks(files, total, step.chunk_size, ctx.done_keys, workers, expected), run_planned
+        blocks, function = _planned_blocks(files, total, step.chunk_size, ctx.done_keys, tasks, expected), run_planned
     else:
         read = None
-        blocks = _table_blocks(inputs["input"], columns, step.chunk_size, ctx.done_keys, workers, expected)
+        blocks = _table_blocks(inputs["input"], columns, step.chunk_size, ctx.done_keys, tasks, expected)
         function = run_slices
     if not blocks:  # every slice committed (the runner defines the view over them as the step ends)
         return
@@ -154,17 +154,17 @@ def _map_slices(spec: RayExecutor, store, step, entry, inputs, ctx: Context, log
     yield from ()  # the runner defines the step's view over all its parts as it ends
 
 
-def _planned_blocks(files: list, total: int, size: int, done: set, workers: int, expected: int) -> list:
+def _planned_blocks(files: list, total: int, size: int, done: set, tasks: int, expected: int) -> list:
     """The input is Parquet parts (an earlier step on Ray): each task reads its own rows from
     them, and the driver hands out only which files and slices (a small block per task)."""
     import ray
 
     pending = [(offset, min(offset + size, total)) for offset in range(0, total, size)
                if slice_key(offset, min(offset + size, total)) not in done]
-    return [ray.put(task) for task in plan_tasks(files, _groups(pending, workers, expected))]
+    return [ray.put(task) for task in plan_tasks(files, _groups(pending, tasks, expected))]
 
 
-def _table_blocks(input, columns: str | None, size: int, done: set, workers: int, expected: int) -> list:
+def _table_blocks(input, columns: str | None, size: int, done: set, tasks: int, expected: int) -> list:
     """The input is a stored table, which only the driver can read (DuckDB's file has one
     writer): it reads a task's worth at a time (slices of reads of one slice each came in two
     or three chunks where the reads' batches split them, and Ray serialises a table chunk by
@@ -177,7 +177,7 @@ def _table_blocks(input, columns: str | None, size: int, done: set, workers: int
     import pyarrow as pa
     import ray
 
-    chunk_rows = size * max(1, -(-expected // (workers * TASKS_PER_WORKER)))
+    chunk_rows = size * max(1, -(-expected // tasks))
 
     def pending():  # the input's slices not committed yet, read as they are used
         for offset, batch in exact_slices(input.stream(chunk_rows, columns), size):
@@ -186,10 +186,25 @@ def _table_blocks(input, columns: str | None, size: int, done: set, workers: int
                 yield (batch.append_column(OFFSET, pa.array(np.full(batch.num_rows, offset, np.int64)))
                        .append_column(END, pa.array(np.full(batch.num_rows, end, np.int64))))
 
-    return [ray.put(pa.concat_tables(group)) for group in _groups(pending(), workers, expected)]
+    return [ray.put(pa.concat_tables(group)) for group in _groups(pending(), tasks, expected)]
 
 
-TASKS_PER_WORKER = 4  # enough to even out slices of unequal cost, few enough to pay little per task
+# The rows a task runs, about: a light step's second of work (filter, map: 3-4 us a row), so
+# that Ray's and the driver's cost per task (submitting, registering, each ~10-50 ms) stays
+# small beside it, and the memory a task holds stays bounded whatever the input's size.
+ROWS_PER_TASK = 250_000
+
+
+def task_count(workers: int, expected: int, size: int) -> int:
+    """How many tasks a step's `expected` slices of `size` rows go in: as many for every worker
+    (a worker left with one more task than the rest runs it while they idle), each of about
+    ROWS_PER_TASK rows, or one slice where slices are larger. 1M rows in slices of 10,000: 4
+    tasks on 1 or 2 workers, 8 on 8; 10M rows on 2 workers: 40. (A fixed four tasks a worker
+    ran 8 on 2 workers, and these steps took 10-20% longer there: each task cost its worker
+    ~50 ms more while the other worker ran, and the tasks grew with the input.)"""
+    per_task = max(1, ROWS_PER_TASK // max(1, size))
+    rounds = max(1, -(-expected // (workers * per_task)))
+    return max(1, min(expected, workers * rounds))
 
 
 def task_threads(spec: RayExecutor) -> int:
@@ -246,11 +261,11 @@ def _workers(spec: RayExecutor) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // spec.num_cpus_per_task))
 
 
-def _groups(blocks: Iterable, workers: int, expected: int) -> Iterator[list]:
+def _groups(blocks: Iterable, tasks: int, expected: int) -> Iterator[list]:
     """`blocks` (one per slice, in order, read as they come) as consecutive groups, each given
-    as soon as it is full: for `expected` blocks, TASKS_PER_WORKER groups per worker of even
-    sizes; blocks beyond `expected` make more groups of the last size."""
-    n = max(1, min(expected, workers * TASKS_PER_WORKER))
+    as soon as it is full: for `expected` blocks, `tasks` groups of even sizes; blocks beyond
+    `expected` make more groups of the last size."""
+    n = max(1, min(expected, tasks))
     bounds = [round(i * expected / n) for i in range(n + 1)]
     sizes = [max(1, b - a) for a, b in zip(bounds, bounds[1:])]
     group: list = []
