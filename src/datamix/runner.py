@@ -475,15 +475,12 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
     in_parts = stores_parts(pipeline, step)
     parts_dir = os.path.join(output_dir, "parts")
     numbered = itertools.count(len(ctx.done_keys))  # a resumed step numbers its parts on
-    committed = {}
 
-    def commit(chunk, rows, decisions, quarantine, metrics, rows_file=None) -> None:
+    def commit(chunk, rows, decisions, quarantine, metrics, rows_file=None, view=False) -> None:
         n_out = store.commit_chunk(step.name, chunk.key, rows, decisions, quarantine, chunk.rows_in, chunk.files,
                                    parent_step_of, keeps_ids=entry.keeps_ids, metrics=metrics, rows_file=rows_file)
-        if rows_file is not None:
-            committed[chunk.key] = rows_file
-            if len(committed) & (len(committed) - 1) == 0:
-                define_view(store, step.name, committed_parts(store, step.name))
+        if view:
+            define_view(store, step.name, committed_parts(store, step.name))
         if log_chunk:
             if entry.passthrough:  # it writes no rows: what it kept is its input minus what it dropped
                 dropped = _dropped_in(chunk.decisions)
@@ -505,10 +502,13 @@ def _run_step(pipeline: Pipeline, store: Store, step: StepConfig, entry, fp: str
             rows = _arrow(chunk.rows)
             if holding is not None:
                 holding.add(rows)
-            rows_file = driver_part(parts_dir, next(numbered)) if in_parts and rows is not None else None
+            rows_file, view = None, False
+            if in_parts and rows is not None:
+                n = next(numbered)
+                rows_file, view = driver_part(parts_dir, n), (n + 1) & n == 0  # the view at part 1, 2, 4 ...
             store.later(step.name, f"committing chunk {chunk.key}", functools.partial(
                 commit, chunk, rows, _arrow(chunk.decisions), _arrow(chunk.quarantine), _arrow(chunk.metrics),
-                rows_file))
+                rows_file, view))
     except (StepError, BadInput) as e:
         seconds, error = time.perf_counter() - t0, str(e)
         store.later(step.name, "recording its failure", lambda: store.finish_step(step.name, "failed", seconds, error))
