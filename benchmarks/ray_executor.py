@@ -290,6 +290,7 @@ def dedup_bench(n: int, repeat: int) -> None:
     root = tempfile.mkdtemp(prefix="dm-ray-dedup-")
     try:
         with open(os.path.join(root, "docs.jsonl"), "w") as f:
+            prev = None
             for i in range(n):
                 words = vocab[rng.integers(0, len(vocab), 100)]
                 if i % 10 == 9:  # every tenth a near-copy of the one before (one word changed)
