@@ -2,12 +2,12 @@
 
 The step's input is cut in the slices the local loop makes (`chunk_size` rows, keys
 rows-<start>-<end>); the slices already committed are left out, and the rest go to Ray Data,
-several consecutive slices a task. An input that is Parquet parts (any earlier step under this
-executor that stores rows, the driver's too, or a pass-through chain over one) is read by the
-tasks themselves: the driver hands each only the files, file row ranges and slices it runs
-(parts.plan_tasks). An input in a stored table (a local run's) is read by the driver (the
-`datamix run` process, which alone opens the store) and put into Ray's object store a task's
-block at a time. Each task calls datamix.loop.run_batch on its slice (the very call the local
+several consecutive slices a task. An input that is Parquet parts (an earlier `source` or
+`batch` step under this executor, whether its tasks or the driver wrote its rows, or a
+pass-through chain over one) is read by the tasks themselves: the driver hands each only the
+files, file row ranges and slices it runs (parts.plan_tasks). An input in a stored table (a
+local run's, a `whole` step's) is read by the driver (the `datamix run` process, which alone
+opens the store) and put into Ray's object store a task's block at a time. Each task calls datamix.loop.run_batch on its slice (the very call the local
 loop makes) and writes the result as Parquet beside the store (datamix.executors.parts); the
 driver registers a task's parts as it finishes, in one transaction. So:
 
