@@ -150,7 +150,8 @@ def stores_parts(pipeline, step) -> bool:
     from datamix.steps.base import REGISTRY
 
     entry = REGISTRY[step.kind]
-    return pipeline.executor_of(step.name).type == "ray" and entry.shape in ("source", "batch") and not entry.passthrough
+    on_ray = pipeline.executor_of(step.name).type == "ray"
+    return on_ray and entry.shape in ("source", "batch") and not entry.passthrough
 
 
 def stored_form_change(pipeline, store, step) -> str | None:

@@ -7,9 +7,10 @@ several consecutive slices a task. An input that is Parquet parts (an earlier `s
 pass-through chain over one) is read by the tasks themselves: the driver hands each only the
 files, file row ranges and slices it runs (parts.plan_tasks). An input in a stored table (a
 local run's, a `whole` step's) is read by the driver (the `datamix run` process, which alone
-opens the store) and put into Ray's object store a task's block at a time. Each task calls datamix.loop.run_batch on its slice (the very call the local
-loop makes) and writes the result as Parquet beside the store (datamix.executors.parts); the
-driver registers a task's parts as it finishes, in one transaction. So:
+opens the store) and put into Ray's object store a task's block at a time. Each task calls
+datamix.loop.run_batch on its slice (the very call the local loop makes) and writes the result
+as Parquet beside the store (datamix.executors.parts); the driver registers a task's parts as
+it finishes, in one transaction. So:
 
 - a worker that dies is replaced and its slice run again by Ray (max_retries), writing the
   same files under the same names;
