@@ -107,6 +107,10 @@ SELECT origin_file, origin_line, messages, raw@keep@,
            WHEN decode_error IS NOT NULL THEN decode_error
            WHEN f IS NULL AND NOT json_valid(raw) THEN 'invalid JSON'  -- only failing rows pay this parse
            WHEN f IS NULL THEN 'not a JSON object'
+           -- a key given twice parses to one of its values, losing the other without a word
+           -- (DuckDB's reader refuses such a file, so only lines read one by one have raw text)
+           WHEN raw IS NOT NULL AND len(list_distinct(json_keys(raw))) < len(json_keys(raw))
+               THEN 'duplicate key: ' || list_filter(json_keys(raw), lambda k, i: list_position(json_keys(raw), k) < i)[1]
            -- the key is there but its value has the wrong type: say which
            WHEN shape IS NULL AND json_exists(raw, '$.messages') THEN 'messages is not a list of {role, content}'
            WHEN shape IS NULL AND json_exists(raw, '$.conversations') THEN 'conversations is not a list of {from, value}'

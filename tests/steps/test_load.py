@@ -128,6 +128,19 @@ def write_bad_file(tmp_path):
     return path
 
 
+def test_a_record_with_a_key_twice_is_quarantined_not_loaded_with_one_of_its_values(tmp_path):
+    """JSON parsers keep one value of a repeated key; the other would be lost without a word."""
+    lines = [json.dumps(chat("first?", "fine")),
+             '{"prompt": "which one?", "prompt": "this one?", "response": "either"}',
+             '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "messages": []}',
+             json.dumps(chat("last?", "fine"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    store, rows = load_one(tmp_path, path="d.jsonl", max_bad_fraction=0.5)
+    assert [r[2] for r in rows] == [1, 4]
+    assert query(store, "SELECT line, reason, raw FROM dm.quarantine ORDER BY line") == [
+        (2, "duplicate key: prompt", lines[1]), (3, "duplicate key: messages", lines[2])]
+
+
 def test_each_kind_of_bad_row_is_quarantined_with_file_line_and_reason(tmp_path):
     write_bad_file(tmp_path)
     store, rows = load_one(tmp_path, path="bad.jsonl", max_bad_fraction=0.9)
@@ -270,6 +283,7 @@ def _bad_record(rng):
         ('{"prompt": "cut off', "invalid JSON"),
         ("[1, 2]", "not a JSON object"),
         ('"just a string"', "not a JSON object"),
+        ('{"prompt": "one", "prompt": "two", "response": "ok"}', "duplicate key: prompt"),
     ])
 
 
