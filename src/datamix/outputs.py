@@ -86,26 +86,17 @@ def _kept_bitmap(store: Store, stored: str, deciders: list[str]) -> str | None:
 
 def _filter_in_arrow(store: Store, stored: str, deciders: list[str], columns: str | None):
     """read_output's filter for a table with a column named rowid: by sample id, in Arrow."""
-    dropped_sql, params = _dropped(deciders)
-    dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0)
-    return without_dropped(store.read(stored, with_ids(columns)), dropped, columns)
-
-
-def with_ids(columns: str | None) -> str | None:
-    """A select list `columns` with sample_id added, for dropping rows by id (without_dropped)."""
-    if columns and "sample_id" not in [c.strip().strip('"') for c in columns.split(",")]:
-        return "sample_id, " + columns
-    return columns
-
-
-def without_dropped(table, dropped, columns: str | None):
-    """`table`, read with `with_ids(columns)`, less the rows whose ids are in `dropped`, with
-    `columns` only."""
     import pyarrow.compute as pc
 
-    if dropped is not None and len(dropped):
+    cols = columns
+    if columns and "sample_id" not in [c.strip().strip('"') for c in columns.split(",")]:
+        cols = "sample_id, " + columns
+    table = store.read(stored, cols)
+    dropped_sql, params = _dropped(deciders)
+    dropped = store.con.sql(dropped_sql, params=params).to_arrow_table().column(0)
+    if len(dropped):
         table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=dropped)))
-    return table if with_ids(columns) == columns else table.drop_columns(["sample_id"])
+    return table if cols is columns else table.drop_columns(["sample_id"])
 
 
 def stored_ancestor(store: Store, name: str) -> tuple[str, list[str]]:
